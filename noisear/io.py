@@ -1,0 +1,166 @@
+"""Checkpoint I/O: our safetensors (config in the metadata) and the published `model.pth` files.
+
+Nothing here unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`,
+and every tensor is checked against the config (name, shape, dtype, finite values) before use.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import NoiseARConfig, NoiseARConfigError
+from .model import NoiseAR
+
+FORMAT_NAME = "noisear"
+FORMAT_VERSION = "1"
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+WRAPPER_KEYS = ("state_dict", "model")  # training scripts often nest the weights under one of these
+KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+class NoiseARCheckpointError(ValueError):
+    """A file that is not a usable NoiseAR checkpoint. The message says what was expected."""
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise NoiseARCheckpointError(
+            f"{path.name} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    return state, metadata
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise NoiseARCheckpointError(
+            f"refused to load {path.name}: it holds Python objects other than tensors, which could run "
+            f"code. Only plain state dicts are accepted (torch.load weights_only=True). Details: {err}") from None
+    except Exception as err:
+        raise NoiseARCheckpointError(
+            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(loaded, dict):
+        raise NoiseARCheckpointError(f"{path.name} holds a {type(loaded).__name__}, not a state dict")
+    return loaded
+
+
+def _unwrap(state: dict, name: str) -> dict[str, torch.Tensor]:
+    """Take the weights out of a {'state_dict': ...} / {'model': ...} wrapper and strip wrapper prefixes."""
+    for key in WRAPPER_KEYS:
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    clean = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise NoiseARCheckpointError(f"{name}: entry '{key}' is a {type(value).__name__}, not a tensor")
+        for prefix in KEY_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        clean[key] = value
+    return clean
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
+    """Read and validate a checkpoint: (state dict on the CPU, config). Raises NoiseARCheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise NoiseARCheckpointError(f"no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        state, metadata = _read_safetensors(path)
+    elif path.suffix in PICKLE_SUFFIXES:
+        state, metadata = _read_pickle(path), {}
+    else:
+        raise NoiseARCheckpointError(
+            f"{path.name}: unknown checkpoint type '{path.suffix}'; expected .safetensors or {', '.join(PICKLE_SUFFIXES)}")
+    state = _unwrap(state, path.name)
+    try:
+        if "noisear_config" in metadata:
+            config = NoiseARConfig.from_json(metadata["noisear_config"])
+        else:
+            config = NoiseARConfig.from_state_dict(state)
+    except NoiseARConfigError as err:
+        raise NoiseARCheckpointError(f"{path.name}: {err}") from None
+    validate_state_dict(state, config, path.name)
+    return state, config
+
+
+def validate_state_dict(state: dict[str, torch.Tensor], config: NoiseARConfig, name: str = "checkpoint") -> None:
+    """Every expected key present with its shape, no extra key, floating and finite values."""
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in NoiseAR(config).state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    extra = [key for key in state if key not in expected]
+    problems = [f"missing '{key}' (expected shape {list(expected[key])})" for key in missing]
+    problems += [f"unexpected '{key}' (shape {list(state[key].shape)})" for key in extra]
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
+            problems.append(f"'{key}' has shape {list(state[key].shape)}, expected {list(shape)}")
+    if problems:
+        raise NoiseARCheckpointError(
+            f"{name} does not match a NoiseAR {config.variant} network: " + "; ".join(problems))
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise NoiseARCheckpointError(f"{name}: '{key}' has dtype {value.dtype}, expected a floating type")
+        if not torch.isfinite(value).all():
+            raise NoiseARCheckpointError(f"{name}: '{key}' contains NaN or infinite values; the file is damaged")
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> NoiseAR:
+    """Load a NoiseAR checkpoint (.safetensors or published .pth) into an eval-mode model.
+
+    The network is built without memory and takes the file's tensors as they are, so loading
+    needs about the weights' size in RAM.
+    """
+    state, config = read_checkpoint(path)
+    with torch.device("meta"):
+        model = NoiseAR(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save(model: NoiseAR, path: str | os.PathLike) -> None:
+    """Write ``model`` as .safetensors with its config in the metadata."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise NoiseARCheckpointError(f"save writes .safetensors files only; got '{path.name}'")
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "noisear_config": model.config.to_json()}
+    save_file(state, str(path), metadata=metadata)
+
+
+def convert(source: str | os.PathLike, target: str | os.PathLike) -> NoiseARConfig:
+    """Checkpoint (e.g. published model.pth) -> .safetensors with config; tensors bit-identical."""
+    if Path(target).suffix != ".safetensors":
+        raise NoiseARCheckpointError(f"convert writes .safetensors files only; got '{Path(target).name}'")
+    state, config = read_checkpoint(source)
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "noisear_config": config.to_json()}
+    save_file({key: value.contiguous() for key, value in state.items()}, str(target), metadata=metadata)
+    return config
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """What `inspect` prints: variant, config, parameter count, dtypes, file size."""
+    state, config = read_checkpoint(path)
+    with torch.device("meta"):
+        buffers = {name for name, _ in NoiseAR(config).named_buffers()}
+    return {
+        "file": str(path),
+        "variant": config.variant,
+        "config": config,
+        "parameters": sum(value.numel() for key, value in state.items() if key not in buffers),
+        "dtypes": sorted({str(value.dtype).removeprefix("torch.") for value in state.values()}),
+        "size_mb": Path(path).stat().st_size / 2 ** 20,
+    }

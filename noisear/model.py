@@ -1,0 +1,310 @@
+"""The NoiseAR network (published layout and math) with teacher forcing, log-probability and sampling.
+
+Shapes: B batch, T text tokens, D text width, d d_model, M patches, K = C*P*P values per patch.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NoiseARConfig
+from .patches import patchify, unpatchify
+
+LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0  # published clamp before std = exp(logvar / 2)
+
+# What `generator` may be: see `standard_normal`.
+Generator = int | Sequence[int] | torch.Generator | Sequence[torch.Generator] | None
+StepCallback = Callable[[int, int], None]  # (patches done, patches in all); may raise to interrupt
+
+
+class NoiseARInputError(ValueError):
+    """Inputs that do not fit the prior (embedding width, eps shape, mask shape)."""
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """[1, length, d_model] table: sin on even dims, cos on odd dims, base 10000."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)[:, : d_model // 2]
+    return table[None].float()
+
+
+def standard_normal(shape: Sequence[int], generator: Generator = None) -> torch.Tensor:
+    """Standard-normal draws of ``shape`` = [B, ...], fp32 on the CPU, the same on every device.
+
+    ``generator``: an int seed (ComfyUI's RandomNoise convention: one CPU generator, item i is its
+    i-th [1, ...] draw, so a batch equals its items drawn with batch_index); a sequence of B seeds
+    or B generators (item i is drawn from its own, so it equals that seed sampled alone); one
+    torch.Generator (CPU); or None (torch's global RNG).
+    """
+    batch, item_shape = shape[0], (1, *shape[1:])
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if isinstance(generator, int):
+        shared = torch.Generator().manual_seed(generator)
+        return torch.cat([torch.randn(item_shape, generator=shared) for _ in range(batch)])
+    per_item = list(generator)
+    if len(per_item) != batch:
+        raise NoiseARInputError(f"got {len(per_item)} seeds/generators for a batch of {batch}; give one per item")
+    draws = []
+    for item in per_item:
+        item_generator = item if isinstance(item, torch.Generator) else torch.Generator().manual_seed(int(item))
+        draws.append(torch.randn(item_shape, generator=item_generator))
+    return torch.cat(draws)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run in eval mode (no dropout) and restore the previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class NoiseAR(nn.Module):
+    """p(noise | text) as a product of diagonal Gaussians over patches, each given the earlier ones.
+
+    Attribute names are the published state-dict keys, so `load_state_dict` takes `model.pth` as is.
+    """
+
+    def __init__(self, config: NoiseARConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.register_buffer("learnable_start_token_emb", torch.randn(c.d_model) * 0.1)  # fixed, never trained
+        self.register_buffer("pos_encoding", sinusoidal_positions(c.num_patches + 1, c.d_model))
+        if c.has_text_adapter:
+            self.dim_adapter = nn.Linear(c.text_dim, c.d_model)
+        self.latent_patch_encoder = nn.Sequential(
+            nn.Linear(c.patch_dim, c.patch_hidden), nn.SiLU(), nn.Linear(c.patch_hidden, c.d_model))
+
+        def attention() -> nn.MultiheadAttention:
+            return nn.MultiheadAttention(c.d_model, c.n_heads, dropout=c.dropout, batch_first=True)
+
+        def norms() -> nn.ModuleList:
+            return nn.ModuleList(nn.LayerNorm(c.d_model) for _ in range(c.n_layers))
+
+        self.self_attn_layers = nn.ModuleList(attention() for _ in range(c.n_layers))
+        self.cross_attn_layers = nn.ModuleList(attention() for _ in range(c.n_layers))
+        self.self_attn_norm, self.cross_attn_norm, self.ffn_norm = norms(), norms(), norms()
+        self.ffn_layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(c.d_model, c.d_ff), nn.GELU(), nn.Dropout(c.dropout),
+                          nn.Linear(c.d_ff, c.d_model), nn.Dropout(c.dropout))
+            for _ in range(c.n_layers))
+        self.prediction_head_mu = self._head()
+        self.prediction_head_logvar = self._head()
+        self.reset_parameters()
+
+    def _head(self) -> nn.Sequential:
+        d = self.config.d_model
+        return nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, self.config.patch_dim))
+
+    def reset_parameters(self) -> None:
+        """Published initialisation: an untrained model already outputs roughly N(0, I)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                nn.init.zeros_(module.in_proj_bias)
+                nn.init.xavier_uniform_(module.out_proj.weight)
+                nn.init.zeros_(module.out_proj.bias)
+        for head in (self.prediction_head_mu, self.prediction_head_logvar):
+            nn.init.uniform_(head[2].weight, -1e-3, 1e-3)
+            nn.init.zeros_(head[2].bias)
+
+    # Inputs --------------------------------------------------------------------------------------
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """[B, T, text_dim] prompt embedding of the diffusion model -> [B, T, d_model]."""
+        c = self.config
+        if text.ndim != 3 or text.shape[-1] != c.text_dim:
+            raise NoiseARInputError(
+                f"text embedding has shape {list(text.shape)}; this {c.variant} prior expects "
+                f"[batch, tokens, {c.text_dim}]")
+        text = text.to(device=self.pos_encoding.device, dtype=self.pos_encoding.dtype)
+        return self.dim_adapter(text) if c.has_text_adapter else text
+
+    def _key_padding_mask(self, text_mask: torch.Tensor | None, text: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] mask (1/True = attend) -> MultiheadAttention's mask (True = ignore), or None."""
+        if text_mask is None:
+            return None
+        if tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise NoiseARInputError(f"text_mask has shape {list(text_mask.shape)}; expected {list(text.shape[:2])}")
+        return ~text_mask.to(device=text.device, dtype=torch.bool)
+
+    def _expand_text(self, text: torch.Tensor, batch: int) -> torch.Tensor:
+        if text.shape[0] == batch:
+            return text
+        if text.shape[0] == 1:
+            return text.expand(batch, -1, -1)
+        raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
+
+    # Teacher forcing (the published forward pass) --------------------------------------------------
+    def forward(self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict patches 0..L from text [B,T,D] and the first L patch tokens ``prefix`` [B,L,K].
+
+        Returns (mu, logvar), each [B, L+1, K], logvar unclamped.
+        """
+        batch, length = prefix.shape[0], prefix.shape[1] + 1
+        memory = self._expand_text(self.encode_text(text), batch)
+        ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
+                                        memory)
+        start = self.learnable_start_token_emb.expand(batch, 1, -1)
+        x = torch.cat([start, self.latent_patch_encoder(prefix.to(start.dtype))], dim=1)
+        x = x + self.pos_encoding[:, :length]
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype), 1)
+        for k in range(self.config.n_layers):
+            x = self.self_attn_norm[k](x)
+            x = self.self_attn_layers[k](x, x, x, attn_mask=causal, need_weights=False)[0] + x
+            x = self.cross_attn_norm[k](x)
+            x = self.cross_attn_layers[k](x, memory, memory, key_padding_mask=ignore, need_weights=False)[0] + x
+            x = self.ffn_norm[k](x)
+            x = self.ffn_layers[k](x) + x
+        return self.prediction_head_mu(x), self.prediction_head_logvar(x)
+
+    def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density."""
+        tokens = patchify(self._check_noise(noise).to(self.pos_encoding.dtype), self.config.patch_size)
+        mu, logvar = self(text, tokens[:, :-1], text_mask)
+        logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        density = -0.5 * ((tokens - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+        return density.float().sum(dim=(1, 2))
+
+    def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        expected = (c.channels, c.latent_height, c.latent_width)
+        if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
+            raise NoiseARInputError(
+                f"noise has shape {list(noise.shape)}; this prior models [batch, {c.channels}, "
+                f"{c.latent_height}, {c.latent_width}]")
+        return noise.to(self.pos_encoding.device)
+
+    # Sampling ----------------------------------------------------------------------------------------
+    def _prepare_sampling(self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
+                          ) -> torch.Tensor:
+        """eps [B,C,H,W] as patch tokens [B,M,K] on the model's device and dtype."""
+        c = self.config
+        if eps is None:
+            eps = standard_normal((text.shape[0], c.channels, c.latent_height, c.latent_width), generator)
+        eps = self._check_noise(eps)
+        return patchify(eps.to(self.pos_encoding.dtype), c.patch_size)
+
+    def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float
+                    ) -> torch.Tensor:
+        """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
+        return mu + eps * (temperature * torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)))
+
+    def _finish(self, tokens: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return unpatchify(tokens, c.patch_size, c.latent_height, c.latent_width).float()
+
+    @torch.inference_mode()
+    def sample(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
+               temperature: float = 0.5, text_mask: torch.Tensor | None = None,
+               callback: StepCallback | None = None) -> torch.Tensor:
+        """Draw noise [B,C,H,W] (fp32, model's device) given text [B or 1, T, D] with cached decoding.
+
+        ``eps`` are the standard-normal draws, shape of the output; without it they come from
+        :func:`standard_normal` with ``generator``. Self-attention keys/values are cached across
+        steps, text keys/values are computed once and the heads see the newest position only.
+        """
+        with eval_mode(self):
+            eps_tokens = self._prepare_sampling(text, eps, generator)
+            batch, steps = eps_tokens.shape[:2]
+            memory = self._expand_text(self.encode_text(text), batch)
+            ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
+                                            memory)
+            decoder = _CachedDecoder(self, memory, ignore, steps)
+            x = self.learnable_start_token_emb.expand(batch, 1, -1)
+            tokens = []
+            for step in range(steps):
+                mu, logvar = decoder.step(x + self.pos_encoding[:, step:step + 1])
+                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, step:step + 1], temperature))
+                if callback is not None:
+                    callback(step + 1, steps)
+                if step + 1 < steps:
+                    x = self.latent_patch_encoder(tokens[-1])
+            return self._finish(torch.cat(tokens, dim=1))
+
+    @torch.inference_mode()
+    def sample_naive(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
+                     temperature: float = 0.5, text_mask: torch.Tensor | None = None,
+                     callback: StepCallback | None = None) -> torch.Tensor:
+        """The published algorithm: the whole prefix recomputed at every step. Reference for tests."""
+        with eval_mode(self):
+            eps_tokens = self._prepare_sampling(text, eps, generator)
+            batch, steps = eps_tokens.shape[:2]
+            tokens = eps_tokens[:, :0]
+            for step in range(steps):
+                mu, logvar = self(text, tokens, text_mask)
+                patch = self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, step:step + 1], temperature)
+                tokens = torch.cat([tokens, patch], dim=1)
+                if callback is not None:
+                    callback(step + 1, steps)
+            return self._finish(tokens)
+
+
+class _CachedDecoder:
+    """One position at a time through the blocks, with self-attention keys/values cached.
+
+    Same math as `NoiseAR.forward` (in eval mode), written with the packed in_proj weights so that
+    text keys/values are projected once and each step costs one row per weight matrix.
+    """
+
+    def __init__(self, model: NoiseAR, memory: torch.Tensor, ignore: torch.Tensor | None, steps: int) -> None:
+        c = model.config
+        self.model, self.heads, self.position = model, c.n_heads, 0
+        batch, head_dim = memory.shape[0], c.d_model // c.n_heads
+        self.text_kv = []  # per layer: keys, values [B, h, T, dh]
+        for cross in model.cross_attn_layers:
+            _, w_kv = cross.in_proj_weight.split([c.d_model, 2 * c.d_model])
+            _, b_kv = cross.in_proj_bias.split([c.d_model, 2 * c.d_model])
+            keys, values = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
+            self.text_kv.append((self._split(keys), self._split(values)))
+        # [B, 1, 1, T] boolean "may attend" mask for scaled_dot_product_attention
+        self.text_attend = None if ignore is None else ~ignore[:, None, None, :]
+        shape = (batch, c.n_heads, steps, head_dim)
+        self.cache = [(memory.new_empty(shape), memory.new_empty(shape)) for _ in range(c.n_layers)]
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] -> [B, h, L, d/h]."""
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, h, L, d/h] -> [B, L, d]."""
+        return x.transpose(1, 2).flatten(2)
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 1, d] (embedding + position of the newest token) -> (mu, logvar) [B, 1, K]."""
+        m, t = self.model, self.position
+        for k in range(m.config.n_layers):
+            attn, keys, values = m.self_attn_layers[k], *self.cache[k]
+            x = m.self_attn_norm[k](x)
+            q, key, value = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            keys[:, :, t:t + 1], values[:, :, t:t + 1] = self._split(key), self._split(value)
+            out = F.scaled_dot_product_attention(self._split(q), keys[:, :, :t + 1], values[:, :, :t + 1])
+            x = attn.out_proj(self._merge(out)) + x
+
+            cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text_kv[k]
+            x = m.cross_attn_norm[k](x)
+            d = m.config.d_model
+            q = F.linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
+            out = F.scaled_dot_product_attention(self._split(q), text_keys, text_values, attn_mask=self.text_attend)
+            x = cross.out_proj(self._merge(out)) + x
+
+            x = m.ffn_norm[k](x)
+            x = m.ffn_layers[k](x) + x
+        self.position += 1
+        return m.prediction_head_mu(x), m.prediction_head_logvar(x)
