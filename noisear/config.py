@@ -9,6 +9,9 @@ from typing import Mapping
 import torch
 
 
+POSITION_SCHEMES = ("table", "2d")
+
+
 class NoiseARConfigError(ValueError):
     """A config that cannot describe a NoiseAR network, or a state dict it cannot be read from."""
 
@@ -31,6 +34,12 @@ class NoiseARConfig:
     n_heads: int = 1
     text_dim: int = 2048
     dropout: float = 0.15
+    positions: str = "table"
+
+    # positions: "table" is the published scheme, a 1-D sinusoidal table stored in the checkpoint
+    # for the native grid only; "2d" computes row/column sinusoids so one prior samples every grid
+    # (any latent whose sides are multiples of patch_size). latent_height/width are then the size
+    # the prior was trained at, not a limit.
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff",
@@ -43,6 +52,10 @@ class NoiseARConfig:
                 f"{self.patch_size}")
         if self.d_model % self.n_heads:
             raise NoiseARConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.positions not in POSITION_SCHEMES:
+            raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
+        if self.positions == "2d" and self.d_model % 4:
+            raise NoiseARConfigError(f"2-D positions need d_model divisible by 4, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise NoiseARConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -80,8 +93,8 @@ class NoiseARConfig:
     @property
     def variant(self) -> str:
         """'SDXL' or 'Hunyuan-DiT' for the published shapes, else 'own'."""
-        published = (self.patch_size, self.channels, self.latent_height, self.latent_width,
-                     self.d_model, self.d_ff, self.n_layers, self.n_heads) == (32, 4, 128, 128, 2048, 4096, 1, 1)
+        published = (self.positions, self.patch_size, self.channels, self.latent_height, self.latent_width,
+                     self.d_model, self.d_ff, self.n_layers, self.n_heads) == ("table", 32, 4, 128, 128, 2048, 4096, 1, 1)
         if published and self.text_dim == 2048:
             return "SDXL"
         if published and self.text_dim == 1024:
@@ -112,7 +125,8 @@ class NoiseARConfig:
         """Read the shapes of a published-layout state dict.
 
         The head count cannot be read from shapes (it is 1 in every published checkpoint). The grid
-        is taken as square unless ``latent_height``/``latent_width`` are given.
+        is taken as square unless ``latent_height``/``latent_width`` are given. A state dict without
+        ``pos_encoding`` can only be described by its config metadata (2-D positions).
         """
         def shape(key: str) -> tuple[int, ...]:
             if key not in state:

@@ -26,14 +26,26 @@ class NoiseARInputError(ValueError):
     """Inputs that do not fit the prior (embedding width, eps shape, mask shape)."""
 
 
+def _sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
+    """[L] positions -> [L, dim]: sin on even dims, cos on odd dims, base 10000 (fp64 inside)."""
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    angle = position.to(torch.float64)[:, None] * inv_freq
+    table = torch.zeros(len(position), dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle)[:, : dim // 2]
+    return table.float()
+
+
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
-    """[1, length, d_model] table: sin on even dims, cos on odd dims, base 10000."""
-    position = torch.arange(length, dtype=torch.float64)[:, None]
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
-    table = torch.zeros(length, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq)[:, : d_model // 2]
-    return table[None].float()
+    """[1, length, d_model]: the published 1-D table."""
+    return _sinusoid(torch.arange(length), d_model)[None]
+
+
+def grid_positions(rows: int, cols: int, d_model: int) -> torch.Tensor:
+    """[1, rows*cols, d_model] in raster order: row sinusoid in the first half, column in the second."""
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    half = d_model // 2
+    return torch.cat([_sinusoid(row.flatten(), half), _sinusoid(col.flatten(), half)], dim=1)[None]
 
 
 def standard_normal(shape: Sequence[int], generator: Generator = None) -> torch.Tensor:
@@ -81,7 +93,8 @@ class NoiseAR(nn.Module):
         super().__init__()
         self.config = c = config
         self.register_buffer("learnable_start_token_emb", torch.randn(c.d_model) * 0.1)  # fixed, never trained
-        self.register_buffer("pos_encoding", sinusoidal_positions(c.num_patches + 1, c.d_model))
+        if c.positions == "table":
+            self.register_buffer("pos_encoding", sinusoidal_positions(c.num_patches + 1, c.d_model))
         if c.has_text_adapter:
             self.dim_adapter = nn.Linear(c.text_dim, c.d_model)
         self.latent_patch_encoder = nn.Sequential(
@@ -124,6 +137,22 @@ class NoiseAR(nn.Module):
             nn.init.zeros_(head[2].bias)
 
     # Inputs --------------------------------------------------------------------------------------
+    @property
+    def _anchor(self) -> torch.Tensor:
+        """A tensor that always exists, for the model's device and dtype."""
+        return self.learnable_start_token_emb
+
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """[1, M, d]: what is added to input token j, the one that predicts patch j of a (rows, cols) grid."""
+        c = self.config
+        if c.positions == "2d":
+            return grid_positions(*grid, c.d_model).to(self._anchor)
+        if tuple(grid) != (c.grid_height, c.grid_width):
+            raise NoiseARInputError(
+                f"this prior's position table covers a {c.grid_height}x{c.grid_width} patch grid "
+                f"(latent {c.latent_height}x{c.latent_width}); got a {grid[0]}x{grid[1]} grid")
+        return self.pos_encoding[:, : c.num_patches]
+
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """[B, T, text_dim] prompt embedding of the diffusion model -> [B, T, d_model]."""
         c = self.config
@@ -131,7 +160,7 @@ class NoiseAR(nn.Module):
             raise NoiseARInputError(
                 f"text embedding has shape {list(text.shape)}; this {c.variant} prior expects "
                 f"[batch, tokens, {c.text_dim}]")
-        text = text.to(device=self.pos_encoding.device, dtype=self.pos_encoding.dtype)
+        text = text.to(device=self._anchor.device, dtype=self._anchor.dtype)
         return self.dim_adapter(text) if c.has_text_adapter else text
 
     def _key_padding_mask(self, text_mask: torch.Tensor | None, text: torch.Tensor) -> torch.Tensor | None:
@@ -150,19 +179,21 @@ class NoiseAR(nn.Module):
         raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
 
     # Teacher forcing (the published forward pass) --------------------------------------------------
-    def forward(self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict patches 0..L from text [B,T,D] and the first L patch tokens ``prefix`` [B,L,K].
 
-        Returns (mu, logvar), each [B, L+1, K], logvar unclamped.
+        ``grid`` (patch rows, columns) defaults to the config's. Returns (mu, logvar), each
+        [B, L+1, K], logvar unclamped.
         """
+        grid = grid or (self.config.grid_height, self.config.grid_width)
         batch, length = prefix.shape[0], prefix.shape[1] + 1
         memory = self._expand_text(self.encode_text(text), batch)
         ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
                                         memory)
         start = self.learnable_start_token_emb.expand(batch, 1, -1)
         x = torch.cat([start, self.latent_patch_encoder(prefix.to(start.dtype))], dim=1)
-        x = x + self.pos_encoding[:, :length]
+        x = x + self.positions(grid)[:, :length]
         causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype), 1)
         for k in range(self.config.n_layers):
             x = self.self_attn_norm[k](x)
@@ -176,84 +207,98 @@ class NoiseAR(nn.Module):
     def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None
                  ) -> torch.Tensor:
         """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density."""
-        tokens = patchify(self._check_noise(noise).to(self.pos_encoding.dtype), self.config.patch_size)
-        mu, logvar = self(text, tokens[:, :-1], text_mask)
+        noise = self._check_noise(noise)
+        tokens = patchify(noise.to(self._anchor.dtype), self.config.patch_size)
+        mu, logvar = self(text, tokens[:, :-1], text_mask, self._grid(noise))
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         density = -0.5 * ((tokens - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
         return density.float().sum(dim=(1, 2))
 
     def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Refuse a noise shape the prior cannot model: channels, and size (native only for "table")."""
         c = self.config
-        expected = (c.channels, c.latent_height, c.latent_width)
-        if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
-            raise NoiseARInputError(
-                f"noise has shape {list(noise.shape)}; this prior models [batch, {c.channels}, "
-                f"{c.latent_height}, {c.latent_width}]")
-        return noise.to(self.pos_encoding.device)
+        if c.positions == "2d":
+            fits = (noise.ndim == 4 and noise.shape[1] == c.channels and noise.shape[2] % c.patch_size == 0
+                    and noise.shape[3] % c.patch_size == 0 and noise.shape[2] > 0 and noise.shape[3] > 0)
+            expected = f"[batch, {c.channels}, H, W] with H and W multiples of {c.patch_size}"
+        else:
+            fits = noise.ndim == 4 and tuple(noise.shape[1:]) == (c.channels, c.latent_height, c.latent_width)
+            expected = f"[batch, {c.channels}, {c.latent_height}, {c.latent_width}]"
+        if not fits:
+            raise NoiseARInputError(f"noise has shape {list(noise.shape)}; this prior models {expected}")
+        return noise.to(self._anchor.device)
+
+    def _grid(self, noise: torch.Tensor) -> tuple[int, int]:
+        """(patch rows, patch columns) of a [B, C, H, W] noise."""
+        return noise.shape[2] // self.config.patch_size, noise.shape[3] // self.config.patch_size
 
     # Sampling ----------------------------------------------------------------------------------------
     def _prepare_sampling(self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
-                          ) -> torch.Tensor:
-        """eps [B,C,H,W] as patch tokens [B,M,K] on the model's device and dtype."""
+                          ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """eps [B,C,H,W] (drawn at the config's size when not given) -> patch tokens [B,M,K] on the
+        model's device and dtype, and the patch grid."""
         c = self.config
         if eps is None:
             eps = standard_normal((text.shape[0], c.channels, c.latent_height, c.latent_width), generator)
         eps = self._check_noise(eps)
-        return patchify(eps.to(self.pos_encoding.dtype), c.patch_size)
+        return patchify(eps.to(self._anchor.dtype), c.patch_size), self._grid(eps)
 
     def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float
                     ) -> torch.Tensor:
         """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
         return mu + eps * (temperature * torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)))
 
-    def _finish(self, tokens: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return unpatchify(tokens, c.patch_size, c.latent_height, c.latent_width).float()
+    def _finish(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens [B,M,K] -> fp32 noise [B,C,H,W]."""
+        p = self.config.patch_size
+        return unpatchify(tokens, p, grid[0] * p, grid[1] * p).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
                temperature: float = 0.5, text_mask: torch.Tensor | None = None,
                callback: StepCallback | None = None) -> torch.Tensor:
         """Draw noise [B,C,H,W] (fp32, model's device) given text [B or 1, T, D] with cached decoding.
 
-        ``eps`` are the standard-normal draws, shape of the output; without it they come from
-        :func:`standard_normal` with ``generator``. Self-attention keys/values are cached across
+        ``eps`` are the standard-normal draws, shape of the output (any grid for a "2d" prior, the
+        native one for a "table" prior); without it they come from :func:`standard_normal` with
+        ``generator`` at the config's size. Self-attention keys/values are cached across
         steps, text keys/values are computed once and the heads see the newest position only.
         """
         with eval_mode(self):
-            eps_tokens = self._prepare_sampling(text, eps, generator)
+            eps_tokens, grid = self._prepare_sampling(text, eps, generator)
             batch, steps = eps_tokens.shape[:2]
             memory = self._expand_text(self.encode_text(text), batch)
             ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
                                             memory)
             decoder = _CachedDecoder(self, memory, ignore, steps)
+            positions = self.positions(grid)
             x = self.learnable_start_token_emb.expand(batch, 1, -1)
             tokens = []
             for step in range(steps):
-                mu, logvar = decoder.step(x + self.pos_encoding[:, step:step + 1])
+                mu, logvar = decoder.step(x + positions[:, step:step + 1])
                 tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, step:step + 1], temperature))
                 if callback is not None:
                     callback(step + 1, steps)
                 if step + 1 < steps:
                     x = self.latent_patch_encoder(tokens[-1])
-            return self._finish(torch.cat(tokens, dim=1))
+            return self._finish(torch.cat(tokens, dim=1), grid)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample_naive(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
                      temperature: float = 0.5, text_mask: torch.Tensor | None = None,
                      callback: StepCallback | None = None) -> torch.Tensor:
         """The published algorithm: the whole prefix recomputed at every step. Reference for tests."""
         with eval_mode(self):
-            eps_tokens = self._prepare_sampling(text, eps, generator)
+            eps_tokens, grid = self._prepare_sampling(text, eps, generator)
             batch, steps = eps_tokens.shape[:2]
             tokens = eps_tokens[:, :0]
             for step in range(steps):
-                mu, logvar = self(text, tokens, text_mask)
+                mu, logvar = self(text, tokens, text_mask, grid)
                 patch = self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, step:step + 1], temperature)
                 tokens = torch.cat([tokens, patch], dim=1)
                 if callback is not None:
                     callback(step + 1, steps)
-            return self._finish(tokens)
+            return self._finish(tokens, grid)
 
 
 class _CachedDecoder:
