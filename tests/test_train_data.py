@@ -1,0 +1,106 @@
+"""Dataset shards: writer (incremental, resumable), streaming reader, prompt split, batch plan, inspect."""
+import numpy as np
+import pytest
+import torch
+
+from noisear.train.data import (BatchPlan, DatasetError, DatasetInfo, ShardDataset, ShardWriter,
+                                inspect_dataset, validation_prompt)
+
+INFO = DatasetInfo(source_model="test", prediction="epsilon", steps=10)
+
+
+def write(directory, prompts=10, per_prompt=3, shard_size=7, info=INFO):
+    """Sample i of prompt p: text filled with p, noise filled with 100*p + seed."""
+    with ShardWriter(directory, info, shard_size=shard_size) as writer:
+        for p in range(prompts):
+            seeds = list(range(per_prompt))
+            text = torch.full((per_prompt, 3, 5), float(p))
+            noise = torch.stack([torch.full((2, 4, 4), 100.0 * p + s) for s in seeds])
+            writer.append(text, noise, [p] * per_prompt, seeds, prompts={p: f"prompt {p}"})
+    return ShardDataset(directory)
+
+
+def test_writer_flushes_bounded_shards_and_reader_sees_every_sample(tmp_path):
+    dataset = write(tmp_path)
+    assert [s.count for s in dataset.shards] == [7, 7, 7, 7, 2]
+    assert len(dataset) == 30 and dataset.item_shapes == {"text": (3, 5), "noise": (2, 4, 4)}
+    seen = {}
+    for batch in dataset.iterate(batch_size=4):
+        assert batch.text.dtype == torch.float32 and batch.text_mask.dtype == torch.bool
+        for text, noise, p, s in zip(batch.text, batch.noise, batch.prompt_index, batch.seed):
+            assert torch.all(text == p) and torch.all(noise == 100 * p + s)
+            seen[(int(p), int(s))] = True
+    assert set(seen) == dataset.pairs() == {(p, s) for p in range(10) for s in range(3)}
+    assert dataset.prompts()[4] == "prompt 4"
+
+
+def test_writer_resumes_and_reports_existing_pairs(tmp_path):
+    with ShardWriter(tmp_path, INFO, shard_size=4) as writer:
+        writer.append(torch.zeros(5, 3, 5), torch.zeros(5, 2, 4, 4), [0] * 5, range(5))
+    resumed = ShardWriter(tmp_path, INFO, shard_size=4)
+    assert resumed.has(0, 4) and not resumed.has(0, 5) and not resumed.has(1, 0)
+    resumed.append(torch.zeros(1, 3, 5), torch.zeros(1, 2, 4, 4), [1], [0])
+    resumed.close()
+    assert len(ShardDataset(tmp_path)) == 6 and len(list(tmp_path.glob("shard-*"))) == 3
+    with pytest.raises(DatasetError, match="refusing to append"):
+        ShardWriter(tmp_path, DatasetInfo(source_model="other"))
+    with pytest.raises(DatasetError, match="differ"):
+        resumed.append(torch.zeros(1, 3, 6), torch.zeros(1, 2, 4, 4), [2], [0])
+
+
+def test_split_is_by_prompt_and_deterministic(tmp_path):
+    dataset = write(tmp_path, prompts=40, per_prompt=2)
+    prompts = {}
+    for split in ("train", "validation"):
+        rows = dataset.rows(split, 0.3)
+        prompts[split] = {int(dataset.shards[s].prompt_index[r]) for s, rs in enumerate(rows) for r in rs}
+    assert prompts["train"].isdisjoint(prompts["validation"])
+    assert prompts["train"] | prompts["validation"] == set(range(40))
+    assert prompts["validation"] == {p for p in range(40) if validation_prompt(p, 0.3)}
+    assert 4 <= len(prompts["validation"]) <= 20
+
+
+def test_batch_plan_is_deterministic_and_ranks_partition_the_global_batch(tmp_path):
+    dataset = write(tmp_path, prompts=10, per_prompt=3)
+    plan = BatchPlan(dataset, batch_size=4, seed=1, validation_fraction=0.0)
+    assert plan.batches_per_epoch == 7
+    one = [plan.batch(step) for step in range(10)]
+    again = BatchPlan(dataset, batch_size=4, seed=1, validation_fraction=0.0)
+    for step in (9, 3, 0):  # any order, e.g. after resuming
+        assert torch.equal(again.batch(step).noise, one[step].noise)
+        halves = [again.batch(step, rank, 2) for rank in range(2)]
+        assert torch.equal(torch.cat([h.noise for h in halves]), one[step].noise)
+    epoch0 = torch.cat([b.noise[:, 0, 0, 0] for b in one[:7]])
+    assert len(set(epoch0.tolist())) == 28  # no sample twice within an epoch
+    other_seed = BatchPlan(dataset, batch_size=4, seed=2, validation_fraction=0.0)
+    assert not torch.equal(other_seed.batch(0).noise, one[0].noise)
+    with pytest.raises(DatasetError, match="divisible"):
+        plan.batch(0, 0, 3)
+
+
+def test_inspect_reports_counts_and_channel_statistics(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path, INFO, shard_size=50) as writer:
+        noise = torch.randn(120, 2, 4, 4, generator=generator) * torch.tensor([1.0, 3.0])[:, None, None] + \
+            torch.tensor([0.5, -2.0])[:, None, None]
+        writer.append(torch.zeros(120, 3, 5), noise, torch.arange(120) // 4, torch.arange(120) % 4)
+    report = inspect_dataset(tmp_path)
+    assert report["samples"] == 120 and report["prompts"] == 30 and report["shards"] == 3
+    assert report["noise_shape"] == (2, 4, 4) and report["text_shape"] == (3, 5)
+    flat = noise.transpose(0, 1).reshape(2, -1).double()
+    np.testing.assert_allclose(report["channel_mean"], flat.mean(1).numpy(), atol=1e-9)
+    np.testing.assert_allclose(report["channel_std"], flat.std(1, unbiased=False).numpy(), atol=1e-9)
+    assert sum(report["split_samples"].values()) == 120
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no shard"):
+        ShardDataset(tmp_path)
+    writer = ShardWriter(tmp_path, INFO)
+    with pytest.raises(DatasetError, match="NaN"):
+        writer.append(torch.zeros(1, 3, 5), torch.full((1, 2, 4, 4), float("nan")), [0], [0])
+    with pytest.raises(DatasetError, match="expects"):
+        writer.append(torch.zeros(2, 3, 5), torch.zeros(1, 2, 4, 4), [0], [0])
+    (tmp_path / "shard-00000.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="not a readable"):
+        ShardDataset(tmp_path)
