@@ -1,0 +1,68 @@
+"""CONDITIONING -> the prior's text input.
+
+Rules (documented in docs/comfyui.md):
+- The FIRST entry of the CONDITIONING list is used (combine/concat nodes append further entries;
+  they are ignored). Its tensor is [1, T, D]; one conditioning is broadcast over the latent batch.
+- Published priors (SDXL, Hunyuan-DiT) were trained on diffusers' embeddings: exactly 77 tokens,
+  no attention mask. They get the first 77 tokens and no mask. ComfyUI's Hunyuan-DiT
+  "attention_mask" is therefore not applied to them, because the prior never saw one.
+- Own priors take every token, and the "attention_mask" of the entry when it has one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .prior import NoiseARNodeError, NoiseARPrior
+
+PUBLISHED_TOKENS = 77
+
+# Which text encoder output each published text width comes from.
+TEXT_SOURCES = {
+    2048: "SDXL / DreamShaper-XL conditioning (CLIPTextEncode on an SDXL checkpoint, CLIP-L + CLIP-G, 2048-d)",
+    1024: "Hunyuan-DiT conditioning (CLIPTextEncodeHunyuanDiT, the 1024-d BERT stream)",
+}
+
+
+def needed_text(prior: NoiseARPrior) -> str:
+    """The model family whose conditioning fits this prior, in words."""
+    width = prior.config.text_dim
+    return TEXT_SOURCES.get(width, f"a conditioning of width {width} (the width this prior was trained on)")
+
+
+def check_width(prior: NoiseARPrior, width: int) -> None:
+    if width != prior.config.text_dim:
+        raise NoiseARNodeError(
+            f"the positive conditioning is {width}-d, but the NoiseAR prior '{prior.name}' ({prior.variant}) "
+            f"needs {needed_text(prior)}. Encode the prompt with the text encoder of the model this "
+            f"checkpoint was trained for, or load the NoiseAR checkpoint that matches your model.")
+
+
+def text_from_conditioning(conditioning: list, prior: NoiseARPrior) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text [1 or B, T, D] fp32, mask [same B, T] bool or None) for ``prior``; see the module rules."""
+    if not conditioning:
+        raise NoiseARNodeError("the positive conditioning is empty; connect a text encode node")
+    cond, extras = _first_entry(conditioning)
+    check_width(prior, cond.shape[-1])
+    if prior.published:
+        if cond.shape[1] < PUBLISHED_TOKENS:
+            raise NoiseARNodeError(
+                f"the positive conditioning has {cond.shape[1]} tokens; the published {prior.variant} prior "
+                f"reads {PUBLISHED_TOKENS} (ComfyUI's SDXL and Hunyuan-DiT encoders always give at least that)")
+        return cond[:, :PUBLISHED_TOKENS].float(), None
+    mask = extras.get("attention_mask")
+    if mask is not None:
+        if mask.numel() != cond.shape[0] * cond.shape[1]:
+            raise NoiseARNodeError(
+                f"the conditioning's attention_mask has {mask.numel()} values for {cond.shape[1]} tokens")
+        mask = mask.reshape(cond.shape[:2]).bool()
+    return cond.float(), mask
+
+
+def _first_entry(conditioning: list) -> tuple[torch.Tensor, dict[str, Any]]:
+    entry = conditioning[0]
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)
+            and entry[0].ndim == 3):
+        raise NoiseARNodeError("positive is not a CONDITIONING ([[tensor [1, tokens, width], dict], ...])")
+    return entry[0], entry[1] or {}

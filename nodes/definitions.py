@@ -1,0 +1,214 @@
+"""The ComfyUI node classes (classic API). Thin: the work is in prior, noise, preview and noisear."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from noisear.mixing import MODES
+
+from . import host
+from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
+from .preview import channel_stats, noise_to_image
+from .prior import DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, load_prior
+
+CATEGORY = "sampling/noise/NoiseAR"
+
+PRIOR_INPUT = ("NOISEAR_MODEL", {"tooltip": "A NoiseAR prior from the NoiseAR Loader."})
+POSITIVE_INPUT = ("CONDITIONING", {"tooltip": (
+    "The positive prompt's conditioning; its first entry is used and broadcast over the batch. SDXL / "
+    "DreamShaper-XL priors need SDXL conditioning (2048-d), Hunyuan-DiT priors the conditioning of "
+    "CLIPTextEncodeHunyuanDiT (1024-d BERT). Published priors read the first 77 tokens.")})
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                      "tooltip": "Seed of the Gaussian draws eps; the same seed gives the very eps RandomNoise "
+                                 "would. Ignored when a noise input is connected."})
+TEMPERATURE_INPUT = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 2.0, "step": 0.01,
+                               "tooltip": "Scale of the prior's standard deviation: noise = mu + temperature * std "
+                                          "* eps per patch. 0.5 as published; 0 gives the mean only."})
+SIZE_MODE_INPUT = (list(SIZE_MODES), {"default": SIZE_MODES[0], "tooltip": (
+    "'native only': published priors accept only their native latent 128x128 (1024x1024 px) and refuse "
+    "other sizes. 'centre + Gaussian border': for larger latents, the prior fills the centred native "
+    "window and the border stays plain Gaussian noise (a warning says so).")})
+UPSTREAM_NOISE_INPUT = ("NOISE", {"tooltip": (
+    "Optional: a NOISE (e.g. RandomNoise) whose draws become eps instead of noise_seed's; its seed is "
+    "carried on for ancestral/SDE samplers.")})
+LATENT_INPUT = ("LATENT", {"tooltip": "The latent to start from (e.g. EmptyLatentImage); gives the shape, "
+                                      "batch and batch_index of the noise."})
+
+
+def _common_inputs() -> dict[str, Any]:
+    return {"noisear_model": PRIOR_INPUT, "positive": POSITIVE_INPUT, "noise_seed": SEED_INPUT,
+            "temperature": TEMPERATURE_INPUT, "size_mode": SIZE_MODE_INPUT}
+
+
+class NoiseARLoader:
+    DESCRIPTION = ("Loads a NoiseAR prior (.safetensors or the published model.pth) from models/noisear and "
+                   "shows which variant it is. The weights stay on the CPU and visit the GPU only while "
+                   "noise is drawn, so the prior holds no VRAM while the diffusion model samples.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("NOISEAR_MODEL", "STRING")
+    RETURN_NAMES = ("noisear_model", "info")
+    OUTPUT_TOOLTIPS = ("The loaded prior, for NoiseAR Noise / NoiseAR Latent.",
+                       "The detected variant (SDXL, Hunyuan-DiT or own) and the prior's shapes.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "ckpt_name": (host.checkpoint_names(), {"tooltip": (
+                "Checkpoint in models/noisear: sdxl_and_dreamshaper(_dpo) for SDXL and DreamShaper-XL, "
+                "dit(_dpo) for Hunyuan-DiT v1.2.")}),
+            "device": (list(DEVICES), {"default": "auto", "tooltip": (
+                "Where noise is drawn: auto = ComfyUI's device (the GPU if there is one), cpu, or gpu.")}),
+            "dtype": (list(DTYPES), {"default": "fp32", "tooltip": (
+                "Precision of the prior: fp32 (as published), bf16, or fp16 (GPU only).")}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, device: str, dtype: str) -> bool | str:
+        if device not in DEVICES:
+            return f"device must be one of {', '.join(DEVICES)}, got {device!r}"
+        if dtype not in DTYPES:
+            return f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
+        if device == "cpu" and dtype == "fp16":
+            return "fp16 runs on a GPU only; choose fp32 or bf16 for the cpu device"
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:
+        """Re-run when the file on disk changes."""
+        try:
+            path = host.checkpoint_path(ckpt_name)
+            return f"{path}:{os.path.getmtime(path)}:{device}:{dtype}"
+        except FileNotFoundError:
+            return f"missing:{ckpt_name}"
+
+    def load(self, ckpt_name: str, device: str, dtype: str) -> dict[str, Any]:
+        prior = load_prior(ckpt_name, device, dtype)
+        info = prior.describe()
+        return {"ui": {"text": (info,)}, "result": (prior, info)}
+
+
+class NoiseARNoiseNode:
+    DESCRIPTION = ("NoiseAR noise for SamplerCustomAdvanced: the prior turns ComfyUI's Gaussian draws for the "
+                   "seed into prompt-conditioned initial noise. Use with an empty latent; works with every "
+                   "sampler, ancestral/SDE ones stay seeded.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("NOISE",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("NOISE for SamplerCustomAdvanced (or NoiseAR Blend / NoiseAR Preview); drawn when the "
+                       "sampler asks, in unit-variance space, with the latent's exact shape.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": _common_inputs(), "optional": {"noise": UPSTREAM_NOISE_INPUT}}
+
+    def make(self, noisear_model: NoiseARPrior, positive: list, noise_seed: int, temperature: float,
+             size_mode: str, noise: Any = None) -> tuple[NoiseARNoise]:
+        return (NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise),)
+
+
+class NoiseARLatentNode:
+    DESCRIPTION = ("NoiseAR noise as a start LATENT for KSamplerAdvanced with add_noise = disable and "
+                   "start_at_step = 0: the noise is scaled with the MODEL's sigma_max and latent format so "
+                   "sampling starts from exactly the state NoiseAR Noise + SamplerCustomAdvanced gives. "
+                   "Not for flow models (SD3, Flux): use NoiseAR Noise there.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT", "STRING")
+    RETURN_NAMES = ("latent", "info")
+    OUTPUT_TOOLTIPS = ("Start latent for KSamplerAdvanced (add_noise disable, start_at_step 0, a scheduler that "
+                       "starts at sigma_max); keeps batch_index.",
+                       "What was drawn: per-channel statistics of the noise, and any size warning.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        required = {"model": ("MODEL", {"tooltip": "The diffusion model that will sample (gives sigma_max and "
+                                                   "the latent format)."})}
+        required.update(_common_inputs())
+        required["latent_image"] = LATENT_INPUT
+        return {"required": required, "optional": {"noise": UPSTREAM_NOISE_INPUT}}
+
+    def make(self, model: Any, noisear_model: NoiseARPrior, positive: list, noise_seed: int, temperature: float,
+             size_mode: str, latent_image: dict, noise: Any = None) -> dict[str, Any]:
+        if "noise_mask" in latent_image:
+            raise NoiseARNodeError("NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
+                             "NoiseAR Noise with SamplerCustomAdvanced, which keeps the mask")
+        source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise)
+        drawn = source.generate_noise(latent_image)
+        samples = start_latent(model, drawn, latent_image["samples"]).to(host.intermediate_device())
+        info = "\n".join(filter(None, [source.warning, channel_stats(drawn)]))
+        latent = {key: value for key, value in latent_image.items() if key != "samples"}
+        latent["samples"] = samples
+        return {"ui": {"text": (info,)}, "result": (latent, info)}
+
+
+class NoiseARBlendNode:
+    DESCRIPTION = ("Training-free mix of NoiseAR noise with Gaussian noise ('AR prior blending'). strength 0 "
+                   "gives the Gaussian noise exactly, 1 the NoiseAR noise exactly (with renormalize off).")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("NOISE",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("The mixed NOISE for SamplerCustomAdvanced; carries the Gaussian input's seed.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "noisear_noise": ("NOISE", {"tooltip": "NoiseAR noise (from NoiseAR Noise)."}),
+            "gaussian_noise": ("NOISE", {"tooltip": "Gaussian noise (e.g. RandomNoise); its seed is carried on."}),
+            "strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                                   "tooltip": "Share of the NoiseAR noise: 0 = all Gaussian, 1 = all NoiseAR."}),
+            "mode": (list(MODES), {"default": MODES[0], "tooltip": (
+                "linear: a*x_AR + (1-a)*eta (lowers the variance in between); variance-preserving: "
+                "sin(a*pi/2)*x_AR + cos(a*pi/2)*eta; slerp: spherical interpolation per image.")}),
+            "renormalize": ("BOOLEAN", {"default": False, "tooltip": (
+                "Rescale each image's mixed noise to unit std (this also undoes the temperature).")}),
+        }}
+
+    def make(self, noisear_noise: Any, gaussian_noise: Any, strength: float, mode: str,
+             renormalize: bool) -> tuple[BlendedNoise]:
+        return (BlendedNoise(noisear_noise, gaussian_noise, strength, mode, renormalize),)
+
+
+class NoiseARPreviewNode:
+    DESCRIPTION = ("Shows the noise a sampler will start from: channels mapped to colours on a fixed scale "
+                   "(lower std looks greyer; temperature 0.5 halves it) and per-channel mean/std.")
+    CATEGORY = CATEGORY
+    FUNCTION = "preview"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "stats")
+    OUTPUT_TOOLTIPS = ("The noise as an image: latent channel c drives colour c mod 3, 0.5 + value/6, "
+                       "each latent cell 4x4 pixels.",
+                       "Mean and std of the noise, overall and per channel (plus any size warning).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "noise": ("NOISE", {"tooltip": "The NOISE to look at (NoiseAR Noise, NoiseAR Blend, RandomNoise, ...)."}),
+            "latent_image": LATENT_INPUT,
+        }}
+
+    def preview(self, noise: Any, latent_image: dict) -> dict[str, Any]:
+        drawn = noise.generate_noise(latent_image)
+        image = noise_to_image(drawn)
+        stats = "\n".join(filter(None, [getattr(noise, "warning", None), channel_stats(drawn)]))
+        return {"ui": {"images": host.save_temp_images(image, "noisear_preview"), "text": (stats,)},
+                "result": (image, stats)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "NoiseARLoader": NoiseARLoader,
+    "NoiseARNoise": NoiseARNoiseNode,
+    "NoiseARLatent": NoiseARLatentNode,
+    "NoiseARBlend": NoiseARBlendNode,
+    "NoiseARPreview": NoiseARPreviewNode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "NoiseARLoader": "NoiseAR Loader",
+    "NoiseARNoise": "NoiseAR Noise",
+    "NoiseARLatent": "NoiseAR Latent",
+    "NoiseARBlend": "NoiseAR Blend",
+    "NoiseARPreview": "NoiseAR Preview",
+}

@@ -1,0 +1,137 @@
+"""The only door to ComfyUI. Every other node module calls the host through these functions.
+
+Imports are guarded: outside ComfyUI `AVAILABLE` is False and each function raises HostUnavailable,
+so the node logic stays importable and testable (tests replace these functions with fakes that
+follow ComfyUI's documented shapes, see tests/fake_comfy.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+try:
+    import comfy.model_management
+    import comfy.model_sampling
+    import comfy.sample
+    import comfy.utils
+    import folder_paths
+    AVAILABLE = True
+except ImportError:
+    AVAILABLE = False
+
+MODEL_FOLDER = "noisear"  # models/noisear, plus any "noisear:" entry of extra_model_paths.yaml
+MODEL_EXTENSIONS = {".safetensors", ".pth", ".pt"}
+
+
+class HostUnavailable(RuntimeError):
+    """A host function was called outside ComfyUI."""
+
+
+def _require() -> None:
+    if not AVAILABLE:
+        raise HostUnavailable("this needs ComfyUI (folder_paths, comfy.*), which could not be imported")
+
+
+# Model folder -------------------------------------------------------------------------------------
+def register_model_folder() -> None:
+    """Merge models/noisear and our extensions into folder_paths' "noisear" entry.
+
+    extra_model_paths.yaml is applied before custom nodes load and may already have created the
+    entry (with an empty extension set): its directories are kept.
+    """
+    if not AVAILABLE:
+        return
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    paths, extensions = folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([], set()))
+    paths = list(paths) + ([default] if default not in paths else [])
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(extensions) | MODEL_EXTENSIONS)
+
+
+def checkpoint_names() -> list[str]:
+    """File names (relative to their model folder) offered by the loader."""
+    _require()
+    return folder_paths.get_filename_list(MODEL_FOLDER)
+
+
+def checkpoint_path(name: str) -> str:
+    """Full path of a listed checkpoint; FileNotFoundError when it is gone."""
+    _require()
+    return folder_paths.get_full_path_or_raise(MODEL_FOLDER, name)
+
+
+def temp_directory() -> str:
+    _require()
+    return folder_paths.get_temp_directory()
+
+
+# Devices, progress, interrupts ------------------------------------------------------------------
+def torch_device() -> torch.device:
+    """Where ComfyUI computes (cpu with --cpu)."""
+    _require()
+    return comfy.model_management.get_torch_device()
+
+
+def intermediate_device() -> torch.device:
+    """Where node outputs live between nodes."""
+    _require()
+    return comfy.model_management.intermediate_device()
+
+
+def soft_empty_cache() -> None:
+    _require()
+    comfy.model_management.soft_empty_cache()
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
+    _require()
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress_bar(total: int) -> Any:
+    """A bar in the node's UI; use ``.update_absolute(done)``."""
+    _require()
+    return comfy.utils.ProgressBar(total)
+
+
+# Noise and the diffusion model ------------------------------------------------------------------
+def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None) -> torch.Tensor:
+    """ComfyUI's own seeded Gaussian noise for a latent (what RandomNoise gives)."""
+    _require()
+    return comfy.sample.prepare_noise(latent, seed, batch_index)
+
+
+def model_sampling(model: Any) -> Any:
+    """The MODEL's sampling object (sigma_max, noise scaling)."""
+    return model.get_model_object("model_sampling")
+
+
+def latent_format(model: Any) -> Any:
+    """The MODEL's latent format (latent_channels, process_in, process_out)."""
+    return model.get_model_object("latent_format")
+
+
+def is_flow(sampling: Any) -> bool:
+    """True for flow-matching models (SD3, Flux, ...): they start from sigma*noise + (1-sigma)*latent."""
+    _require()
+    return isinstance(sampling, comfy.model_sampling.CONST)
+
+
+def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
+    """Write IMAGE [B,H,W,3] in [0,1] as PNGs to the temp folder; returns the UI's image records."""
+    _require()
+    import uuid
+
+    import numpy as np
+    from PIL import Image  # ComfyUI depends on Pillow
+
+    os.makedirs(temp_directory(), exist_ok=True)
+    records = []
+    for i, image in enumerate(images):
+        filename = f"{prefix}_{uuid.uuid4().hex[:12]}_{i:03d}.png"
+        pixels = (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(temp_directory(), filename))
+        records.append({"filename": filename, "subfolder": "", "type": "temp"})
+    return records

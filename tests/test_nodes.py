@@ -1,0 +1,334 @@
+"""The ComfyUI nodes without ComfyUI: host functions run against tests/fake_comfy.py.
+
+A real tiny prior checks the numbers (against noisear's own sampler fed ComfyUI's eps); a recording
+stand-in with the published SDXL / Hunyuan-DiT config checks what the nodes hand to the prior.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fake_comfy
+import nodes
+from nodes import host
+from nodes.definitions import (NODE_CLASS_MAPPINGS, NoiseARBlendNode, NoiseARLatentNode, NoiseARLoader,
+                               NoiseARNoiseNode, NoiseARPreviewNode)
+from nodes.noise import SIZE_MODES
+from nodes.prior import NoiseARNodeError, NoiseARPrior
+from nodes.preview import colour_matrix, noise_to_image
+from noisear import NoiseARConfig, save
+from builders import HUNYUAN_DIT, SDXL, random_model
+
+REPO = Path(__file__).resolve().parents[1]
+CENTRE = SIZE_MODES[1]
+# 4 channels like SDXL latents, 8x8 latent in 4x4 patches, 2x2 grid, 24-d text
+SMALL = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=24, text_dim=24)
+
+
+@pytest.fixture(autouse=True)
+def host_fakes(monkeypatch, tmp_path):
+    return fake_comfy.install(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def small_ckpt(host_fakes, tmp_path):
+    """A random SMALL prior saved as models/noisear/small.safetensors and the folder registered."""
+    host.register_model_folder()
+    folder = Path(host_fakes.folder_paths.models_dir) / "noisear"
+    folder.mkdir(parents=True)
+    save(random_model(SMALL, seed=3), folder / "small.safetensors")
+    return "small.safetensors"
+
+
+def load(name="small.safetensors", device="auto", dtype="fp32") -> NoiseARPrior:
+    return NoiseARLoader().load(name, device, dtype)["result"][0]
+
+
+def conditioning(tokens=77, width=24, batch=1, seed=5, **extras):
+    cond = torch.randn(batch, tokens, width, generator=torch.Generator().manual_seed(seed))
+    return [[cond, dict(extras)]]
+
+
+def empty_latent(batch=1, channels=4, height=8, width=8, **extras):
+    return {"samples": torch.zeros(batch, channels, height, width), **extras}
+
+
+class RecordingModel:
+    """Stands in for a NoiseAR network with ``config``: records calls, returns temperature * eps + offset."""
+
+    def __init__(self, config: NoiseARConfig, offset: float = 1.0) -> None:
+        self.config, self.offset, self.calls, self.moves = config, offset, [], []
+
+    def to(self, device):
+        self.moves.append(torch.device(device).type)
+        return self
+
+    def sample(self, text, eps, *, temperature, text_mask, callback):
+        self.calls.append({"text": text, "eps": eps, "mask": text_mask})
+        steps = self.config.grid_height * self.config.grid_width
+        for done in range(1, steps + 1):
+            callback(done, steps)
+        return temperature * eps + self.offset
+
+
+def recording_prior(config: NoiseARConfig, device="auto") -> NoiseARPrior:
+    return NoiseARPrior(RecordingModel(config), "stand-in", device, "fp32")
+
+
+def noise_for(prior, latent, cond=None, seed=11, temperature=0.5, size_mode=SIZE_MODES[0], upstream=None):
+    cond = cond if cond is not None else conditioning(width=prior.config.text_dim)
+    noise = NoiseARNoiseNode().make(prior, cond, seed, temperature, size_mode, upstream)[0]
+    return noise.generate_noise(latent)
+
+
+# Loading ----------------------------------------------------------------------------------------------
+def test_model_folder_is_merged_into_an_entry_from_extra_model_paths(host_fakes):
+    host_fakes.folder_paths.folder_names_and_paths["noisear"] = (["/extra/noisear"], set())
+    host.register_model_folder()
+    paths, extensions = host_fakes.folder_paths.folder_names_and_paths["noisear"]
+    assert paths == ["/extra/noisear", os.path.join(host_fakes.folder_paths.models_dir, "noisear")]
+    assert {".safetensors", ".pth"} <= extensions
+
+
+def test_loader_lists_the_folder_and_shows_the_variant(small_ckpt):
+    assert NoiseARLoader.INPUT_TYPES()["required"]["ckpt_name"][0] == ["small.safetensors"]
+    result = NoiseARLoader().load(small_ckpt, "auto", "fp32")
+    prior, info = result["result"]
+    assert prior.variant == "own" and "own prior" in info and result["ui"]["text"] == (info,)
+    assert next(prior.model.parameters()).device.type == "cpu"
+
+
+def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
+    first, again = load(), load()
+    assert again.model is first.model
+    path = host.checkpoint_path(small_ckpt)
+    os.utime(path, (os.path.getmtime(path) + 10, os.path.getmtime(path) + 10))
+    assert load().model is not first.model
+    assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != NoiseARLoader.IS_CHANGED("gone", "auto", "fp32")
+
+
+def test_loader_refuses_impossible_device_and_dtype(small_ckpt):
+    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS("cpu", "fp16")
+    assert NoiseARLoader.VALIDATE_INPUTS("auto", "bf16") is True
+    with pytest.raises(NoiseARNodeError, match="ComfyUI runs on the CPU"):
+        load(device="gpu")
+    with pytest.raises(NoiseARNodeError, match="fp16 runs on a GPU only"):
+        load(dtype="fp16")
+
+
+def test_prior_visits_the_gpu_only_while_drawing(host_fakes):
+    class OnAccelerator(RecordingModel):  # "meta" plays the GPU: tensors move there without CUDA
+        def sample(self, text, eps, **kwargs):
+            assert text.device.type == eps.device.type == "meta"
+            return torch.zeros(eps.shape)
+
+    host_fakes.comfy.model_management.device = torch.device("meta")
+    prior = NoiseARPrior(OnAccelerator(SMALL), "stand-in", "auto", "fp32")
+    noise_for(prior, empty_latent())
+    assert prior.model.moves == ["meta", "cpu"]
+    assert host_fakes.comfy.model_management.cache_emptied == 1
+
+
+# NoiseAR Noise ------------------------------------------------------------------------------------------
+def test_noise_is_the_prior_sample_of_comfyuis_eps_for_the_seed(small_ckpt):
+    prior, latent, cond = load(), empty_latent(batch=2), conditioning()
+    noise = noise_for(prior, latent, cond, seed=11, temperature=0.7)
+    eps = fake_comfy.prepare_noise(latent["samples"], 11)
+    for i in range(2):
+        expected = prior.model.sample(cond[0][0], eps[i:i + 1], temperature=0.7)
+        assert torch.equal(noise[i:i + 1], expected)
+    assert noise.shape == latent["samples"].shape and noise.dtype == torch.float32
+
+
+def test_batch_index_reproduces_the_item_of_the_full_batch(small_ckpt):
+    prior = load()
+    full = noise_for(prior, empty_latent(batch=3))
+    assert torch.equal(noise_for(prior, empty_latent(batch=1, batch_index=[2])), full[2:3])
+
+
+def test_upstream_noise_gives_eps_and_its_seed():
+    class Upstream:
+        seed = 1234
+
+        def generate_noise(self, latent):
+            return torch.full(latent["samples"].shape, 2.0)
+
+    prior = recording_prior(SMALL)
+    node_noise = NoiseARNoiseNode().make(prior, conditioning(), 0, 0.5, SIZE_MODES[0], Upstream())[0]
+    assert node_noise.seed == 1234
+    assert torch.equal(node_noise.generate_noise(empty_latent()), torch.full((1, 4, 8, 8), 0.5 * 2.0 + 1.0))
+
+
+def test_one_draw_is_shared_by_repeated_calls_for_the_same_latent():
+    prior = recording_prior(SMALL)
+    node_noise = NoiseARNoiseNode().make(prior, conditioning(), 0, 0.5, SIZE_MODES[0])[0]
+    first = node_noise.generate_noise(empty_latent())
+    assert torch.equal(node_noise.generate_noise(empty_latent()), first) and len(prior.model.calls) == 1
+
+
+def test_progress_counts_patches_times_batch_and_interrupt_stops_the_draw(host_fakes):
+    prior = recording_prior(SMALL)
+    noise_for(prior, empty_latent(batch=3))
+    bar = host_fakes.progress_bars[-1]
+    assert bar.total == 3 * SMALL.num_patches and bar.updates[-1] == bar.total
+    host_fakes.comfy.model_management.interrupted = True
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        noise_for(recording_prior(SMALL), empty_latent())
+
+
+@pytest.mark.parametrize("config", [SDXL, HUNYUAN_DIT], ids=["SDXL", "Hunyuan-DiT"])
+def test_published_priors_read_the_first_77_tokens_and_no_mask(config):
+    prior = recording_prior(config)
+    cond = conditioning(tokens=154, width=config.text_dim, attention_mask=torch.ones(1, 154))
+    noise_for(prior, empty_latent(height=128, width=128), cond)
+    call = prior.model.calls[0]
+    assert torch.equal(call["text"], cond[0][0][:, :77]) and call["mask"] is None
+
+
+def test_own_priors_read_all_tokens_and_the_mask_and_one_conditioning_serves_the_batch():
+    prior = recording_prior(SMALL)
+    mask = torch.tensor([[1] * 80 + [0] * 20])
+    cond = conditioning(tokens=100, attention_mask=mask)
+    noise_for(prior, empty_latent(batch=2), cond)
+    assert len(prior.model.calls) == 2
+    for call in prior.model.calls:
+        assert torch.equal(call["text"], cond[0][0]) and torch.equal(call["mask"], mask.bool())
+
+
+@pytest.mark.parametrize("config, width, needs", [(SDXL, 768, "SDXL / DreamShaper-XL"), (HUNYUAN_DIT, 2048, "Hunyuan-DiT")],
+                         ids=["SD1.5-into-SDXL", "SDXL-into-Hunyuan"])
+def test_wrong_conditioning_width_names_the_model_the_prior_needs(config, width, needs):
+    with pytest.raises(NoiseARNodeError, match=f"{width}-d.*{needs}"):
+        NoiseARNoiseNode().make(recording_prior(config), conditioning(width=width), 0, 0.5, SIZE_MODES[0])
+
+
+def test_other_sizes_are_refused_in_native_only_mode_with_the_way_out():
+    with pytest.raises(NoiseARNodeError, match=r"native to latent 128x128 \(1024x1024 px\).*centre \+ Gaussian border"):
+        noise_for(recording_prior(SDXL), empty_latent(height=96, width=96), conditioning(width=2048))
+
+
+def test_centre_mode_puts_the_prior_in_the_middle_and_warns(caplog):
+    prior = recording_prior(SDXL)
+    latent = empty_latent(height=160, width=192)
+    node_noise = NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, CENTRE)[0]
+    noise = node_noise.generate_noise(latent)
+    eps = fake_comfy.prepare_noise(latent["samples"], 11)
+    inside = (slice(None), slice(None), slice(16, 144), slice(32, 160))
+    assert torch.equal(noise[inside], 0.5 * eps[inside] + 1.0)
+    border = torch.ones_like(noise, dtype=torch.bool)
+    border[inside] = False
+    assert torch.equal(noise[border], eps[border])
+    assert "only the centred 1024x1024 px window" in node_noise.warning.lower() and "WARNING" in caplog.text
+    with pytest.raises(NoiseARNodeError, match="at least 128x128"):
+        noise_for(prior, empty_latent(height=160, width=96), conditioning(width=2048), size_mode=CENTRE)
+
+
+def test_channel_mismatch_is_refused():
+    with pytest.raises(NoiseARNodeError, match="16 channels.*4-channel"):
+        noise_for(recording_prior(SMALL), empty_latent(channels=16))
+
+
+# NoiseAR Latent -------------------------------------------------------------------------------------------
+def latent_node(prior, model, latent, seed=11, **kwargs):
+    return NoiseARLatentNode().make(model, prior, conditioning(width=prior.config.text_dim), seed, 0.5,
+                                    SIZE_MODES[0], latent, **kwargs)["result"]
+
+
+@pytest.mark.parametrize("filled", [False, True], ids=["empty-latent", "non-zero-latent"])
+def test_latent_path_starts_where_the_noise_path_starts(small_ckpt, filled):
+    prior, model = load(), fake_comfy.Model()
+    latent = empty_latent(batch=2, batch_index=[4, 7])
+    if filled:
+        latent["samples"] = torch.randn(2, 4, 8, 8)
+    start_latent, info = latent_node(prior, model, latent)
+    noise = noise_for(prior, latent)
+    sampling, fmt = model.sampling, model.latent_format
+    sigma = float(sampling.sigma_max)
+    noise_path = sampling.noise_scaling(sigma, noise, fmt.process_in(latent["samples"]) if filled else latent["samples"])
+    ksampler_path = fmt.process_in(start_latent["samples"])  # add_noise disable: process_in(LATENT) is x
+    torch.testing.assert_close(ksampler_path, noise_path, rtol=1e-5, atol=1e-5)
+    if not filled:
+        torch.testing.assert_close(start_latent["samples"], noise * math.sqrt(1 + 14.6146 ** 2) / 0.13025)
+    assert start_latent["batch_index"] == [4, 7] and "channel 3" in info
+
+
+def test_latent_path_refuses_flow_models_and_masks(small_ckpt):
+    with pytest.raises(NoiseARNodeError, match="flow model.*NoiseAR Noise"):
+        latent_node(load(), fake_comfy.Model(sampling=fake_comfy.CONST()), empty_latent())
+    with pytest.raises(NoiseARNodeError, match="noise_mask"):
+        latent_node(load(), fake_comfy.Model(), empty_latent(noise_mask=torch.ones(1, 8, 8)))
+
+
+# NoiseAR Blend --------------------------------------------------------------------------------------------
+class Gaussian:
+    seed = 99
+
+    def generate_noise(self, latent):
+        return fake_comfy.prepare_noise(latent["samples"], self.seed, latent.get("batch_index"))
+
+
+@pytest.mark.parametrize("mode", ["linear", "variance-preserving", "slerp"])
+def test_blend_endpoints_are_the_inputs_exactly(mode):
+    noisear_noise = NoiseARNoiseNode().make(recording_prior(SMALL), conditioning(), 11, 0.5, SIZE_MODES[0])[0]
+    latent = empty_latent(batch=2)
+    at = {s: NoiseARBlendNode().make(noisear_noise, Gaussian(), s, mode, False)[0] for s in (0.0, 1.0)}
+    assert torch.equal(at[0.0].generate_noise(latent), Gaussian().generate_noise(latent))
+    assert torch.equal(at[1.0].generate_noise(latent), noisear_noise.generate_noise(latent))
+    assert at[0.0].seed == Gaussian.seed
+
+
+# NoiseAR Preview ------------------------------------------------------------------------------------------
+def test_preview_shows_that_temperature_half_halves_the_std(monkeypatch, small_ckpt):
+    saved = []
+    monkeypatch.setattr(host, "save_temp_images", lambda images, prefix: saved.append(images) or [])
+    config = NoiseARConfig(patch_size=4, channels=4, latent_height=32, latent_width=32, d_model=16, d_ff=24, text_dim=24)
+    prior = NoiseARPrior(RecordingModel(config, offset=0.0), "stand-in", "auto", "fp32")
+    latent = empty_latent(batch=2, height=32, width=32)
+    pictures = {}
+    for temperature in (1.0, 0.5):
+        noisear_noise = NoiseARNoiseNode().make(prior, conditioning(), 11, temperature, SIZE_MODES[0])[0]
+        pictures[temperature] = NoiseARPreviewNode().preview(noisear_noise, latent)["result"]
+    (image_1, stats_1), (image_half, stats_half) = pictures[1.0], pictures[0.5]
+    assert image_1.shape == (2, 128, 128, 3) and len(saved) == 2
+    assert image_half.std().item() == pytest.approx(0.5 * image_1.std().item(), rel=0.05)
+    std = lambda stats: float(stats.splitlines()[0].split("std")[1])  # noqa: E731
+    assert std(stats_half) == pytest.approx(0.5 * std(stats_1), rel=0.01)
+
+
+@pytest.mark.parametrize("channels", [4, 16])
+def test_colour_matrix_uses_each_channel_once_and_keeps_unit_variance(channels):
+    matrix = colour_matrix(channels)
+    assert torch.equal((matrix > 0).sum(dim=0), torch.ones(channels, dtype=torch.long))
+    torch.testing.assert_close(matrix.pow(2).sum(dim=1), torch.ones(3))
+    image = noise_to_image(torch.zeros(1, channels, 2, 2), zoom=1)
+    assert torch.equal(image, torch.full((1, 2, 2, 3), 0.5))
+
+
+# Node metadata and packaging ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(NODE_CLASS_MAPPINGS))
+def test_every_node_is_described_and_every_input_and_output_has_a_tooltip(name, small_ckpt):
+    node = NODE_CLASS_MAPPINGS[name]
+    assert node.CATEGORY == "sampling/noise/NoiseAR" and len(node.DESCRIPTION) > 40
+    assert len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == len(node.RETURN_NAMES)
+    inputs = {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+    for input_name, (_, options) in inputs.items():
+        assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+    assert set(inspect.signature(getattr(node(), node.FUNCTION)).parameters) == set(inputs)
+    assert name in nodes.NODE_DISPLAY_NAME_MAPPINGS
+
+
+def test_the_pack_imports_outside_comfyui():
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}); "
+            "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; "
+            "spec.loader.exec_module(module); print(sorted(module.NODE_CLASS_MAPPINGS))")
+    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "NoiseARNoise" in result.stdout
