@@ -175,7 +175,7 @@ class NoiseAR(nn.Module):
         if text.shape[0] == batch:
             return text
         if text.shape[0] == 1:
-            return text.expand(batch, -1, -1)
+            return text.expand(batch, *text.shape[1:])
         raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
 
     # Teacher forcing (the published forward pass) --------------------------------------------------
