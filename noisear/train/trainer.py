@@ -1,0 +1,517 @@
+"""The one training loop (likelihood training and DPO share it) and likelihood training.
+
+`train(model, objective, config)` runs AdamW with linear warm-up and cosine decay, gradient
+clipping, optional EMA, bf16 autocast on CUDA, a tqdm bar, a jsonl log, periodic checkpoints
+that resume exactly, and DDP under ``torchrun --nproc_per_node N`` (gloo on CPU, nccl on GPU).
+What differs between likelihood training and DPO is an :class:`Objective`: which batch a step
+uses and which loss it computes from log-probabilities.
+
+Files in ``config.out_dir``: ``checkpoint.pt`` (resume state, torch.save of tensors and plain
+dicts, read back with weights_only=True), ``log.jsonl`` and ``prior.safetensors`` (the final
+prior, EMA weights when EMA is on, loadable with ``noisear.load``).
+
+DDP: global batch ``batch_size`` is split into equal, contiguous per-rank shares; each rank's
+loss is the mean over its share and DDP averages the gradients, so one update equals the
+one-process update on the same global batch (exactly in exact arithmetic; with dropout > 0 the
+ranks draw different dropout masks).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..config import NoiseARConfig
+from ..io import load, save
+from ..model import NoiseAR, eval_mode
+from .data import Batch, BatchPlan, DatasetError, ShardDataset
+
+CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
+# A resumed run must not change these (they decide the data order and the updates).
+RESUME_FIXED = ("batch_size", "seed", "validation_fraction")
+
+# (text [B,T,D], noise [B,C,H,W], text_mask [B,T] or None) -> log p(noise | text) in nats, [B]
+LogProb = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Options of the shared loop. Steps count optimiser updates of one global batch."""
+
+    out_dir: str = "runs/noisear"
+    steps: int = 1000
+    batch_size: int = 64                 # global batch (all processes together)
+    lr: float = 1e-4                     # peak learning rate
+    min_lr_ratio: float = 0.1            # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0               # max global gradient norm; 0 = off
+    ema_decay: float = 0.0               # 0 = off; e.g. 0.999
+    seed: int = 0
+    validation_fraction: float = 0.1     # share of prompts held out (likelihood training)
+    bf16: bool = True                    # bf16 autocast, used on CUDA only
+    log_every: int = 10
+    val_every: int = 0                   # 0 = validate at the end only
+    checkpoint_every: int = 100
+    resume: bool = True                  # continue from out_dir/checkpoint.pt when it exists
+    device: str | None = None            # None: cuda:LOCAL_RANK when available, else cpu
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank, world size, device, and the unwrapped model."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    model: NoiseAR | None = None
+    owns_group: bool = False
+
+    @classmethod
+    def start(cls, device: str | None) -> "Runtime":
+        """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        owns = False
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            owns = True
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return cls(rank=rank, world=world, device=device, owns_group=owns)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average scalar metrics over ranks (every rank must call it)."""
+        if self.world == 1 or not values:
+            return values
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return dict(zip(keys, (tensor / self.world).tolist()))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+class Objective(Protocol):
+    """What the shared loop needs from a training method (likelihood training, DPO)."""
+
+    uses_dropout: bool  # train mode (dropout on) while computing the loss
+
+    def batch(self, step: int, runtime: Runtime) -> Any:
+        """This rank's share of global batch ``step``; a deterministic function of step and state."""
+
+    def loss(self, log_prob: LogProb, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss (mean over this rank's share) and metrics to log. Call log_prob once."""
+
+    def validate(self, model: NoiseAR) -> dict[str, float]:
+        """Metrics on held-out data, called on rank 0 with the weights that will be saved."""
+
+    def state_dict(self) -> dict:
+        """Plain tensors/numbers needed to resume exactly (e.g. the current DPO round)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
+class _LogProbModule(nn.Module):
+    """Makes log_prob the forward pass, so DDP synchronises its gradients."""
+
+    def __init__(self, model: NoiseAR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.log_prob(text, noise, text_mask)
+
+
+class EMA:
+    """Exponential moving average of the parameters: ema = decay * ema + (1 - decay) * param."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights."""
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(self.shadow, strict=False)
+        return averaged
+
+
+# RNG state as plain tensors, so that torch.load(weights_only=True) can read it back ---------------
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
+class _Log:
+    """jsonl log on rank 0 (appends, so a resumed run continues the same file)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.handle = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def write(self, record: dict) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                     objective: Objective, config: TrainConfig, runtime: Runtime) -> None:
+    rng = _rng_state(runtime.device)
+    if runtime.world > 1:
+        gathered: list[Any] = [None] * runtime.world
+        dist.all_gather_object(gathered, rng)
+        rng_per_rank = gathered
+    else:
+        rng_per_rank = [rng]
+    if runtime.rank == 0:
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "data_position": step,
+                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "model_config": model.config.to_json(), "optimizer": optimizer.state_dict(),
+                 "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
+                 "rng": rng_per_rank, "objective": objective.state_dict(), "config": json.dumps(asdict(config))}
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)  # a kill during saving keeps the previous checkpoint
+    runtime.barrier()
+
+
+def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                     objective: Objective, config: TrainConfig, runtime: Runtime) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
+    saved = json.loads(state["config"])
+    changed = [f"{key}: {saved[key]} -> {getattr(config, key)}" for key in RESUME_FIXED if saved[key] != getattr(config, key)]
+    if changed:
+        raise ValueError(f"cannot resume {path}: {', '.join(changed)}. Use the original values, or a new "
+                         f"out_dir (or resume=False) to start over")
+    if NoiseARConfig.from_json(state["model_config"]) != model.config:
+        raise ValueError(f"cannot resume {path}: it holds a different network config; use a new out_dir")
+    if (ema is None) != (state["ema"] is None):
+        raise ValueError(f"cannot resume {path}: EMA was {'off' if state['ema'] is None else 'on'} in that run")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.shadow = {k: v.to(runtime.device) for k, v in state["ema"].items()}
+    objective.load_state_dict(state["objective"])
+    if len(state["rng"]) == runtime.world:
+        _set_rng_state(state["rng"][runtime.rank], runtime.device)
+    else:  # another process count: the data order is unchanged, dropout masks are not
+        _seed_everything(config.seed + 7919 * runtime.rank + state["step"])
+    return int(state["step"])
+
+
+def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
+    """Run the loop to ``config.steps`` (resuming when a checkpoint exists) and return the final prior.
+
+    The returned model holds the EMA weights when EMA is on; it is also written to
+    ``out_dir/prior.safetensors`` by rank 0.
+    """
+    runtime = Runtime.start(config.device)
+    out_dir = Path(config.out_dir)
+    if runtime.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.barrier()
+    model = model.float().to(runtime.device)
+    runtime.model = model
+    _seed_everything(config.seed + 7919 * runtime.rank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.beta1, config.beta2),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    checkpoint = out_dir / "checkpoint.pt"
+    step = 0
+    if config.resume and checkpoint.exists():
+        step = _load_checkpoint(checkpoint, model, optimizer, ema, objective, config, runtime)
+    log_prob: nn.Module = _LogProbModule(model)
+    if runtime.world > 1:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        log_prob = nn.parallel.DistributedDataParallel(log_prob, device_ids=device_ids, broadcast_buffers=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and runtime.device.type == "cuda"
+                else contextlib.nullcontext())
+    log = _Log(out_dir / "log.jsonl" if runtime.rank == 0 else None)
+    bar = tqdm(total=config.steps, initial=step, disable=runtime.rank != 0 or not config.progress,
+               desc="train", dynamic_ncols=True)
+    started, pending = time.time(), []
+    try:
+        while step < config.steps:
+            model.train(objective.uses_dropout)
+            batch = objective.batch(step, runtime)
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss, metrics = objective.loss(log_prob, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            pending.append({**metrics, "grad_norm": float(grad_norm)})
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                averaged = runtime.mean({k: float(np.mean([m[k] for m in pending])) for k in pending[0]})
+                pending = []
+                bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "grad_norm"})
+                log.write({"kind": "train", "step": step, "lr": lr, **averaged,
+                           "elapsed_s": round(time.time() - started, 3)})
+            if config.val_every and step % config.val_every == 0 and step < config.steps:
+                _validate(model, ema, objective, runtime, log, step)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
+        _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
+    except KeyboardInterrupt:
+        if runtime.world == 1:  # under DDP the other ranks may be inside a collective; use the last checkpoint
+            _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
+        raise
+    finally:
+        bar.close()
+    final = ema.copy_to(model) if ema is not None else model
+    final.eval()
+    _validate(model, ema, objective, runtime, log, step, final=final)
+    if runtime.rank == 0:
+        save(final, out_dir / "prior.safetensors")
+    log.close()
+    runtime.barrier()
+    if runtime.owns_group:
+        dist.destroy_process_group()
+    return final
+
+
+def _validate(model: NoiseAR, ema: EMA | None, objective: Objective, runtime: Runtime, log: _Log, step: int,
+              final: NoiseAR | None = None) -> None:
+    if runtime.rank == 0:
+        weights = final if final is not None else (ema.copy_to(model) if ema is not None else model)
+        with eval_mode(weights), torch.no_grad():
+            metrics = objective.validate(weights)
+        if metrics:
+            log.write({"kind": "validation", "step": step, **metrics})
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items()))
+    runtime.barrier()
+
+
+# Likelihood training ---------------------------------------------------------------------------
+def nll_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:
+    """Negative log-likelihood in nats per dimension, [B] -> [B]."""
+    return -log_prob / dims
+
+
+def masked_mean_pool(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """[B,T,D], [B,T] -> [B,D]: mean over real tokens."""
+    weights = text_mask.to(text.dtype)[..., None]
+    return (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class PromptMeanBaseline:
+    """Gaussian whose mean depends on the prompt only: N(W^T [pool(text), 1], diag(var)).
+
+    W is a ridge regression from the masked mean-pooled prompt embedding to the noise, fitted on
+    the training split (streamed: accumulates X^T X and X^T Y, memory (D+1) x C*H*W float64);
+    ``var`` is the per-dimension residual variance on the training split (fitted, not unit).
+    ``ridge`` is relative: lambda = ridge * mean diagonal of X^T X. It generalises to unseen
+    (validation) prompts, which a table of per-prompt means could not.
+    """
+
+    def __init__(self, dataset: ShardDataset, validation_fraction: float, ridge: float = 0.1,
+                 batch_size: int = 256) -> None:
+        width = dataset.item_shapes["text"][1] + 1
+        dims = math.prod(dataset.item_shapes["noise"])
+        gram = torch.zeros(width, width, dtype=torch.float64)
+        cross = torch.zeros(width, dims, dtype=torch.float64)
+        squares = torch.zeros(dims, dtype=torch.float64)
+        count = 0
+        for batch in dataset.iterate("train", validation_fraction, batch_size):
+            x, y = self._features(batch), batch.noise.flatten(1).double()
+            gram += x.T @ x
+            cross += x.T @ y
+            squares += (y ** 2).sum(0)
+            count += len(batch)
+        if count == 0:
+            raise DatasetError("the training split is empty; cannot fit the prompt-mean baseline")
+        penalty = ridge * gram.diagonal()[:-1].mean() * torch.eye(width, dtype=torch.float64)
+        penalty[-1, -1] = 0.0  # the intercept is not shrunk
+        self.weight = torch.linalg.solve(gram + penalty, cross)
+        residual = squares - 2 * (self.weight * cross).sum(0) + ((gram @ self.weight) * self.weight).sum(0)
+        self.var = (residual / count).clamp_min(1e-6)
+
+    @staticmethod
+    def _features(batch: Batch) -> torch.Tensor:
+        pooled = masked_mean_pool(batch.text.double(), batch.text_mask)
+        return torch.cat([pooled, torch.ones(len(pooled), 1, dtype=torch.float64)], dim=1)
+
+    def nll_per_dim(self, batch: Batch) -> torch.Tensor:
+        """[B] nats per dimension of the batch's noise under this baseline."""
+        mean = self._features(batch) @ self.weight
+        y = batch.noise.flatten(1).double()
+        return 0.5 * ((y - mean) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
+
+
+def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
+    """[B] nats per dimension under N(0, I)."""
+    return 0.5 * (noise.flatten(1).double() ** 2 + math.log(2 * math.pi)).mean(1)
+
+
+class LikelihoodObjective:
+    """Teacher-forced Gaussian NLL in nats/dim on the training split of a shard dataset.
+
+    Validation: model NLL on the validation prompts, and ``gap_vs_standard_normal`` /
+    ``gap_vs_prompt_mean`` = baseline NLL - model NLL (positive: the prior is better).
+    """
+
+    uses_dropout = True
+
+    def __init__(self, dataset: ShardDataset, config: TrainConfig, baseline_ridge: float = 0.1,
+                 eval_batch_size: int = 64) -> None:
+        self.dataset, self.validation_fraction = dataset, config.validation_fraction
+        self.plan = BatchPlan(dataset, config.batch_size, config.seed, config.validation_fraction)
+        self.baseline_ridge, self.eval_batch_size = baseline_ridge, eval_batch_size
+        self._baselines: dict[str, float] | None = None
+
+    def batch(self, step: int, runtime: Runtime) -> Batch:
+        return self.plan.batch(step, runtime.rank, runtime.world).to(runtime.device)
+
+    def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask), batch.noise[0].numel()).mean()
+        return nll, {"nll": nll.item()}
+
+    def _validation_batches(self):
+        return self.dataset.iterate("validation", self.validation_fraction, self.eval_batch_size)
+
+    def validate(self, model: NoiseAR) -> dict[str, float]:
+        if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction)):
+            return {}
+        if self._baselines is None:
+            baseline = PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge)
+            totals, count = {"nll_standard_normal": 0.0, "nll_prompt_mean": 0.0}, 0
+            for batch in self._validation_batches():
+                totals["nll_standard_normal"] += float(standard_normal_nll_per_dim(batch.noise).sum())
+                totals["nll_prompt_mean"] += float(baseline.nll_per_dim(batch).sum())
+                count += len(batch)
+            self._baselines = {k: v / count for k, v in totals.items()}
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for batch in self._validation_batches():
+            batch = batch.to(device)
+            total += float(nll_per_dim(model.log_prob(batch.text, batch.noise, batch.text_mask),
+                                       batch.noise[0].numel()).double().sum())
+            count += len(batch)
+        nll = total / count
+        return {"val_nll": nll, **self._baselines,
+                "gap_vs_standard_normal": self._baselines["nll_standard_normal"] - nll,
+                "gap_vs_prompt_mean": self._baselines["nll_prompt_mean"] - nll}
+
+    def state_dict(self) -> dict:
+        return {}  # the data order is a function of (seed, step)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def initial_model(model_config: NoiseARConfig | None = None, init: str | os.PathLike | None = None,
+                  seed: int = 0) -> NoiseAR:
+    """A prior to start from: ``init`` (a published .pth or our .safetensors via noisear.load) or a fresh
+    ``NoiseAR(model_config)`` with the published initialisation (untrained prior ~ N(0, I)), seeded."""
+    if (model_config is None) == (init is None):
+        raise ValueError("give exactly one of model_config (train from scratch) or init (a checkpoint to start from)")
+    if init is not None:
+        model = load(init)
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # own, writable storage
+        return model
+    torch.manual_seed(seed)
+    return NoiseAR(model_config)
+
+
+def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
+    """The dataset's noise [C,H,W] and text width must be what the prior models."""
+    c = model.config
+    noise, text = dataset.item_shapes["noise"], dataset.item_shapes["text"]
+    if tuple(noise) != (c.channels, c.latent_height, c.latent_width) or text[1] != c.text_dim:
+        raise DatasetError(f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models noise "
+                           f"{[c.channels, c.latent_height, c.latent_width]} with text width {c.text_dim}")
+
+
+def train_likelihood(data_dir: str | os.PathLike, config: TrainConfig, model_config: NoiseARConfig | None = None,
+                     init: str | os.PathLike | None = None, baseline_ridge: float = 0.1) -> NoiseAR:
+    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init)."""
+    dataset = ShardDataset(data_dir)
+    model = initial_model(model_config, init, config.seed)
+    check_compatible(model, dataset)
+    return train(model, LikelihoodObjective(dataset, config, baseline_ridge), config)

@@ -1,0 +1,146 @@
+"""Likelihood training: schedule, N(0,I) start, mean recovery, exact resume, DDP equals one process."""
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import noisear
+from noisear import NoiseARConfig
+from noisear.train.data import DatasetInfo, ShardDataset, ShardWriter
+from noisear.train.trainer import (LikelihoodObjective, TrainConfig, initial_model, learning_rate,
+                                   standard_normal_nll_per_dim, train, train_likelihood)
+
+MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
+                      text_dim=4, dropout=0.0)
+SHAPE = (2, 4, 4)
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_dataset(directory, prompts=64, per_prompt=16, scale=0.8, seed=0):
+    """Noise = m(prompt) + N(0, I) with m a fixed linear map of the prompt embedding. Returns (text, means)."""
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randn(prompts, 2, 4, generator=generator)
+    mapping = torch.randn(math.prod(SHAPE), 4, generator=generator) / math.sqrt(4)
+    means = (scale * text.mean(1) @ mapping.T).reshape(prompts, *SHAPE)
+    with ShardWriter(directory, DatasetInfo(source_model="known-mean toy"), shard_size=100) as writer:
+        for p in range(prompts):
+            noise = means[p] + torch.randn(per_prompt, *SHAPE, generator=generator)
+            writer.append(text[p].expand(per_prompt, -1, -1), noise, [p] * per_prompt, range(per_prompt))
+    return text, means
+
+
+def config(tmp_path, **changes):
+    base = TrainConfig(out_dir=str(tmp_path / "run"), steps=8, batch_size=8, lr=3e-3, warmup_steps=2,
+                       log_every=2, checkpoint_every=4, validation_fraction=0.2, progress=False, device="cpu")
+    return replace(base, **changes)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    c = TrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert [learning_rate(s, c) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert learning_rate(60, c) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert learning_rate(110, c) == pytest.approx(0.1)
+    assert learning_rate(35, c) > learning_rate(36, c)
+
+
+def test_untrained_prior_is_standard_normal_and_init_is_seeded():
+    model = initial_model(MODEL, seed=3)
+    noise = torch.randn(16, *SHAPE)
+    nll = -model.eval().log_prob(torch.randn(16, 2, 4), noise) / noise[0].numel()
+    assert torch.allclose(nll.double(), standard_normal_nll_per_dim(noise), atol=2e-3)
+    assert torch.equal(initial_model(MODEL, seed=3).state_dict()["prediction_head_mu.2.weight"],
+                       model.state_dict()["prediction_head_mu.2.weight"])
+
+
+def test_training_recovers_a_prompt_dependent_mean_and_beats_standard_normal(tmp_path):
+    text, means = make_dataset(tmp_path / "data")
+    c = config(tmp_path, steps=400, batch_size=32, lr=1e-2, warmup_steps=20, checkpoint_every=0, log_every=50)
+    prior = train_likelihood(tmp_path / "data", c, model_config=MODEL)
+    mean = prior.sample(text, temperature=0.0)  # the mode of each patch given the earlier modes
+    error = (mean - means).pow(2).mean().sqrt()
+    assert error < 0.4 * means.pow(2).mean().sqrt(), f"rms error {error:.3f} of mean rms {means.pow(2).mean().sqrt():.3f}"
+    records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    final = records[-1]
+    assert final["kind"] == "validation"
+    assert final["gap_vs_standard_normal"] > 0.05, final  # validation prompts were never trained on
+    assert noisear.load(tmp_path / "run/prior.safetensors").config == MODEL
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    dataset = ShardDataset(tmp_path / "data")
+    model_config = replace(MODEL, dropout=0.2)  # dropout makes the RNG state matter
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(tmp_path / "whole"))
+    whole = train(initial_model(model_config), LikelihoodObjective(dataset, c), c)
+
+    c = replace(c, out_dir=str(tmp_path / "killed"))
+    objective = LikelihoodObjective(dataset, c)
+    plain_batch = objective.batch
+
+    def crashing_batch(step, runtime):
+        if step == 10:
+            raise Crash()
+        return plain_batch(step, runtime)
+
+    objective.batch = crashing_batch
+    with pytest.raises(Crash):
+        train(initial_model(model_config), objective, c)
+    assert torch.load(tmp_path / "killed/checkpoint.pt", weights_only=True)["step"] == 8
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model
+    resumed = train(initial_model(model_config, seed=99), LikelihoodObjective(dataset, c), c)
+    for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    with pytest.raises(ValueError, match="batch_size"):
+        train(initial_model(model_config), LikelihoodObjective(dataset, replace(c, batch_size=4)), replace(c, batch_size=4))
+
+
+DDP_SCRIPT = """
+import sys
+from noisear import NoiseARConfig
+from noisear.train.trainer import TrainConfig, train_likelihood
+model = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
+                      text_dim=4, dropout=0.0)
+train_likelihood(sys.argv[1], TrainConfig(out_dir=sys.argv[2], steps=6, batch_size=8, lr=3e-3, warmup_steps=2,
+                 grad_clip=0.5, ema_decay=0.5, adam_eps=1e-6, log_every=2, checkpoint_every=3, validation_fraction=0.2,
+                 progress=False, device="cpu"), model_config=model)
+"""
+
+
+def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
+    # adam_eps 1e-6: attention key biases have an exactly-zero true gradient, and with eps 1e-8 Adam
+    # turns their float rounding noise (different for 1 and 2 processes) into lr-sized steps.
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    script = tmp_path / "run_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "one")],
+                   check=True, env=env, timeout=120)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(tmp_path / "data"), str(tmp_path / "two")],
+                   check=True, env=env, timeout=120, capture_output=True)
+    one = noisear.load(tmp_path / "one/prior.safetensors").state_dict()
+    two = noisear.load(tmp_path / "two/prior.safetensors").state_dict()
+    start = initial_model(MODEL).state_dict()
+    assert not torch.allclose(one["prediction_head_mu.2.weight"], start["prediction_head_mu.2.weight"])
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+    rng = torch.load(tmp_path / "two/checkpoint.pt", weights_only=True)["rng"]
+    assert len(rng) == 2
