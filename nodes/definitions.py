@@ -9,7 +9,7 @@ from noisear.mixing import MODES
 from . import host
 from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, load_prior
+from .prior import DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, device_problem, load_prior
 
 CATEGORY = "sampling/noise/NoiseAR"
 
@@ -65,13 +65,8 @@ class NoiseARLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, device: str, dtype: str) -> bool | str:
-        if device not in DEVICES:
-            return f"device must be one of {', '.join(DEVICES)}, got {device!r}"
-        if dtype not in DTYPES:
-            return f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
-        if device == "cpu" and dtype == "fp16":
-            return "fp16 runs on a GPU only; choose fp32 or bf16 for the cpu device"
-        return True
+        """Refuse device/dtype pairs this host cannot run (checked again when loading)."""
+        return device_problem(device, dtype) or True
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:

@@ -52,16 +52,10 @@ class NoiseARPrior:
 
     def compute_device(self) -> torch.device:
         """The device draws run on: the host's torch device, or the CPU when asked."""
-        if self.device == "cpu":
-            return OFFLOAD_DEVICE
-        device = host.torch_device()
-        if self.device == "gpu" and device.type == "cpu":
-            raise NoiseARNodeError(
-                "NoiseAR Loader: device 'gpu' was chosen but ComfyUI runs on the CPU (no GPU, or --cpu); "
-                "choose 'auto' or 'cpu'")
-        if device.type == "cpu" and self.dtype == "fp16":
-            raise NoiseARNodeError("NoiseAR Loader: fp16 runs on a GPU only; choose fp32 or bf16 on the CPU")
-        return device
+        problem = device_problem(self.device, self.dtype)
+        if problem:
+            raise NoiseARNodeError(f"NoiseAR Loader: {problem}")
+        return OFFLOAD_DEVICE if self.device == "cpu" else host.torch_device()
 
     def draw(self, text: torch.Tensor, eps: torch.Tensor, temperature: float, text_mask: torch.Tensor | None,
              callback: Callable[[int, int], None]) -> torch.Tensor:
@@ -87,6 +81,20 @@ class NoiseARPrior:
                 f"in {c.patch_size}x{c.patch_size} patches, text width {c.text_dim}, {self.dtype} on {self.device}")
 
 
+def device_problem(device: str, dtype: str) -> str | None:
+    """Why the device/dtype choice cannot run on this host, or None."""
+    if device not in DEVICES:
+        return f"device must be one of {', '.join(DEVICES)}, got {device!r}"
+    if dtype not in DTYPES:
+        return f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
+    on_cpu = device == "cpu" or host.torch_device().type == "cpu"
+    if device == "gpu" and on_cpu:
+        return "device 'gpu' was chosen but ComfyUI runs on the CPU (no GPU, or --cpu); choose 'auto' or 'cpu'"
+    if dtype == "fp16" and on_cpu:
+        return "fp16 runs on a GPU only; choose fp32 or bf16 on the CPU"
+    return None
+
+
 _cache: dict[tuple[str, float, str], NoiseAR] = {}
 
 
@@ -96,10 +104,9 @@ def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
     Cached by (path, modification time, dtype): a file replaced on disk is read again, and older
     entries of the same path are dropped.
     """
-    if device not in DEVICES:
-        raise NoiseARNodeError(f"NoiseAR Loader: device must be one of {DEVICES}, got {device!r}")
-    if dtype not in DTYPES:
-        raise NoiseARNodeError(f"NoiseAR Loader: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    problem = device_problem(device, dtype)
+    if problem:
+        raise NoiseARNodeError(f"NoiseAR Loader: {problem}")
     path = host.checkpoint_path(name)
     key = (path, os.path.getmtime(path), dtype)
     if key not in _cache:
@@ -107,6 +114,4 @@ def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
             del _cache[stale]
         log.info("NoiseAR: loading %s (%s)", path, dtype)
         _cache[key] = noisear.load(path, device=OFFLOAD_DEVICE, dtype=DTYPES[dtype])
-    prior = NoiseARPrior(_cache[key], name, device, dtype)
-    prior.compute_device()  # refuse impossible device/dtype pairs now, not at sampling time
-    return prior
+    return NoiseARPrior(_cache[key], name, device, dtype)

@@ -115,7 +115,8 @@ def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
 
 
 def test_loader_refuses_impossible_device_and_dtype(small_ckpt):
-    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS("cpu", "fp16")
+    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS("auto", "fp16")  # the fake host runs on the CPU
+    assert "choose 'auto' or 'cpu'" in NoiseARLoader.VALIDATE_INPUTS("gpu", "fp32")
     assert NoiseARLoader.VALIDATE_INPUTS("auto", "bf16") is True
     with pytest.raises(NoiseARNodeError, match="ComfyUI runs on the CPU"):
         load(device="gpu")

@@ -1,0 +1,78 @@
+"""Test-only ComfyUI nodes for the host suite (never shipped with the pack).
+
+- NoiseARTestTinySDXL: a tiny random SDXL-family MODEL built from ComfyUI's own classes (no weights).
+- NoiseARTestConditioning: a random CONDITIONING of any width/length, with an SDXL pooled output.
+- NoiseARTestDrawNoise: what a NOISE gives for a latent, as a LATENT (so it can be saved and compared).
+"""
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models
+
+TINY_UNET = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 1],
+                 transformer_depth_middle=1, transformer_depth_output=[0, 0, 1, 1], num_head_channels=16,
+                 context_dim=2048, adm_in_channels=2816, in_channels=4, out_channels=4, image_size=32,
+                 use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
+                 num_classes="sequential", dims=2, use_temporal_attention=False)
+SEED = {"default": 0, "min": 0, "max": 2 ** 31 - 1}
+
+
+class NoiseARTestTinySDXL:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "build"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", SEED)}}
+
+    def build(self, seed):
+        config = comfy.supported_models.SDXL(dict(TINY_UNET))
+        config.set_inference_dtype(torch.float32, None)
+        model = comfy.model_base.SDXL(config, device="cpu")
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # ComfyUI's layers skip initialisation
+            for parameter in model.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                   offload_device=torch.device("cpu"))
+        return (patcher,)
+
+
+class NoiseARTestConditioning:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "make"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 2048, "min": 1, "max": 8192}),
+                             "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
+                             "seed": ("INT", SEED)}}
+
+    def make(self, width, tokens, seed):
+        generator = torch.Generator().manual_seed(seed)
+        cond = torch.randn(1, tokens, width, generator=generator)
+        return ([[cond, {"pooled_output": torch.randn(1, 1280, generator=generator)}]],)
+
+
+class NoiseARTestDrawNoise:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "draw"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"noise": ("NOISE",), "latent_image": ("LATENT",)}}
+
+    def draw(self, noise, latent_image):
+        return ({"samples": noise.generate_noise(latent_image).float().cpu()},)
+
+
+NODE_CLASS_MAPPINGS = {
+    "NoiseARTestTinySDXL": NoiseARTestTinySDXL,
+    "NoiseARTestConditioning": NoiseARTestConditioning,
+    "NoiseARTestDrawNoise": NoiseARTestDrawNoise,
+}

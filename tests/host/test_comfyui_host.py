@@ -1,0 +1,169 @@
+"""The pack inside a real ComfyUI (see conftest.py for how it is started; skipped without COMFYUI_PATH).
+
+Graphs run over a tiny random SDXL-family MODEL (tests/host/comfy_test_nodes) and a tiny random
+NoiseAR prior for 16x16 latents (128x128 px) in 4x4 patches, taking 2048-d SDXL-width conditioning.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from noisear import NoiseAR, NoiseARConfig, save
+
+WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+NOISEAR_NODES = {"NoiseARLoader", "NoiseARNoise", "NoiseARLatent", "NoiseARBlend", "NoiseARPreview"}
+PRIOR = NoiseARConfig(patch_size=4, channels=4, latent_height=16, latent_width=16, d_model=32, d_ff=64,
+                      text_dim=2048)
+PRIOR_FILE = "tiny16.safetensors"
+SIGMA_MAX, SDXL_SCALE = 14.6146, 0.13025
+SEED = 42
+
+
+@pytest.fixture(scope="module")
+def prior_name(comfy) -> str:
+    torch.manual_seed(0)
+    save(NoiseAR(PRIOR), comfy.extra_priors / PRIOR_FILE)
+    return PRIOR_FILE
+
+
+def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2, dtype: str = "fp32",
+          blend_strengths: tuple[float, ...] = (0.0, 1.0)) -> dict:
+    """API-format prompt: both NoiseAR paths over one tiny SDXL, their starts and results saved."""
+    def node(class_type: str, **inputs) -> dict:
+        return {"class_type": class_type, "inputs": inputs}
+
+    prompt = {
+        "model": node("NoiseARTestTinySDXL", seed=0),
+        "positive": node("NoiseARTestConditioning", width=cond_width, tokens=154, seed=1),
+        "negative": node("NoiseARTestConditioning", width=2048, tokens=77, seed=2),
+        "empty": node("EmptyLatentImage", width=size, height=size, batch_size=batch),
+        "prior": node("NoiseARLoader", ckpt_name=prior, device="auto", dtype=dtype),
+        "noise": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=SEED,
+                      temperature=0.5, size_mode="native only"),
+        "start": node("NoiseARLatent", model=["model", 0], noisear_model=["prior", 0], positive=["positive", 0],
+                      noise_seed=SEED, temperature=0.5, size_mode="native only", latent_image=["empty", 0]),
+        "sampler": node("KSamplerSelect", sampler_name="euler"),
+        "sigmas": node("BasicScheduler", model=["model", 0], scheduler="normal", steps=2, denoise=1.0),
+        "guider": node("CFGGuider", model=["model", 0], positive=["positive", 0], negative=["negative", 0], cfg=2.0),
+        "custom": node("SamplerCustomAdvanced", noise=["noise", 0], guider=["guider", 0], sampler=["sampler", 0],
+                       sigmas=["sigmas", 0], latent_image=["empty", 0]),
+        "ksampler": node("KSamplerAdvanced", model=["model", 0], add_noise="disable", noise_seed=SEED, steps=2,
+                         cfg=2.0, sampler_name="euler", scheduler="normal", positive=["positive", 0],
+                         negative=["negative", 0], latent_image=["start", 0], start_at_step=0, end_at_step=10000,
+                         return_with_leftover_noise="disable"),
+        "gaussian": node("RandomNoise", noise_seed=SEED),
+        "preview": node("NoiseARPreview", noise=["noise", 0], latent_image=["empty", 0]),
+    }
+    saves = {"custom": ["custom", 0], "ksampler": ["ksampler", 0], "start": ["start", 0]}
+    for name, source in (("drawn", "noise"), ("eps", "gaussian")):
+        prompt[f"draw_{name}"] = node("NoiseARTestDrawNoise", noise=[source, 0], latent_image=["empty", 0])
+        saves[name] = [f"draw_{name}", 0]
+    for i, strength in enumerate(blend_strengths):
+        prompt[f"blend{i}"] = node("NoiseARBlend", noisear_noise=["noise", 0], gaussian_noise=["gaussian", 0],
+                                   strength=strength, mode="variance-preserving", renormalize=False)
+        prompt[f"draw_blend{i}"] = node("NoiseARTestDrawNoise", noise=[f"blend{i}", 0], latent_image=["empty", 0])
+        saves[f"blend{i}"] = [f"draw_blend{i}", 0]
+    for name, source in saves.items():
+        prompt[f"save_{name}"] = node("SaveLatent", samples=source, filename_prefix=f"host/{name}")
+    return prompt
+
+
+def saved_latents(comfy, entry: dict) -> dict[str, torch.Tensor]:
+    latents = {}
+    for node_id, output in entry["outputs"].items():
+        for record in output.get("latents", []):
+            path = comfy.base / "output" / record["subfolder"] / record["filename"]
+            latents[node_id.removeprefix("save_")] = load_file(str(path))["latent_tensor"]
+    return latents
+
+
+def execution_error(entry: dict) -> dict:
+    assert entry["status"]["status_str"] == "error"
+    return next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
+
+
+# The pack loads ---------------------------------------------------------------------------------------
+def test_the_pack_loads_without_import_failures(comfy, prior_name):
+    log = comfy.log.read_text()
+    failures = [line for line in log.splitlines() if "IMPORT FAILED" in line or "Cannot import" in line]
+    ours = [line for line in failures if "custom_nodes" in line or "(IMPORT FAILED)" in line]
+    assert not ours, "\n".join(ours)
+    info = comfy.get("/object_info")
+    assert NOISEAR_NODES <= set(info)
+    assert prior_name in info["NoiseARLoader"]["input"]["required"]["ckpt_name"][0]  # from extra_model_paths.yaml
+
+
+# Workflows --------------------------------------------------------------------------------------------
+def widget_inputs(definition: dict) -> list[tuple[str, object]]:
+    """(name, spec) of the inputs the UI shows as widgets, in order: combos and primitive types."""
+    inputs = []
+    for group in ("required", "optional"):
+        for name, spec in definition["input"].get(group, {}).items():
+            kind = spec[0]
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                inputs.append((name, spec))
+    return inputs
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_matches_object_info(comfy, path):
+    info = comfy.get("/object_info")
+    workflow = json.loads(path.read_text())
+    assert workflow["version"] == 0.4
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in nodes.values():
+        assert node["type"] in info, f"{path.name}: unknown node type {node['type']}"
+        definition = info[node["type"]]
+        widgets = widget_inputs(definition)
+        linked_widgets = {i["name"] for i in node.get("inputs", []) if i.get("widget") and i.get("link") is not None}
+        expected = sum(1 + bool(spec[1].get("control_after_generate")) if len(spec) > 1 else 1
+                       for name, spec in widgets if name not in linked_widgets)
+        assert len(node.get("widgets_values", [])) == expected, f"{path.name}: {node['type']} widget values"
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        out_type = info[nodes[origin]["type"]]["output"][origin_slot]
+        target_input = nodes[target]["inputs"][target_slot]
+        all_inputs = {**info[nodes[target]["type"]]["input"]["required"],
+                      **info[nodes[target]["type"]]["input"].get("optional", {})}
+        in_type = all_inputs[target_input["name"]][0]
+        assert out_type == kind and target_input["type"] in (kind, "*"), f"{path.name}: link {link_id} carries {kind}"
+        assert in_type in (out_type, "*"), f"{path.name}: link {link_id} {out_type} -> {in_type}"
+        assert target_input["link"] == link_id and link_id in nodes[origin]["outputs"][origin_slot]["links"]
+
+
+# Graphs run ------------------------------------------------------------------------------------------
+def test_noise_and_latent_paths_start_from_the_same_state(comfy, prior_name):
+    entry = comfy.run(graph(prior_name))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    latents = saved_latents(comfy, entry)
+    drawn, eps, start = latents["drawn"], latents["eps"], latents["start"]
+    assert drawn.shape == eps.shape == (2, 4, 16, 16)
+    assert not torch.equal(drawn, eps) and drawn.std() < 0.8 * eps.std()  # temperature 0.5 prior, not plain noise
+    torch.testing.assert_close(start, drawn * math.sqrt(1 + SIGMA_MAX ** 2) / SDXL_SCALE, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(latents["custom"], latents["ksampler"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(latents["blend0"], eps) and torch.equal(latents["blend1"], drawn)
+    assert entry["outputs"]["preview"]["images"], "NoiseAR Preview showed no image"
+
+
+def test_wrong_conditioning_width_is_a_clear_node_error(comfy, prior_name):
+    error = execution_error(comfy.run(graph(prior_name, cond_width=768)))
+    assert error["node_type"] in ("NoiseARNoise", "NoiseARLatent")
+    assert "768-d" in error["exception_message"] and "SDXL" in error["exception_message"]
+
+
+def test_wrong_size_is_a_clear_node_error(comfy, prior_name):
+    error = execution_error(comfy.run(graph(prior_name, size=192)))
+    assert "native to latent 16x16" in error["exception_message"]
+    assert "centre + Gaussian border" in error["exception_message"]
+
+
+def test_fp16_on_the_cpu_is_refused_at_validation(comfy, prior_name):
+    status, body = comfy.post_prompt(graph(prior_name, dtype="fp16"))
+    # outputs that do not need the prior (the RandomNoise draw) stay valid, so the prompt may still run
+    assert status in (200, 400) and "prior" in body["node_errors"]
+    details = [e["details"] for e in body["node_errors"]["prior"]["errors"]]
+    assert any("GPU only" in d for d in details), body

@@ -1,0 +1,264 @@
+"""Writes the example workflows (ComfyUI UI format 0.4) and, with --pictures, their pictures.
+
+    python workflows/make_workflows.py               # the .json files (standard library only)
+    python workflows/make_workflows.py --pictures    # also <name>.jpg thumbnails and docs/comfyui-wiring.png (Pillow)
+
+Each graph is listed once below: nodes with their widget values in ComfyUI's order, then links by
+input name. The host suite (tests/host) checks every file against a live ComfyUI's /object_info.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOCS_PICTURE = HERE.parent / "docs" / "comfyui-wiring.png"
+SEED = 20250601
+NEGATIVE = "blurry, low quality, distorted"
+
+# Socket inputs (name, type) and outputs (name, type) of the nodes used, as in ComfyUI's /object_info.
+SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "CLIPTextEncodeHunyuanDiT": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
+    "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")]),
+    "BasicScheduler": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")]),
+    "CFGGuider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                  [("GUIDER", "GUIDER")]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                               ("latent_image", "LATENT")], [("output", "LATENT"), ("denoised_output", "LATENT")]),
+    "KSamplerAdvanced": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                          ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "RandomNoise": ([], [("NOISE", "NOISE")]),
+    "PreviewAny": ([("source", "*")], []),
+    "NoiseARLoader": ([], [("noisear_model", "NOISEAR_MODEL"), ("info", "STRING")]),
+    "NoiseARNoise": ([("noisear_model", "NOISEAR_MODEL"), ("positive", "CONDITIONING"), ("noise", "NOISE")],
+                     [("noise", "NOISE")]),
+    "NoiseARLatent": ([("model", "MODEL"), ("noisear_model", "NOISEAR_MODEL"), ("positive", "CONDITIONING"),
+                       ("latent_image", "LATENT"), ("noise", "NOISE")], [("latent", "LATENT"), ("info", "STRING")]),
+    "NoiseARBlend": ([("noisear_noise", "NOISE"), ("gaussian_noise", "NOISE")], [("noise", "NOISE")]),
+    "NoiseARPreview": ([("noise", "NOISE"), ("latent_image", "LATENT")], [("image", "IMAGE"), ("stats", "STRING")]),
+}
+
+
+@dataclass
+class Node:
+    key: str
+    type: str
+    column: float
+    row: float
+    widgets: list
+    title: str | None = None
+    height: int = 110
+
+
+@dataclass
+class Graph:
+    name: str
+    description: str
+    nodes: list[Node]
+    links: list[tuple[str, int, str, str]]  # (source key, output slot, target key, input name)
+    extra: dict = field(default_factory=dict)
+
+
+def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors") -> list[Node]:
+    """Checkpoint, prompts, empty latent, NoiseAR loader: what every SDXL graph starts with."""
+    return [
+        Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
+        Node("pos", "CLIPTextEncode", 1, 0, ["a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"],
+             "Positive prompt", 140),
+        Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
+        Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], height=110),
+        prior_node,
+    ]
+
+
+LOADER_SDXL = Node("loader", "NoiseARLoader", 0, 2.2, ["sdxl_and_dreamshaper.safetensors", "auto", "fp32"],
+                   height=110)
+LOADER_DIT = Node("loader", "NoiseARLoader", 0, 2.2, ["dit.safetensors", "auto", "fp32"], height=110)
+NOISE_WIDGETS = [SEED, "fixed", 0.5, "native only"]
+
+
+def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, int, str, str]]]:
+    """Sampler, scheduler, guider, SamplerCustomAdvanced, decode and save, fed by ``noise_key``."""
+    nodes = [
+        Node("select", "KSamplerSelect", 2, 1.1, ["dpmpp_2m"], height=60),
+        Node("sched", "BasicScheduler", 2, 1.7, ["normal", 50, 1.0], height=110),
+        Node("guider", "CFGGuider", 2, 0, [5.5], height=100),
+        Node("sample", "SamplerCustomAdvanced", 3, 0.8, [], height=130),
+        Node("decode", "VAEDecode", 4, 0, [], height=50),
+        Node("save", "SaveImage", 4, 0.5, ["NoiseAR"], height=270),
+    ]
+    links = [("ckpt", 0, "guider", "model"), ("pos", 0, "guider", "positive"), ("neg", 0, "guider", "negative"),
+             ("ckpt", 0, "sched", "model"), (noise_key, 0, "sample", "noise"), ("guider", 0, "sample", "guider"),
+             ("select", 0, "sample", "sampler"), ("sched", 0, "sample", "sigmas"),
+             ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
+             ("decode", 0, "save", "images")]
+    return nodes, links
+
+
+PROMPT_LINKS = [("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip")]
+
+
+def graphs() -> list[Graph]:
+    noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
+    custom, custom_links = custom_sampling_nodes("noise")
+    sdxl_custom = Graph(
+        "noisear_sdxl_custom_sampler",
+        "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
+        sdxl_base(LOADER_SDXL) + [noise] + custom + [
+            Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
+            Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90)],
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
+                        ("noise", 0, "preview", "noise"), ("latent", 0, "preview", "latent_image"),
+                        ("loader", 1, "info", "source")] + custom_links)
+
+    start = Node("start", "NoiseARLatent", 1.0, 2.4, NOISE_WIDGETS, height=170)
+    ksampler = Node("ksampler", "KSamplerAdvanced", 2, 0,
+                    ["disable", SEED, "fixed", 50, 5.5, "dpmpp_2m", "normal", 0, 10000, "disable"], height=330)
+    sdxl_ksampler = Graph(
+        "noisear_sdxl_ksampler_advanced",
+        "SDXL: NoiseAR Latent -> KSamplerAdvanced with add_noise = disable and start_at_step = 0.",
+        sdxl_base(LOADER_SDXL) + [start, ksampler, Node("decode", "VAEDecode", 3, 0, [], height=50),
+                                  Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270)],
+        PROMPT_LINKS + [("ckpt", 0, "start", "model"), ("loader", 0, "start", "noisear_model"),
+                        ("pos", 0, "start", "positive"), ("latent", 0, "start", "latent_image"),
+                        ("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
+                        ("neg", 0, "ksampler", "negative"), ("start", 0, "ksampler", "latent_image"),
+                        ("ksampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
+                        ("decode", 0, "save", "images")])
+
+    blend_nodes, blend_links = custom_sampling_nodes("blend")
+    sdxl_blend = Graph(
+        "noisear_sdxl_blend",
+        "SDXL: NoiseAR noise mixed with RandomNoise by NoiseAR Blend (training-free), then SamplerCustomAdvanced.",
+        sdxl_base(LOADER_SDXL) + [noise, Node("gauss", "RandomNoise", 1, 3.8, [SEED, "fixed"], height=80),
+                                  Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130)]
+        + blend_nodes,
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
+                        ("noise", 0, "blend", "noisear_noise"), ("gauss", 0, "blend", "gaussian_noise")] + blend_links)
+
+    dit_nodes, dit_links = custom_sampling_nodes("noise")
+    hunyuan = Graph(
+        "noisear_hunyuan_dit",
+        "Hunyuan-DiT v1.2: CLIPTextEncodeHunyuanDiT -> NoiseAR Noise (dit prior) -> SamplerCustomAdvanced.",
+        [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
+         Node("pos", "CLIPTextEncodeHunyuanDiT", 1, 0, ["a red panda reading a book under a tree, watercolor"] * 2,
+              "Positive prompt", 160),
+         Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
+         Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], height=110), LOADER_DIT, noise] + dit_nodes,
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive")] + dit_links)
+    return [sdxl_custom, sdxl_ksampler, sdxl_blend, hunyuan]
+
+
+COLUMN_WIDTH, ROW_HEIGHT, NODE_WIDTH = 380, 260, 320
+
+
+def to_ui(graph: Graph) -> dict:
+    """UI-format (version 0.4) workflow: nodes with sockets and widget values, numbered links."""
+    ids = {node.key: i + 1 for i, node in enumerate(graph.nodes)}
+    ui_nodes = {}
+    for node in graph.nodes:
+        inputs, outputs = SOCKETS[node.type]
+        ui_nodes[node.key] = {
+            "id": ids[node.key], "type": node.type,
+            "pos": [round(node.column * COLUMN_WIDTH), round(node.row * ROW_HEIGHT)],
+            "size": [NODE_WIDTH, node.height], "flags": {}, "order": ids[node.key] - 1, "mode": 0,
+            "inputs": [{"name": name, "type": kind, "link": None} for name, kind in inputs],
+            "outputs": [{"name": name, "type": kind, "links": [], "slot_index": slot}
+                        for slot, (name, kind) in enumerate(outputs)],
+            "properties": {"Node name for S&R": node.type},
+            "widgets_values": node.widgets,
+        }
+        if node.title:
+            ui_nodes[node.key]["title"] = node.title
+    links = []
+    for link_id, (source, slot, target, input_name) in enumerate(graph.links, start=1):
+        kind = ui_nodes[source]["outputs"][slot]["type"]
+        target_slot = [i["name"] for i in ui_nodes[target]["inputs"]].index(input_name)
+        ui_nodes[target]["inputs"][target_slot]["link"] = link_id
+        ui_nodes[source]["outputs"][slot]["links"].append(link_id)
+        links.append([link_id, ids[source], slot, ids[target], target_slot, kind])
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "noisear/" + graph.name)), "revision": 0,
+            "last_node_id": len(graph.nodes), "last_link_id": len(links), "nodes": list(ui_nodes.values()),
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "info": {"description": graph.description}},
+            "version": 0.4}
+
+
+# Pictures -----------------------------------------------------------------------------------------
+TYPE_COLOURS = {"MODEL": "#b39ddb", "CLIP": "#ffd54f", "VAE": "#ef9a9a", "CONDITIONING": "#ffb74d",
+                "LATENT": "#f48fb1", "NOISE": "#80deea", "NOISEAR_MODEL": "#a5d6a7", "IMAGE": "#90caf9",
+                "SAMPLER": "#bcaaa4", "SIGMAS": "#c5e1a5", "GUIDER": "#ce93d8", "STRING": "#e0e0e0"}
+
+
+def _bezier(p0, p1, p2, p3, t: float) -> tuple[float, float]:
+    """Point at t of the cubic Bezier curve p0..p3 (how the UI draws links)."""
+    u = 1 - t
+    return tuple(u ** 3 * a + 3 * u * u * t * b + 3 * u * t * t * c + t ** 3 * d for a, b, c, d in zip(p0, p1, p2, p3))
+
+
+def render(workflow: dict, path: Path, scale: float, labels: bool) -> None:
+    """Boxes at the nodes' positions (NoiseAR nodes green), links coloured by type."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    right = max(n["pos"][0] + n["size"][0] for n in nodes.values()) + 40
+    bottom = max(n["pos"][1] + n["size"][1] for n in nodes.values()) + 60
+    image = Image.new("RGB", (int(right * scale), int(bottom * scale)), "#202020")
+    draw = ImageDraw.Draw(image)
+
+    def box(node: dict) -> tuple[float, float, float, float]:
+        x, y = node["pos"]
+        return (x + 20) * scale, (y + 40) * scale, (x + 20 + node["size"][0]) * scale, (y + 40 + node["size"][1]) * scale
+
+    def socket(node: dict, index: int, output: bool) -> tuple[float, float]:
+        x0, y0, x1, _ = box(node)
+        return (x1 if output else x0), y0 + (34 + 22 * index) * scale
+
+    for _, origin, origin_slot, target, target_slot, kind in workflow["links"]:  # links first: boxes cover them
+        (x0, y0), (x1, y1) = socket(nodes[origin], origin_slot, True), socket(nodes[target], target_slot, False)
+        reach = max(abs(x1 - x0) / 2, 60 * scale)
+        curve = [_bezier((x0, y0), (x0 + reach, y0), (x1 - reach, y1), (x1, y1), t / 40) for t in range(41)]
+        draw.line(curve, fill=TYPE_COLOURS.get(kind, "#ffffff"), width=max(2, int(3 * scale)))
+    font = ImageFont.load_default(size=max(9, int(15 * scale)))
+    for node in nodes.values():
+        ours = node["type"].startswith("NoiseAR")
+        x0, y0, x1, y1 = box(node)
+        draw.rounded_rectangle((x0, y0, x1, y1), radius=8 * scale, fill="#2e4d33" if ours else "#353535",
+                               outline="#7bd88f" if ours else "#555555", width=max(1, int(3 * scale)))
+        draw.text((x0 + 8 * scale, y0 + 5 * scale), node.get("title", node["type"]), fill="#ffffff", font=font)
+        if labels:
+            for i, item in enumerate(node["inputs"]):
+                x, y = socket(node, i, False)
+                draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=TYPE_COLOURS.get(item["type"], "#ffffff"))
+                draw.text((x + 10, y), item["name"], fill="#cccccc", font=font, anchor="lm")
+            for i, item in enumerate(node["outputs"]):
+                x, y = socket(node, i, True)
+                draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=TYPE_COLOURS.get(item["type"], "#ffffff"))
+                draw.text((x - 10, y), item["name"], fill="#cccccc", font=font, anchor="rm")
+    image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pictures", action="store_true", help="also draw thumbnails and the docs picture (Pillow)")
+    args = parser.parse_args()
+    for graph in graphs():
+        workflow = to_ui(graph)
+        (HERE / f"{graph.name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        if args.pictures:
+            render(workflow, HERE / f"{graph.name}.jpg", scale=0.35, labels=False)
+            if graph.name == "noisear_sdxl_custom_sampler":
+                render(workflow, DOCS_PICTURE, scale=1.0, labels=True)
+        print(f"wrote {graph.name}")
+
+
+if __name__ == "__main__":
+    main()
