@@ -116,6 +116,21 @@ def decompose(prediction: torch.Tensor, x: torch.Tensor, level: Level, kind: str
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {kind!r}")
 
 
+def compose(x0: torch.Tensor, x: torch.Tensor, level: Level, kind: str) -> torch.Tensor:
+    """The prediction of ``kind`` that :func:`decompose` turns back into (x0, eps) for input x at ``level``.
+
+    For hosts whose models return the denoised estimate x0 (ComfyUI): eps = (x - alpha * x0) / sigma.
+    """
+    eps = (x - level.alpha * x0) / level.sigma
+    if kind == "epsilon":
+        return eps
+    if kind == "v":
+        return level.alpha * eps - level.sigma * x0
+    if kind == "flow":
+        return eps - x0
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {kind!r}")
+
+
 def ddim_step(x: torch.Tensor, prediction: torch.Tensor, source: Level, target: Level, kind: str) -> torch.Tensor:
     """Deterministic DDIM move of x from ``source`` to ``target`` (down: denoising, up: inversion)."""
     x0, eps = decompose(prediction, x, source, kind)
@@ -147,14 +162,24 @@ def golden_noise(denoiser: Denoiser, schedule: Schedule, noise: torch.Tensor, co
 
     ``uncond`` is only needed when a guidance scale differs from 1.
     """
-    top, below, kind = schedule.levels[0], schedule.levels[1], schedule.prediction
+    def predict(x: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
+        return guided(denoiser, x, timestep, cond, uncond, scale)
+
     x_top = noise * schedule.noise_scale
+    return re_denoise(predict, x_top, schedule, config) / schedule.noise_scale
+
+
+# (x [B,C,H,W], model time, guidance scale) -> guided prediction of the schedule's kind
+Predict = Callable[[torch.Tensor, float, float], torch.Tensor]
+
+
+def re_denoise(predict: Predict, x_top: torch.Tensor, schedule: Schedule, config: GoldenConfig = GoldenConfig()
+               ) -> torch.Tensor:
+    """x_T (model input at the first level) -> x'_T: the two steps above, in the schedule's space."""
+    top, below, kind = schedule.levels[0], schedule.levels[1], schedule.prediction
     with torch.no_grad():
-        prediction = guided(denoiser, x_top, top.timestep, cond, uncond, config.guidance_denoise)
-        x_below = ddim_step(x_top, prediction, top, below, kind)
-        prediction = guided(denoiser, x_below, top.timestep, cond, uncond, config.guidance_invert)
-        x_back = ddim_step(x_below, prediction, below, top, kind)
-    return x_back / schedule.noise_scale
+        x_below = ddim_step(x_top, predict(x_top, top.timestep, config.guidance_denoise), top, below, kind)
+        return ddim_step(x_below, predict(x_below, top.timestep, config.guidance_invert), below, top, kind)
 
 
 def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, cond: Any, margin: float = 0.0
