@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,13 @@ class NoiseARCheckpointError(ValueError):
     """A file that is not a usable NoiseAR checkpoint. The message says what was expected."""
 
 
+def _reason(err: Exception) -> str:
+    """A reader's exception as one short line (torch's weights_only errors span many lines of advice)."""
+    text = str(err)
+    detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    return " ".join((detail.group(1) if detail else text).split())[:300] or type(err).__name__
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -35,7 +43,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as err:  # safetensors raises its own error types for every kind of damage
         raise NoiseARCheckpointError(
-            f"{path.name} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+            f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}") from None
     return state, metadata
 
 
@@ -43,13 +51,15 @@ def _read_pickle(path: Path) -> dict:
     try:
         mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        raise NoiseARCheckpointError(
-            f"refused to load {path.name}: it holds Python objects other than tensors, which could run "
-            f"code. Only plain state dicts are accepted (torch.load weights_only=True). Details: {err}") from None
     except Exception as err:
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and code:
+            raise NoiseARCheckpointError(
+                f"refused to load {path.name}: it holds Python objects other than tensors ({code.group(1)}), "
+                f"which could run code. Nothing was executed; only plain state dicts of tensors are accepted "
+                f"(torch.load weights_only=True). Get the file from its original source.") from None
         raise NoiseARCheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
     if not isinstance(loaded, dict):
         raise NoiseARCheckpointError(f"{path.name} holds a {type(loaded).__name__}, not a state dict")
     return loaded
