@@ -34,12 +34,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     from .io import describe
 
     info = describe(args.file)
-    print(f"file        {info['file']} ({info['size_mb']:.1f} MiB)")
-    print(f"variant     {info['variant']}")
-    print(f"parameters  {info['parameters']:,}")
-    print(f"dtype       {', '.join(info['dtypes'])}")
-    for field, value in vars(info["config"]).items():
-        print(f"{field:<12}{value}")
+    lines = {"file": f"{info['file']} ({info['size_mb']:.1f} MiB)", "variant": info["variant"],
+             "parameters": f"{info['parameters']:,}", "dtype": ", ".join(info["dtypes"]), **vars(info["config"])}
+    for name, value in lines.items():
+        print(f"{name:<14}{value}")
     return 0
 
 
