@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from safetensors.torch import save_file
+
 from noisear import NoiseAR, NoiseARConfig
 
 SDXL = NoiseARConfig()  # the published defaults: 2048-d text (CLIP-L + CLIP-bigG)
@@ -101,3 +103,30 @@ def write_pth(state: dict[str, torch.Tensor], path: Path, *, wrapper: str | None
         payload = {wrapper: payload, "epoch": 3}
     torch.save(payload, path)
     return path
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, config: NoiseARConfig | None = None,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """A .safetensors file as `noisear.save` writes it (config in the metadata) or with given metadata."""
+    if metadata is None:
+        metadata = {} if config is None else {"noisear_config": config.to_json()}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+class PlantsMarker:
+    """Unpickling this calls open(path, 'w'): a stand-in for any code a hostile pickle could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def hostile_pth(tmp_path: Path) -> tuple[Path, Path]:
+    """A model.pth that runs code when unpickled, and the file that code would create."""
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "model.pth"
+    torch.save({**random_state_dict(TINY), "payload": PlantsMarker(marker)}, path)
+    return path, marker
