@@ -112,8 +112,8 @@ class NoiseARLatentNode:
     FUNCTION = "make"
     RETURN_TYPES = ("LATENT", "STRING")
     RETURN_NAMES = ("latent", "info")
-    OUTPUT_TOOLTIPS = ("Start latent for KSamplerAdvanced (add_noise disable, start_at_step 0, a scheduler that "
-                       "starts at sigma_max); keeps batch_index.",
+    OUTPUT_TOOLTIPS = ("Start latent for KSamplerAdvanced (add_noise disable, start_at_step 0, any scheduler but "
+                       "ddim_uniform, which does not start at sigma_max); keeps batch_index.",
                        "What was drawn: per-channel statistics of the noise, and any size warning.")
 
     @classmethod
