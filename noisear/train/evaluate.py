@@ -1,0 +1,264 @@
+"""Honest comparison of noise sources on the same prompts and seeds.
+
+A *source* makes noise for a batch of prompts and one seed per item: (PromptSet, seeds) ->
+[B,C,H,W]. A *backend* turns noise into images: (noise, PromptSet) -> [B,3,h,w] in [0,1]. A
+*scorer* scores images: (images, PromptSet) -> [B]. For every seed and source the same prompts
+are rendered and scored; every source is also compared with plain Gaussian noise scaled to that
+source's standard deviation (a lower-variance start alone changes alignment and diversity, so a
+claimed gain has to beat it). Results: mean +- std over seeds, a paired sign-flip permutation test
+against the baseline on the (seed, prompt) pairs, a markdown table, and a PNG grid.
+
+Real-model scorers (HPSv2, ImageReward, PickScore, CLIP score) are lazy adapters that take local
+weight paths and never download.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..mixing import blend
+from ..model import NoiseAR, standard_normal
+from .dpo import PromptSet
+from .golden import Denoiser, GoldenConfig, Schedule, golden_noise
+
+NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
+Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]
+ImageScorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
+
+
+# Sources -----------------------------------------------------------------------------------------
+def gaussian_source(shape: Sequence[int], std: float = 1.0) -> NoiseSource:
+    """std * standard_normal with one seed per item."""
+    return lambda prompts, seeds: std * standard_normal((len(seeds), *shape), list(seeds))
+
+
+def noisear_source(model: NoiseAR, temperature: float) -> NoiseSource:
+    """NoiseAR samples whose eps is the Gaussian noise of the same seeds."""
+    c = model.config
+    shape = (c.channels, c.latent_height, c.latent_width)
+    device = next(model.parameters()).device
+
+    def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
+        eps = standard_normal((len(seeds), *shape), list(seeds))
+        return model.sample(prompts.text.to(device), eps.to(device), temperature=temperature,
+                            text_mask=prompts.text_mask.to(device)).detach().cpu()
+    return source
+
+
+def golden_source(denoiser: Denoiser, schedule: Schedule, conditioning: Callable[[PromptSet], tuple[Any, Any]],
+                  shape: Sequence[int], config: GoldenConfig = GoldenConfig()) -> NoiseSource:
+    """Golden re-denoise of the Gaussian noise of the same seeds; conditioning(prompts) -> (cond, uncond)."""
+    def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
+        cond, uncond = conditioning(prompts)
+        return golden_noise(denoiser, schedule, standard_normal((len(seeds), *shape), list(seeds)), cond, uncond,
+                            config).cpu()
+    return source
+
+
+def blend_source(source: NoiseSource, shape: Sequence[int], strength: float, mode: str = "variance-preserving"
+                 ) -> NoiseSource:
+    """noisear.mixing.blend of ``source`` with the Gaussian noise of the same seeds."""
+    def mixed(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
+        return blend(source(prompts, seeds), standard_normal((len(seeds), *shape), list(seeds)), strength, mode)
+    return mixed
+
+
+# Statistics --------------------------------------------------------------------------------------
+def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Paired comparison of scores a and b on the same items: mean difference a - b, paired t statistic,
+    and the two-sided p-value of a sign-flip permutation test (exact for up to 16 pairs)."""
+    diff = np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
+    n = len(diff)
+    if n < 2:
+        raise ValueError("a paired test needs at least two pairs")
+    sd = diff.std(ddof=1)
+    t = diff.mean() / (sd / math.sqrt(n)) if sd > 0 else (0.0 if diff.mean() == 0 else math.copysign(math.inf, diff.mean()))
+    exact = n <= 16
+    if exact:  # every sign pattern
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, n))
+    extreme = int((np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12).sum())
+    p_value = extreme / len(signs) if exact else (extreme + 1) / (len(signs) + 1)
+    return {"mean_diff": float(diff.mean()), "t": float(t), "p_value": p_value, "n": n}
+
+
+@dataclass
+class EvalResult:
+    """scores[scorer][source] = [seeds, prompts]; noise_std[source]; tests[scorer][source] vs baseline."""
+
+    seeds: list[int]
+    prompts: int
+    baseline: str
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    noise_std: dict[str, float] = field(default_factory=dict)
+    tests: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # first seed's images per source
+
+    def table(self) -> str:
+        """Markdown: one row per source; per scorer mean +- std over seeds and the paired test vs baseline."""
+        scorers = list(self.scores)
+        header = "| source | noise std | " + " | ".join(f"{s} (mean ± std over seeds) | Δ vs {self.baseline}, p"
+                                                        for s in scorers) + " |"
+        lines = [header, "|" + "---|" * (2 + 2 * len(scorers))]
+        for source in self.noise_std:
+            cells = [source, f"{self.noise_std[source]:.4f}"]
+            for scorer in scorers:
+                per_seed = self.scores[scorer][source].mean(axis=1)
+                cells.append(f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.4f}")
+                test = self.tests[scorer].get(source)
+                cells.append("—" if test is None else f"{test['mean_diff']:+.4f}, p={test['p_value']:.3g}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append(f"\n{len(self.seeds)} seeds x {self.prompts} prompts; p: two-sided paired sign-flip "
+                     f"permutation test on the (seed, prompt) pairs against `{self.baseline}`.")
+        return "\n".join(lines)
+
+
+def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[str, ImageScorer], prompts: PromptSet,
+             seeds: Sequence[int], baseline: str = "gaussian", std_matched: bool = True,
+             permutations: int = 10000) -> EvalResult:
+    """Render and score every source on every (seed, prompt); add std-matched Gaussian controls.
+
+    Item (seed s, prompt p) uses seed s for every source, so all sources start from the same draws.
+    With ``std_matched`` each non-baseline source X gets a control "gaussian@std(X)": the baseline
+    source's noise (same seeds) scaled so that its measured std equals X's measured std.
+    """
+    if baseline not in sources:
+        raise ValueError(f"baseline {baseline!r} is not one of the sources {list(sources)}")
+    sources = dict(sources)
+    result = EvalResult(seeds=list(seeds), prompts=len(prompts), baseline=baseline)
+    noises = {name: [source(prompts, [s] * len(prompts)) for s in seeds] for name, source in sources.items()}
+    for name in list(sources):
+        result.noise_std[name] = float(torch.stack(noises[name]).double().std())
+        if std_matched and name != baseline:
+            control = f"{baseline}@std({name})"
+            factor = result.noise_std[name] / float(torch.stack(noises[baseline]).double().std())
+            noises[control] = [noise * factor for noise in noises[baseline]]
+            result.noise_std[control] = float(torch.stack(noises[control]).double().std())
+    for scorer in scorers:
+        result.scores[scorer] = {}
+    for name, per_seed in noises.items():
+        for seed_position, noise in enumerate(per_seed):
+            images = backend(noise, prompts)
+            if seed_position == 0:
+                result.images[name] = images.detach().cpu()
+            for scorer_name, scorer in scorers.items():
+                values = scorer(images, prompts).detach().double().cpu().numpy()
+                result.scores[scorer_name].setdefault(name, np.zeros((len(seeds), len(prompts))))[seed_position] = values
+    for scorer_name, per_source in result.scores.items():
+        result.tests[scorer_name] = {name: paired_test(values, per_source[baseline], permutations)
+                                     for name, values in per_source.items() if name != baseline}
+    return result
+
+
+# PNG grid ----------------------------------------------------------------------------------------
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an [H,W,3] uint8 array as an 8-bit RGB PNG (zlib + struct, no imaging library needed)."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"write_png expects [H, W, 3] uint8, got shape {list(image.shape)}")
+    height, width = image.shape[:2]
+    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(height))  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+                           + chunk(b"IEND", b""))
+
+
+def image_grid(rows: Sequence[torch.Tensor], padding: int = 2) -> np.ndarray:
+    """Rows of images, each [N,3,h,w] in [0,1] -> one [H,W,3] uint8 picture (white padding)."""
+    columns = max(len(row) for row in rows)
+    height, width = rows[0].shape[2], rows[0].shape[3]
+    grid = np.full((len(rows) * (height + padding) + padding, columns * (width + padding) + padding, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            top, left = padding + r * (height + padding), padding + c * (width + padding)
+            grid[top:top + height, left:left + width] = pixels
+    return grid
+
+
+def save_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write results.md (the table and the grid's row order) and grid.png (a row per source, first seed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(result.images)
+    write_png(out_dir / "grid.png", image_grid([result.images[name] for name in names]))
+    rows = "\n".join(f"{i + 1}. {name}" for i, name in enumerate(names))
+    (out_dir / "results.md").write_text(f"{result.table()}\n\ngrid.png rows (seed {result.seeds[0]}):\n{rows}\n",
+                                        encoding="utf-8")
+    return {"table": out_dir / "results.md", "grid": out_dir / "grid.png"}
+
+
+# Real-model scorers (lazy, local weights only) ----------------------------------------------------
+def clip_scorer(model_dir: str | Path, scale: float | None = None, device: str = "cpu") -> ImageScorer:
+    """CLIP score (scale 100, clipped at 0) or PickScore (scale None: the model's logit_scale) from a local
+    transformers CLIPModel folder (e.g. openai/clip-vit-large-patch14 or yuvalkirstain/PickScore_v1,
+    downloaded by you). Prompts need ``strings``."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+    processor = CLIPProcessor.from_pretrained(str(model_dir), local_files_only=True)
+
+    @torch.no_grad()
+    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
+        if not prompts.strings:
+            raise ValueError("CLIP-based scorers need the prompt texts (PromptSet.strings)")
+        inputs = processor(text=list(prompts.strings), images=list(images.clamp(0, 1)), return_tensors="pt",
+                           padding=True, truncation=True, do_rescale=False).to(device)
+        image = model.get_image_features(pixel_values=inputs["pixel_values"])
+        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+        return (100 * cosine.clamp_min(0) if scale is not None else model.logit_scale.exp() * cosine).cpu()
+    return score
+
+
+def hpsv2_scorer(checkpoint: str | Path, device: str = "cpu") -> ImageScorer:
+    """HPSv2 (open_clip ViT-H-14 with the HPS checkpoint you downloaded); needs ``pip install open_clip_torch``."""
+    try:
+        import open_clip
+    except ImportError as err:
+        raise ImportError("the HPSv2 scorer needs open_clip: pip install open_clip_torch") from err
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None, device=device)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-H-14")
+    size = model.visual.image_size
+    mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))[:, None, None]
+    std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))[:, None, None]
+
+    @torch.no_grad()
+    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
+        pixels = torch.nn.functional.interpolate(images.clamp(0, 1), size=size, mode="bicubic", antialias=True)
+        image = model.encode_image(((pixels - mean) / std).to(device), normalize=True)
+        text = model.encode_text(tokenizer(list(prompts.strings)).to(device), normalize=True)
+        return (100 * (image * text).sum(-1)).cpu()
+    return score
+
+
+def image_reward_scorer(checkpoint: str | Path, med_config: str | Path, device: str = "cpu") -> ImageScorer:
+    """ImageReward from your local ImageReward.pt and med_config.json; needs ``pip install image-reward``."""
+    try:
+        import ImageReward
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError("the ImageReward scorer needs: pip install image-reward pillow") from err
+    model = ImageReward.load(str(checkpoint), device=device, med_config=str(med_config))
+
+    @torch.no_grad()
+    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
+        pictures = [Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+                    for image in images.cpu()]
+        return torch.tensor([float(model.score(text, [picture])) for text, picture in zip(prompts.strings, pictures)])
+    return score
