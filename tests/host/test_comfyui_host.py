@@ -57,10 +57,13 @@ def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2
                          negative=["negative", 0], latent_image=["start", 0], start_at_step=0, end_at_step=10000,
                          return_with_leftover_noise="disable"),
         "gaussian": node("RandomNoise", noise_seed=SEED),
+        # eps from an upstream RandomNoise(SEED) instead of its own (different) seed widget
+        "noise_upstream": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=7,
+                               temperature=0.5, size_mode="native only", noise=["gaussian", 0]),
         "preview": node("NoiseARPreview", noise=["noise", 0], latent_image=["empty", 0]),
     }
     saves = {"custom": ["custom", 0], "ksampler": ["ksampler", 0], "start": ["start", 0]}
-    for name, source in (("drawn", "noise"), ("eps", "gaussian")):
+    for name, source in (("drawn", "noise"), ("eps", "gaussian"), ("upstream", "noise_upstream")):
         prompt[f"draw_{name}"] = node("NoiseARTestDrawNoise", noise=[source, 0], latent_image=["empty", 0])
         saves[name] = [f"draw_{name}", 0]
     for i, strength in enumerate(blend_strengths):
@@ -146,6 +149,7 @@ def test_noise_and_latent_paths_start_from_the_same_state(comfy, prior_name):
     torch.testing.assert_close(start, drawn * math.sqrt(1 + SIGMA_MAX ** 2) / SDXL_SCALE, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(latents["custom"], latents["ksampler"], rtol=1e-4, atol=1e-4)
     assert torch.equal(latents["blend0"], eps) and torch.equal(latents["blend1"], drawn)
+    assert torch.equal(latents["upstream"], drawn)  # the seed widget's eps is RandomNoise's eps
     assert entry["outputs"]["preview"]["images"], "NoiseAR Preview showed no image"
 
 
