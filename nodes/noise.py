@@ -129,18 +129,15 @@ class NoiseARNoise:
         rows = slice(window.top, window.top + window.height)
         cols = slice(window.left, window.left + window.width)
         patch = self.prior.config.patch_size
-        batch, steps = eps.shape[0], (window.height // patch) * (window.width // patch)
-        bar = host.progress_bar(batch * steps)
-        noise = eps.clone()
-        for item in range(batch):  # one item at a time: its noise never depends on the rest of the batch
-            def callback(done: int, total: int, item: int = item) -> None:
-                host.throw_if_interrupted()
-                bar.update_absolute(item * total + done, batch * total)
+        bar = host.progress_bar(eps.shape[0] * (window.height // patch) * (window.width // patch))
 
-            text = self.text if self.text.shape[0] == 1 else self.text[item:item + 1]
-            mask = None if self.text_mask is None else self.text_mask[min(item, self.text_mask.shape[0] - 1)][None]
-            noise[item:item + 1, :, rows, cols] = self.prior.draw(
-                text, eps[item:item + 1, :, rows, cols], self.temperature, mask, callback)
+        def callback(done: int, total: int) -> None:
+            host.throw_if_interrupted()
+            bar.update_absolute(done, total)
+
+        noise = eps.clone()
+        noise[:, :, rows, cols] = self.prior.draw(self.text, eps[:, :, rows, cols], self.temperature, self.text_mask,
+                                                  callback)
         return noise
 
 

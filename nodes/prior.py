@@ -59,17 +59,26 @@ class NoiseARPrior:
 
     def draw(self, text: torch.Tensor, eps: torch.Tensor, temperature: float, text_mask: torch.Tensor | None,
              callback: Callable[[int, int], None]) -> torch.Tensor:
-        """Noise [B,C,H,W] fp32 on the CPU for text [1 or B, T, D] and draws eps [B,C,H,W].
+        """Noise [B,C,H,W] fp32 on the CPU for text [1 or B, T, D], mask [1 or B, T] and draws eps [B,C,H,W].
 
-        Moves the weights to the compute device for this call only, then back to the CPU.
+        One batch item at a time, so an item's noise never depends on the rest of the batch;
+        ``callback(patches done, patches in all)`` counts over the whole batch. The weights visit the
+        compute device once for the whole call, then go back to the CPU.
         """
         device = self.compute_device()
+        batch, noise = eps.shape[0], []
         try:
             self.model.to(device)
-            noise = self.model.sample(text.to(device), eps.to(device), temperature=temperature,
-                                      text_mask=None if text_mask is None else text_mask.to(device),
-                                      callback=callback)
-            return noise.to(OFFLOAD_DEVICE, torch.float32)
+            for item in range(batch):
+                def item_callback(done: int, total: int, item: int = item) -> None:
+                    callback(item * total + done, batch * total)
+
+                pick = slice(item, item + 1)
+                noise.append(self.model.sample(
+                    text[pick if text.shape[0] > 1 else slice(0, 1)].to(device), eps[pick].to(device),
+                    temperature=temperature, callback=item_callback,
+                    text_mask=None if text_mask is None else text_mask[pick if text_mask.shape[0] > 1 else slice(0, 1)].to(device)))
+            return torch.cat(noise).to(OFFLOAD_DEVICE, torch.float32)
         finally:
             self.model.to(OFFLOAD_DEVICE)
             if device.type != "cpu":
