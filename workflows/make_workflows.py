@@ -222,11 +222,6 @@ def render(workflow: dict, path: Path, scale: float, labels: bool) -> None:
         x0, y0, x1, _ = box(node)
         return (x1 if output else x0), y0 + (34 + 22 * index) * scale
 
-    for _, origin, origin_slot, target, target_slot, kind in workflow["links"]:  # links first: boxes cover them
-        (x0, y0), (x1, y1) = socket(nodes[origin], origin_slot, True), socket(nodes[target], target_slot, False)
-        reach = max(abs(x1 - x0) / 2, 60 * scale)
-        curve = [_bezier((x0, y0), (x0 + reach, y0), (x1 - reach, y1), (x1, y1), t / 40) for t in range(41)]
-        draw.line(curve, fill=TYPE_COLOURS.get(kind, "#ffffff"), width=max(2, int(3 * scale)))
     font = ImageFont.load_default(size=max(9, int(15 * scale)))
     for node in nodes.values():
         ours = node["type"].startswith("NoiseAR")
@@ -234,6 +229,12 @@ def render(workflow: dict, path: Path, scale: float, labels: bool) -> None:
         draw.rounded_rectangle((x0, y0, x1, y1), radius=8 * scale, fill="#2e4d33" if ours else "#353535",
                                outline="#7bd88f" if ours else "#555555", width=max(1, int(3 * scale)))
         draw.text((x0 + 8 * scale, y0 + 5 * scale), node.get("title", node["type"]), fill="#ffffff", font=font)
+    for _, origin, origin_slot, target, target_slot, kind in workflow["links"]:  # over the boxes: every link visible
+        (x0, y0), (x1, y1) = socket(nodes[origin], origin_slot, True), socket(nodes[target], target_slot, False)
+        reach = max(abs(x1 - x0) / 2, 60 * scale)
+        curve = [_bezier((x0, y0), (x0 + reach, y0), (x1 - reach, y1), (x1, y1), t / 40) for t in range(41)]
+        draw.line(curve, fill=TYPE_COLOURS.get(kind, "#ffffff"), width=max(2, int(3 * scale)))
+    for node in nodes.values():
         if labels:
             for i, item in enumerate(node["inputs"]):
                 x, y = socket(node, i, False)
