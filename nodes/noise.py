@@ -85,6 +85,19 @@ def prior_window(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str) ->
     return Window(top, left, native[0], native[1], warning)
 
 
+def gaussian_draws(latent: dict[str, Any], seed: int, upstream: Noise | None) -> torch.Tensor:
+    """eps [B,C,H,W] fp32 on the CPU: the upstream NOISE's draws for ``latent``, else RandomNoise's for ``seed``."""
+    samples = latent["samples"]
+    if upstream is not None:
+        eps = upstream.generate_noise(latent)
+        if tuple(eps.shape) != tuple(samples.shape):
+            raise NoiseARNodeError(
+                f"the upstream NOISE gave shape {list(eps.shape)} for a latent of shape {list(samples.shape)}")
+    else:
+        eps = host.prepare_noise(samples, seed, latent.get("batch_index"))
+    return eps.to("cpu", torch.float32)
+
+
 class NoiseARNoise:
     """NOISE drawn by a NoiseAR prior from ComfyUI's own Gaussian draws.
 
@@ -103,15 +116,7 @@ class NoiseARNoise:
 
     def gaussian(self, latent: dict[str, Any]) -> torch.Tensor:
         """eps [B,C,H,W] fp32 on the CPU for ``latent``."""
-        samples = latent["samples"]
-        if self.upstream is not None:
-            eps = self.upstream.generate_noise(latent)
-            if tuple(eps.shape) != tuple(samples.shape):
-                raise NoiseARNodeError(
-                    f"the upstream NOISE gave shape {list(eps.shape)} for a latent of shape {list(samples.shape)}")
-        else:
-            eps = host.prepare_noise(samples, self.seed, latent.get("batch_index"))
-        return eps.to("cpu", torch.float32)
+        return gaussian_draws(latent, self.seed, self.upstream)
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         """Noise of ``latent["samples"]``'s exact shape, unit-variance space, fp32 on the intermediate device."""
