@@ -135,3 +135,88 @@ def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
         Image.fromarray(pixels).save(os.path.join(temp_directory(), filename))
         records.append({"filename": filename, "subfolder": "", "type": "temp"})
     return records
+
+
+# Golden noise and collector (issue 3) -------------------------------------------------------------
+from typing import Callable  # noqa: E402  (this section's imports are kept inside it)
+
+if AVAILABLE:
+    import comfy.samplers  # noqa: E402
+
+# denoised(x [B,C,H,W] k-diffusion space, sigma, cfg) -> the guider's CFG-combined denoised estimate x0
+Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
+GuidedWork = Callable[[Denoised, torch.Tensor, float], Any]  # (denoised, x_start, start_scale) -> result
+
+
+def scheduler_names() -> list[str]:
+    """ComfyUI's scheduler names (BasicScheduler's list)."""
+    _require()
+    return list(comfy.samplers.SCHEDULER_NAMES)
+
+
+def schedule_sigmas(model: Any, scheduler: str, steps: int) -> torch.Tensor:
+    """The sigmas [steps+1] (k-diffusion units) that BasicScheduler gives for this MODEL at denoise 1, fp32 CPU."""
+    _require()
+    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).float().cpu()
+
+
+def prediction_kind(model: Any) -> str:
+    """'epsilon', 'v' or 'flow' for the MODEL's sampling (after any ModelSampling* patch); ValueError otherwise."""
+    _require()
+    ms, kinds = model_sampling(model), comfy.model_sampling
+    name = type(ms).__name__
+    if isinstance(ms, kinds.CONST):
+        return "flow"
+    if isinstance(ms, (kinds.EDM, kinds.X0)) or float(getattr(ms, "sigma_data", 1.0)) != 1.0:
+        raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow with sigma_data 1")
+    if isinstance(ms, kinds.V_PREDICTION):
+        return "v"
+    if isinstance(ms, kinds.EPS):
+        return "epsilon"
+    raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow")
+
+
+def run_guided(model: Any, positive: list, negative: list, noise: torch.Tensor, sigmas: torch.Tensor, seed: int,
+               work: GuidedWork) -> Any:
+    """Run ``work`` inside ComfyUI's own sampling set-up (model loaded, conds prepared, model patches on).
+
+    A CFGGuider samples ``noise`` [B,C,H,W] (unit variance) from an empty latent over ``sigmas``
+    with a one-off sampler whose function calls ``work(denoised, x_start, start_scale)``:
+    x_start = model_sampling.noise_scaling(sigmas[0], noise, 0) is where any ComfyUI sampler starts,
+    start_scale = x_start / noise, and ``denoised(x, sigma, cfg)`` is the guider's CFG-combined
+    denoised estimate (what every ComfyUI sampler steps with). Returns what ``work`` returned.
+    """
+    _require()
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    results = []
+
+    def function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        ones = x.new_ones([x.shape[0]])
+
+        def denoised(x_k: torch.Tensor, sigma: float, cfg: float) -> torch.Tensor:
+            guider.set_cfg(cfg)
+            return model_k(x_k, ones * sigma, **extra_args)
+
+        unit = torch.ones((1,) * x.ndim, dtype=x.dtype, device=x.device)
+        scale = model_sampling(model).noise_scaling(sigmas[0], unit, torch.zeros_like(unit),
+                                                    sampler.max_denoise(model_k.inner_model, sigmas))
+        results.append(work(denoised, x, float(scale.flatten()[0])))
+        return x
+
+    sampler = comfy.samplers.KSAMPLER(function)
+    guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, disable_pbar=True, seed=seed)
+    return results[0]
+
+
+def encode_text(clip: Any, text: str) -> list:
+    """CONDITIONING of ``text`` exactly as CLIPTextEncode makes it."""
+    _require()
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def output_directory() -> str:
+    """ComfyUI's output folder (relative dataset paths are resolved against it)."""
+    _require()
+    return folder_paths.get_output_directory()
