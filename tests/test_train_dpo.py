@@ -9,17 +9,10 @@ import torch
 from noisear import NoiseARConfig
 from noisear.train.dpo import DPOConfig, DPOObjective, PromptSet, dpo_loss, make_pairs, train_dpo
 from noisear.train.trainer import TrainConfig, initial_model, train
+from test_train_trainer import one_thread  # noqa: F401  (fixture)
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
                       text_dim=4, dropout=0.1)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def first_channel_mean(noise, prompts):

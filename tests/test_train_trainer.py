@@ -112,30 +112,22 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         train(initial_model(model_config), LikelihoodObjective(dataset, replace(c, batch_size=4)), replace(c, batch_size=4))
 
 
-DDP_SCRIPT = """
-import sys
-from noisear import NoiseARConfig
-from noisear.train.trainer import TrainConfig, train_likelihood
-model = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
-                      text_dim=4, dropout=0.0)
-train_likelihood(sys.argv[1], TrainConfig(out_dir=sys.argv[2], steps=6, batch_size=8, lr=3e-3, warmup_steps=2,
-                 grad_clip=0.5, ema_decay=0.5, adam_eps=1e-6, log_every=2, checkpoint_every=3, validation_fraction=0.2,
-                 progress=False, device="cpu"), model_config=model)
-"""
+DDP_ARGS = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0", "--steps", "6",
+            "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--grad-clip", "0.5", "--ema-decay", "0.5",
+            "--adam-eps", "1e-6", "--log-every", "2", "--checkpoint-every", "3", "--validation-fraction", "0.2",
+            "--no-progress", "--device", "cpu"]
 
 
 def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
     # adam_eps 1e-6: attention key biases have an exactly-zero true gradient, and with eps 1e-8 Adam
     # turns their float rounding noise (different for 1 and 2 processes) into lr-sized steps.
     make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
-    script = tmp_path / "run_ddp.py"
-    script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "one")],
-                   check=True, env=env, timeout=120)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), str(tmp_path / "data"), str(tmp_path / "two")],
-                   check=True, env=env, timeout=120, capture_output=True)
+    command = ["-m", "noisear", "train", str(tmp_path / "data"), *DDP_ARGS]
+    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")], check=True, env=env, timeout=120,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command,
+                    "--out", str(tmp_path / "two")], check=True, env=env, timeout=120, capture_output=True)
     one = noisear.load(tmp_path / "one/prior.safetensors").state_dict()
     two = noisear.load(tmp_path / "two/prior.safetensors").state_dict()
     start = initial_model(MODEL).state_dict()

@@ -1,0 +1,264 @@
+"""Commands `train`, `dpo`, `eval` and `data inspect` for ``python -m noisear``.
+
+Multi-process training: ``torchrun --nproc_per_node N -m noisear train ...`` (same for dpo).
+Pluggable Python pieces (a DPO scorer, an evaluation backend, scorers, extra noise sources) are
+given as ``package.module:attribute`` and must be importable; the attribute is used as is.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+TRAIN_HELP = {
+    "steps": "optimiser steps (one global batch each) to run in all, counting steps already done when resuming",
+    "batch_size": "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count",
+    "lr": "peak learning rate of AdamW",
+    "min_lr_ratio": "the cosine schedule ends at lr * this",
+    "warmup_steps": "steps of linear warm-up from lr/warmup_steps to lr",
+    "weight_decay": "AdamW weight decay",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "adam_eps": "AdamW epsilon",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "ema_decay": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)",
+    "seed": "seed of the data order, initialisation and rollouts",
+    "validation_fraction": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index",
+    "bf16": "bf16 autocast on CUDA (never used on the CPU)",
+    "log_every": "write averaged training metrics to log.jsonl every this many steps",
+    "val_every": "validate every this many steps (0: at the end only)",
+    "checkpoint_every": "write out/checkpoint.pt every this many steps (resume point after a kill)",
+    "resume": "continue from out/checkpoint.pt when it exists",
+    "device": "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)",
+    "progress": "show a tqdm progress bar",
+}
+MODEL_HELP = {
+    "patch_size": "patch side P (from scratch); the latent sides must be multiples of it",
+    "d_model": "transformer width (from scratch)",
+    "d_ff": "feed-forward width (from scratch)",
+    "n_layers": "transformer blocks (from scratch)",
+    "n_heads": "attention heads (from scratch)",
+    "dropout": "dropout rate (from scratch)",
+    "positions": "'table' (published 1-D table) or '2d' (row/column sinusoids; one prior for every grid)",
+}
+FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # read from the dataset's shapes
+DPO_HELP = {
+    "beta": "DPO beta on log-densities in nats",
+    "rollouts": "noises drawn per prompt each round (k)",
+    "prompts_per_round": "prompts rolled out each round; must divide by the process count",
+    "steps_per_round": "optimiser steps on each round's pairs before new rollouts",
+    "temperature": "sampling temperature of the rollouts",
+    "pairing": "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)",
+    "margin": "minimum reward difference for a pair",
+}
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
+                           skip: tuple[str, ...] = ()) -> None:
+    """One --option per dataclass field (booleans get --x / --no-x); defaults shown in --help."""
+    for item in fields(cls):
+        if item.name in skip or item.name not in helps:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = None if item.default is MISSING else item.default
+        text = f"{helps[item.name]} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, dest=item.name, type=kind, default=default, help=text)
+
+
+def _values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {item.name: getattr(args, item.name) for item in fields(cls) if hasattr(args, item.name)}
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    if not name:
+        raise ValueError(f"expected package.module:attribute, got {path!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _named(items: list[str], what: str) -> dict[str, str]:
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what} must be NAME=VALUE, got {item!r}")
+        result[name] = value
+    return result
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..config import NoiseARConfig
+    from .dpo import DPOConfig
+    from .trainer import TrainConfig
+
+    train = subparsers.add_parser(
+        "train", help="likelihood training of a prior on a shard dataset (torchrun-ready)",
+        description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch "
+                    "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
+                    "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation reports NLL in "
+                    "nats/dim and its gap to N(0,I) and to a prompt-mean-only Gaussian (ridge regression from "
+                    "the pooled prompt embedding, fitted per-dimension variance). Run under torchrun "
+                    "--nproc_per_node N for DDP.")
+    train.add_argument("data", help="dataset directory (shard-*.safetensors)")
+    train.add_argument("--out", required=True, dest="out_dir", help="output directory (checkpoints, log, prior)")
+    train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) "
+                                      "instead of from scratch")
+    train.add_argument("--baseline-ridge", type=float, default=0.1,
+                       help="relative ridge of the prompt-mean baseline (default: 0.1)")
+    _add_dataclass_options(train, NoiseARConfig, MODEL_HELP, skip=FROM_DATA)
+    _add_dataclass_options(train, TrainConfig, TRAIN_HELP)
+    train.set_defaults(run=run_train)
+
+    dpo = subparsers.add_parser(
+        "dpo", help="DPO fine-tuning of a prior with a pluggable reward (torchrun-ready)",
+        description="Rollouts of k noises per prompt from the current prior, rewards from --scorer, pairs, and "
+                    "the DPO loss against the frozen starting prior. Writes OUT/checkpoint.pt, OUT/log.jsonl "
+                    "(round_reward_mean per step) and OUT/prior.safetensors.")
+    dpo.add_argument("init", help="the prior to fine-tune (also the frozen reference)")
+    dpo.add_argument("--prompts", required=True,
+                     help="dataset directory whose prompt embeddings are rolled out (one embedding per prompt)")
+    dpo.add_argument("--scorer", required=True,
+                     help="package.module:callable (noise [B,C,H,W], PromptSet) -> reward [B], higher is better")
+    dpo.add_argument("--out", required=True, dest="out_dir", help="output directory")
+    _add_dataclass_options(dpo, DPOConfig, DPO_HELP)
+    _add_dataclass_options(dpo, TrainConfig, TRAIN_HELP)
+    dpo.set_defaults(run=run_dpo)
+
+    evaluate = subparsers.add_parser(
+        "eval", help="compare noise sources on the same prompts and seeds: table and PNG grid",
+        description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
+                    "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
+                    "OUT/results.md (mean ± std over seeds, paired sign-flip test vs Gaussian) and OUT/grid.png.")
+    evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
+    evaluate.add_argument("--split", default="validation", choices=("train", "validation", "all"),
+                          help="which prompts of that dataset (default: validation)")
+    evaluate.add_argument("--validation-fraction", type=float, default=0.1, help="as used for training (default: 0.1)")
+    evaluate.add_argument("--max-prompts", type=int, default=16, help="use at most this many prompts (default: 16)")
+    evaluate.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per prompt (default: 8)")
+    evaluate.add_argument("--backend", required=True,
+                          help="package.module:callable (noise [B,C,H,W], PromptSet) -> images [B,3,h,w] in [0,1]")
+    evaluate.add_argument("--scorer", action="append", required=True, metavar="NAME=MODULE:CALLABLE",
+                          help="repeatable; callable (images, PromptSet) -> score [B], higher is better")
+    evaluate.add_argument("--prior", action="append", default=[], metavar="NAME=CHECKPOINT",
+                          help="repeatable; a NoiseAR prior evaluated at every --temperature (and blended with --blend)")
+    evaluate.add_argument("--temperature", type=float, action="append", metavar="T",
+                          help="repeatable sampling temperature for each prior (default: 0.5 and 1.0)")
+    evaluate.add_argument("--blend", type=float, action="append", default=[], metavar="STRENGTH",
+                          help="repeatable; variance-preserving blend of each prior (first temperature) with the "
+                               "Gaussian noise of the same seed, STRENGTH = NoiseAR share in [0,1]")
+    evaluate.add_argument("--source", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
+                          help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise")
+    evaluate.add_argument("--out", required=True, help="output directory for results.md and grid.png")
+    evaluate.set_defaults(run=run_eval)
+
+    data = subparsers.add_parser("data", help="dataset tools", description="Tools for dataset directories.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    inspect = data_commands.add_parser(
+        "inspect", help="counts, shapes, split sizes and per-channel noise statistics",
+        description="Read every shard of a dataset directory (one at a time) and print the number of shards, "
+                    "samples and prompts, tensor shapes, train/validation split sizes, the generation metadata "
+                    "and the per-channel mean and std of the target noise.")
+    inspect.add_argument("directory", help="dataset directory (shard-*.safetensors)")
+    inspect.add_argument("--validation-fraction", type=float, default=0.1,
+                         help="share of prompts in the validation split (default: 0.1)")
+    inspect.set_defaults(run=run_data_inspect)
+
+
+def _reported(run):
+    """Bad input (ValueError, missing files) -> 'error: ...' on stderr and exit status 2, no traceback."""
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_reported
+def run_train(args: argparse.Namespace) -> int:
+    from ..config import NoiseARConfig
+    from .data import ShardDataset
+    from .trainer import TrainConfig, train_likelihood
+
+    config = TrainConfig(**_values(args, TrainConfig))
+    model_config = None
+    if args.init is None:
+        dataset = ShardDataset(args.data)
+        channels, height, width = dataset.item_shapes["noise"]
+        model_config = NoiseARConfig(**{k: v for k, v in _values(args, NoiseARConfig).items() if k not in FROM_DATA},
+                                     channels=channels, latent_height=height, latent_width=width,
+                                     text_dim=dataset.item_shapes["text"][1])
+    train_likelihood(args.data, config, model_config=model_config, init=args.init, baseline_ridge=args.baseline_ridge)
+    print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
+    return 0
+
+
+@_reported
+def run_dpo(args: argparse.Namespace) -> int:
+    from .data import ShardDataset
+    from .dpo import DPOConfig, PromptSet, train_dpo
+    from .trainer import TrainConfig, initial_model
+
+    config = TrainConfig(**_values(args, TrainConfig))
+    prompts = PromptSet.from_dataset(ShardDataset(args.prompts), "train", config.validation_fraction)
+    train_dpo(initial_model(init=args.init), prompts, _resolve(args.scorer), config,
+              DPOConfig(**_values(args, DPOConfig)))
+    print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
+    return 0
+
+
+@_reported
+def run_eval(args: argparse.Namespace) -> int:
+    from ..io import load
+    from .data import ShardDataset
+    from .dpo import PromptSet
+    from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, save_report
+
+    dataset = ShardDataset(args.prompts)
+    prompts = PromptSet.from_dataset(dataset, None if args.split == "all" else args.split, args.validation_fraction)
+    prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
+    shape = dataset.item_shapes["noise"]
+    sources = {"gaussian": gaussian_source(shape)}
+    temperatures = args.temperature or [0.5, 1.0]
+    for name, path in _named(args.prior, "--prior").items():
+        model = load(path)
+        for temperature in temperatures:
+            sources[f"{name}@T={temperature:g}"] = noisear_source(model, temperature)
+        for strength in args.blend:
+            sources[f"{name}@T={temperatures[0]:g} blend {strength:g}"] = blend_source(
+                noisear_source(model, temperatures[0]), shape, strength)
+    sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
+    scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
+    result = evaluate(sources, _resolve(args.backend), scorers, prompts, range(args.seeds))
+    paths = save_report(result, args.out)
+    print(result.table())
+    print(f"wrote {paths['table']} and {paths['grid']}")
+    return 0
+
+
+@_reported
+def run_data_inspect(args: argparse.Namespace) -> int:
+    from .data import inspect_dataset
+
+    report = inspect_dataset(args.directory, args.validation_fraction)
+    print(f"directory    {report['directory']}")
+    print(f"shards       {report['shards']}")
+    print(f"samples      {report['samples']}  (train {report['split_samples']['train']}, "
+          f"validation {report['split_samples']['validation']})")
+    print(f"prompts      {report['prompts']}  (train {report['split_prompts']['train']}, "
+          f"validation {report['split_prompts']['validation']})")
+    print(f"text         {list(report['text_shape'])} per sample")
+    print(f"noise        {list(report['noise_shape'])} per sample")
+    print(f"info         {json.dumps(vars(report['info']), sort_keys=True)}")
+    for channel, (mean, std) in enumerate(zip(report["channel_mean"], report["channel_std"])):
+        print(f"channel {channel:<4} mean {mean:+.5f}  std {std:.5f}")
+    return 0

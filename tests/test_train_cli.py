@@ -1,0 +1,67 @@
+"""The train, dpo, eval and data commands, run through python -m noisear's parser."""
+import argparse
+
+import pytest
+import torch
+
+from noisear.cli import build_parser, main
+from test_train_trainer import make_dataset, one_thread  # noqa: F401  (fixture)
+
+TINY = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0", "--device", "cpu", "--no-progress",
+        "--batch-size", "8", "--warmup-steps", "1", "--log-every", "1", "--validation-fraction", "0.2"]
+
+
+def first_channel_mean(noise, prompts):
+    return noise[:, 0].mean(dim=(1, 2))
+
+
+def backend(noise, prompts):
+    return torch.sigmoid(noise[:, :1]).expand(-1, 3, -1, -1)
+
+
+def brightness(images, prompts):
+    return images.mean(dim=(1, 2, 3))
+
+
+def subcommands(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield name, child
+                yield from subcommands(child)
+
+
+def test_every_option_of_the_training_commands_is_explained():
+    commands = dict(subcommands(build_parser()))
+    assert {"train", "dpo", "eval", "data", "inspect"} <= set(commands)
+    for name in ("train", "dpo", "eval", "inspect"):
+        for action in commands[name]._actions:
+            assert action.help and len(action.help) > 10, (name, action.dest)
+
+
+def test_data_inspect_prints_counts_and_channel_statistics(tmp_path, capsys):
+    make_dataset(tmp_path, prompts=10, per_prompt=3)
+    assert main(["data", "inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "samples      30" in out and "prompts      10" in out and "channel 1" in out
+    assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
+    assert "no shard" in capsys.readouterr().err
+
+
+def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "sft"), "--steps", "4", *TINY]) == 0
+    assert (tmp_path / "sft/prior.safetensors").is_file()
+    assert main(["dpo", str(tmp_path / "sft/prior.safetensors"), "--prompts", str(tmp_path / "data"),
+                 "--scorer", "test_train_cli:first_channel_mean", "--out", str(tmp_path / "dpo"), "--steps", "2",
+                 "--prompts-per-round", "4", "--rollouts", "4", "--device", "cpu", "--no-progress",
+                 "--batch-size", "4"]) == 0
+    assert main(["eval", "--prompts", str(tmp_path / "data"), "--split", "all", "--max-prompts", "3", "--seeds", "2",
+                 "--backend", "test_train_cli:backend", "--scorer", "bright=test_train_cli:brightness",
+                 "--prior", f"sft={tmp_path / 'sft/prior.safetensors'}",
+                 "--prior", f"dpo={tmp_path / 'dpo/prior.safetensors'}", "--temperature", "1.0",
+                 "--blend", "0.5", "--out", str(tmp_path / "eval")]) == 0
+    table = (tmp_path / "eval/results.md").read_text()
+    for row in ("| gaussian |", "| sft@T=1 |", "| dpo@T=1 blend 0.5 |", "| gaussian@std(dpo@T=1) |"):
+        assert row in table
+    assert (tmp_path / "eval/grid.png").read_bytes()[:4] == b"\x89PNG"
