@@ -123,7 +123,7 @@ class NoiseAR(nn.Module):
 
     def reset_parameters(self) -> None:
         """Published initialisation: an untrained model already outputs roughly N(0, I)."""
-        if self.pos_encoding.is_meta:  # a shell for load_state_dict(assign=True); drawing on meta costs seconds
+        if self._anchor.is_meta:  # a shell for load_state_dict(assign=True); drawing on meta costs seconds
             return
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -282,7 +282,7 @@ class NoiseAR(nn.Module):
                 if callback is not None:
                     callback(step + 1, steps)
                 if step + 1 < steps:
-                    x = self.latent_patch_encoder(tokens[-1])
+                    x = decoder.mlp(self.latent_patch_encoder, tokens[-1])
             return self._finish(torch.cat(tokens, dim=1), grid)
 
     @torch.no_grad()
@@ -303,11 +303,21 @@ class NoiseAR(nn.Module):
             return self._finish(tokens, grid)
 
 
+def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.linear for a handful of rows, [..., in] -> [..., out], computed as bias + weight @ x^T.
+
+    Same math; on the CPU (MKL) this streams the weight once for all rows, where F.linear packs it
+    first: at 4 rows about 2.5x faster, at 1 row the same. Decoding a step is bound by this read.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    return torch.addmm(bias[:, None], weight, rows.T).T.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class _CachedDecoder:
     """One position at a time through the blocks, with self-attention keys/values cached.
 
     Same math as `NoiseAR.forward` (in eval mode), written with the packed in_proj weights so that
-    text keys/values are projected once and each step costs one row per weight matrix.
+    text keys/values are projected once and each step costs one row per weight matrix per item.
     """
 
     def __init__(self, model: NoiseAR, memory: torch.Tensor, ignore: torch.Tensor | None, steps: int) -> None:
@@ -339,19 +349,26 @@ class _CachedDecoder:
         for k in range(m.config.n_layers):
             attn, keys, values = m.self_attn_layers[k], *self.cache[k]
             x = m.self_attn_norm[k](x)
-            q, key, value = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            q, key, value = _few_rows_linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
             keys[:, :, t:t + 1], values[:, :, t:t + 1] = self._split(key), self._split(value)
             out = F.scaled_dot_product_attention(self._split(q), keys[:, :, :t + 1], values[:, :, :t + 1])
-            x = attn.out_proj(self._merge(out)) + x
+            x = _few_rows_linear(self._merge(out), attn.out_proj.weight, attn.out_proj.bias) + x
 
             cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text_kv[k]
             x = m.cross_attn_norm[k](x)
             d = m.config.d_model
-            q = F.linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
+            q = _few_rows_linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
             out = F.scaled_dot_product_attention(self._split(q), text_keys, text_values, attn_mask=self.text_attend)
-            x = cross.out_proj(self._merge(out)) + x
+            x = _few_rows_linear(self._merge(out), cross.out_proj.weight, cross.out_proj.bias) + x
 
             x = m.ffn_norm[k](x)
-            x = m.ffn_layers[k](x) + x
+            x = self.mlp(m.ffn_layers[k], x) + x
         self.position += 1
-        return m.prediction_head_mu(x), m.prediction_head_logvar(x)
+        return self.mlp(m.prediction_head_mu, x), self.mlp(m.prediction_head_logvar, x)
+
+    @staticmethod
+    def mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """``layers(x)`` for the newest position, its Linear layers through :func:`_few_rows_linear`."""
+        for layer in layers:
+            x = _few_rows_linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+        return x
