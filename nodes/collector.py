@@ -1,0 +1,157 @@
+"""NoiseAR Dataset Collector: (prompt embedding, golden noise) pairs of the host's MODEL, written as
+noisear.train.data shards that `python -m noisear train` reads.
+
+Per prompt (one per line, encoded with the CLIP input exactly as CLIPTextEncode does) and seed
+(first_seed .. first_seed+k-1), the source noise is RandomNoise's draw for that seed on a
+[1, C, H, W] empty latent, and the target is NoiseAR Golden Noise of it (same scheduler, steps and
+guidances). A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
+skips what is written, also after a crash or with prompts added or reordered. Memory: one batch
+plus one shard (the writer flushes every ``shard_size`` samples).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable
+
+import torch
+
+from noisear.train.data import DatasetInfo, ShardWriter
+from noisear.train.golden import GoldenConfig, keep_improved
+
+from . import host
+from .golden import CATEGORY, golden_noise, schedule_inputs
+from .prior import NoiseARNodeError
+
+# NOISEAR_REWARD: (noise [B,C,H,W] unit-variance, CONDITIONING of the prompt) -> reward [B]; higher is better
+Reward = Callable[[torch.Tensor, list], torch.Tensor]
+
+
+def prompt_index(prompt: str) -> int:
+    """A stable non-negative int63 for a prompt text (the dataset's prompt key and split unit)."""
+    return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def prompt_lines(prompts: str) -> list[str]:
+    """Non-empty lines, stripped, duplicates dropped (first kept)."""
+    return list(dict.fromkeys(line.strip() for line in prompts.splitlines() if line.strip()))
+
+
+def fixed_tokens(conditioning: list, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First entry's tensor [1,T,D] -> text [tokens, D] fp32 and mask [tokens] bool (cut or zero-padded)."""
+    cond, extras = conditioning[0][0][0].float().cpu(), conditioning[0][1] or {}
+    mask = extras.get("attention_mask")
+    mask = torch.ones(cond.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1).bool().cpu()
+    text = torch.zeros(tokens, cond.shape[1])
+    keep = min(tokens, cond.shape[0])
+    text[:keep], padded_mask = cond[:keep], torch.zeros(tokens, dtype=torch.bool)
+    padded_mask[:keep] = mask[:keep]
+    return text, padded_mask
+
+
+def dataset_directory(name: str) -> str:
+    """Absolute paths as given; relative ones under ComfyUI's output folder."""
+    if not name.strip():
+        raise NoiseARNodeError("dataset must name a folder (relative to ComfyUI's output folder, or absolute)")
+    return name if os.path.isabs(name) else os.path.join(host.output_directory(), name)
+
+
+def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, seeds_per_prompt: int,
+            first_seed: int, scheduler: str, steps: int, config: GoldenConfig, directory: str, text_tokens: int,
+            batch_size: int, shard_size: int, model_name: str = "", reward: Reward | None = None) -> dict[str, int]:
+    """Write the missing pairs; returns counts written / skipped / rejected (by the reward filter)."""
+    lines = prompt_lines(prompts)
+    if not lines:
+        raise NoiseARNodeError("prompts is empty: give one prompt per line")
+    shape = (1, *latent["samples"].shape[1:])
+    if len(shape) != 4:
+        raise NoiseARNodeError(f"the collector works on image latents [batch, C, H, W]; got {list(latent['samples'].shape)}")
+    sigmas = host.schedule_sigmas(model, scheduler, steps)
+    info = DatasetInfo(source_model=model_name or "comfyui MODEL", prediction=host.prediction_kind(model),
+                       schedule=f"comfyui {scheduler}", steps=steps, guidance_denoise=config.guidance_denoise,
+                       guidance_invert=config.guidance_invert,
+                       extra={"noise": "ComfyUI RandomNoise draws of the seed on a [1,C,H,W] latent",
+                              "sigmas": [round(float(s), 6) for s in sigmas[:2]], "text_tokens": text_tokens})
+    seeds = [first_seed + j for j in range(seeds_per_prompt)]
+    counts = {"written": 0, "skipped": 0, "rejected": 0}
+    bar, done = host.progress_bar(len(lines) * len(seeds)), 0
+    with ShardWriter(directory, info, shard_size) as writer:
+        for prompt in lines:
+            index = prompt_index(prompt)
+            todo = [s for s in seeds if not writer.has(index, s)]
+            counts["skipped"] += len(seeds) - len(todo)
+            done += len(seeds) - len(todo)
+            positive = host.encode_text(clip, prompt) if todo else None
+            for start in range(0, len(todo), batch_size):
+                host.throw_if_interrupted()
+                chunk = todo[start:start + batch_size]
+                zeros = torch.zeros(shape)
+                noise = torch.cat([host.prepare_noise(zeros, s, None) for s in chunk]).float()
+                golden = golden_noise(model, positive, negative, noise, sigmas, chunk[0], config, host.throw_if_interrupted)
+                keep = (keep_improved(noise, golden, reward, positive, config.margin) if reward is not None
+                        else torch.ones(len(chunk), dtype=torch.bool))
+                counts["rejected"] += int((~keep).sum())
+                if keep.any():
+                    text, mask = fixed_tokens(positive, text_tokens)
+                    count = int(keep.sum())
+                    writer.append(text.expand(count, -1, -1), golden[keep], [index] * count,
+                                  [s for s, k in zip(chunk, keep.tolist()) if k], mask.expand(count, -1),
+                                  prompts={index: prompt})
+                    counts["written"] += count
+                done += len(chunk)
+                bar.update_absolute(done, len(lines) * len(seeds))
+    return counts
+
+
+class DatasetCollectorNode:
+    DESCRIPTION = ("Collects a NoiseAR training set for this MODEL: for every prompt line and seed, the golden noise "
+                   "of RandomNoise's draw (see NoiseAR Golden Noise) with the prompt's embedding, written as dataset "
+                   "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
+                   "folder per latent size (aspect-ratio bucket).")
+    CATEGORY = CATEGORY
+    FUNCTION = "collect"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("summary",)
+    OUTPUT_TOOLTIPS = ("What was written, skipped and rejected, and where.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model to collect golden noise for."}),
+            "clip": ("CLIP", {"tooltip": "Its text encoder; each prompt line is encoded like CLIPTextEncode does."}),
+            "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning for the denoising step's guidance."}),
+            "latent_image": ("LATENT", {"tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
+                                                   "EmptyLatentImage; its batch size is ignored."}),
+            "seeds_per_prompt": ("INT", {"default": 4, "min": 1, "max": 100000,
+                                         "tooltip": "k: seeds first_seed .. first_seed+k-1 for every prompt."}),
+            "first_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 62, "tooltip": "The first seed."}),
+            **schedule_inputs(),
+            "dataset": ("STRING", {"default": "noisear_dataset/1024x1024", "tooltip": (
+                "Folder of the shards: relative to ComfyUI's output folder, or absolute. One folder per size.")}),
+            "text_tokens": ("INT", {"default": 77, "min": 1, "max": 4096, "tooltip": (
+                "Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0.")}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "Seeds computed together."}),
+            "shard_size": ("INT", {"default": 256, "min": 1, "max": 65536, "tooltip": (
+                "Samples per shard file; at most this many are held in memory before a write.")}),
+            "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
+        }, "optional": {
+            "reward": ("NOISEAR_REWARD", {"tooltip": (
+                "Optional filter: keeps a pair only when reward(golden) - reward(noise) > reward_margin. A "
+                "NOISEAR_REWARD is a callable (noise [B,C,H,W], conditioning) -> [B] from a custom node.")}),
+            "reward_margin": ("FLOAT", {"default": 0.0, "min": -1e6, "max": 1e6, "step": 0.01,
+                                        "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper)."}),
+        }}
+
+    def collect(self, model: Any, clip: Any, prompts: str, negative: list, latent_image: dict, seeds_per_prompt: int,
+                first_seed: int, scheduler: str, steps: int, cfg_denoise: float, cfg_invert: float, dataset: str,
+                text_tokens: int, batch_size: int, shard_size: int, model_name: str, reward: Reward | None = None,
+                reward_margin: float = 0.0) -> dict[str, Any]:
+        config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
+        directory = dataset_directory(dataset)
+        counts = collect(model, clip, prompts, negative, latent_image, seeds_per_prompt, first_seed, scheduler, steps,
+                         config, directory, text_tokens, batch_size, shard_size, model_name, reward)
+        summary = (f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
+                   f"rejected {counts['rejected']} by the reward filter")
+        return {"ui": {"text": (summary,)}, "result": (summary,)}

@@ -1,0 +1,142 @@
+"""NoiseAR Dataset Collector without ComfyUI: what it writes, resuming, the reward filter, and the trainer reading it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fake_comfy
+from nodes import host
+from nodes.collector import DatasetCollectorNode, fixed_tokens, prompt_index
+from nodes.golden import GoldenNoiseNode
+from noisear import NoiseARConfig
+from noisear.train.data import Batch, ShardDataset
+from noisear.train.trainer import TrainConfig, train_likelihood
+from test_golden_node import Net, comfy_denoised
+
+WIDTH = 8
+SIGMAS = torch.tensor([14.6146, 10.0, 5.0, 0.0])
+
+
+class Clip:
+    """Encodes a prompt as a [1, 5 + len(words), WIDTH] tensor derived from its text."""
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens_scheduled(self, text: str) -> list:
+        seed = sum(map(ord, text))
+        cond = torch.randn(1, 5 + len(text.split()), WIDTH, generator=torch.Generator().manual_seed(seed))
+        return [[cond, {"pooled_output": torch.zeros(1, 4)}]]
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    installed = fake_comfy.install(monkeypatch, tmp_path)
+    net, installed.golden_runs = Net(gain=0.5), []
+
+    def run_guided(model, positive, negative, noise, sigmas, seed, work):
+        installed.golden_runs.append(noise.shape[0])
+        scale = math.sqrt(1 + float(sigmas[0]) ** 2)
+        cond, uncond = float(positive[0][0].mean()), float(negative[0][0].mean())
+        denoised = comfy_denoised(net, "epsilon", lambda s: s, cond, uncond)
+        return work(lambda x, s, c: denoised(x.double(), s, c).float(), noise * scale, scale)
+
+    monkeypatch.setattr(host, "schedule_sigmas", lambda model, scheduler, steps: SIGMAS[: steps + 1])
+    monkeypatch.setattr(host, "prediction_kind", lambda model: "epsilon")
+    monkeypatch.setattr(host, "run_guided", run_guided)
+    monkeypatch.setattr(host, "encode_text", lambda clip, text: clip.encode_from_tokens_scheduled(clip.tokenize(text)))
+    monkeypatch.setattr(host, "output_directory", lambda: str(tmp_path / "output"))
+    return installed
+
+
+NEGATIVE = [[torch.zeros(1, 5, WIDTH), {}]]
+
+
+def run(prompts: str, k: int = 3, dataset: str = "set", reward=None, margin: float = 0.0, height: int = 8,
+        width: int = 8) -> str:
+    latent = {"samples": torch.zeros(1, 4, height, width)}
+    return DatasetCollectorNode().collect(object(), Clip(), prompts, NEGATIVE, latent, k, 10, "normal", 3, 5.5, 1.0,
+                                          dataset, 12, 2, 4, "tiny", reward, margin)["result"][0]
+
+
+def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fakes, tmp_path):
+    summary = run("a red cube\n\n  a blue sphere on grass  \na red cube\n")
+    assert "wrote 6" in summary
+    data = ShardDataset(tmp_path / "output" / "set")
+    assert len(data) == 6 and data.item_shapes == {"text": (12, WIDTH), "noise": (4, 8, 8)}
+    assert data.info.prediction == "epsilon" and data.info.steps == 3 and data.info.guidance_denoise == 5.5
+    assert set(data.prompts().values()) == {"a red cube", "a blue sphere on grass"}
+    batch = Batch.concat(list(data.iterate()))
+    row = [i for i in range(6) if batch.prompt_index[i] == prompt_index("a blue sphere on grass")
+           and batch.seed[i] == 11][0]
+    node_noise = GoldenNoiseNode().make(object(), Clip().encode_from_tokens_scheduled("a blue sphere on grass"),
+                                        NEGATIVE, 11, "normal", 3, 5.5, 1.0)[0]
+    expected = node_noise.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
+    torch.testing.assert_close(batch.noise[row], expected[0])  # the node's golden noise for that seed
+    text, mask = fixed_tokens(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), 12)
+    assert torch.equal(batch.text[row], text) and torch.equal(batch.text_mask[row], mask)
+    assert mask.tolist() == [True] * 10 + [False] * 2
+
+
+def test_a_rerun_skips_written_pairs_and_adds_only_new_prompts_and_seeds(fakes, tmp_path):
+    run("one\ntwo")
+    fakes.golden_runs.clear()
+    assert "wrote 0, skipped 6" in run("one\ntwo") and fakes.golden_runs == []
+    assert "wrote 6, skipped 6" in run("two\nthree\none", k=4)  # seed 13 for one and two, four for three
+    data = ShardDataset(tmp_path / "output" / "set")
+    assert len(data.pairs()) == len(data) == 12
+
+
+def test_an_interrupted_run_resumes_without_duplicates(fakes, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = host.throw_if_interrupted
+
+    def interrupt_on_the_fifth_call():
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise fake_comfy.InterruptProcessingException()
+        real()
+
+    monkeypatch.setattr(host, "throw_if_interrupted", interrupt_on_the_fifth_call)
+    with pytest.raises(fake_comfy.InterruptProcessingException):
+        run("one\ntwo\nthree")
+    partial = len(ShardDataset(tmp_path / "output" / "set"))
+    assert 0 < partial < 9
+    monkeypatch.setattr(host, "throw_if_interrupted", real)
+    assert f"skipped {partial}" in run("one\ntwo\nthree")
+    data = ShardDataset(tmp_path / "output" / "set")
+    assert len(data) == len(data.pairs()) == 9
+
+
+def test_the_reward_filter_keeps_pairs_that_improve_by_more_than_the_margin(fakes, tmp_path):
+    direction = torch.randn(4 * 8 * 8, generator=torch.Generator().manual_seed(0))
+
+    def reward(noise, conditioning):  # a fixed random linear score
+        return noise.flatten(1) @ direction
+
+    summary = run("one\ntwo", k=4, reward=reward)
+    data = ShardDataset(tmp_path / "output" / "set")
+    kept, rejected = len(data), int(summary.split("rejected ")[1].split()[0])
+    assert kept + rejected == 8 and rejected > 0 and kept > 0
+    assert "rejected 8" in run("one\ntwo", k=4, dataset="strict", reward=reward, margin=1e9)
+
+
+def test_the_trainer_reads_the_collected_set(fakes, tmp_path):
+    run("\n".join(f"prompt number {i}" for i in range(8)), k=4)
+    config = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32,
+                           text_dim=WIDTH, positions="2d")
+    prior = train_likelihood(tmp_path / "output" / "set", TrainConfig(out_dir=str(tmp_path / "run"), steps=3,
+                             batch_size=8, warmup_steps=1, progress=False, validation_fraction=0.25), config)
+    assert (tmp_path / "run" / "prior.safetensors").exists()
+    assert prior.sample(torch.zeros(1, 12, WIDTH), torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+
+
+def test_empty_prompts_and_dataset_names_are_refused(fakes):
+    from nodes.prior import NoiseARNodeError
+
+    with pytest.raises(NoiseARNodeError, match="one prompt per line"):
+        run("  \n\n")
+    with pytest.raises(NoiseARNodeError, match="must name a folder"):
+        run("one", dataset=" ")
