@@ -207,3 +207,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARBlend": "NoiseAR Blend",
     "NoiseARPreview": "NoiseAR Preview",
 }
+
+# Issue 3: golden noise and the dataset collector (logic in nodes/golden.py, nodes/collector.py).
+from .collector import DatasetCollectorNode  # noqa: E402
+from .golden import GoldenNoiseNode  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update({"NoiseARGoldenNoise": GoldenNoiseNode, "NoiseARDatasetCollector": DatasetCollectorNode})
+NODE_DISPLAY_NAME_MAPPINGS.update({"NoiseARGoldenNoise": "NoiseAR Golden Noise",
+                                   "NoiseARDatasetCollector": "NoiseAR Dataset Collector"})

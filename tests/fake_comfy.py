@@ -150,6 +150,7 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
         utils=SimpleNamespace(ProgressBar=ProgressBar),
         sample=SimpleNamespace(prepare_noise=prepare_noise),
         model_sampling=SimpleNamespace(CONST=CONST, EPS=EPS),
+        samplers=SimpleNamespace(SCHEDULER_NAMES=["simple", "normal", "karras"]),
     )
     folder_paths = FolderPaths(tmp_path)
     monkeypatch.setattr(host, "AVAILABLE", True)
