@@ -125,21 +125,26 @@ class ShardInfo:
     prompt_index: np.ndarray   # [count] int64
     seed: np.ndarray           # [count] int64
     prompts: dict[int, str]
+    noise_shape: tuple[int, ...] = ()  # (C, H, W)
 
 
 class ShardDataset:
     """All shards of a directory, read lazily.
 
-    ``item_shapes`` = {"text": (T, D), "noise": (C, H, W)}; ``info`` the shared DatasetInfo.
-    Only the small per-sample columns (prompt index, seed) are held in memory.
+    ``item_shapes`` = {"text": (T, D), "noise": (C, H, W)} (of the first shard); ``info`` the shared
+    DatasetInfo. Only the small per-sample columns (prompt index, seed) are held in memory.
+
+    Aspect-ratio buckets: a directory without shards of its own whose subdirectories hold shards
+    (one latent size each, e.g. ``1024x1024/`` and ``1216x832/``) is one dataset whose noise H, W
+    differ between buckets (``noise_shapes``); text shape, channels and info must agree.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        paths = sorted(self.directory.glob(SHARD_GLOB))
+        paths = sorted(self.directory.glob(SHARD_GLOB)) or sorted(self.directory.glob(f"*/{SHARD_GLOB}"))
         if not paths:
-            raise DatasetError(f"no {SHARD_GLOB} files in {self.directory}; write them with ShardWriter "
-                               f"(or a collector) first")
+            raise DatasetError(f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
+                               f"with ShardWriter (or a collector) first")
         self.shards: list[ShardInfo] = []
         self.info: DatasetInfo | None = None
         self.item_shapes: dict[str, tuple[int, ...]] = {}
@@ -147,15 +152,24 @@ class ShardDataset:
             metadata, shapes = _shard_header(path)
             info = DatasetInfo.from_json(metadata["info"])
             item_shapes = {"text": shapes["text"][1:], "noise": shapes["noise"][1:]}
+            bucket_shape = next((s.noise_shape for s in self.shards if s.path.parent == path.parent),
+                                item_shapes["noise"])
             if self.info is None:
                 self.info, self.item_shapes = info, item_shapes
-            elif info != self.info or item_shapes != self.item_shapes:
+            elif (info != self.info or item_shapes["text"] != self.item_shapes["text"]
+                  or item_shapes["noise"][0] != self.item_shapes["noise"][0] or item_shapes["noise"] != bucket_shape):
                 raise DatasetError(f"{path.name} does not match the other shards of {self.directory} "
-                                   f"(info or tensor shapes differ); keep one dataset per directory")
+                                   f"(info or tensor shapes differ); keep one dataset per directory (one latent "
+                                   f"size per bucket subdirectory)")
             columns = _read_tensors(path, ("prompt_index", "seed"))
             prompts = {int(key): value for key, value in json.loads(metadata.get("prompts", "{}")).items()}
             self.shards.append(ShardInfo(path, shapes["noise"][0], columns["prompt_index"].numpy(),
-                                         columns["seed"].numpy(), prompts))
+                                         columns["seed"].numpy(), prompts, item_shapes["noise"]))
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        """The distinct (C, H, W) of the buckets, sorted (one entry without buckets)."""
+        return sorted({shard.noise_shape for shard in self.shards})
 
     def __len__(self) -> int:
         return sum(shard.count for shard in self.shards)
@@ -211,7 +225,8 @@ class BatchPlan:
 
     Each epoch visits the training split once: shards in a seeded random order, rows shuffled
     within each shard (so reading stays one shard at a time); the tail that does not fill a
-    global batch is dropped. Rank ``r`` of ``world`` takes rows [r*B/world, (r+1)*B/world) of each
+    global batch is dropped. With aspect-ratio buckets this is done per bucket (noise shape), so a
+    batch never mixes sizes, and the epoch's batches of all buckets are then shuffled together. Rank ``r`` of ``world`` takes rows [r*B/world, (r+1)*B/world) of each
     global batch, so any number of processes sees the same global batches.
     """
 
@@ -220,7 +235,9 @@ class BatchPlan:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rows = dataset.rows(split, validation_fraction)
         total = sum(len(rows) for rows in self.rows)
-        self.batches_per_epoch = total // batch_size
+        self.buckets = [[s for s, shard in enumerate(dataset.shards) if shard.noise_shape == shape]
+                        for shape in dataset.noise_shapes]
+        self.batches_per_epoch = sum(sum(len(self.rows[s]) for s in bucket) // batch_size for bucket in self.buckets)
         if self.batches_per_epoch == 0:
             raise DatasetError(f"the {split} split holds {total} samples, fewer than one global batch of "
                                f"{batch_size}; lower the batch size or add data")
@@ -232,7 +249,19 @@ class BatchPlan:
             rng = np.random.default_rng([self.seed, epoch])
             parts = [np.stack([np.full(len(self.rows[s]), s), rng.permutation(self.rows[s])], axis=1)
                      for s in rng.permutation(len(self.rows)) if len(self.rows[s])]
-            self._epoch, self._order = epoch, np.concatenate(parts)
+            order = np.concatenate(parts)
+            if len(self.buckets) > 1:  # whole batches per bucket, then the batches shuffled together
+                bucket_of = np.empty(len(self.rows), dtype=np.int64)
+                for b, bucket in enumerate(self.buckets):
+                    bucket_of[bucket] = b
+                batches = []
+                for b in range(len(self.buckets)):
+                    rows = order[bucket_of[order[:, 0]] == b]
+                    full = len(rows) // self.batch_size * self.batch_size
+                    if full:
+                        batches.extend(np.split(rows[:full], full // self.batch_size))
+                order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+            self._epoch, self._order = epoch, order
         return self._order
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:

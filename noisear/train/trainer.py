@@ -459,12 +459,18 @@ class LikelihoodObjective:
         if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction)):
             return {}
         if self._baselines is None:
-            baseline = PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge)
+            # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
+            single_size = len(self.dataset.noise_shapes) == 1
+            baseline = (PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge)
+                        if single_size else None)
             totals, count = {"nll_standard_normal": 0.0, "nll_prompt_mean": 0.0}, 0
             for batch in self._validation_batches():
                 totals["nll_standard_normal"] += float(standard_normal_nll_per_dim(batch.noise).sum())
-                totals["nll_prompt_mean"] += float(baseline.nll_per_dim(batch).sum())
+                if baseline is not None:
+                    totals["nll_prompt_mean"] += float(baseline.nll_per_dim(batch).sum())
                 count += len(batch)
+            if baseline is None:
+                del totals["nll_prompt_mean"]
             self._baselines = {k: v / count for k, v in totals.items()}
         device = next(model.parameters()).device
         total, count = 0.0, 0
@@ -474,9 +480,8 @@ class LikelihoodObjective:
                                        batch.noise[0].numel()).double().sum())
             count += len(batch)
         nll = total / count
-        return {"val_nll": nll, **self._baselines,
-                "gap_vs_standard_normal": self._baselines["nll_standard_normal"] - nll,
-                "gap_vs_prompt_mean": self._baselines["nll_prompt_mean"] - nll}
+        gaps = {f"gap_vs_{name[4:]}": value - nll for name, value in self._baselines.items()}
+        return {"val_nll": nll, **self._baselines, **gaps}
 
     def state_dict(self) -> dict:
         return {}  # the data order is a function of (seed, step)
@@ -502,10 +507,16 @@ def initial_model(model_config: NoiseARConfig | None = None, init: str | os.Path
 def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
     """The dataset's noise [C,H,W] and text width must be what the prior models."""
     c = model.config
-    noise, text = dataset.item_shapes["noise"], dataset.item_shapes["text"]
-    if tuple(noise) != (c.channels, c.latent_height, c.latent_width) or text[1] != c.text_dim:
-        raise DatasetError(f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models noise "
-                           f"{[c.channels, c.latent_height, c.latent_width]} with text width {c.text_dim}")
+    text = dataset.item_shapes["text"]
+    for noise in dataset.noise_shapes:
+        fits = (noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
+                if c.positions == "2d" else tuple(noise) == (c.channels, c.latent_height, c.latent_width))
+        if not fits or text[1] != c.text_dim:
+            models = (f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})" if c.positions == "2d"
+                      else str([c.channels, c.latent_height, c.latent_width]))
+            raise DatasetError(f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
+                               f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
+                               f"buckets) need a prior with positions='2d'")
 
 
 def train_likelihood(data_dir: str | os.PathLike, config: TrainConfig, model_config: NoiseARConfig | None = None,
