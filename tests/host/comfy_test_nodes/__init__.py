@@ -3,6 +3,7 @@
 - NoiseARTestTinySDXL: a tiny random SDXL-family MODEL built from ComfyUI's own classes (no weights).
 - NoiseARTestConditioning: a random CONDITIONING of any width/length, with an SDXL pooled output.
 - NoiseARTestDrawNoise: what a NOISE gives for a latent, as a LATENT (so it can be saved and compared).
+- NoiseARTestCLIP: a CLIP stand-in whose encoding of a text is a random SDXL-width conditioning seeded by it.
 """
 import torch
 
@@ -71,8 +72,36 @@ class NoiseARTestDrawNoise:
         return ({"samples": noise.generate_noise(latent_image).float().cpu()},)
 
 
+class _TextSeededClip:
+    """tokenize / encode_from_tokens_scheduled as the collector uses them: [1, 77, 2048] + pooled [1, 1280]."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        import zlib
+
+        generator = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        cond = torch.randn(1, 77, 2048, generator=generator)
+        return [[cond, {"pooled_output": torch.randn(1, 1280, generator=generator)}]]
+
+
+class NoiseARTestCLIP:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "make"
+    RETURN_TYPES = ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def make(self):
+        return (_TextSeededClip(),)
+
+
 NODE_CLASS_MAPPINGS = {
     "NoiseARTestTinySDXL": NoiseARTestTinySDXL,
     "NoiseARTestConditioning": NoiseARTestConditioning,
     "NoiseARTestDrawNoise": NoiseARTestDrawNoise,
+    "NoiseARTestCLIP": NoiseARTestCLIP,
 }
