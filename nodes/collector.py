@@ -144,6 +144,11 @@ class DatasetCollectorNode:
                                         "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper)."}),
         }}
 
+    @classmethod
+    def IS_CHANGED(cls, **inputs: Any) -> float:
+        """Always run when queued: the folder may have changed, and a re-run only adds what is missing."""
+        return float("nan")
+
     def collect(self, model: Any, clip: Any, prompts: str, negative: list, latent_image: dict, seeds_per_prompt: int,
                 first_seed: int, scheduler: str, steps: int, cfg_denoise: float, cfg_invert: float, dataset: str,
                 text_tokens: int, batch_size: int, shard_size: int, model_name: str, reward: Reward | None = None,

@@ -133,6 +133,11 @@ def test_the_trainer_reads_the_collected_set(fakes, tmp_path):
     assert prior.sample(torch.zeros(1, 12, WIDTH), torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
 
 
+def test_the_node_runs_again_whenever_queued():
+    first, second = DatasetCollectorNode.IS_CHANGED(), DatasetCollectorNode.IS_CHANGED()
+    assert first != second  # ComfyUI re-executes a node whose IS_CHANGED differs from the last run's
+
+
 def test_empty_prompts_and_dataset_names_are_refused(fakes):
     from nodes.prior import NoiseARNodeError
 
