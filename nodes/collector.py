@@ -20,8 +20,8 @@ from noisear.train.data import DatasetInfo, ShardWriter
 from noisear.train.golden import GoldenConfig, keep_improved
 
 from . import host
-from .golden import CATEGORY, golden_noise, schedule_inputs
-from .prior import NoiseARNodeError
+from .golden import golden_noise, schedule_inputs
+from .prior import CATEGORY, NoiseARNodeError
 
 # NOISEAR_REWARD: (noise [B,C,H,W] unit-variance, CONDITIONING of the prompt) -> reward [B]; higher is better
 Reward = Callable[[torch.Tensor, list], torch.Tensor]

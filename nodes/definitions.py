@@ -7,11 +7,12 @@ from typing import Any
 from noisear.mixing import MODES
 
 from . import host
+from .collector import DatasetCollectorNode
+from .golden import GoldenNoiseNode
 from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, device_problem, load_prior
+from .prior import CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, device_problem, load_prior
 
-CATEGORY = "sampling/noise/NoiseAR"
 
 PRIOR_INPUT = ("NOISEAR_MODEL", {"tooltip": "A NoiseAR prior from the NoiseAR Loader."})
 POSITIVE_INPUT = ("CONDITIONING", {"tooltip": (
@@ -199,6 +200,8 @@ NODE_CLASS_MAPPINGS = {
     "NoiseARLatent": NoiseARLatentNode,
     "NoiseARBlend": NoiseARBlendNode,
     "NoiseARPreview": NoiseARPreviewNode,
+    "NoiseARGoldenNoise": GoldenNoiseNode,
+    "NoiseARDatasetCollector": DatasetCollectorNode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARLoader": "NoiseAR Loader",
@@ -206,12 +209,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARLatent": "NoiseAR Latent",
     "NoiseARBlend": "NoiseAR Blend",
     "NoiseARPreview": "NoiseAR Preview",
+    "NoiseARGoldenNoise": "NoiseAR Golden Noise",
+    "NoiseARDatasetCollector": "NoiseAR Dataset Collector",
 }
-
-# Issue 3: golden noise and the dataset collector (logic in nodes/golden.py, nodes/collector.py).
-from .collector import DatasetCollectorNode  # noqa: E402
-from .golden import GoldenNoiseNode  # noqa: E402
-
-NODE_CLASS_MAPPINGS.update({"NoiseARGoldenNoise": GoldenNoiseNode, "NoiseARDatasetCollector": DatasetCollectorNode})
-NODE_DISPLAY_NAME_MAPPINGS.update({"NoiseARGoldenNoise": "NoiseAR Golden Noise",
-                                   "NoiseARDatasetCollector": "NoiseAR Dataset Collector"})

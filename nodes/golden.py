@@ -22,7 +22,7 @@ from noisear.train.golden import GoldenConfig, Level, Schedule, compose, re_deno
 
 from . import host
 from .noise import gaussian_draws
-from .prior import NoiseARNodeError
+from .prior import CATEGORY, NoiseARNodeError
 
 # (x [B,C,H,W] k-diffusion space, sigma, cfg) -> CFG-combined denoised x0, as host.run_guided gives it
 Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
@@ -125,7 +125,6 @@ class GoldenNoise:
         return golden
 
 
-CATEGORY = "sampling/noise/NoiseAR"
 
 
 def schedule_inputs() -> dict[str, Any]:

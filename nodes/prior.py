@@ -13,6 +13,7 @@ from noisear import NoiseAR, NoiseARConfig
 
 from . import host
 
+CATEGORY = "sampling/noise/NoiseAR"  # where every NoiseAR node appears in ComfyUI's menu
 DEVICES = ("auto", "cpu", "gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOAD_DEVICE = torch.device("cpu")
