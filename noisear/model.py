@@ -28,9 +28,10 @@ class NoiseARInputError(ValueError):
 
 def _sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
     """[L] positions -> [L, dim]: sin on even dims, cos on odd dims, base 10000 (fp64 inside)."""
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=position.device)
+                         * (-math.log(10000.0) / dim))
     angle = position.to(torch.float64)[:, None] * inv_freq
-    table = torch.zeros(len(position), dim, dtype=torch.float64)
+    table = torch.zeros(len(position), dim, dtype=torch.float64, device=position.device)
     table[:, 0::2] = torch.sin(angle)
     table[:, 1::2] = torch.cos(angle)[:, : dim // 2]
     return table.float()
@@ -38,7 +39,8 @@ def _sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     """[1, length, d_model]: the published 1-D table."""
-    return _sinusoid(torch.arange(length), d_model)[None]
+    # made on the CPU, then moved: arange on the meta device (a loading shell) imports torch._dynamo, ~2 s
+    return _sinusoid(torch.arange(length, device="cpu"), d_model)[None].to(torch.get_default_device())
 
 
 def grid_positions(rows: int, cols: int, d_model: int) -> torch.Tensor:
@@ -92,7 +94,8 @@ class NoiseAR(nn.Module):
     def __init__(self, config: NoiseARConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.register_buffer("learnable_start_token_emb", torch.randn(c.d_model) * 0.1)  # fixed, never trained
+        start = torch.randn(c.d_model, device="cpu") * 0.1  # fixed, never trained; CPU: see sinusoidal_positions
+        self.register_buffer("learnable_start_token_emb", start.to(torch.get_default_device()))
         if c.positions == "table":
             self.register_buffer("pos_encoding", sinusoidal_positions(c.num_patches + 1, c.d_model))
         if c.has_text_adapter:

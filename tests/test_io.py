@@ -230,3 +230,16 @@ def test_metadata_config_that_disagrees_with_the_tensors_is_refused(tmp_path):
     with pytest.raises(NoiseARCheckpointError, match=r"'ffn_layers\.0\.0\.weight' has shape \[24, 16\], expected \[32, 16\]"):
         noisear.load(path)
 
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_changing_a_loaded_model_never_writes_to_its_file(tmp_path, suffix):
+    """Loading maps the file's tensors without copying them; writes must stay private to the process."""
+    path = write_state(random_state_dict(TINY), tmp_path / f"model{suffix}")
+    before = path.read_bytes()
+    model = noisear.load(path)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    assert path.read_bytes() == before
+    assert not torch.equal(noisear.load(path).prediction_head_mu[0].weight, model.prediction_head_mu[0].weight)
