@@ -46,6 +46,7 @@ def test_training_script_wrappers_and_prefixes_are_tolerated(tmp_path, wrapper, 
     model = noisear.load(write_pth(state, tmp_path / "model.pth", wrapper=wrapper, prefix=prefix))
     assert model.config == TINY
     assert_same_tensors(model.state_dict(), state)
+    assert torch.isfinite(model.sample(random_text(TINY), generator=[0])).all()
 
 
 def test_legacy_non_zip_pth_loads(tmp_path):
