@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("noisear.cli", "noisear.train.cli")
+COMMAND_MODULES = ("noisear.cli", "noisear.train.cli", "noisear.toy.cli")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
