@@ -1,0 +1,166 @@
+"""The shipped toy checkpoints: where they live, how they are saved and loaded, and how --retrain
+rebuilds all of them from scratch (recording the command and timings in MANIFEST.md).
+
+Toy networks are .safetensors with their config dataclass as JSON metadata; the NoiseAR priors go
+through noisear.save / noisear.load.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..io import load as load_prior, save as save_prior
+from ..model import NoiseAR
+from .ar_prior import PixelPrior, PixelPriorConfig, PixelPriorTraining, train_pixel_prior
+from .classifier import ClassifierTraining, DigitClassifier, accuracy, train_classifier
+from .data import load_split
+from .diffusion import Denoiser, DenoiserConfig, DenoiserTraining, train_denoiser
+from .methods import ConsistencyConfig, train_consistent_denoiser
+from .prior import collect_golden_pairs, fine_tune_dpo, train_prior
+
+DEFAULT_DIR = Path(__file__).parent / "checkpoints"
+FILES = {"classifier": "classifier.safetensors", "denoiser": "denoiser.safetensors",
+         "pixel_prior": "pixel_prior.safetensors", "denoiser_method1": "denoiser_method1.safetensors",
+         "prior": "noisear_prior.safetensors", "prior_dpo": "noisear_prior_dpo.safetensors"}
+
+
+class ToyCheckpointError(FileNotFoundError):
+    """A toy checkpoint that is missing or does not fit its network."""
+
+
+def save_net(module: torch.nn.Module, path: Path, config: object | None = None) -> None:
+    """Parameters (no buffers that are functions of the config) as safetensors, config as JSON metadata."""
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.endswith(".mask")}
+    save_file(state, str(path), metadata={"config": json.dumps(asdict(config) if config is not None else {})})
+
+
+def load_net(cls: type, config_cls: type | None, path: Path) -> torch.nn.Module:
+    """Rebuild ``cls(config)`` from a file written by :func:`save_net`, in eval mode."""
+    if not path.is_file():
+        raise ToyCheckpointError(f"missing toy checkpoint {path}; run `python -m noisear demo --retrain` "
+                                 f"to rebuild the checkpoints")
+    with safe_open(str(path), framework="pt") as handle:
+        config = json.loads((handle.metadata() or {}).get("config", "{}"))
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    module = cls(config_cls(**config)) if config_cls is not None else cls()
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(".mask")]
+    if missing or unexpected:
+        raise ToyCheckpointError(f"{path.name} does not fit {cls.__name__}: missing {missing}, unexpected {unexpected}")
+    return module.eval()
+
+
+@dataclass
+class ToyModels:
+    classifier: DigitClassifier
+    denoiser: Denoiser
+    pixel_prior: PixelPrior
+    denoiser_method1: Denoiser
+    prior: NoiseAR
+    prior_dpo: NoiseAR
+
+
+def load_models(directory: Path = DEFAULT_DIR) -> ToyModels:
+    """Every toy checkpoint of ``directory``."""
+    d = Path(directory)
+    priors = {}
+    for name in ("prior", "prior_dpo"):
+        if not (d / FILES[name]).is_file():
+            raise ToyCheckpointError(f"missing toy checkpoint {d / FILES[name]}; run `python -m noisear demo --retrain`")
+        priors[name] = load_prior(d / FILES[name])
+    return ToyModels(classifier=load_net(DigitClassifier, None, d / FILES["classifier"]),
+                     denoiser=load_net(Denoiser, DenoiserConfig, d / FILES["denoiser"]),
+                     pixel_prior=load_net(PixelPrior, PixelPriorConfig, d / FILES["pixel_prior"]),
+                     denoiser_method1=load_net(Denoiser, DenoiserConfig, d / FILES["denoiser_method1"]), **priors)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Budgets of every stage (sized for < 15 min on 2 CPU cores)."""
+
+    classifier: ClassifierTraining = ClassifierTraining()
+    denoiser: DenoiserTraining = DenoiserTraining()
+    pixel_prior: PixelPriorTraining = PixelPriorTraining()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    golden_seeds_per_class: int = 1000
+    prior_steps: int = 600
+    dpo_steps: int = 100
+    seed: int = 0
+
+
+def retrain(directory: Path = DEFAULT_DIR, config: RetrainConfig = RetrainConfig(), resume: bool = False,
+            command: str = "") -> dict[str, float]:
+    """Train every toy checkpoint from scratch into ``directory``; returns seconds per stage.
+
+    With ``resume`` a stage whose checkpoint exists is loaded instead of retrained.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    train, test = load_split()
+    timings: dict[str, float] = {}
+    notes: dict[str, str] = {}
+
+    def stage(name: str, build: Callable[[], object], save: Callable[[object, Path], None],
+              load: Callable[[Path], object]) -> object:
+        path = d / FILES[name]
+        if resume and path.is_file():
+            return load(path)
+        start = time.perf_counter()
+        result = build()
+        save(result, path)
+        timings[name] = time.perf_counter() - start
+        print(f"[retrain] {name}: {timings[name]:.0f} s", file=sys.stderr)
+        return result
+
+    classifier = stage("classifier", lambda: train_classifier(train, config.classifier),
+                       lambda m, p: save_net(m, p), lambda p: load_net(DigitClassifier, None, p))
+    notes["classifier held-out accuracy"] = f"{accuracy(classifier, test):.4f} on {len(test)} test digits"
+    denoiser = stage("denoiser", lambda: train_denoiser(train, config.denoiser),
+                     lambda m, p: save_net(m, p, m.config), lambda p: load_net(Denoiser, DenoiserConfig, p))
+    pixel_prior = stage("pixel_prior", lambda: train_pixel_prior(train, config.pixel_prior),
+                        lambda m, p: save_net(m, p, m.config), lambda p: load_net(PixelPrior, PixelPriorConfig, p))
+    stage("denoiser_method1", lambda: train_consistent_denoiser(train, pixel_prior, config.consistency, config.denoiser),
+          lambda m, p: save_net(m, p, m.config), lambda p: load_net(Denoiser, DenoiserConfig, p))
+
+    def golden_prior() -> NoiseAR:
+        work = d / "_work"
+        shutil.rmtree(work, ignore_errors=True)
+        counts = collect_golden_pairs(denoiser, classifier, work / "pairs", config.golden_seeds_per_class)
+        notes["golden pairs"] = f"{counts['written']} kept, {counts['rejected']} rejected by the reward filter"
+        prior = train_prior(work / "pairs", work / "prior", config.prior_steps, config.seed)
+        return prior
+
+    prior = stage("prior", golden_prior, lambda m, p: save_prior(m, p), load_prior)
+    stage("prior_dpo", lambda: fine_tune_dpo(prior, denoiser, classifier, d / "_work" / "dpo", config.dpo_steps,
+                                             config.seed),
+          lambda m, p: save_prior(m, p), load_prior)
+    shutil.rmtree(d / "_work", ignore_errors=True)
+    write_manifest(d, config, timings, notes, command)
+    return timings
+
+
+def write_manifest(directory: Path, config: RetrainConfig, timings: dict[str, float], notes: dict[str, str],
+                   command: str) -> None:
+    """MANIFEST.md: the command, the budgets, the time per stage, the file sizes."""
+    lines = ["# Toy checkpoints", "", "Made by our own training code with:", "", f"    {command}", "",
+             f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+             f"{torch.get_num_threads()} threads", "", "| file | bytes | stage seconds |", "|---|---|---|"]
+    for name, file in FILES.items():
+        path = directory / file
+        size = path.stat().st_size if path.is_file() else 0
+        seconds = f"{timings[name]:.0f}" if name in timings else "(kept)"
+        lines.append(f"| {file} | {size:,} | {seconds} |")
+    lines += ["", *(f"- {key}: {value}" for key, value in notes.items()), "",
+              "Budgets:", "", "```json", json.dumps(asdict(config), indent=1), "```", ""]
+    (directory / "MANIFEST.md").write_text("\n".join(lines), encoding="utf-8")
