@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="rebuild every checkpoint from scratch into --checkpoints first (< 15 min on 2 cores)")
     demo.add_argument("--resume", action="store_true",
                       help="with --retrain: keep checkpoints that already exist (continue an interrupted run)")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads (default 1: these networks are too small to gain from more, and "
+                           "extra threads stall badly when the cores are shared)")
     demo.set_defaults(run=run_demo)
 
 
@@ -32,6 +35,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .checkpoints import DEFAULT_DIR, retrain
 
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     directory = Path(args.checkpoints) if args.checkpoints else DEFAULT_DIR
     if args.retrain:
