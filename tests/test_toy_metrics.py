@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from noisear.toy.metrics import Scored, alignment, diversity, frechet_between, frechet_distance, swap_test
+from noisear.toy.metrics import Reference, Scored, alignment, diversity, frechet_between, frechet_distance, swap_test
 
 
 def scored(features: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor | None = None) -> Scored:
@@ -35,7 +35,7 @@ def test_alignment_and_diversity_on_hand_made_sets():
 def test_swap_test_separates_different_sources_and_not_identical_ones():
     torch.manual_seed(0)
     labels = torch.arange(200) % 10
-    reference = torch.randn(500, 4, dtype=torch.float64)
+    reference = Reference(torch.randn(500, 4, dtype=torch.float64))
     near = [scored(torch.randn(200, 4), labels) for _ in range(2)]
     far = [scored(torch.randn(200, 4) + 1.0, labels) for _ in range(2)]
     assert swap_test(frechet_distance, near, near, reference, permutations=50)["p_value"] == 1.0
