@@ -48,3 +48,15 @@ def test_guidance_one_is_the_conditional_model_and_guidance_moves_away_from_unco
     guided = ddim_sample(model, noise, labels, steps=3, guidance=3.0)
     assert not torch.allclose(conditional, guided)
     assert unconditional(labels).eq(NULL_LABEL).all()
+
+
+def test_training_is_deterministic_for_a_seed():
+    from noisear.toy.data import load_split
+    from noisear.toy.diffusion import DenoiserTraining, train_denoiser
+
+    train, _ = load_split()
+    config = DenoiserTraining(steps=5, batch_size=16)
+    first, second = train_denoiser(train, config), train_denoiser(train, config)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    other = train_denoiser(train, DenoiserTraining(steps=5, batch_size=16, seed=1))
+    assert not torch.equal(first.output[1].weight, other.output[1].weight)
