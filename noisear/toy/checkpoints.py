@@ -93,7 +93,7 @@ class RetrainConfig:
     pixel_prior: PixelPriorTraining = PixelPriorTraining()
     consistency: ConsistencyConfig = ConsistencyConfig()
     golden_seeds_per_class: int = 1000
-    prior_steps: int = 600
+    prior_steps: int = 2000
     dpo_steps: int = 100
     seed: int = 0
 
