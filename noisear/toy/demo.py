@@ -200,7 +200,7 @@ def grid(result: DemoResult, scale: int = 4) -> "numpy.ndarray":  # noqa: F821
 
 
 def run(checkpoints: Path, out: Path, seeds: Sequence[int] = (1, 2, 3), samples: int = 1000,
-        permutations: int = 200) -> dict[str, Path]:
+        permutations: int = 100) -> dict[str, Path]:
     """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md and out/grid.png."""
     torch.manual_seed(0)
     result = evaluate(load_models(checkpoints), seeds, samples, permutations)
