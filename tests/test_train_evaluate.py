@@ -9,7 +9,7 @@ import torch
 
 from noisear import NoiseAR, NoiseARConfig
 from noisear.train.dpo import PromptSet
-from noisear.train.evaluate import (blend_source, evaluate, gaussian_source, image_grid, noisear_source,
+from noisear.train.evaluate import (BLEND_SEED_OFFSET, blend_source, evaluate, gaussian_source, image_grid, noisear_source,
                                     paired_test, save_report, write_png)
 
 SHAPE = (3, 4, 4)
@@ -96,5 +96,10 @@ def test_noisear_and_blend_sources_use_the_seeds_gaussian_noise():
     plain = gaussian_source(SHAPE)(prompts(), [3] * 6)
     sampled = noisear_source(model, temperature=1.0)(prompts(), [3] * 6)
     assert torch.allclose(sampled, plain, atol=0.05)  # an untrained prior is about N(0, I) with eps = the seed's noise
-    assert torch.equal(blend_source(noisear_source(model, 1.0), SHAPE, 0.0)(prompts(), [3] * 6), plain)
+    partner = gaussian_source(SHAPE)(prompts(), [3 + BLEND_SEED_OFFSET] * 6)
+    assert torch.equal(blend_source(noisear_source(model, 1.0), SHAPE, 0.0)(prompts(), [3] * 6), partner)
+    assert not torch.allclose(partner, plain)  # the blend's Gaussian is independent of the prior's eps
+    wide = gaussian_source(SHAPE)(prompts(), list(range(6)))
+    blended = blend_source(noisear_source(model, 1.0), SHAPE, 0.5)(prompts(), list(range(6)))
+    assert abs(blended.std().item() - wide.std().item()) < 0.1  # variance-preserving (same eps would give ~1.4)
     assert image_grid([torch.zeros(2, 3, 4, 4)]).shape == (8, 14, 3)  # 2 px padding around each

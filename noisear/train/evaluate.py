@@ -62,11 +62,20 @@ def golden_source(denoiser: Denoiser, schedule: Schedule, conditioning: Callable
     return source
 
 
+BLEND_SEED_OFFSET = 1_000_003  # the blend's Gaussian partner is drawn from seed + this offset
+
+
 def blend_source(source: NoiseSource, shape: Sequence[int], strength: float, mode: str = "variance-preserving"
                  ) -> NoiseSource:
-    """noisear.mixing.blend of ``source`` with the Gaussian noise of the same seeds."""
+    """noisear.mixing.blend of ``source`` with Gaussian noise independent of it.
+
+    The partner is drawn from ``seed + BLEND_SEED_OFFSET``, not from the seed itself: a NoiseAR source
+    uses the seed's draws as its eps, and blending with those same draws would correlate the two
+    inputs (a variance-preserving blend of correlated inputs no longer has their variance).
+    """
     def mixed(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
-        return blend(source(prompts, seeds), standard_normal((len(seeds), *shape), list(seeds)), strength, mode)
+        partner = standard_normal((len(seeds), *shape), [seed + BLEND_SEED_OFFSET for seed in seeds])
+        return blend(source(prompts, seeds), partner, strength, mode)
     return mixed
 
 
