@@ -152,7 +152,9 @@ class NoiseARBlendNode:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "noisear_noise": ("NOISE", {"tooltip": "NoiseAR noise (from NoiseAR Noise)."}),
-            "gaussian_noise": ("NOISE", {"tooltip": "Gaussian noise (e.g. RandomNoise); its seed is carried on."}),
+            "gaussian_noise": ("NOISE", {"tooltip": "Gaussian noise (e.g. RandomNoise) with a seed other than the "
+                                                    "NoiseAR Noise's: with the same seed both share their draws and "
+                                                    "the mix is no longer variance-preserving. Its seed is carried on."}),
             "strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "Share of the NoiseAR noise: 0 = all Gaussian, 1 = all NoiseAR."}),
             "mode": (list(MODES), {"default": MODES[0], "tooltip": (

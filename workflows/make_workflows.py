@@ -138,7 +138,7 @@ def graphs() -> list[Graph]:
     sdxl_blend = Graph(
         "noisear_sdxl_blend",
         "SDXL: NoiseAR noise mixed with RandomNoise by NoiseAR Blend (training-free), then SamplerCustomAdvanced.",
-        sdxl_base(LOADER_SDXL) + [noise, Node("gauss", "RandomNoise", 1, 3.8, [SEED, "fixed"], height=80),
+        sdxl_base(LOADER_SDXL) + [noise, Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
                                   Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130)]
         + blend_nodes,
         PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
