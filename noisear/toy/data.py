@@ -39,8 +39,12 @@ def pixels_to_levels(pixels: torch.Tensor) -> torch.Tensor:
 
 def load_split() -> tuple[Digits, Digits]:
     """(train, test): the fixed stratified 75/25 split of load_digits (1,347 / 450 images)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ImportError("the demo's digits come from scikit-learn, which is not installed: "
+                          "pip install -r requirements-dev.txt (or pip install scikit-learn)") from None
 
     bunch = load_digits()
     levels = torch.as_tensor(bunch.data, dtype=torch.int64).reshape(-1, *IMAGE_SHAPE)
