@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (NoiseARCheckpointError, NoiseARConfigError, NoiseARInputError) as err:
+    except (NoiseARCheckpointError, NoiseARConfigError, NoiseARInputError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
