@@ -13,6 +13,7 @@ weight paths and never download.
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zlib
@@ -210,25 +211,50 @@ def save_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
 
 
 # Real-model scorers (lazy, local weights only) ----------------------------------------------------
+def clip_pixels(images: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+    """[B,3,H,W] in [0,1] -> CLIP pixel_values per a transformers preprocessor_config.json: bicubic resize of the
+    shortest edge (or to height x width), centre crop, (x - image_mean) / image_std. Plain torch, no imaging library."""
+    size, crop = settings.get("size", 224), settings.get("crop_size", 224)
+    height, width = images.shape[-2:]
+    if isinstance(size, dict) and "height" in size:
+        resized = (size["height"], size["width"])
+    else:
+        edge = size["shortest_edge"] if isinstance(size, dict) else size
+        resized = (round(height * edge / min(height, width)), round(width * edge / min(height, width)))
+    pixels = torch.nn.functional.interpolate(images.clamp(0, 1), size=resized, mode="bicubic", antialias=True).clamp(0, 1)
+    crop_height, crop_width = (crop, crop) if isinstance(crop, int) else (crop["height"], crop["width"])
+    top, left = (resized[0] - crop_height) // 2, (resized[1] - crop_width) // 2
+    pixels = pixels[..., top:top + crop_height, left:left + crop_width]
+    mean = torch.tensor(settings.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))[:, None, None]
+    std = torch.tensor(settings.get("image_std", (0.26862954, 0.26130258, 0.27577711)))[:, None, None]
+    return (pixels - mean.to(pixels)) / std.to(pixels)
+
+
 def clip_scorer(model_dir: str | Path, scale: float | None = None, device: str = "cpu") -> ImageScorer:
-    """CLIP score (scale 100, clipped at 0) or PickScore (scale None: the model's logit_scale) from a local
-    transformers CLIPModel folder (e.g. openai/clip-vit-large-patch14 or yuvalkirstain/PickScore_v1,
-    downloaded by you). Prompts need ``strings``."""
-    from transformers import CLIPModel, CLIPProcessor
+    """CLIP score (``scale`` * cosine clipped at 0, usually 100) or PickScore (scale None: the model's logit_scale
+    * cosine) from a local transformers CLIPModel folder with its tokenizer and preprocessor_config.json (e.g.
+    openai/clip-vit-large-patch14 or yuvalkirstain/PickScore_v1, downloaded by you). Prompts need ``strings``."""
+    from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
-    processor = CLIPProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    settings_path = Path(model_dir) / "preprocessor_config.json"
+    if not settings_path.is_file():
+        raise FileNotFoundError(f"{settings_path} is missing: the CLIP folder needs the image preprocessor settings "
+                                "(copy preprocessor_config.json from the model's processor)")
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
 
     @torch.no_grad()
     def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
         if not prompts.strings:
             raise ValueError("CLIP-based scorers need the prompt texts (PromptSet.strings)")
-        inputs = processor(text=list(prompts.strings), images=list(images.clamp(0, 1)), return_tensors="pt",
-                           padding=True, truncation=True, do_rescale=False).to(device)
-        image = model.get_image_features(pixel_values=inputs["pixel_values"])
-        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        tokens = tokenizer(list(prompts.strings), padding=True, truncation=True, return_tensors="pt",
+                           max_length=model.config.text_config.max_position_embeddings).to(device)
+        image = model.get_image_features(pixel_values=clip_pixels(images.float().to(device), settings))
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        image, text = (getattr(x, "pooler_output", x) for x in (image, text))  # transformers 5 may return outputs
         cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
-        return (100 * cosine.clamp_min(0) if scale is not None else model.logit_scale.exp() * cosine).cpu()
+        return (scale * cosine.clamp_min(0) if scale is not None else model.logit_scale.exp() * cosine).cpu()
     return score
 
 
