@@ -62,13 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import NoiseARConfigError
-    from .io import NoiseARCheckpointError
-    from .model import NoiseARInputError
-
     try:
         return args.run(args)
-    except (NoiseARCheckpointError, NoiseARConfigError, NoiseARInputError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # every NoiseAR error is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="repeatable sampling temperature for each prior (default: 0.5 and 1.0)")
     evaluate.add_argument("--blend", type=float, action="append", default=[], metavar="STRENGTH",
                           help="repeatable; variance-preserving blend of each prior (first temperature) with the "
-                               "Gaussian noise of the same seed, STRENGTH = NoiseAR share in [0,1]")
+                               "Gaussian noise independent of the prior's draws, STRENGTH = NoiseAR share in [0,1]")
     evaluate.add_argument("--source", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
                           help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise")
     evaluate.add_argument("--out", required=True, help="output directory for results.md and grid.png")
@@ -172,18 +171,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(run=run_data_inspect)
 
 
-def _reported(run):
-    """Bad input (ValueError, missing files) -> 'error: ...' on stderr and exit status 2, no traceback."""
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (ValueError, FileNotFoundError, ImportError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    return wrapped
-
-
-@_reported
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
@@ -202,7 +189,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reported
 def run_dpo(args: argparse.Namespace) -> int:
     from .data import ShardDataset
     from .dpo import DPOConfig, PromptSet, train_dpo
@@ -216,7 +202,6 @@ def run_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reported
 def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
     from .data import ShardDataset
@@ -245,7 +230,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reported
 def run_data_inspect(args: argparse.Namespace) -> int:
     from .data import inspect_dataset
 
