@@ -125,8 +125,6 @@ class GoldenNoise:
         return golden
 
 
-
-
 def schedule_inputs() -> dict[str, Any]:
     """scheduler + steps of the sampler the noise is meant for (the golden step is its first step)."""
     return {
