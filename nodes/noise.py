@@ -114,10 +114,6 @@ class NoiseARNoise:
         self.warning: str | None = None  # of the last draw
         self._last: tuple[tuple, torch.Tensor] | None = None  # (latent key, noise): preview and sampler share a draw
 
-    def gaussian(self, latent: dict[str, Any]) -> torch.Tensor:
-        """eps [B,C,H,W] fp32 on the CPU for ``latent``."""
-        return gaussian_draws(latent, self.seed, self.upstream)
-
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         """Noise of ``latent["samples"]``'s exact shape, unit-variance space, fp32 on the intermediate device."""
         samples = latent["samples"]
@@ -127,7 +123,7 @@ class NoiseARNoise:
             self.warning = window.warning
             if window.warning:
                 log.warning(window.warning)
-            self._last = (key, self._draw(self.gaussian(latent), window))
+            self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), window))
         return self._last[1].to(host.intermediate_device())
 
     def _draw(self, eps: torch.Tensor, window: Window) -> torch.Tensor:
