@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from noisear.train.data import DatasetInfo, ShardWriter
-from noisear.train.golden import GoldenConfig, keep_improved
+from noisear.golden import GoldenConfig
+from noisear.train.collect import keep_improved
 
 from . import host
 from .golden import golden_noise, schedule_inputs

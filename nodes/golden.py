@@ -1,4 +1,4 @@
-"""Golden noise inside ComfyUI: noisear.train.golden's re-denoise step driven by the host's own MODEL.
+"""Golden noise inside ComfyUI: noisear.golden's re-denoise step driven by the host's own MODEL.
 
 ComfyUI samples in k-diffusion space: epsilon / v-prediction models see x = x0 + s*eps (the
 sampler starts at noise*sqrt(1+s_max^2)), flow models x = (1-s)*x0 + s*eps (start s*noise), and the
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from noisear.train.golden import GoldenConfig, Level, Schedule, compose, re_denoise
+from noisear.golden import GoldenConfig, Level, Schedule, compose, re_denoise
 
 from . import host
 from .noise import gaussian_draws

@@ -75,10 +75,10 @@ class NoiseARPrior:
                     callback(item * total + done, batch * total)
 
                 pick = slice(item, item + 1)
-                noise.append(self.model.sample(
-                    text[pick if text.shape[0] > 1 else slice(0, 1)].to(device), eps[pick].to(device),
-                    temperature=temperature, callback=item_callback,
-                    text_mask=None if text_mask is None else text_mask[pick if text_mask.shape[0] > 1 else slice(0, 1)].to(device)))
+                text_pick = pick if text.shape[0] > 1 else slice(0, 1)
+                mask = None if text_mask is None else text_mask[pick if text_mask.shape[0] > 1 else slice(0, 1)].to(device)
+                noise.append(self.model.sample(text[text_pick].to(device), eps[pick].to(device),
+                                               temperature=temperature, callback=item_callback, text_mask=mask))
             return torch.cat(noise).to(OFFLOAD_DEVICE, torch.float32)
         finally:
             self.model.to(OFFLOAD_DEVICE)

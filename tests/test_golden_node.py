@@ -16,8 +16,8 @@ import fake_comfy
 from nodes import host
 from nodes.golden import GoldenNoise, GoldenNoiseNode, golden_from_denoised
 from nodes.prior import NoiseARNodeError
-from noisear.train.golden import (GoldenConfig, Level, Schedule, compose, decompose, golden_noise,
-                                  scaled_linear_alphas_cumprod)
+from noisear.golden import (GoldenConfig, Level, Schedule, compose, decompose, golden_noise,
+                            scaled_linear_alphas_cumprod)
 
 SHAPE = (3, 4, 8, 6)
 

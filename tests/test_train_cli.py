@@ -1,7 +1,6 @@
 """The train, dpo, eval and data commands, run through python -m noisear's parser."""
 import argparse
 
-import pytest
 import torch
 
 from noisear.cli import build_parser, main

@@ -1,7 +1,6 @@
 """DPO: the loss on fixed numbers, pairing, reward going up on a toy, exact resume."""
 import json
 import math
-from dataclasses import replace
 
 import pytest
 import torch

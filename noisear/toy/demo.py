@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..mixing import blend
 from ..train.evaluate import image_grid, write_png
-from ..train.golden import golden_noise
+from ..golden import golden_noise
 from .checkpoints import ToyModels, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train.golden import Level, Schedule, ddim_step, guided, scaled_linear_alphas_cumprod
+from ..golden import Level, Schedule, ddim_step, guided, scaled_linear_alphas_cumprod
 from .data import IMAGE_SHAPE, NUM_CLASSES, Digits
 from .fit import fit
 

@@ -15,7 +15,8 @@ from ..config import NoiseARConfig
 from ..model import NoiseAR
 from ..train.data import DatasetInfo, ShardWriter
 from ..train.dpo import DPOConfig, PromptSet, train_dpo
-from ..train.golden import GoldenConfig, PromptItem, collect
+from ..golden import GoldenConfig
+from ..train.collect import PromptItem, collect
 from ..train.trainer import TrainConfig, train_likelihood
 from .classifier import DigitClassifier
 from .data import IMAGE_SHAPE, NUM_CLASSES

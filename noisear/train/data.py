@@ -226,8 +226,9 @@ class BatchPlan:
     Each epoch visits the training split once: shards in a seeded random order, rows shuffled
     within each shard (so reading stays one shard at a time); the tail that does not fill a
     global batch is dropped. With aspect-ratio buckets this is done per bucket (noise shape), so a
-    batch never mixes sizes, and the epoch's batches of all buckets are then shuffled together. Rank ``r`` of ``world`` takes rows [r*B/world, (r+1)*B/world) of each
-    global batch, so any number of processes sees the same global batches.
+    batch never mixes sizes, and the epoch's batches of all buckets are then shuffled together.
+    Rank ``r`` of ``world`` takes rows [r*B/world, (r+1)*B/world) of each global batch,
+    so any number of processes sees the same global batches.
     """
 
     def __init__(self, dataset: ShardDataset, batch_size: int, seed: int, validation_fraction: float,

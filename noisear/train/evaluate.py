@@ -27,7 +27,7 @@ import torch
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .dpo import PromptSet
-from .golden import Denoiser, GoldenConfig, Schedule, golden_noise
+from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
 Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]

@@ -1,12 +1,10 @@
-"""Golden noise against closed forms: a Gaussian-data denoiser, an oracle denoiser, guidance, filter."""
+"""Golden noise against closed forms: a Gaussian-data denoiser, an oracle denoiser, guidance."""
 import math
 
 import pytest
 import torch
 
-from noisear.train.data import DatasetInfo, ShardDataset, ShardWriter
-from noisear.train.golden import (GoldenConfig, PromptItem, Schedule, collect, golden_noise, guided,
-                                  keep_improved, scaled_linear_alphas_cumprod)
+from noisear.golden import GoldenConfig, Schedule, golden_noise, guided, scaled_linear_alphas_cumprod
 
 ACP = scaled_linear_alphas_cumprod()
 
@@ -62,8 +60,8 @@ class Oracle:
 
 
 def test_vp_timesteps_follow_diffusers_spacings():
-    assert [l.timestep for l in Schedule.vp(ACP, 50).levels[:3]] == [981, 961, 941]
-    assert [l.timestep for l in Schedule.vp(ACP, 50, spacing="trailing").levels[:2]] == [999, 979]
+    assert [level.timestep for level in Schedule.vp(ACP, 50).levels[:3]] == [981, 961, 941]
+    assert [level.timestep for level in Schedule.vp(ACP, 50, spacing="trailing").levels[:2]] == [999, 979]
     assert Schedule.vp(ACP, 4, spacing="linspace").levels[0].timestep == 999
     with pytest.raises(ValueError, match="prediction"):
         Schedule.vp(ACP, 50, "x0")
@@ -121,29 +119,3 @@ def test_guidance_combines_conditional_and_unconditional_and_skips_uncond_at_one
     assert torch.allclose(guided(denoiser, x, 5.0, 3.0, 1.0, 5.5), x * (1.0 + 5.5 * 2.0))
     calls.clear()
     assert torch.allclose(guided(denoiser, x, 5.0, 3.0, 1.0, 1.0), 3 * x) and calls == [3.0]
-
-
-def test_reward_filter_keeps_pairs_that_improve_by_more_than_the_margin():
-    noise = torch.zeros(4, 1, 2, 2)
-    golden = torch.tensor([0.0, 0.05, 0.2, -1.0])[:, None, None, None].expand(4, 1, 2, 2)
-    keep = keep_improved(noise, golden, lambda z, c: z.mean(dim=(1, 2, 3)), None, margin=0.1)
-    assert keep.tolist() == [False, False, True, False]
-
-
-def test_collect_writes_golden_noise_and_resumes(tmp_path):
-    schedule = Schedule.vp(ACP, 10)
-    denoiser = GaussianData(schedule)
-    info = DatasetInfo(source_model="gaussian", prediction="epsilon", steps=10, guidance_denoise=5.5)
-    items = [PromptItem(p, torch.full((3, 4), float(p)), cond=0.1 * p, uncond=0.0, prompt=f"p{p}") for p in range(3)]
-    with ShardWriter(tmp_path, info, shard_size=4) as writer:
-        assert collect(denoiser, schedule, writer, items[:2], [0, 1, 2], (2, 4, 4), progress=False)["written"] == 6
-    writer = ShardWriter(tmp_path, info, shard_size=4)
-    counts = collect(denoiser, schedule, writer, items, [0, 1, 2], (2, 4, 4), progress=False,
-                     reward=lambda z, c: -z.abs().mean(dim=(1, 2, 3)), config=GoldenConfig(margin=-1e9))
-    assert counts == {"written": 3, "skipped": 6, "rejected": 0}
-    dataset = ShardDataset(tmp_path)
-    assert dataset.pairs() == {(p, s) for p in range(3) for s in range(3)}
-    batch = next(dataset.iterate(batch_size=1))
-    from noisear import standard_normal
-    expected = golden_noise(denoiser, schedule, standard_normal((1, 2, 4, 4), [int(batch.seed)]), 0.0, 0.0)
-    torch.testing.assert_close(batch.noise, expected)

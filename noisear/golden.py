@@ -12,18 +12,16 @@ same space. A DDIM step decomposes the prediction into (x0, eps) at the level of
 recomposes them at the target level; for flow this is the Euler step, for inversion it is what
 diffusers' DDIMInverseScheduler does.
 
-Host-free: a ComfyUI node adapts its model to :class:`Denoiser`.
+Host-free: the Golden Noise node adapts a ComfyUI MODEL to :class:`Denoiser`; dataset collection
+(``noisear.train.collect``) runs it over prompts and seeds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
-from tqdm import tqdm
 
-from ..model import standard_normal
-from .data import ShardWriter
 
 PREDICTIONS = ("epsilon", "v", "flow")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -38,9 +36,6 @@ class Denoiser(Protocol):
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor: ...
 
-
-# (noise [B,C,H,W], conditioning) -> reward [B]; for real models: noise -> image -> score
-Reward = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -180,59 +175,3 @@ def re_denoise(predict: Predict, x_top: torch.Tensor, schedule: Schedule, config
     with torch.no_grad():
         x_below = ddim_step(x_top, predict(x_top, top.timestep, config.guidance_denoise), top, below, kind)
         return ddim_step(x_below, predict(x_below, top.timestep, config.guidance_invert), below, top, kind)
-
-
-def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, cond: Any, margin: float = 0.0
-                  ) -> torch.Tensor:
-    """[B] bool: True where reward(golden) - reward(noise) > margin (the paper's filter, margin 0)."""
-    return (reward(golden, cond) - reward(noise, cond)) > margin
-
-
-@dataclass
-class PromptItem:
-    """One prompt to collect for: ``text`` [T,D] and ``text_mask`` [T] are stored (what the prior sees);
-    ``cond`` / ``uncond`` go to the denoiser (batched by the caller's denoiser as it likes, see collect)."""
-
-    index: int
-    text: torch.Tensor
-    cond: Any
-    uncond: Any = None
-    text_mask: torch.Tensor | None = None
-    prompt: str = ""
-
-
-def collect(denoiser: Denoiser, schedule: Schedule, writer: ShardWriter, prompts: Iterable[PromptItem],
-            seeds: Sequence[int], shape: Sequence[int], config: GoldenConfig = GoldenConfig(),
-            reward: Reward | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, int]:
-    """Write golden noise for every (prompt, seed) not yet in ``writer`` (so it resumes after a kill).
-
-    The source noise of seed s is ``standard_normal([1, *shape], [s])`` (the same on every device);
-    ``cond``/``uncond`` of a prompt are passed as they are for a batch of that prompt's seeds.
-    Returns counts: written, skipped (already present), rejected (by the reward filter; rejected pairs
-    are not recorded, so a resumed run computes them again and rejects them again).
-    """
-    counts = {"written": 0, "skipped": 0, "rejected": 0}
-    prompts = list(prompts)
-    bar = tqdm(total=len(prompts) * len(seeds), disable=not progress, desc="golden noise", dynamic_ncols=True)
-    for item in prompts:
-        todo = [s for s in seeds if not writer.has(item.index, s)]
-        counts["skipped"] += len(seeds) - len(todo)
-        bar.update(len(seeds) - len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            noise = standard_normal((len(chunk), *shape), chunk)
-            golden = golden_noise(denoiser, schedule, noise, item.cond, item.uncond, config).float().cpu()
-            keep = (keep_improved(noise, golden, reward, item.cond, config.margin).cpu() if reward is not None
-                    else torch.ones(len(chunk), dtype=torch.bool))
-            counts["rejected"] += int((~keep).sum())
-            if keep.any():
-                picked = [s for s, k in zip(chunk, keep.tolist()) if k]
-                count = len(picked)
-                mask = None if item.text_mask is None else item.text_mask.expand(count, -1)
-                writer.append(item.text.expand(count, -1, -1), golden[keep], [item.index] * count, picked,
-                              mask, prompts={item.index: item.prompt} if item.prompt else None)
-                counts["written"] += count
-            bar.update(len(chunk))
-    bar.close()
-    writer.flush()
-    return counts
