@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -27,6 +29,46 @@ KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 class NoiseARCheckpointError(ValueError):
     """A file that is not a usable NoiseAR checkpoint. The message says what was expected."""
+
+
+# Writing files ------------------------------------------------------------------------------------
+def file_mode() -> int:
+    """Permissions open() gives a new file: 0o666 minus the process umask (0o644 under umask 022).
+
+    safetensors writes 0o600 whatever the umask, so a ComfyUI running as another user could not read
+    our files. The umask is read from /proc (os.umask would change it for every thread meanwhile).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(temporary)`` to a hidden ``.NAME.*.tmp`` file next to ``path``, give it :func:`file_mode`
+    permissions, then rename it onto ``path``.
+
+    Readers never see a half-written ``path``; on any exception (Ctrl-C included) the temporary file
+    is removed. Only a killed process leaves one behind (hidden, ending in .tmp). Returns ``path``.
+    """
+    path = Path(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        os.chmod(temporary, file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _reason(err: Exception) -> str:
@@ -148,7 +190,7 @@ def save(model: NoiseAR, path: str | os.PathLike) -> None:
         raise NoiseARCheckpointError(f"save writes .safetensors files only; got '{path.name}'")
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "noisear_config": model.config.to_json()}
-    save_file(state, str(path), metadata=metadata)
+    write_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
 
 
 def convert(source: str | os.PathLike, target: str | os.PathLike) -> NoiseARConfig:
@@ -157,7 +199,8 @@ def convert(source: str | os.PathLike, target: str | os.PathLike) -> NoiseARConf
         raise NoiseARCheckpointError(f"convert writes .safetensors files only; got '{Path(target).name}'")
     state, config = read_checkpoint(source)
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "noisear_config": config.to_json()}
-    save_file({key: value.contiguous() for key, value in state.items()}, str(target), metadata=metadata)
+    state = {key: value.contiguous() for key, value in state.items()}
+    write_atomically(target, lambda temporary: save_file(state, str(temporary), metadata=metadata))
     return config
 
 

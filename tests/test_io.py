@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import noisear
 from builders import (TINY, hostile_pth, random_eps, random_model, random_state_dict, random_text, write_pth,
                       write_safetensors)
 from noisear import NoiseARCheckpointError, NoiseARConfig
+from noisear.io import write_atomically
 
 
 def assert_same_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -244,3 +247,43 @@ def test_changing_a_loaded_model_never_writes_to_its_file(tmp_path, suffix):
             parameter.add_(1.0)
     assert path.read_bytes() == before
     assert not torch.equal(noisear.load(path).prediction_head_mu[0].weight, model.prediction_head_mu[0].weight)
+
+
+# Written files ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored afterwards)."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_save_and_convert_give_files_the_permissions_of_the_umask(tmp_path, umask, mask, mode):
+    umask(mask)
+    noisear.save(random_model(TINY), tmp_path / "saved.safetensors")
+    noisear.convert(write_pth(random_state_dict(TINY), tmp_path / "model.pth"), tmp_path / "converted.safetensors")
+    for name in ("saved.safetensors", "converted.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_write_atomically_replaces_the_target_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    write_atomically(target, lambda temporary: temporary.write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path, error):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def write(temporary):
+        temporary.write_bytes(b"half")
+        raise error
+
+    with pytest.raises(type(error)):
+        write_atomically(target, write)
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
