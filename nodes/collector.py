@@ -1,8 +1,9 @@
 """NoiseAR Dataset Collector: (prompt embedding, golden noise) pairs of the host's MODEL, written as
 noisear.train.data shards that `python -m noisear train` reads.
 
-Per prompt (one per line, encoded with the CLIP input exactly as CLIPTextEncode does) and seed
-(first_seed .. first_seed+k-1), the source noise is RandomNoise's draw for that seed on a
+Per prompt (one per line, encoded with the CLIP input exactly as CLIPTextEncode does) and j < k,
+the seed is ``pair_seed(first_seed, prompt index, j)`` (distinct for every pair, so no starting
+noise repeats across prompts), the source noise is RandomNoise's draw for that seed on a
 [1, C, H, W] empty latent, and the target is NoiseAR Golden Noise of it (same scheduler, steps and
 guidances). A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
 skips what is written, also after a crash or with prompts added or reordered. Memory: one batch
@@ -18,7 +19,7 @@ import torch
 
 from noisear.train.data import DatasetInfo, ShardWriter
 from noisear.golden import GoldenConfig
-from noisear.train.collect import keep_improved
+from noisear.train.collect import SEED_SCHEME, keep_improved, prompt_seeds
 
 from . import host
 from .golden import golden_noise, schedule_inputs
@@ -70,15 +71,16 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
     sigmas = host.schedule_sigmas(model, scheduler, steps)
     info = DatasetInfo(source_model=model_name or "comfyui MODEL", prediction=host.prediction_kind(model),
                        schedule=f"comfyui {scheduler}", steps=steps, guidance_denoise=config.guidance_denoise,
-                       guidance_invert=config.guidance_invert,
+                       guidance_invert=config.guidance_invert, seed_scheme=SEED_SCHEME,
                        extra={"noise": "ComfyUI RandomNoise draws of the seed on a [1,C,H,W] latent",
                               "sigmas": [round(float(s), 6) for s in sigmas[:2]], "text_tokens": text_tokens})
-    seeds = [first_seed + j for j in range(seeds_per_prompt)]
     counts = {"written": 0, "skipped": 0, "rejected": 0}
-    bar, done = host.progress_bar(len(lines) * len(seeds)), 0
+    total = len(lines) * seeds_per_prompt
+    bar, done = host.progress_bar(total), 0
     with ShardWriter(directory, info, shard_size) as writer:
         for prompt in lines:
             index = prompt_index(prompt)
+            seeds = prompt_seeds(first_seed, index, seeds_per_prompt)
             todo = [s for s in seeds if not writer.has(index, s)]
             counts["skipped"] += len(seeds) - len(todo)
             done += len(seeds) - len(todo)
@@ -100,13 +102,14 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
                                   prompts={index: prompt})
                     counts["written"] += count
                 done += len(chunk)
-                bar.update_absolute(done, len(lines) * len(seeds))
+                bar.update_absolute(done, total)
     return counts
 
 
 class DatasetCollectorNode:
-    DESCRIPTION = ("Collects a NoiseAR training set for this MODEL: for every prompt line and seed, the golden noise "
-                   "of RandomNoise's draw (see NoiseAR Golden Noise) with the prompt's embedding, written as dataset "
+    DESCRIPTION = ("Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
+                   "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
+                   "noise repeats across prompts) with the prompt's embedding, written as dataset "
                    "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
                    "folder per latent size (aspect-ratio bucket).")
     CATEGORY = CATEGORY
@@ -126,8 +129,11 @@ class DatasetCollectorNode:
             "latent_image": ("LATENT", {"tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
                                                    "EmptyLatentImage; its batch size is ignored."}),
             "seeds_per_prompt": ("INT", {"default": 4, "min": 1, "max": 100000,
-                                         "tooltip": "k: seeds first_seed .. first_seed+k-1 for every prompt."}),
-            "first_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 62, "tooltip": "The first seed."}),
+                                         "tooltip": (
+                "k: starting noises per prompt. Pair (prompt, j) uses its own seed, a hash of (first_seed, prompt, j), "
+                "so no noise repeats across prompts; raising k later adds pairs and keeps the ones written.")}),
+            "first_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 53 - 1, "tooltip": (
+                "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data).")}),
             **schedule_inputs(),
             "dataset": ("STRING", {"default": "noisear_dataset/1024x1024", "tooltip": (
                 "Folder of the shards: relative to ComfyUI's output folder, or absolute. One folder per size.")}),

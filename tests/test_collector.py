@@ -11,6 +11,7 @@ from nodes import host
 from nodes.collector import DatasetCollectorNode, fixed_tokens, prompt_index
 from nodes.golden import GoldenNoiseNode
 from noisear import NoiseARConfig
+from noisear.train.collect import SEED_SCHEME, pair_seed
 from noisear.train.data import Batch, ShardDataset
 from noisear.train.trainer import TrainConfig, train_likelihood
 from test_golden_node import Net, comfy_denoised
@@ -68,11 +69,13 @@ def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fak
     assert len(data) == 6 and data.item_shapes == {"text": (12, WIDTH), "noise": (4, 8, 8)}
     assert data.info.prediction == "epsilon" and data.info.steps == 3 and data.info.guidance_denoise == 5.5
     assert set(data.prompts().values()) == {"a red cube", "a blue sphere on grass"}
+    assert data.info.seed_scheme == SEED_SCHEME and data.seed_counts()["distinct_seeds"] == 6  # no noise repeats
     batch = Batch.concat(list(data.iterate()))
+    seed = pair_seed(10, prompt_index("a blue sphere on grass"), 1)  # first_seed 10, j = 1
     row = [i for i in range(6) if batch.prompt_index[i] == prompt_index("a blue sphere on grass")
-           and batch.seed[i] == 11][0]
+           and batch.seed[i] == seed][0]
     node_noise = GoldenNoiseNode().make(object(), Clip().encode_from_tokens_scheduled("a blue sphere on grass"),
-                                        NEGATIVE, 11, "normal", 3, 5.5, 1.0)[0]
+                                        NEGATIVE, seed, "normal", 3, 5.5, 1.0)[0]
     expected = node_noise.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
     torch.testing.assert_close(batch.noise[row], expected[0])  # the node's golden noise for that seed
     text, mask = fixed_tokens(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), 12)
@@ -84,7 +87,7 @@ def test_a_rerun_skips_written_pairs_and_adds_only_new_prompts_and_seeds(fakes, 
     run("one\ntwo")
     fakes.golden_runs.clear()
     assert "wrote 0, skipped 6" in run("one\ntwo") and fakes.golden_runs == []
-    assert "wrote 6, skipped 6" in run("two\nthree\none", k=4)  # seed 13 for one and two, four for three
+    assert "wrote 6, skipped 6" in run("two\nthree\none", k=4)  # j = 3 for one and two, four for three
     data = ShardDataset(tmp_path / "output" / "set")
     assert len(data.pairs()) == len(data) == 12
 

@@ -1,21 +1,23 @@
-"""Dataset shards: writer (incremental, resumable), streaming reader, prompt split, batch plan, inspect."""
+"""Dataset shards: writer (incremental, resumable), row reader, prompt and seed split, mixed batch plan, inspect."""
 import numpy as np
 import pytest
 import torch
 
+from noisear.train import data as data_module
 from noisear.train.data import (BatchPlan, DatasetError, DatasetInfo, ShardDataset, ShardWriter,
-                                inspect_dataset, validation_prompt)
+                                inspect_dataset, validation_prompt, validation_seed)
 
 INFO = DatasetInfo(source_model="test", prediction="epsilon", steps=10)
 
 
-def write(directory, prompts=10, per_prompt=3, shard_size=7, info=INFO):
-    """Sample i of prompt p: text filled with p, noise filled with 100*p + seed."""
+def write(directory, prompts=10, per_prompt=3, shard_size=7, info=INFO, shared_seeds=False):
+    """Prompt by prompt. Pair j of prompt p: seed 1000*p + j (j with shared_seeds), text filled with p,
+    noise filled with 1000*p + j."""
     with ShardWriter(directory, info, shard_size=shard_size) as writer:
         for p in range(prompts):
-            seeds = list(range(per_prompt))
+            seeds = [j if shared_seeds else 1000 * p + j for j in range(per_prompt)]
             text = torch.full((per_prompt, 3, 5), float(p))
-            noise = torch.stack([torch.full((2, 4, 4), 100.0 * p + s) for s in seeds])
+            noise = torch.stack([torch.full((2, 4, 4), 1000.0 * p + j) for j in range(per_prompt)])
             writer.append(text, noise, [p] * per_prompt, seeds, prompts={p: f"prompt {p}"})
     return ShardDataset(directory)
 
@@ -28,9 +30,9 @@ def test_writer_flushes_bounded_shards_and_reader_sees_every_sample(tmp_path):
     for batch in dataset.iterate(batch_size=4):
         assert batch.text.dtype == torch.float32 and batch.text_mask.dtype == torch.bool
         for text, noise, p, s in zip(batch.text, batch.noise, batch.prompt_index, batch.seed):
-            assert torch.all(text == p) and torch.all(noise == 100 * p + s)
+            assert torch.all(text == p) and torch.all(noise == s) and s // 1000 == p
             seen[(int(p), int(s))] = True
-    assert set(seen) == dataset.pairs() == {(p, s) for p in range(10) for s in range(3)}
+    assert set(seen) == dataset.pairs() == {(p, 1000 * p + j) for p in range(10) for j in range(3)}
     assert dataset.prompts()[4] == "prompt 4"
 
 
@@ -58,6 +60,46 @@ def test_split_is_by_prompt_and_deterministic(tmp_path):
     assert prompts["train"] | prompts["validation"] == set(range(40))
     assert prompts["validation"] == {p for p in range(40) if validation_prompt(p, 0.3)}
     assert 4 <= len(prompts["validation"]) <= 20
+
+
+def test_split_holds_out_seeds_as_well_and_validation_noises_are_never_trained_on(tmp_path):
+    dataset = write(tmp_path, prompts=40, per_prompt=8, shard_size=16)
+    pairs = {}
+    for split in ("train", "validation"):
+        rows = dataset.rows(split, 0.2, 0.25)
+        pairs[split] = {(int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r]))
+                        for s, rs in enumerate(rows) for r in rs}
+    assert pairs["train"] | pairs["validation"] == dataset.pairs() and not pairs["train"] & pairs["validation"]
+    assert pairs["train"] == {(p, s) for p, s in dataset.pairs()
+                              if not validation_prompt(p, 0.2) and not validation_seed(s, 0.25)}
+    unseen_prompt = {(p, s) for p, s in pairs["validation"] if validation_prompt(p, 0.2)}
+    assert unseen_prompt and pairs["validation"] - unseen_prompt  # both kinds: unseen prompts, unseen seeds only
+    assert {p for p, _ in pairs["validation"] - unseen_prompt} <= {p for p, _ in pairs["train"]}
+
+
+def test_with_seeds_shared_by_prompts_validation_keeps_only_unseen_noises(tmp_path):
+    dataset = write(tmp_path, prompts=40, per_prompt=8, shard_size=16, shared_seeds=True)
+    assert dataset.seed_counts() == {"distinct_seeds": 8, "shared_seeds": 8, "samples_with_shared_seed": 320}
+    assert sum(map(len, dataset.rows("validation", 0.2))) == 0  # held-out prompts, but every noise was trained on
+    train_seeds = {int(dataset.shards[s].seed[r]) for s, rs in enumerate(dataset.rows("train", 0.2, 0.3)) for r in rs}
+    validation = [(int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r]))
+                  for s, rs in enumerate(dataset.rows("validation", 0.2, 0.3)) for r in rs]
+    assert validation and not train_seeds & {s for _, s in validation}
+
+
+def test_batches_mix_prompts_of_a_dataset_written_prompt_by_prompt_and_read_only_their_rows(tmp_path, monkeypatch):
+    dataset = write(tmp_path, prompts=64, per_prompt=8, shard_size=16)  # a shard holds only 2 prompts
+    read = []
+    real = data_module._read_rows
+    monkeypatch.setattr(data_module, "_read_rows", lambda path, rows: read.append(len(rows)) or real(path, rows))
+    plan = BatchPlan(dataset, batch_size=32, seed=0, validation_fraction=0.0)
+    batches = [plan.batch(step) for step in range(plan.batches_per_epoch)]
+    prompts_per_batch = [len(set(b.prompt_index.tolist())) for b in batches]
+    assert min(prompts_per_batch) >= 16, prompts_per_batch  # one shard at a time would give at most 4
+    assert sum(read) == 32 * len(batches)  # rows read = rows used, never whole shards
+    seeds = torch.cat([b.seed for b in batches])
+    assert len(set(seeds.tolist())) == len(seeds) == 512  # each sample once per epoch
+    assert all(torch.all(b.noise[:, 0, 0, 0] == b.seed) for b in batches)  # rows are not mixed up
 
 
 def test_batch_plan_is_deterministic_and_ranks_partition_the_global_batch(tmp_path):
@@ -90,7 +132,10 @@ def test_inspect_reports_counts_and_channel_statistics(tmp_path):
     flat = noise.transpose(0, 1).reshape(2, -1).double()
     np.testing.assert_allclose(report["channel_mean"], flat.mean(1).numpy(), atol=1e-9)
     np.testing.assert_allclose(report["channel_std"], flat.std(1, unbiased=False).numpy(), atol=1e-9)
-    assert sum(report["split_samples"].values()) == 120
+    held_out = 4 * report["split_prompts"]["validation"]
+    assert held_out and report["split_samples"] == {"train": 120 - held_out, "validation": 0}  # their noises are trained on
+    assert report["seeds"]["distinct_seeds"] == 4 and report["seeds"]["shared_seeds"] == 4  # seeds 0..3 per prompt
+    assert "repeat across prompts" in report["warnings"][0]
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):

@@ -16,7 +16,7 @@ from ..model import NoiseAR
 from ..train.data import DatasetInfo, ShardWriter
 from ..train.dpo import DPOConfig, PromptSet, train_dpo
 from ..golden import GoldenConfig
-from ..train.collect import PromptItem, collect
+from ..train.collect import SEED_SCHEME, PromptItem, collect
 from ..train.trainer import TrainConfig, train_likelihood
 from .classifier import DigitClassifier
 from .data import IMAGE_SHAPE, NUM_CLASSES
@@ -53,14 +53,16 @@ def classifier_reward(denoiser: Denoiser, classifier: DigitClassifier) -> Callab
 
 def collect_golden_pairs(denoiser: Denoiser, classifier: DigitClassifier, out_dir: str | Path,
                          seeds_per_class: int, batch_size: int = 500) -> dict[str, int]:
-    """Golden noise for seeds 0..seeds_per_class-1 of every class, kept where it raises the reward."""
+    """Golden noise for seeds_per_class distinct starting noises of every class (pair_seed), kept where it raises
+    the reward."""
     info = DatasetInfo(source_model="noisear.toy denoiser", prediction="epsilon",
                        schedule="scaled_linear, trailing spacing", steps=STEPS,
-                       guidance_denoise=GOLDEN.guidance_denoise, guidance_invert=GOLDEN.guidance_invert)
+                       guidance_denoise=GOLDEN.guidance_denoise, guidance_invert=GOLDEN.guidance_invert,
+                       seed_scheme=SEED_SCHEME)
     items = [PromptItem(index=k, text=class_text(torch.tensor([k]))[0], cond=torch.tensor([k]),
                         uncond=unconditional(torch.tensor([k])), prompt=f"digit {k}") for k in range(NUM_CLASSES)]
     with ShardWriter(out_dir, info, shard_size=4096) as writer:
-        return collect(denoiser, schedule(STEPS), writer, items, list(range(seeds_per_class)), IMAGE_SHAPE, GOLDEN,
+        return collect(denoiser, schedule(STEPS), writer, items, seeds_per_class, IMAGE_SHAPE, GOLDEN,
                        reward=classifier_reward(denoiser, classifier), batch_size=batch_size)
 
 

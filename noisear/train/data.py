@@ -9,7 +9,7 @@ tensor          shape / dtype    meaning
 ``text_mask``   [N, T] uint8     1 = real token, 0 = padding
 ``noise``       [N, C, H, W]     target noise (e.g. golden noise) in unit-variance latent space
 ``prompt_index`` [N] int64       which prompt; the train/validation split is made on this
-``seed``        [N] int64        seed of the Gaussian noise the target was made from
+``seed``        [N] int64        seed of the starting noise the target was made from
 =============== ================ ===============================================================
 
 and JSON metadata: ``format`` / ``format_version``, ``info`` (a :class:`DatasetInfo`: source
@@ -19,8 +19,14 @@ shard of a directory.
 
 The writer appends batches and flushes full shards atomically, so a collector that is killed
 loses at most the unflushed samples and can ask which (prompt, seed) pairs already exist. The
-reader opens one shard at a time (memory is bounded by one shard plus one batch) and splits
-train/validation by a hash of the prompt index, never by sample.
+reader holds only the small per-sample columns (prompt index, seed) and reads the rows a batch
+needs as slices of the shards (memory: one batch). Train/validation are split by a hash of the
+prompt index and, optionally, of the seed (never by sample): see :meth:`ShardDataset.rows`.
+
+A seed identifies a starting noise. The collectors draw a distinct seed for every (prompt, j)
+(``noisear.train.collect.pair_seed``, recorded as ``info.seed_scheme``); a dataset whose seeds
+repeat across prompts holds the same noises many times, and the trainer refuses it
+(:func:`seed_counts`).
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ class DatasetInfo:
     guidance_denoise: float = 0.0    # golden noise: w_l
     guidance_invert: float = 0.0     # golden noise: w_w
     extra: dict = field(default_factory=dict)
+    seed_scheme: str = "unknown"     # how the seeds were made, e.g. "pair-sha256-v1" (noisear.train.collect)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -95,6 +102,11 @@ def validation_prompt(prompt_index: int, fraction: float, salt: str = "noisear")
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
 
+def validation_seed(seed: int, fraction: float) -> bool:
+    """Deterministic split: True when the seed (starting noise) is held out (about ``fraction`` of seeds)."""
+    return validation_prompt(seed, fraction, salt="noisear-seed")
+
+
 def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -116,6 +128,22 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
 def _read_tensors(path: Path, names: tuple[str, ...] = TENSOR_NAMES) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         return {name: handle.get_tensor(name) for name in names}
+
+
+def _read_rows(path: Path, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """The given rows (any order, no repeats) of every tensor, reading only those rows: each run of
+    consecutive row numbers is one slice of the memory-mapped shard."""
+    order = np.argsort(rows, kind="stable")
+    ordered = np.asarray(rows, dtype=np.int64)[order]
+    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+    runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(ordered, breaks) if len(run)]
+    back = torch.as_tensor(np.argsort(order), dtype=torch.long)  # sorted position -> requested position
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        result = {}
+        for name in TENSOR_NAMES:
+            view = handle.get_slice(name)
+            result[name] = torch.cat([view[start:stop] for start, stop in runs])[back]
+    return result
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,7 @@ class ShardDataset:
             prompts = {int(key): value for key, value in json.loads(metadata.get("prompts", "{}")).items()}
             self.shards.append(ShardInfo(path, shapes["noise"][0], columns["prompt_index"].numpy(),
                                          columns["seed"].numpy(), prompts, item_shapes["noise"]))
+        self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
 
     @property
     def noise_shapes(self) -> list[tuple[int, ...]]:
@@ -186,98 +215,112 @@ class ShardDataset:
         """The (prompt index, seed) pairs present."""
         return {(int(p), int(s)) for shard in self.shards for p, s in zip(shard.prompt_index, shard.seed)}
 
-    def rows(self, split: str | None, validation_fraction: float) -> list[np.ndarray]:
-        """Per shard, the row numbers that belong to ``split`` ('train', 'validation' or None = all)."""
+    def seed_counts(self) -> dict[str, int]:
+        """How many distinct starting noises the dataset holds: ``distinct_seeds``; ``shared_seeds``, the
+        seeds used by more than one prompt; ``samples_with_shared_seed``, the samples that start from them."""
+        prompts = np.concatenate([shard.prompt_index for shard in self.shards])
+        seeds = np.concatenate([shard.seed for shard in self.shards])
+        pairs = np.unique(np.stack([seeds, prompts], axis=1), axis=0)
+        unique, prompts_per_seed = np.unique(pairs[:, 0], return_counts=True)
+        shared = unique[prompts_per_seed > 1]
+        return {"distinct_seeds": len(unique), "shared_seeds": len(shared),
+                "samples_with_shared_seed": int(np.isin(seeds, shared).sum())}
+
+    def rows(self, split: str | None, validation_fraction: float, seed_fraction: float = 0.0) -> list[np.ndarray]:
+        """Per shard, the row numbers that belong to ``split`` ('train', 'validation' or None = all).
+
+        A pair is held out when its prompt is (``validation_fraction`` of the prompts, by a hash of the
+        prompt index) or its seed is (``seed_fraction`` of the seeds, by a hash of the seed). Train: the
+        pairs held out by neither. Validation: the held-out pairs whose seed never occurs in train, so
+        every validation noise is unseen (with seeds repeated across prompts, a held-out prompt's pairs
+        on training seeds belong to neither split).
+        """
         if split not in (*SPLITS, None):
             raise DatasetError(f"split must be one of {SPLITS} or None, got {split!r}")
-        result = []
-        for shard in self.shards:
-            if split is None:
-                result.append(np.arange(shard.count))
-                continue
-            unique = np.unique(shard.prompt_index)
-            held_out = {int(p) for p in unique if validation_prompt(int(p), validation_fraction)}
-            is_val = np.fromiter((int(p) in held_out for p in shard.prompt_index), bool, shard.count)
-            result.append(np.flatnonzero(is_val if split == "validation" else ~is_val))
-        return result
+        if split is None:
+            return [np.arange(shard.count) for shard in self.shards]
+        key = (float(validation_fraction), float(seed_fraction))
+        if key not in self._splits:
+            held_prompts = {int(p) for p in self.prompt_indices() if validation_prompt(int(p), validation_fraction)}
+            held = []
+            for shard in self.shards:
+                is_held = np.isin(shard.prompt_index, list(held_prompts))
+                if seed_fraction > 0:
+                    is_held |= np.fromiter((validation_seed(int(s), seed_fraction) for s in shard.seed), bool, shard.count)
+                held.append(is_held)
+            train_seeds = np.unique(np.concatenate([shard.seed[~h] for shard, h in zip(self.shards, held)]))
+            self._splits[key] = {
+                "train": [np.flatnonzero(~h) for h in held],
+                "validation": [np.flatnonzero(h & ~np.isin(shard.seed, train_seeds)) for shard, h in zip(self.shards, held)]}
+        return self._splits[key][split]
 
     def load_rows(self, shard_id: int, rows: np.ndarray) -> Batch:
-        """Read one shard and take ``rows`` from it."""
-        tensors = _read_tensors(self.shards[shard_id].path)
-        index = torch.as_tensor(rows, dtype=torch.long)
-        return Batch(tensors["text"][index].float(), tensors["text_mask"][index].bool(),
-                     tensors["noise"][index].float(), tensors["prompt_index"][index].long(),
-                     tensors["seed"][index].long())
+        """``rows`` of one shard, in the given order; reads only those rows."""
+        tensors = _read_rows(self.shards[shard_id].path, rows)
+        return Batch(tensors["text"].float(), tensors["text_mask"].bool(), tensors["noise"].float(),
+                     tensors["prompt_index"].long(), tensors["seed"].long())
 
-    def iterate(self, split: str | None = None, validation_fraction: float = 0.1,
-                batch_size: int = 64) -> Iterator[Batch]:
-        """Stream the split in file order, one shard open at a time; the last batch may be short."""
-        for shard_id, rows in enumerate(self.rows(split, validation_fraction)):
-            if len(rows) == 0:
-                continue
-            shard = self.load_rows(shard_id, rows)
-            for start in range(0, len(shard), batch_size):
-                yield Batch(*(getattr(shard, name)[start:start + batch_size] for name in TENSOR_NAMES))
+    def iterate(self, split: str | None = None, validation_fraction: float = 0.1, batch_size: int = 64,
+                seed_fraction: float = 0.0) -> Iterator[Batch]:
+        """Stream the split in file order, one batch in memory; a batch never spans shards (may be short)."""
+        for shard_id, rows in enumerate(self.rows(split, validation_fraction, seed_fraction)):
+            for start in range(0, len(rows), batch_size):
+                yield self.load_rows(shard_id, rows[start:start + batch_size])
 
 
 class BatchPlan:
     """Which (shard, row) pairs form global batch ``step``: a deterministic function of (seed, step).
 
-    Each epoch visits the training split once: shards in a seeded random order, rows shuffled
-    within each shard (so reading stays one shard at a time); the tail that does not fill a
-    global batch is dropped. With aspect-ratio buckets this is done per bucket (noise shape), so a
-    batch never mixes sizes, and the epoch's batches of all buckets are then shuffled together.
+    Each epoch is one seeded permutation of the training split of every bucket (noise shape) over
+    all its shards, cut into global batches (the tail that does not fill one is dropped); the
+    epoch's batches of all buckets are then shuffled together, so a batch never mixes sizes. So a
+    batch mixes prompts however the data were written (e.g. prompt by prompt), and it reads only
+    its own rows (safetensors slices of the shards it touches): memory is one batch plus 16 bytes
+    per training sample for the order, and a batch opens at most ``batch_size`` shards.
     Rank ``r`` of ``world`` takes rows [r*B/world, (r+1)*B/world) of each global batch,
     so any number of processes sees the same global batches.
     """
 
     def __init__(self, dataset: ShardDataset, batch_size: int, seed: int, validation_fraction: float,
-                 split: str = "train") -> None:
+                 split: str = "train", seed_fraction: float = 0.0) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rows = dataset.rows(split, validation_fraction)
-        total = sum(len(rows) for rows in self.rows)
-        self.buckets = [[s for s, shard in enumerate(dataset.shards) if shard.noise_shape == shape]
-                        for shape in dataset.noise_shapes]
-        self.batches_per_epoch = sum(sum(len(self.rows[s]) for s in bucket) // batch_size for bucket in self.buckets)
+        rows = dataset.rows(split, validation_fraction, seed_fraction)
+        samples = np.concatenate([np.stack([np.full(len(r), s), r], axis=1) for s, r in enumerate(rows)])
+        bucket_of_shard = np.array([dataset.noise_shapes.index(shard.noise_shape) for shard in dataset.shards])
+        self.buckets = [samples[bucket_of_shard[samples[:, 0]] == b] for b in range(len(dataset.noise_shapes))]
+        self.batches_per_epoch = sum(len(bucket) // batch_size for bucket in self.buckets)
         if self.batches_per_epoch == 0:
-            raise DatasetError(f"the {split} split holds {total} samples, fewer than one global batch of "
+            raise DatasetError(f"the {split} split holds {len(samples)} samples, fewer than one global batch of "
                                f"{batch_size}; lower the batch size or add data")
-        self._epoch, self._order = -1, np.empty((0, 2), dtype=np.int64)
+        self._epoch, self._order = -1, np.empty((0, batch_size, 2), dtype=np.int64)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        """[samples, 2] (shard, row) for ``epoch``."""
+        """[batches_per_epoch, batch_size, 2] (shard, row) for ``epoch``."""
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            parts = [np.stack([np.full(len(self.rows[s]), s), rng.permutation(self.rows[s])], axis=1)
-                     for s in rng.permutation(len(self.rows)) if len(self.rows[s])]
-            order = np.concatenate(parts)
-            if len(self.buckets) > 1:  # whole batches per bucket, then the batches shuffled together
-                bucket_of = np.empty(len(self.rows), dtype=np.int64)
-                for b, bucket in enumerate(self.buckets):
-                    bucket_of[bucket] = b
-                batches = []
-                for b in range(len(self.buckets)):
-                    rows = order[bucket_of[order[:, 0]] == b]
-                    full = len(rows) // self.batch_size * self.batch_size
-                    if full:
-                        batches.extend(np.split(rows[:full], full // self.batch_size))
-                order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
-            self._epoch, self._order = epoch, order
+            batches = []
+            for bucket in self.buckets:
+                full = len(bucket) // self.batch_size * self.batch_size
+                batches.append(bucket[rng.permutation(len(bucket))[:full]].reshape(-1, self.batch_size, 2))
+            order = np.concatenate(batches)
+            self._epoch, self._order = epoch, order[rng.permutation(len(order))]
         return self._order
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
-        """This rank's share of global batch ``step`` (0-based, counted over all epochs)."""
+        """This rank's share of global batch ``step`` (0-based, counted over all epochs), in plan order."""
         if self.batch_size % world:
             raise DatasetError(f"global batch {self.batch_size} is not divisible by {world} processes")
         epoch, index = divmod(step, self.batches_per_epoch)
         share = self.batch_size // world
-        start = index * self.batch_size + rank * share
-        picked = self._epoch_order(epoch)[start:start + share]
-        parts = []
-        for shard_id in dict.fromkeys(picked[:, 0].tolist()):  # shards in order of appearance
-            rows = picked[picked[:, 0] == shard_id, 1]
-            parts.append(self.dataset.load_rows(shard_id, rows))
-        return Batch.concat(parts)
+        picked = self._epoch_order(epoch)[index, rank * share:(rank + 1) * share]
+        parts, positions = [], []
+        for shard_id in np.unique(picked[:, 0]):
+            where = np.flatnonzero(picked[:, 0] == shard_id)
+            parts.append(self.dataset.load_rows(int(shard_id), picked[where, 1]))
+            positions.append(where)
+        back = torch.as_tensor(np.argsort(np.concatenate(positions)), dtype=torch.long)
+        merged = Batch.concat(parts)
+        return Batch(*(getattr(merged, name)[back] for name in TENSOR_NAMES))
 
 
 class ShardWriter:
@@ -303,8 +346,11 @@ class ShardWriter:
         if existing:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
+                old_seeds = dataset.info.seed_scheme != info.seed_scheme
                 raise DatasetError(f"{self.directory} already holds shards made with {dataset.info}; "
-                                   f"refusing to append samples made with {info}. Use a new directory.")
+                                   f"refusing to append samples made with {info}. Use a new directory"
+                                   + (" (its seeds were made another way, e.g. the same seeds for every prompt)."
+                                      if old_seeds else "."))
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
             self._next_shard = int(existing[-1].stem.split("-")[1]) + 1
 
@@ -379,8 +425,10 @@ class ShardWriter:
         self.close()
 
 
-def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1) -> dict:
-    """Counts, shapes, split sizes and per-channel mean/std of the noise (streamed, float64)."""
+def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0
+                    ) -> dict:
+    """Counts, shapes, split sizes, distinct starting seeds and per-channel mean/std of the noise (streamed,
+    float64). ``warnings``: what makes the dataset unfit for training (noises repeated across prompts)."""
     dataset = ShardDataset(directory)
     channels = dataset.item_shapes["noise"][0]
     total = np.zeros(channels)
@@ -393,12 +441,23 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         values += noise[:, 0].numel()
     mean = total / values
     std = np.sqrt(np.maximum(squares / values - mean ** 2, 0.0))
-    split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction))) for split in SPLITS}
+    split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction)))
+                   for split in SPLITS}
     prompts = dataset.prompt_indices()
     split_prompts = {"validation": int(sum(validation_prompt(int(p), validation_fraction) for p in prompts))}
     split_prompts["train"] = len(prompts) - split_prompts["validation"]
+    seeds = dataset.seed_counts()
+    warnings = [repeated_noises_message(seeds)] if seeds["shared_seeds"] else []
     return {"directory": str(dataset.directory), "shards": len(dataset.shards), "samples": len(dataset),
             "prompts": len(prompts), "text_shape": dataset.item_shapes["text"],
             "noise_shape": dataset.item_shapes["noise"], "split_samples": split_sizes,
             "split_prompts": split_prompts, "channel_mean": mean.tolist(), "channel_std": std.tolist(),
-            "info": dataset.info}
+            "info": dataset.info, "seeds": seeds, "warnings": warnings}
+
+
+def repeated_noises_message(seeds: dict[str, int]) -> str:
+    """What :meth:`ShardDataset.seed_counts` means when seeds repeat across prompts, and what to do."""
+    return (f"{seeds['shared_seeds']} of {seeds['distinct_seeds']} starting seeds are used by more than one prompt "
+            f"({seeds['samples_with_shared_seed']} samples): the same noises repeat across prompts, so a prior can "
+            f"memorise them instead of learning the prompt. Collect again with distinct seeds per (prompt, j) (the "
+            f"current collectors do this).")
