@@ -43,6 +43,7 @@ def test_data_inspect_prints_counts_and_channel_statistics(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "samples      30" in out and "prompts      10" in out and "channel 1" in out
+    assert "30 distinct starting seeds; 0 used by more than one prompt" in out and "WARNING" not in out
     assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
     assert "no shard" in capsys.readouterr().err
 
@@ -51,6 +52,8 @@ def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
     make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "sft"), "--steps", "4", *TINY]) == 0
     assert (tmp_path / "sft/prior.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "NLL nats/dim: prior" in out and "calibration: sample std at T=1" in out  # held-out figures, no train loss
     assert main(["dpo", str(tmp_path / "sft/prior.safetensors"), "--prompts", str(tmp_path / "data"),
                  "--scorer", "test_train_cli:first_channel_mean", "--out", str(tmp_path / "dpo"), "--steps", "2",
                  "--prompts-per-round", "4", "--rollouts", "4", "--device", "cpu", "--no-progress",

@@ -11,7 +11,7 @@ import torch
 
 import noisear
 from noisear import NoiseARConfig
-from noisear.train.data import DatasetInfo, ShardDataset, ShardWriter
+from noisear.train.data import DatasetError, DatasetInfo, ShardDataset, ShardWriter
 from noisear.train.trainer import (LikelihoodObjective, TrainConfig, initial_model, learning_rate,
                                    standard_normal_nll_per_dim, train, train_likelihood)
 
@@ -39,7 +39,8 @@ def make_dataset(directory, prompts=64, per_prompt=16, scale=0.8, seed=0):
     with ShardWriter(directory, DatasetInfo(source_model="known-mean toy"), shard_size=100) as writer:
         for p in range(prompts):
             noise = means[p] + torch.randn(per_prompt, *SHAPE, generator=generator)
-            writer.append(text[p].expand(per_prompt, -1, -1), noise, [p] * per_prompt, range(per_prompt))
+            writer.append(text[p].expand(per_prompt, -1, -1), noise, [p] * per_prompt,
+                          range(p * per_prompt, (p + 1) * per_prompt))  # a distinct seed per sample
     return text, means
 
 
@@ -75,9 +76,24 @@ def test_training_recovers_a_prompt_dependent_mean_and_beats_standard_normal(tmp
     assert error < 0.4 * means.pow(2).mean().sqrt(), f"rms error {error:.3f} of mean rms {means.pow(2).mean().sqrt():.3f}"
     records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     final = records[-1]
-    assert final["kind"] == "validation"
+    assert final["kind"] == "validation" and "train_loss" in records[-2] and "nll" not in records[-2]
     assert final["gap_vs_standard_normal"] > 0.05, final  # validation prompts were never trained on
+    assert final["gap_vs_prompt_mean"] > -0.05, final  # about as good as the linear baseline the data was made from
+    assert abs(final["sample_std_t1"] / final["data_std"] - 1) < 0.1, final  # calibrated
+    assert final["mean_shift_cosine"] > 0.5 and final["mean_shift_cosine_prompt_mean"] > 0.5, final
     assert noisear.load(tmp_path / "run/prior.safetensors").config == MODEL
+
+
+def test_a_dataset_whose_noises_repeat_across_prompts_is_refused_unless_allowed(tmp_path):
+    with ShardWriter(tmp_path / "data", DatasetInfo(source_model="old collector")) as writer:
+        for p in range(8):
+            writer.append(torch.randn(4, 2, 4), torch.randn(4, *SHAPE), [p] * 4, range(4))  # seeds 0..3 for every prompt
+    with pytest.raises(DatasetError, match="allow-repeated-noises"):
+        train_likelihood(tmp_path / "data", config(tmp_path), model_config=MODEL)
+    c = config(tmp_path, steps=2, validation_seed_fraction=0.3)
+    train_likelihood(tmp_path / "data", c, model_config=MODEL, allow_repeated_noises=True)
+    final = json.loads((tmp_path / "run/log.jsonl").read_text().splitlines()[-1])
+    assert final["kind"] == "validation" and final["val_pairs_unseen_prompts"] < final["val_pairs"]
 
 
 class Crash(RuntimeError):

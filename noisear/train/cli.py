@@ -27,6 +27,8 @@ TRAIN_HELP = {
     "ema_decay": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)",
     "seed": "seed of the data order, initialisation and rollouts",
     "validation_fraction": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index",
+    "validation_seed_fraction": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
+                                "validation pairs never share a noise with training pairs",
     "bf16": "bf16 autocast on CUDA (never used on the CPU)",
     "log_every": "write averaged training metrics to log.jsonl every this many steps",
     "val_every": "validate every this many steps (0: at the end only)",
@@ -102,16 +104,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="likelihood training of a prior on a shard dataset (torchrun-ready)",
         description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch "
                     "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
-                    "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation reports NLL in "
-                    "nats/dim and its gap to N(0,I) and to a prompt-mean-only Gaussian (ridge regression from "
-                    "the pooled prompt embedding, fitted per-dimension variance). Run under torchrun "
-                    "--nproc_per_node N for DDP.")
+                    "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation on held-out pairs "
+                    "(unseen prompts and/or unseen seeds, never a noise that was trained on) reports NLL in "
+                    "nats/dim next to N(0,I) and a prompt-mean-only Gaussian (ridge regression from the pooled "
+                    "prompt embedding, fitted per-dimension variance), the std of T=1 samples against the data's "
+                    "and the cosine of the prior's mean with the data's prompt-mean shift. The training loss is "
+                    "logged as train_loss and is not a result. A dataset whose starting noises repeat across "
+                    "prompts is refused. Run under torchrun --nproc_per_node N for DDP.")
     train.add_argument("data", help="dataset directory (shard-*.safetensors)")
     train.add_argument("--out", required=True, dest="out_dir", help="output directory (checkpoints, log, prior)")
     train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) "
                                       "instead of from scratch")
     train.add_argument("--baseline-ridge", type=float, default=0.1,
                        help="relative ridge of the prompt-mean baseline (default: 0.1)")
+    train.add_argument("--allow-repeated-noises", action="store_true",
+                       help="train even when starting noises repeat across prompts (refused by default: a prior "
+                            "memorises such noises; use with --validation-seed-fraction)")
     _add_dataclass_options(train, NoiseARConfig, MODEL_HELP, skip=FROM_DATA)
     _add_dataclass_options(train, TrainConfig, TRAIN_HELP)
     train.set_defaults(run=run_train)
@@ -163,18 +171,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = data_commands.add_parser(
         "inspect", help="counts, shapes, split sizes and per-channel noise statistics",
         description="Read every shard of a dataset directory (one at a time) and print the number of shards, "
-                    "samples and prompts, tensor shapes, train/validation split sizes, the generation metadata "
+                    "samples and prompts, tensor shapes, train/validation split sizes, the number of distinct "
+                    "starting seeds (with a warning when noises repeat across prompts), the generation metadata "
                     "and the per-channel mean and std of the target noise.")
     inspect.add_argument("directory", help="dataset directory (shard-*.safetensors)")
     inspect.add_argument("--validation-fraction", type=float, default=0.1,
                          help="share of prompts in the validation split (default: 0.1)")
+    inspect.add_argument("--validation-seed-fraction", type=float, default=0.0,
+                         help="share of seeds held out as well, as for training (default: 0)")
     inspect.set_defaults(run=run_data_inspect)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
-    from .trainer import TrainConfig, train_likelihood
+    from .trainer import TrainConfig, describe_held_out, train_likelihood
 
     config = TrainConfig(**_values(args, TrainConfig))
     model_config = None
@@ -184,7 +195,12 @@ def run_train(args: argparse.Namespace) -> int:
         model_config = NoiseARConfig(**{k: v for k, v in _values(args, NoiseARConfig).items() if k not in FROM_DATA},
                                      channels=channels, latent_height=height, latent_width=width,
                                      text_dim=dataset.item_shapes["text"][1])
-    train_likelihood(args.data, config, model_config=model_config, init=args.init, baseline_ridge=args.baseline_ridge)
+    train_likelihood(args.data, config, model_config=model_config, init=args.init, baseline_ridge=args.baseline_ridge,
+                     allow_repeated_noises=args.allow_repeated_noises)
+    log = Path(config.out_dir) / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
+    final = [r for r in records if r.get("kind") == "validation" and r.get("step") == config.steps]
+    print(describe_held_out({k: v for k, v in final[-1].items() if k not in ("kind", "step")} if final else {}))
     print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
     return 0
 
@@ -233,7 +249,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_data_inspect(args: argparse.Namespace) -> int:
     from .data import inspect_dataset
 
-    report = inspect_dataset(args.directory, args.validation_fraction)
+    report = inspect_dataset(args.directory, args.validation_fraction, args.validation_seed_fraction)
     print(f"directory    {report['directory']}")
     print(f"shards       {report['shards']}")
     print(f"samples      {report['samples']}  (train {report['split_samples']['train']}, "
@@ -242,7 +258,12 @@ def run_data_inspect(args: argparse.Namespace) -> int:
           f"validation {report['split_prompts']['validation']})")
     print(f"text         {list(report['text_shape'])} per sample")
     print(f"noise        {list(report['noise_shape'])} per sample")
+    seeds = report["seeds"]
+    print(f"seeds        {seeds['distinct_seeds']} distinct starting seeds; {seeds['shared_seeds']} used by more than "
+          f"one prompt")
     print(f"info         {json.dumps(vars(report['info']), sort_keys=True)}")
     for channel, (mean, std) in enumerate(zip(report["channel_mean"], report["channel_std"])):
         print(f"channel {channel:<4} mean {mean:+.5f}  std {std:.5f}")
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}")
     return 0

@@ -36,12 +36,14 @@ from tqdm import tqdm
 
 from ..config import NoiseARConfig
 from ..io import load, save
-from ..model import NoiseAR, eval_mode
-from .data import Batch, BatchPlan, DatasetError, ShardDataset
+from ..model import NoiseAR, eval_mode, standard_normal
+from .collect import SEED_SCHEME
+from .data import (TENSOR_NAMES, Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
+                   validation_prompt)
 
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
 # A resumed run must not change these (they decide the data order and the updates).
-RESUME_FIXED = ("batch_size", "seed", "validation_fraction")
+RESUME_FIXED = ("batch_size", "seed", "validation_fraction", "validation_seed_fraction")
 
 # (text [B,T,D], noise [B,C,H,W], text_mask [B,T] or None) -> log p(noise | text) in nats, [B]
 LogProb = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -65,6 +67,7 @@ class TrainConfig:
     ema_decay: float = 0.0               # 0 = off; e.g. 0.999
     seed: int = 0
     validation_fraction: float = 0.1     # share of prompts held out (likelihood training)
+    validation_seed_fraction: float = 0.0  # share of seeds (starting noises) held out as well
     bf16: bool = True                    # bf16 autocast, used on CUDA only
     log_every: int = 10
     val_every: int = 0                   # 0 = validate at the end only
@@ -78,8 +81,9 @@ class TrainConfig:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        for name in ("validation_fraction", "validation_seed_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -257,6 +261,7 @@ def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimize
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
     saved = json.loads(state["config"])
+    saved = {"validation_seed_fraction": 0.0, **saved}  # checkpoints from before the seed split
     changed = [f"{key}: {saved[key]} -> {getattr(config, key)}" for key in RESUME_FIXED if saved[key] != getattr(config, key)]
     if changed:
         raise ValueError(f"cannot resume {path}: {', '.join(changed)}. Use the original values, or a new "
@@ -364,7 +369,7 @@ def _validate(model: NoiseAR, ema: EMA | None, objective: Objective, runtime: Ru
             metrics = objective.validate(weights)
         if metrics:
             log.write({"kind": "validation", "step": step, **metrics})
-            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items()))
+            tqdm.write(f"validation at step {step}: " + ", ".join(f"{k} {v:.5g}" for k, v in metrics.items()))
     runtime.barrier()
 
 
@@ -391,14 +396,14 @@ class PromptMeanBaseline:
     """
 
     def __init__(self, dataset: ShardDataset, validation_fraction: float, ridge: float = 0.1,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, seed_fraction: float = 0.0) -> None:
         width = dataset.item_shapes["text"][1] + 1
         dims = math.prod(dataset.item_shapes["noise"])
         gram = torch.zeros(width, width, dtype=torch.float64)
         cross = torch.zeros(width, dims, dtype=torch.float64)
         squares = torch.zeros(dims, dtype=torch.float64)
         count = 0
-        for batch in dataset.iterate("train", validation_fraction, batch_size):
+        for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
             x, y = self._features(batch), batch.noise.flatten(1).double()
             gram += x.T @ x
             cross += x.T @ y
@@ -417,11 +422,14 @@ class PromptMeanBaseline:
         pooled = masked_mean_pool(batch.text.double(), batch.text_mask)
         return torch.cat([pooled, torch.ones(len(pooled), 1, dtype=torch.float64)], dim=1)
 
+    def mean(self, batch: Batch) -> torch.Tensor:
+        """[B, C*H*W] float64: the baseline's mean noise for the batch's prompts."""
+        return self._features(batch.to("cpu")) @ self.weight
+
     def nll_per_dim(self, batch: Batch) -> torch.Tensor:
         """[B] nats per dimension of the batch's noise under this baseline."""
-        mean = self._features(batch) @ self.weight
-        y = batch.noise.flatten(1).double()
-        return 0.5 * ((y - mean) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
+        y = batch.noise.cpu().flatten(1).double()
+        return 0.5 * ((y - self.mean(batch)) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
 
 
 def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
@@ -429,59 +437,154 @@ def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
     return 0.5 * (noise.flatten(1).double() ** 2 + math.log(2 * math.pi)).mean(1)
 
 
+@torch.no_grad()
+def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction: float, seed_fraction: float = 0.0,
+                     baseline: PromptMeanBaseline | None = None, batch_size: int = 64, max_prompts: int = 64
+                     ) -> dict[str, float]:
+    """What a prior has learned, measured on the validation split only (unseen prompts and/or unseen noises).
+
+    - ``val_nll`` (nats/dim) next to ``nll_standard_normal`` (N(0,I)) and ``nll_prompt_mean`` (``baseline``,
+      when given), and ``gap_vs_*`` = baseline - prior (positive: the prior is better);
+      ``val_nll_unseen_prompts`` / ``val_nll_seen_prompts``: the same by kind of held-out pair, with counts;
+    - calibration: ``sample_std_t1``, the std of T=1 samples, against ``data_std``, the validation noise's std;
+    - ``mean_shift_cosine``: cosine between the prior's T=0 noise and the data's prompt-mean shift (per
+      validation prompt, the mean of noise - starting noise when the seeds say what the starting noise was,
+      else the mean noise), over the first ``max_prompts`` prompts; ``mean_shift_cosine_prompt_mean`` is the
+      baseline's. Few pairs per prompt make the shift estimate noisy, so both cosines stay well below 1.
+    Empty when the validation split is empty.
+    """
+    device = next(model.parameters()).device
+    dims_of = {shape: math.prod(shape) for shape in dataset.noise_shapes}
+    sums: dict[str, float] = {}
+    counts = {"val_pairs": 0, "val_pairs_unseen_prompts": 0}
+    data_sum = data_squares = data_values = 0.0
+    prompts: dict[tuple, dict] = {}  # (prompt, shape) -> first text, mask and the summed shift
+    known_start = dataset.info.seed_scheme == SEED_SCHEME  # the starting noise is standard_normal of the seed
+
+    def add(name: str, values: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
+
+    for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
+        shape = tuple(batch.noise.shape[1:])
+        nll = nll_per_dim(model.log_prob(batch.text.to(device), batch.noise.to(device), batch.text_mask.to(device)),
+                          dims_of[shape]).cpu()
+        unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
+        add("val_nll", nll)
+        add("val_nll_unseen_prompts", nll[unseen])
+        add("val_nll_seen_prompts", nll[~unseen])
+        add("nll_standard_normal", standard_normal_nll_per_dim(batch.noise))
+        if baseline is not None:
+            add("nll_prompt_mean", baseline.nll_per_dim(batch))
+        counts["val_pairs"] += len(batch)
+        counts["val_pairs_unseen_prompts"] += int(unseen.sum())
+        data_sum += float(batch.noise.double().sum())
+        data_squares += float(batch.noise.double().pow(2).sum())
+        data_values += batch.noise.numel()
+        shift = batch.noise - standard_normal(batch.noise.shape, batch.seed.tolist()) if known_start else batch.noise
+        for i, p in enumerate(batch.prompt_index.tolist()):
+            key = (p, shape)
+            if key not in prompts and len(prompts) < max_prompts:
+                prompts[key] = {"text": batch.text[i], "mask": batch.text_mask[i], "shift": torch.zeros(shape,
+                                dtype=torch.float64), "count": 0, "batch": Batch(*(getattr(batch, n)[i:i + 1]
+                                                                                    for n in TENSOR_NAMES))}
+            if key in prompts:
+                prompts[key]["shift"] += shift[i].double()
+                prompts[key]["count"] += 1
+    if counts["val_pairs"] == 0:
+        return {}
+    seen = counts["val_pairs"] - counts["val_pairs_unseen_prompts"]
+    metrics = {"val_nll": sums["val_nll"] / counts["val_pairs"]}
+    if counts["val_pairs_unseen_prompts"]:
+        metrics["val_nll_unseen_prompts"] = sums["val_nll_unseen_prompts"] / counts["val_pairs_unseen_prompts"]
+    if seen:
+        metrics["val_nll_seen_prompts"] = sums["val_nll_seen_prompts"] / seen
+    baselines = {name: sums[name] / counts["val_pairs"] for name in ("nll_standard_normal", "nll_prompt_mean")
+                 if name in sums}
+    metrics.update(baselines)
+    metrics.update({f"gap_vs_{name[4:]}": value - metrics["val_nll"] for name, value in baselines.items()})
+    data_mean = data_sum / data_values
+    metrics["data_std"] = math.sqrt(max(data_squares / data_values - data_mean ** 2, 0.0))
+    samples, dots, norms = [], {"prior": 0.0, "prompt_mean": 0.0}, {"prior": 0.0, "prompt_mean": 0.0, "data": 0.0}
+    for (_, shape), item in prompts.items():
+        text, mask = item["text"][None].to(device), item["mask"][None].to(device)
+        generator = torch.Generator().manual_seed(len(samples))
+        samples.append(model.sample(text, standard_normal((1, *shape), generator).to(device), temperature=1.0,
+                                    text_mask=mask).double().cpu().flatten())
+        shift = (item["shift"] / item["count"]).flatten()
+        means = {"prior": model.sample(text, torch.zeros(1, *shape, device=device), temperature=0.0,
+                                       text_mask=mask).double().cpu().flatten()}
+        if baseline is not None:
+            means["prompt_mean"] = baseline.mean(item["batch"])[0]
+        norms["data"] += float(shift @ shift)
+        for name, mean in means.items():
+            dots[name] += float(mean @ shift)
+            norms[name] += float(mean @ mean)
+    metrics["sample_std_t1"] = float(torch.cat(samples).std())
+    for name, key in (("prior", "mean_shift_cosine"), ("prompt_mean", "mean_shift_cosine_prompt_mean")):
+        if norms[name] > 0 and norms["data"] > 0:
+            metrics[key] = dots[name] / math.sqrt(norms[name] * norms["data"])
+    metrics.update({k: float(v) for k, v in counts.items()})
+    return metrics
+
+
+def describe_held_out(metrics: dict[str, float]) -> str:
+    """Readable lines of :func:`held_out_metrics` (what ``noisear train`` prints)."""
+    if not metrics:
+        return ("no held-out pairs (every prompt and seed was trained on, or every held-out pair shares a noise with "
+                "training): nothing to report. The training loss is not a result; set --validation-fraction and/or "
+                "--validation-seed-fraction.")
+    lines = [f"held-out pairs: {int(metrics['val_pairs'])} ({int(metrics['val_pairs_unseen_prompts'])} of unseen "
+             f"prompts), none of their starting noises trained on",
+             f"NLL nats/dim: prior {metrics['val_nll']:.5f}, N(0,I) {metrics['nll_standard_normal']:.5f}"
+             + (f", prompt-mean baseline {metrics['nll_prompt_mean']:.5f}" if "nll_prompt_mean" in metrics else "")]
+    for group in ("unseen_prompts", "seen_prompts"):
+        if f"val_nll_{group}" in metrics:
+            lines.append(f"  prior on {group.replace('_', ' ')}: {metrics[f'val_nll_{group}']:.5f}")
+    lines.append("gap (baseline - prior, > 0: the prior is better): "
+                 + ", ".join(f"{k[8:]} {v:+.5f}" for k, v in metrics.items() if k.startswith("gap_vs_")))
+    lines.append(f"calibration: sample std at T=1 {metrics['sample_std_t1']:.4f}, data std {metrics['data_std']:.4f}")
+    if "mean_shift_cosine" in metrics:
+        lines.append(f"cosine of the mean (T=0) with the data's prompt-mean shift: prior {metrics['mean_shift_cosine']:+.4f}"
+                     + (f", prompt-mean baseline {metrics['mean_shift_cosine_prompt_mean']:+.4f}"
+                        if "mean_shift_cosine_prompt_mean" in metrics else ""))
+    return "\n".join(lines)
+
+
 class LikelihoodObjective:
     """Teacher-forced Gaussian NLL in nats/dim on the training split of a shard dataset.
 
-    Validation: model NLL on the validation prompts, and ``gap_vs_standard_normal`` /
-    ``gap_vs_prompt_mean`` = baseline NLL - model NLL (positive: the prior is better).
+    Its loss is logged as ``train_loss`` (a training figure, never a result). Validation:
+    :func:`held_out_metrics` on the held-out pairs, with the prompt-mean baseline fitted on the training
+    split (single-size data only).
     """
 
     uses_dropout = True
 
     def __init__(self, dataset: ShardDataset, config: TrainConfig, baseline_ridge: float = 0.1,
                  eval_batch_size: int = 64) -> None:
-        self.dataset, self.validation_fraction = dataset, config.validation_fraction
-        self.plan = BatchPlan(dataset, config.batch_size, config.seed, config.validation_fraction)
-        self.baseline_ridge, self.eval_batch_size = baseline_ridge, eval_batch_size
-        self._baselines: dict[str, float] | None = None
+        self.dataset, self.eval_batch_size = dataset, eval_batch_size
+        self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
+        self.plan = BatchPlan(dataset, config.batch_size, config.seed, config.validation_fraction,
+                              seed_fraction=config.validation_seed_fraction)
+        self.baseline_ridge = baseline_ridge
+        self._baseline: PromptMeanBaseline | None = None
 
     def batch(self, step: int, runtime: Runtime) -> Batch:
         return self.plan.batch(step, runtime.rank, runtime.world).to(runtime.device)
 
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask), batch.noise[0].numel()).mean()
-        return nll, {"nll": nll.item()}
-
-    def _validation_batches(self):
-        return self.dataset.iterate("validation", self.validation_fraction, self.eval_batch_size)
+        return nll, {"train_loss": nll.item()}
 
     def validate(self, model: NoiseAR) -> dict[str, float]:
-        if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction)):
+        if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction, self.seed_fraction)):
             return {}
-        if self._baselines is None:
-            # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
-            single_size = len(self.dataset.noise_shapes) == 1
-            baseline = (PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge)
-                        if single_size else None)
-            totals, count = {"nll_standard_normal": 0.0, "nll_prompt_mean": 0.0}, 0
-            for batch in self._validation_batches():
-                totals["nll_standard_normal"] += float(standard_normal_nll_per_dim(batch.noise).sum())
-                if baseline is not None:
-                    totals["nll_prompt_mean"] += float(baseline.nll_per_dim(batch).sum())
-                count += len(batch)
-            if baseline is None:
-                del totals["nll_prompt_mean"]
-            self._baselines = {k: v / count for k, v in totals.items()}
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for batch in self._validation_batches():
-            batch = batch.to(device)
-            total += float(nll_per_dim(model.log_prob(batch.text, batch.noise, batch.text_mask),
-                                       batch.noise[0].numel()).double().sum())
-            count += len(batch)
-        nll = total / count
-        gaps = {f"gap_vs_{name[4:]}": value - nll for name, value in self._baselines.items()}
-        return {"val_nll": nll, **self._baselines, **gaps}
+        # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
+        if self._baseline is None and len(self.dataset.noise_shapes) == 1:
+            self._baseline = PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge,
+                                                seed_fraction=self.seed_fraction)
+        return held_out_metrics(model, self.dataset, self.validation_fraction, self.seed_fraction, self._baseline,
+                                self.eval_batch_size)
 
     def state_dict(self) -> dict:
         return {}  # the data order is a function of (seed, step)
@@ -519,10 +622,23 @@ def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
                                f"buckets) need a prior with positions='2d'")
 
 
+def refuse_repeated_noises(dataset: ShardDataset) -> None:
+    """Raise when starting noises repeat across prompts (see ShardDataset.seed_counts)."""
+    seeds = dataset.seed_counts()
+    if seeds["shared_seeds"]:
+        raise DatasetError(f"{dataset.directory}: {repeated_noises_message(seeds)} To train on it anyway (e.g. to "
+                           f"reproduce an old result), pass --allow-repeated-noises (allow_repeated_noises=True) and "
+                           f"hold out seeds with --validation-seed-fraction so that validation noises are unseen.")
+
+
 def train_likelihood(data_dir: str | os.PathLike, config: TrainConfig, model_config: NoiseARConfig | None = None,
-                     init: str | os.PathLike | None = None, baseline_ridge: float = 0.1) -> NoiseAR:
-    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init)."""
+                     init: str | os.PathLike | None = None, baseline_ridge: float = 0.1,
+                     allow_repeated_noises: bool = False) -> NoiseAR:
+    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
+    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``."""
     dataset = ShardDataset(data_dir)
+    if not allow_repeated_noises:
+        refuse_repeated_noises(dataset)
     model = initial_model(model_config, init, config.seed)
     check_compatible(model, dataset)
     return train(model, LikelihoodObjective(dataset, config, baseline_ridge), config)
