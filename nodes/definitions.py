@@ -12,13 +12,16 @@ from .golden import GoldenNoiseNode
 from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
 from .prior import CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, device_problem, load_prior
+from .text_encode import NoiseARTextEncodeNode
 
 
 PRIOR_INPUT = ("NOISEAR_MODEL", {"tooltip": "A NoiseAR prior from the NoiseAR Loader."})
 POSITIVE_INPUT = ("CONDITIONING", {"tooltip": (
-    "The positive prompt's conditioning; its first entry is used and broadcast over the batch. SDXL / "
-    "DreamShaper-XL priors need SDXL conditioning (2048-d), Hunyuan-DiT priors the conditioning of "
-    "CLIPTextEncodeHunyuanDiT (1024-d BERT). Published priors read the first 77 tokens.")})
+    "The prompt for the prior; its first entry is used and broadcast over the batch. Best: NoiseAR Text "
+    "Encode's prior_text, exactly the embedding the prior was trained on. A CLIPTextEncode conditioning works "
+    "too, but weight syntax such as (word:1.2) changes what the prior sees, and of a prompt over 75 tokens "
+    "published priors read the first 77 tokens (a warning says so). SDXL / DreamShaper-XL priors need SDXL "
+    "conditioning (2048-d), Hunyuan-DiT priors the 1024-d BERT stream.")})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                       "tooltip": "Seed of the Gaussian draws eps; the same seed gives the very eps RandomNoise "
                                  "would. Ignored when a noise input is connected."})
@@ -204,6 +207,7 @@ NODE_CLASS_MAPPINGS = {
     "NoiseARPreview": NoiseARPreviewNode,
     "NoiseARGoldenNoise": GoldenNoiseNode,
     "NoiseARDatasetCollector": DatasetCollectorNode,
+    "NoiseARTextEncode": NoiseARTextEncodeNode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARLoader": "NoiseAR Loader",
@@ -213,4 +217,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARPreview": "NoiseAR Preview",
     "NoiseARGoldenNoise": "NoiseAR Golden Noise",
     "NoiseARDatasetCollector": "NoiseAR Dataset Collector",
+    "NoiseARTextEncode": "NoiseAR Text Encode",
 }

@@ -90,6 +90,17 @@ def throw_if_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def show_on_node(text: str) -> None:
+    """Show ``text`` on the node now executing, under its title (as core GetImageSize does); no-op without a UI."""
+    _require()
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    context, server = get_executing_context(), getattr(PromptServer, "instance", None)
+    if context is not None and server is not None:
+        server.send_progress_text(text, context.node_id)
+
+
 def progress_bar(total: int) -> Any:
     """A bar in the node's UI; use ``.update_absolute(done)``."""
     _require()
@@ -212,8 +223,34 @@ def run_guided(model: Any, positive: list, negative: list, noise: torch.Tensor, 
 
 def encode_text(clip: Any, text: str) -> list:
     """CONDITIONING of ``text`` exactly as CLIPTextEncode makes it."""
+    return encode_tokens(clip, tokenize(clip, text))
+
+
+# Text encoding (issue 13) -------------------------------------------------------------------------
+Tokens = dict[str, list[list[tuple]]]  # {stream: chunks of (token, weight)}, as CLIP.tokenize gives them
+
+
+def tokenize(clip: Any, text: str, weights: bool = True) -> Tokens:
+    """The CLIP's own tokens of ``text``; ``weights=False`` reads ComfyUI's weight syntax as plain text."""
     _require()
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return clip.tokenize(text) if weights else clip.tokenize(text, disable_weights=True)
+
+
+def encode_tokens(clip: Any, tokens: Tokens) -> list:
+    """CONDITIONING of ``tokens`` encoded as CLIPTextEncode encodes (encode_from_tokens_scheduled)."""
+    _require()
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def default_clip(clip: Any) -> Any:
+    """``clip`` with its model's default layer and no tokenizer options: itself if it has none set, else a
+    clone without them (CLIPSetLastLayer sets layer_idx; the tokenizer options change padding)."""
+    _require()
+    if clip.layer_idx is None and not clip.tokenizer_options:
+        return clip
+    plain = clip.clone()
+    plain.layer_idx, plain.tokenizer_options = None, {}
+    return plain
 
 
 def output_directory() -> str:

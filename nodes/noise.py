@@ -109,9 +109,13 @@ class NoiseARNoise:
     def __init__(self, prior: NoiseARPrior, conditioning: list, seed: int, temperature: float, size_mode: str,
                  upstream: Noise | None = None) -> None:
         self.prior, self.temperature, self.size_mode, self.upstream = prior, temperature, size_mode, upstream
-        self.text, self.text_mask = text_from_conditioning(conditioning, prior)  # refuse a wrong width early
+        # refuse a wrong width early; warn now (console and on the node) about a prompt cut for the prior
+        self.text, self.text_mask, self.text_warning = text_from_conditioning(conditioning, prior)
+        if self.text_warning:
+            log.warning(self.text_warning)
+            host.show_on_node(self.text_warning)
         self.seed = int(upstream.seed if upstream is not None else seed)
-        self.warning: str | None = None  # of the last draw
+        self.warning: str | None = self.text_warning  # text and size warnings of the last draw
         self._last: tuple[tuple, torch.Tensor] | None = None  # (latent key, noise): preview and sampler share a draw
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
@@ -120,7 +124,7 @@ class NoiseARNoise:
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
             window = prior_window(self.prior, tuple(samples.shape), self.size_mode)
-            self.warning = window.warning
+            self.warning = "\n".join(filter(None, [self.text_warning, window.warning])) or None
             if window.warning:
                 log.warning(window.warning)
             self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), window))

@@ -9,10 +9,20 @@ real host.py code runs against them. Facts mirrored here (see /work/shared/refer
 - latent formats: process_in(x) = (x - shift) * scale, process_out the inverse.
 - ProgressBar(total).update_absolute(value, total=None); folder_paths.folder_names_and_paths
   entries are ([dirs], extensions).
+- CLIP.tokenize(text, disable_weights=False) -> {stream: chunks of (token, weight)}: SDXL streams "l"
+  and "g" in chunks of exactly 77 ([start 49406, up to 75 tokens, end 49407], padded with 49407 for
+  "l" and 0 for "g"; a prompt over 75 tokens goes on in the next chunk); Hunyuan-DiT's "hydit_clip"
+  is one chunk [101, tokens, 102] padded with 0 to at least 77, "mt5xl" [tokens, 1] padded to 256.
+  encode_from_tokens_scheduled(tokens) -> [[cond [1, T, width], dict]] (Hunyuan-DiT's dict holds the
+  BERT attention_mask [1, T]); CLIPSetLastLayer sets layer_idx, clone() copies it.
+- Text on a node: server.PromptServer.instance.send_progress_text(text, node_id) for the node in
+  comfy_execution.utils.get_executing_context() (None outside a node's execution).
 """
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,6 +150,77 @@ class FolderPaths:
         return self.temp_directory
 
 
+CLIP_FAMILIES = {  # family -> (width, {stream: (start, end, pad, chunk length or None, minimum length)})
+    "sdxl": (2048, {"l": (49406, 49407, 49407, 77, 77), "g": (49406, 49407, 0, 77, 77)}),
+    "hunyuan": (1024, {"hydit_clip": (101, 102, 0, None, 77), "mt5xl": (None, 1, 0, None, 256)}),
+    "sd1": (768, {"l": (49406, 49407, 49407, 77, 77)}),
+}
+
+
+class CLIP:
+    """A text encoder: words are tokens (id 1000 + first appearance), "(word:1.2)" weighs one word.
+
+    The fake encoding of token t with weight w at layer k is w * (t + k) in every channel (k = 0 at the
+    model's default layer), so tests can read the tokens, weights and layer back; ``calls`` records
+    (tokens, layer_idx) of every encode.
+    """
+
+    def __init__(self, family: str = "sdxl") -> None:
+        self.family, self.layer_idx, self.tokenizer_options = family, None, {}
+        self.width, self.streams = CLIP_FAMILIES[family]
+        self.vocab: dict[str, int] = {}
+        self.calls: list[tuple[dict, int | None]] = []
+
+    def clone(self) -> "CLIP":
+        other = CLIP(self.family)
+        other.layer_idx, other.tokenizer_options = self.layer_idx, dict(self.tokenizer_options)
+        other.vocab, other.calls = self.vocab, self.calls
+        return other
+
+    def _words(self, text: str, disable_weights: bool) -> list[tuple[int, float]]:
+        words = []
+        for word in text.split():
+            weighted = None if disable_weights else re.fullmatch(r"\((.+):([0-9.]+)\)", word)
+            word, weight = (weighted[1], float(weighted[2])) if weighted else (word, 1.0)
+            words.append((self.vocab.setdefault(word, 1000 + len(self.vocab)), weight))
+        return words
+
+    def tokenize(self, text: str, disable_weights: bool = False) -> dict[str, list[list[tuple[int, float]]]]:
+        words, tokens = self._words(text, disable_weights), {}
+        for stream, (start, end, pad, chunk, minimum) in self.streams.items():
+            size = (chunk - 2) if chunk else max(len(words), 1)
+            pieces = [words[i:i + size] for i in range(0, max(len(words), 1), size)] if chunk else [words]
+            chunks = []
+            for piece in pieces:
+                body = ([(start, 1.0)] if start is not None else []) + piece + [(end, 1.0)]
+                chunks.append(body + [(pad, 1.0)] * max(0, minimum - len(body)))
+            tokens[stream] = chunks
+        return tokens
+
+    def encode_from_tokens_scheduled(self, tokens: dict) -> list:
+        self.calls.append((tokens, self.layer_idx))
+        first = next(iter(self.streams))
+        flat = [token for chunk in tokens[first] for token in chunk]
+        layer = 0 if self.layer_idx is None else self.layer_idx + 2
+        cond = torch.tensor([[float(w) * (t + layer)] * self.width for t, w in flat]).unsqueeze(0)
+        extras = {"pooled_output": torch.zeros(1, 1280)}
+        if self.family == "hunyuan":
+            end = self.streams[first][1]
+            ends = [i for i, (t, _) in enumerate(flat) if t == end]
+            extras["attention_mask"] = (torch.arange(len(flat)) <= ends[0]).long().unsqueeze(0)
+        return [[cond, extras]]
+
+
+class PromptServer:
+    """The UI server as far as node texts go: records (node_id, text)."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    def send_progress_text(self, text: str, node_id: str) -> None:
+        self.texts.append((node_id, text))
+
+
 def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     """Make nodes.host talk to fakes; returns them (comfy namespace and folder_paths)."""
     from nodes import host
@@ -153,7 +234,13 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
         samplers=SimpleNamespace(SCHEDULER_NAMES=["simple", "normal", "karras"]),
     )
     folder_paths = FolderPaths(tmp_path)
+    server = PromptServer()
+    executing = SimpleNamespace(node_id="7")  # the id of the node "now executing"
+    monkeypatch.setitem(sys.modules, "server", SimpleNamespace(PromptServer=SimpleNamespace(instance=server)))
+    monkeypatch.setitem(sys.modules, "comfy_execution", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "comfy_execution.utils", SimpleNamespace(get_executing_context=lambda: executing))
     monkeypatch.setattr(host, "AVAILABLE", True)
     monkeypatch.setattr(host, "comfy", comfy, raising=False)
     monkeypatch.setattr(host, "folder_paths", folder_paths, raising=False)
-    return SimpleNamespace(comfy=comfy, folder_paths=folder_paths, progress_bars=ProgressBar.instances)
+    return SimpleNamespace(comfy=comfy, folder_paths=folder_paths, progress_bars=ProgressBar.instances,
+                           node_texts=server.texts)
