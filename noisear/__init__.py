@@ -5,4 +5,4 @@ from .model import NoiseAR, NoiseARInputError, standard_normal
 
 __all__ = ["NoiseAR", "NoiseARConfig", "NoiseARConfigError", "NoiseARCheckpointError", "NoiseARInputError",
            "convert", "describe", "load", "read_checkpoint", "save", "standard_normal"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
