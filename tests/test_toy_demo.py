@@ -9,7 +9,7 @@ import torch
 from noisear.toy.checkpoints import DEFAULT_DIR, FILES, ToyCheckpointError, load_models, load_net
 from noisear.toy.classifier import DigitClassifier, accuracy
 from noisear.toy.data import load_split
-from noisear.toy.demo import SOURCES, evaluate, grid, table
+from noisear.toy.demo import SOURCES, comparisons, evaluate, grid, table
 
 GOLDEN = SOURCES[4].name
 
@@ -57,9 +57,12 @@ def test_halving_the_noise_trades_diversity_for_alignment(result):
     assert mean(result, "Gaussian x0.5", "diversity") < 0.6 * mean(result, "Gaussian", "diversity")
 
 
-def test_table_and_grid_have_a_row_per_source(result):
+def test_table_grid_and_plot_have_a_row_per_source(result):
     assert table(result).count("\n| ") == len(result.rows)
-    assert grid(result).shape[0] == len(result.rows) * (32 + 2) + 2
+    assert grid(result, cell=40).height > len(result.rows) * 40
+    for metric, panel in comparisons(result).items():
+        assert [c.source for c in panel] == [row.name for row in result.rows]
+        assert all(abs(c.mean - mean(result, c.source, metric)) < 1e-12 for c in panel)
 
 
 def test_missing_checkpoint_says_how_to_rebuild(tmp_path):

@@ -1,37 +1,20 @@
-"""Evaluation harness with stand-in backend and scorer: std-matched controls, paired test, table, PNG."""
+"""Evaluation harness with stand-in backend and scorer: std-matched controls, paired test, table, figures."""
+import importlib.util
 import itertools
 import math
-import struct
-import zlib
+import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
 from noisear import NoiseAR, NoiseARConfig
 from noisear.train.dpo import PromptSet
-from noisear.train.evaluate import (BLEND_SEED_OFFSET, blend_source, evaluate, gaussian_source, image_grid, noisear_source,
-                                    paired_test, save_report, write_png)
+from noisear.figures import PLOT_SKIPPED
+from noisear.train.evaluate import (BLEND_SEED_OFFSET, blend_source, comparisons, evaluate, gaussian_source, noisear_source,
+                                    paired_test, save_report)
 
 SHAPE = (3, 4, 4)
-
-
-def read_png(path):
-    """Independent minimal PNG reader for 8-bit RGB, filter 0 (what write_png produces)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    position, chunks = 8, {}
-    while position < len(data):
-        length, = struct.unpack(">I", data[position:position + 4])
-        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
-        crc, = struct.unpack(">I", data[position + 8 + length:position + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        chunks[kind] = chunks.get(kind, b"") + body
-        position += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + 3 * width)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(height, width, 3)
 
 
 def prompts(count=6):
@@ -60,12 +43,6 @@ def test_paired_test_exact_and_monte_carlo_agree_with_direct_computations():
     assert abs(paired_test(a, b, permutations=20000)["p_value"] - exact) < 0.01
 
 
-def test_png_writer_round_trips_through_an_independent_reader(tmp_path):
-    image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    write_png(tmp_path / "x.png", image)
-    assert np.array_equal(read_png(tmp_path / "x.png"), image)
-
-
 def test_harness_scores_sources_on_the_same_seeds_with_std_matched_controls(tmp_path):
     sources = {"gaussian": gaussian_source(SHAPE), "shifted": lambda p, s: gaussian_source(SHAPE)(p, s) + 0.5,
                "shrunk": gaussian_source(SHAPE, std=0.5)}
@@ -83,10 +60,27 @@ def test_harness_scores_sources_on_the_same_seeds_with_std_matched_controls(tmp_
     table = result.table()
     assert table.count("\n| ") == 5 and "shifted" in table and "p=" in table
     paths = save_report(result, tmp_path)
-    grid = read_png(paths["grid"])
-    assert grid.shape == (5 * (8 + 2) + 2, 6 * (8 + 2) + 2, 3)
+    with Image.open(paths["grid"]) as image:
+        grid = np.asarray(image.convert("RGB"))
+    # 5 labelled rows x 6 prompts of 8x8 images in 48 px cells (each pixel a 6x6 block), 4 px apart, ending the picture
+    top, left = grid.shape[0] - 4 * (48 + 4), grid.shape[1] - 6 * (48 + 4)  # row 2 = shifted, first prompt
     expected = (backend(sources["shifted"](prompts(), [0] * 6), None)[0].permute(1, 2, 0).numpy() * 255).round()
-    np.testing.assert_array_equal(grid[12:20, 2:10], expected.astype(np.uint8))  # row 2 = shifted, first prompt
+    np.testing.assert_array_equal(grid[top:top + 48, left:left + 48], expected.astype(np.uint8).repeat(6, 0).repeat(6, 1))
+
+
+def test_the_plot_compares_each_source_with_its_std_matched_control(tmp_path, monkeypatch):
+    sources = {"gaussian": gaussian_source(SHAPE), "shrunk": gaussian_source(SHAPE, std=0.5)}
+    result = evaluate(sources, backend, {"brightness": brightness}, prompts(), seeds=range(3))
+    (baseline, shrunk), = [comparisons(result)["brightness"]]
+    per_seed = result.scores["brightness"]["gaussian@std(shrunk)"].mean(axis=1)
+    assert (baseline.source, baseline.matched_mean) == ("gaussian", None)
+    assert shrunk.source == "shrunk" and math.isclose(shrunk.matched_mean, per_seed.mean())
+    assert math.isclose(shrunk.matched_std, per_seed.std(ddof=1))
+    if importlib.util.find_spec("matplotlib"):
+        assert save_report(result, tmp_path / "with")["plot"].is_file()
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    paths = save_report(result, tmp_path / "without")
+    assert "plot" not in paths and PLOT_SKIPPED in paths["table"].read_text(encoding="utf-8")
 
 
 def test_noisear_and_blend_sources_use_the_seeds_gaussian_noise():
@@ -102,4 +96,3 @@ def test_noisear_and_blend_sources_use_the_seeds_gaussian_noise():
     wide = gaussian_source(SHAPE)(prompts(), list(range(6)))
     blended = blend_source(noisear_source(model, 1.0), SHAPE, 0.5)(prompts(), list(range(6)))
     assert abs(blended.std().item() - wide.std().item()) < 0.1  # variance-preserving (same eps would give ~1.4)
-    assert image_grid([torch.zeros(2, 3, 4, 4)]).shape == (8, 14, 3)  # 2 px padding around each

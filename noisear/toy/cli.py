@@ -9,11 +9,11 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="NoiseAR end to end on 8x8 digits on the CPU: PNG grid + markdown table",
+        "demo", help="NoiseAR end to end on 8x8 digits on the CPU: markdown table, labelled grid, plot",
         description="Score every noise source (Gaussian, NoiseAR at temperature 1 and 0.5, golden re-denoise, "
                     "blends, the blog's Methods 1 and 2, the DPO prior) on a class-conditional diffusion model of "
                     "scikit-learn's digits, with the shipped checkpoints (or --retrain them first).")
-    demo.add_argument("--out", default="demo-out", help="folder for table.md and grid.png (default: demo-out)")
+    demo.add_argument("--out", default="demo-out", help="folder for table.md, grid.png and plot.png (default: demo-out)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="evaluation seeds (default: 1 2 3)")
     demo.add_argument("--samples", type=int, default=1000,
                       help="samples per seed, a multiple of 10 (100 per class at the default 1000)")
@@ -46,5 +46,5 @@ def run_demo(args: argparse.Namespace) -> int:
 
     paths = run(directory, Path(args.out), seeds=args.seeds, samples=args.samples, permutations=args.permutations)
     print(Path(paths["table"]).read_text(encoding="utf-8"))
-    print(f"wrote {paths['table']} and {paths['grid']}")
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0

@@ -1,6 +1,7 @@
 """The demo's evaluation: every noise source on the same labels and draws, scored by the classifier;
 a markdown table (mean +- std over seeds, paired permutation test against the Gaussian of matched
-std) and a PNG grid (rows: noise source, columns: classes).
+std), a labelled image grid (rows: noise source, columns: classes) and a plot of FD and alignment of
+each source against its matched-std Gaussian (noisear.figures).
 
 Item i of seed s asks for class i mod 10 and starts from the Gaussian draw eta_i of that seed; every
 source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
@@ -14,9 +15,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from ..mixing import blend
-from ..train.evaluate import image_grid, write_png
+from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import golden_noise
+from ..mixing import blend
 from .checkpoints import ToyModels, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional
@@ -188,26 +189,45 @@ def contrasts(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def grid(result: DemoResult, scale: int = 4) -> "numpy.ndarray":  # noqa: F821
-    """[H,W,3] picture: a row per source (table order), a column per class, first seed's first sample."""
+def grid(result: DemoResult, cell: int = 40) -> "PIL.Image.Image":  # noqa: F821
+    """A labelled row per source (table order), a column per digit: the first seed's first sample of each class."""
     rows = []
     for row in result.rows:
         labels = torch.arange(len(row.images)) % NUM_CLASSES
-        picks = torch.stack([row.images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8]
-        big = torch.nn.functional.interpolate((picks + 1) / 2, scale_factor=scale, mode="nearest")
-        rows.append(big.expand(-1, 3, -1, -1))
-    return image_grid(rows)
+        picks = torch.stack([row.images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8] in [-1,1]
+        rows.append((row.name, (picks + 1) / 2))
+    return labelled_grid(rows, columns=[str(k) for k in range(NUM_CLASSES)], cell=cell,
+                         title=f"seed {result.seeds[0]}: first sample of each requested digit")
+
+
+def comparisons(result: DemoResult, metrics: Sequence[str] = ("FD", "alignment")) -> dict[str, list[Comparison]]:
+    """Per metric, each source's mean and std over seeds and those of its matched-std Gaussian control."""
+    def stats(sets: list[Scored], metric: str) -> tuple[float, float]:
+        values = torch.tensor([METRICS[metric](s, result.reference) for s in sets], dtype=torch.float64)
+        return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+
+    panels = {}
+    for metric in metrics:
+        panels[metric] = [Comparison(row.name, *stats(row.sets, metric), *(stats(row.control.sets, metric)
+                                                                         if row.control else (None, None)))
+                          for row in result.rows]
+    return panels
 
 
 def run(checkpoints: Path, out: Path, seeds: Sequence[int] = (1, 2, 3), samples: int = 1000,
         permutations: int = 100) -> dict[str, Path]:
-    """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md and out/grid.png."""
+    """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md, out/grid.png and out/plot.png
+    (the plot only with matplotlib; without it the table says it was skipped)."""
     torch.manual_seed(0)
     result = evaluate(load_models(checkpoints), seeds, samples, permutations)
     out.mkdir(parents=True, exist_ok=True)
-    write_png(out / "grid.png", grid(result))
-    order = "\n".join(f"{i + 1}. {row.name}" for i, row in enumerate(result.rows))
-    (out / "table.md").write_text(f"{table(result)}\n\nNamed contrasts:\n{contrasts(result)}\n\n"
-                                  f"grid.png rows (seed {result.seeds[0]}; columns: digits 0-9):\n{order}\n",
-                                  encoding="utf-8")
-    return {"table": out / "table.md", "grid": out / "grid.png"}
+    paths = {"table": out / "table.md", "grid": out / "grid.png"}
+    grid(result).save(paths["grid"])
+    plot = comparison_plot(out / "plot.png", comparisons(result), lower_is_better=sorted(LOWER_IS_BETTER),
+                           title="Toy demo: each source vs the Gaussian scaled to its std",
+                           note=f"mean ± std over {len(result.seeds)} seeds x {result.samples} samples")
+    if plot:
+        paths["plot"] = plot
+    figures = "plot.png: FD and alignment of each source and its matched Gaussian" if plot else PLOT_SKIPPED
+    paths["table"].write_text(f"{table(result)}\n\nNamed contrasts:\n{contrasts(result)}\n\n{figures}\n", encoding="utf-8")
+    return paths

@@ -140,10 +140,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dpo.set_defaults(run=run_dpo)
 
     evaluate = subparsers.add_parser(
-        "eval", help="compare noise sources on the same prompts and seeds: table and PNG grid",
+        "eval", help="compare noise sources on the same prompts and seeds: table, labelled grid, plot",
         description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
                     "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
-                    "OUT/results.md (mean ± std over seeds, paired sign-flip test vs Gaussian) and OUT/grid.png.")
+                    "OUT/results.md (mean ± std over seeds, paired sign-flip test vs Gaussian), OUT/grid.png (a "
+                    "labelled row per source) and OUT/plot.png (each scorer vs the std-matched Gaussian; needs matplotlib).")
     evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
     evaluate.add_argument("--split", default="validation", choices=("train", "validation", "all"),
                           help="which prompts of that dataset (default: validation)")
@@ -163,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                "Gaussian noise independent of the prior's draws, STRENGTH = NoiseAR share in [0,1]")
     evaluate.add_argument("--source", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
                           help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise")
-    evaluate.add_argument("--out", required=True, help="output directory for results.md and grid.png")
+    evaluate.add_argument("--out", required=True, help="output directory for results.md, grid.png and plot.png")
     evaluate.set_defaults(run=run_eval)
 
     data = subparsers.add_parser("data", help="dataset tools", description="Tools for dataset directories.")
@@ -242,7 +243,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(sources, _resolve(args.backend), scorers, prompts, range(args.seeds))
     paths = save_report(result, args.out)
     print(result.table())
-    print(f"wrote {paths['table']} and {paths['grid']}")
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 

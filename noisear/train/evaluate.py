@@ -6,7 +6,8 @@ A *source* makes noise for a batch of prompts and one seed per item: (PromptSet,
 are rendered and scored; every source is also compared with plain Gaussian noise scaled to that
 source's standard deviation (a lower-variance start alone changes alignment and diversity, so a
 claimed gain has to beat it). Results: mean +- std over seeds, a paired sign-flip permutation test
-against the baseline on the (seed, prompt) pairs, a markdown table, and a PNG grid.
+against the baseline on the (seed, prompt) pairs, a markdown table, a labelled image grid and a plot of
+each scorer for each source against its std-matched Gaussian (noisear.figures).
 
 Real-model scorers (HPSv2, ImageReward, PickScore, CLIP score) are lazy adapters that take local
 weight paths and never download.
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,10 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
+from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .dpo import PromptSet
-from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
 Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]
@@ -148,7 +148,7 @@ def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[st
     for name in list(sources):
         result.noise_std[name] = float(torch.stack(noises[name]).double().std())
         if std_matched and name != baseline:
-            control = f"{baseline}@std({name})"
+            control = control_name(baseline, name)
             factor = result.noise_std[name] / float(torch.stack(noises[baseline]).double().std())
             noises[control] = [noise * factor for noise in noises[baseline]]
             result.noise_std[control] = float(torch.stack(noises[control]).double().std())
@@ -168,46 +168,44 @@ def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[st
     return result
 
 
-# PNG grid ----------------------------------------------------------------------------------------
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an [H,W,3] uint8 array as an 8-bit RGB PNG (zlib + struct, no imaging library needed)."""
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"write_png expects [H, W, 3] uint8, got shape {list(image.shape)}")
-    height, width = image.shape[:2]
-    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(height))  # filter type 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
-                           + chunk(b"IEND", b""))
+# Figures -----------------------------------------------------------------------------------------
+def control_name(baseline: str, source: str) -> str:
+    """Name of the baseline noise scaled to ``source``'s std."""
+    return f"{baseline}@std({source})"
 
 
-def image_grid(rows: Sequence[torch.Tensor], padding: int = 2) -> np.ndarray:
-    """Rows of images, each [N,3,h,w] in [0,1] -> one [H,W,3] uint8 picture (white padding)."""
-    columns = max(len(row) for row in rows)
-    height, width = rows[0].shape[2], rows[0].shape[3]
-    grid = np.full((len(rows) * (height + padding) + padding, columns * (width + padding) + padding, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            top, left = padding + r * (height + padding), padding + c * (width + padding)
-            grid[top:top + height, left:left + width] = pixels
-    return grid
+def comparisons(result: EvalResult) -> dict[str, list[Comparison]]:
+    """Per scorer, each source (controls excepted) with mean and std over seeds, and those of its control."""
+    def stats(values: np.ndarray) -> tuple[float, float]:
+        per_seed = values.mean(axis=1)
+        return float(per_seed.mean()), float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+
+    panels = {}
+    for scorer, per_source in result.scores.items():
+        panels[scorer] = []
+        for name, values in per_source.items():
+            if name.startswith(f"{result.baseline}@std("):
+                continue
+            control = per_source.get(control_name(result.baseline, name))
+            panels[scorer].append(Comparison(name, *stats(values), *(stats(control) if control is not None else (None, None))))
+    return panels
 
 
 def save_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write results.md (the table and the grid's row order) and grid.png (a row per source, first seed)."""
+    """Write results.md (the table), grid.png (a labelled row per source: the first seed's images) and plot.png
+    (each scorer per source against its std-matched Gaussian; only with matplotlib, else results.md says so)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(result.images)
-    write_png(out_dir / "grid.png", image_grid([result.images[name] for name in names]))
-    rows = "\n".join(f"{i + 1}. {name}" for i, name in enumerate(names))
-    (out_dir / "results.md").write_text(f"{result.table()}\n\ngrid.png rows (seed {result.seeds[0]}):\n{rows}\n",
-                                        encoding="utf-8")
-    return {"table": out_dir / "results.md", "grid": out_dir / "grid.png"}
+    paths = {"table": out_dir / "results.md", "grid": out_dir / "grid.png"}
+    labelled_grid(list(result.images.items()), title=f"seed {result.seeds[0]}: one image per prompt").save(paths["grid"])
+    plot = comparison_plot(out_dir / "plot.png", comparisons(result),
+                           title=f"Each source vs {result.baseline} noise scaled to its std",
+                           note=f"mean ± std over {len(result.seeds)} seeds of the mean over {result.prompts} prompts")
+    if plot:
+        paths["plot"] = plot
+    figures = "plot.png: each scorer per source against its std-matched Gaussian" if plot else PLOT_SKIPPED
+    paths["table"].write_text(f"{result.table()}\n\n{figures}\n", encoding="utf-8")
+    return paths
 
 
 # Real-model scorers (lazy, local weights only) ----------------------------------------------------
