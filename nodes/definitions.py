@@ -11,7 +11,8 @@ from .collector import DatasetCollectorNode
 from .golden import GoldenNoiseNode
 from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, device_problem, load_prior
+from .prior import (CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, checkpoint_problem, device_problem,
+                    load_prior)
 from .text_encode import NoiseARTextEncodeNode
 
 
@@ -68,9 +69,11 @@ class NoiseARLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, device: str, dtype: str) -> bool | str:
-        """Refuse device/dtype pairs this host cannot run (checked again when loading)."""
-        return device_problem(device, dtype) or True
+    def VALIDATE_INPUTS(cls, ckpt_name: str, device: str, dtype: str) -> bool | str:
+        """Refuse a file that is not in the list (ComfyUI skips its own list check for an input named here:
+        this says where files go and how to get them) and device/dtype pairs this host cannot run (both
+        checked again when loading)."""
+        return checkpoint_problem(ckpt_name) or device_problem(device, dtype) or True
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:

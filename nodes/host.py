@@ -55,6 +55,12 @@ def checkpoint_names() -> list[str]:
     return folder_paths.get_filename_list(MODEL_FOLDER)
 
 
+def model_folders() -> list[str]:
+    """The folders the loader lists (models/noisear and any extra_model_paths.yaml "noisear" entry)."""
+    _require()
+    return list(folder_paths.get_folder_paths(MODEL_FOLDER))
+
+
 def checkpoint_path(name: str) -> str:
     """Full path of a listed checkpoint; FileNotFoundError when it is gone."""
     _require()

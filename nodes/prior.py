@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -105,6 +107,33 @@ def device_problem(device: str, dtype: str) -> str | None:
     return None
 
 
+PACK_DIR = Path(__file__).resolve().parents[1]
+# the authors' published checkpoints and the diffusion models each one fits (github.com/HKUST-SAIL/NoiseAR)
+PUBLISHED = {"sdxl_and_dreamshaper": "SDXL base 1.0 and DreamShaper-XL",
+             "sdxl_and_dreamshaper_dpo": "SDXL base 1.0 and DreamShaper-XL (DPO-tuned)",
+             "dit": "Hunyuan-DiT v1.2", "dit_dpo": "Hunyuan-DiT v1.2 (DPO-tuned)"}
+
+
+def missing_checkpoint(name: str, available: list[str], folders: list[str], python: str = sys.executable,
+                       pack_dir: Path = PACK_DIR) -> str:
+    """The Loader's message when ``name`` is not among the files of ``folders``: where files go, which
+    published checkpoint fits which model, and the command that converts one."""
+    where = " or ".join(folders) or "models/noisear"
+    found = f"'{name}' is not there (found: {', '.join(available)})" if available else "there is no checkpoint there"
+    which = "; ".join(f"{stem} for {model}" for stem, model in PUBLISHED.items())
+    target = os.path.join(folders[0] if folders else "models/noisear", "sdxl_and_dreamshaper.safetensors")
+    return (f"NoiseAR Loader: NoiseAR checkpoints go in {where}; {found}. Download the authors' model.pth files "
+            f"by hand (github.com/HKUST-SAIL/NoiseAR): {which}. Convert each once (or put a model.pth in a "
+            f"sub-folder, e.g. dit/model.pth, it loads as it is): cd \"{pack_dir}\" && \"{python}\" -m noisear "
+            f"convert path/to/sdxl_and_dreamshaper/model.pth \"{target}\". Then refresh (R) and pick the file.")
+
+
+def checkpoint_problem(name: str) -> str | None:
+    """The missing-checkpoint message when ``name`` is not listed in the noisear model folders, else None."""
+    available = host.checkpoint_names()
+    return None if name in available else missing_checkpoint(name, available, host.model_folders())
+
+
 _cache: dict[tuple[str, float, str], NoiseAR] = {}
 
 
@@ -117,7 +146,10 @@ def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
     problem = device_problem(device, dtype)
     if problem:
         raise NoiseARNodeError(f"NoiseAR Loader: {problem}")
-    path = host.checkpoint_path(name)
+    try:
+        path = host.checkpoint_path(name)
+    except FileNotFoundError:
+        raise NoiseARNodeError(missing_checkpoint(name, host.checkpoint_names(), host.model_folders())) from None
     key = (path, os.path.getmtime(path), dtype)
     if key not in _cache:
         for stale in [k for k in _cache if k[0] == path]:

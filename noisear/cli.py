@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 COMMAND_MODULES = ("noisear.cli", "noisear.train.cli", "noisear.toy.cli")
 
@@ -50,10 +51,10 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    prog = "noisear" if Path(sys.argv[0]).name == "noisear" else "python -m noisear"  # the pip-installed command or not
     parser = argparse.ArgumentParser(
-        prog="python -m noisear",
-        description="NoiseAR: learned, prompt-conditioned initial noise for diffusion models. "
-                    "Run `python -m noisear COMMAND --help` for the options of a command.")
+        prog=prog, description="NoiseAR: learned, prompt-conditioned initial noise for diffusion models. "
+                               f"Run `{prog} COMMAND --help` for the options of a command.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -139,6 +139,9 @@ class FolderPaths:
                              if not extensions or os.path.splitext(name)[1].lower() in extensions)
         return sorted(names)
 
+    def get_folder_paths(self, folder: str) -> list[str]:
+        return self.folder_names_and_paths[folder][0][:]
+
     def get_full_path_or_raise(self, folder: str, name: str) -> str:
         for directory in self.folder_names_and_paths[folder][0]:
             path = os.path.join(directory, name)

@@ -114,10 +114,39 @@ def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
     assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != NoiseARLoader.IS_CHANGED("gone", "auto", "fp32")
 
 
+def guidance_for(folder: str) -> list[str]:
+    """What a user with no weights must be told: the folder, which checkpoint fits which model, the command."""
+    return [folder, "sdxl_and_dreamshaper for SDXL base 1.0 and DreamShaper-XL",
+            "sdxl_and_dreamshaper_dpo for SDXL", "dit for Hunyuan-DiT v1.2", "dit_dpo for Hunyuan-DiT v1.2",
+            f"-m noisear convert path/to/sdxl_and_dreamshaper/model.pth \"{folder}/sdxl_and_dreamshaper.safetensors\"",
+            f"cd \"{REPO}\""]
+
+
+def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fakes):
+    host.register_model_folder()  # models/noisear does not even exist yet
+    folder = os.path.join(host_fakes.folder_paths.models_dir, "noisear")
+    assert NoiseARLoader.INPUT_TYPES()["required"]["ckpt_name"][0] == []
+    message = NoiseARLoader.VALIDATE_INPUTS("sdxl_and_dreamshaper.safetensors", "auto", "fp32")
+    assert "there is no checkpoint there" in message
+    for part in guidance_for(folder):
+        assert part in message
+    with pytest.raises(NoiseARNodeError) as error:
+        load("sdxl_and_dreamshaper.safetensors")
+    assert all(part in str(error.value) for part in guidance_for(folder))
+
+
+def test_a_file_not_in_the_list_is_refused_like_comfyuis_list_check_with_the_files_found(small_ckpt, host_fakes):
+    host_fakes.folder_paths.folder_names_and_paths["noisear"][0].insert(0, "/extra/noisear")
+    message = NoiseARLoader.VALIDATE_INPUTS("dit.safetensors", "auto", "fp32")
+    assert "go in /extra/noisear or " in message and "'dit.safetensors' is not there (found: small.safetensors)" in message
+    assert all(part in message for part in guidance_for("/extra/noisear"))
+    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp32") is True
+
+
 def test_loader_refuses_impossible_device_and_dtype(small_ckpt):
-    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS("auto", "fp16")  # the fake host runs on the CPU
-    assert "choose 'auto' or 'cpu'" in NoiseARLoader.VALIDATE_INPUTS("gpu", "fp32")
-    assert NoiseARLoader.VALIDATE_INPUTS("auto", "bf16") is True
+    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp16")  # the fake host runs on the CPU
+    assert "choose 'auto' or 'cpu'" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "gpu", "fp32")
+    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "bf16") is True
     with pytest.raises(NoiseARNodeError, match="ComfyUI runs on the CPU"):
         load(device="gpu")
     with pytest.raises(NoiseARNodeError, match="fp16 runs on a GPU only"):

@@ -171,3 +171,12 @@ def test_fp16_on_the_cpu_is_refused_at_validation(comfy, prior_name):
     assert status in (200, 400) and "prior" in body["node_errors"]
     details = [e["details"] for e in body["node_errors"]["prior"]["errors"]]
     assert any("GPU only" in d for d in details), body
+
+
+def test_a_missing_checkpoint_says_where_files_go_and_which_fits_which_model(comfy, prior_name):
+    status, body = comfy.post_prompt(graph("sdxl_and_dreamshaper.safetensors"))
+    assert status in (200, 400) and "prior" in body["node_errors"], body
+    details = " ".join(e["details"] for e in body["node_errors"]["prior"]["errors"])
+    assert str(comfy.extra_priors) in details and str(comfy.base / "models" / "noisear") in details
+    assert "found: " + prior_name in details and "dit for Hunyuan-DiT v1.2" in details
+    assert "-m noisear convert" in details
