@@ -17,8 +17,11 @@ model, schedule, sampling steps, guidance, free-form extras) and ``prompts`` (pr
 prompt text, for the prompts in that shard). T, D, C, H, W and ``info`` are the same in every
 shard of a directory.
 
-The writer appends batches and flushes full shards atomically, so a collector that is killed
-loses at most the unflushed samples and can ask which (prompt, seed) pairs already exist. The
+Shards are numbered and read in numeric order (``shard-99999`` before ``shard-100000``). The writer
+appends batches and flushes a shard atomically when ``shard_size`` samples or ``shard_bytes`` bytes
+are buffered, so a collector that is killed loses at most the unflushed samples (a stale temporary
+file is removed when the directory is opened again) and can ask which (prompt, seed) pairs already
+exist. Shard metadata and tensor headers are checked (types, shapes, dtypes) before use. The
 reader holds only the small per-sample columns (prompt index, seed) and reads the rows a batch
 needs as slices of the shards (memory: one batch). Train/validation are split by a hash of the
 prompt index and, optionally, of the seed (never by sample): see :meth:`ShardDataset.rows`.
@@ -32,7 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -42,9 +47,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..io import write_atomically
+
 FORMAT_NAME = "noisear-dataset"
 FORMAT_VERSION = "1"
 SHARD_GLOB = "shard-*.safetensors"
+SHARD_NAME = re.compile(r"shard-(\d{1,18})\.safetensors")
+# a shard being written (io.write_atomically; older versions wrote shard-N.tmp): left only by a killed writer
+TEMP_GLOBS = (".shard-*.tmp", "shard-*.tmp")
+SHARD_BYTES = 256 * 2 ** 20           # default byte budget of a shard (and of the writer's buffer)
+# tensor -> (number of dimensions, safetensors dtypes accepted)
+TENSOR_LAYOUT = {"text": (3, ("F32", "F16", "BF16")), "text_mask": (2, ("U8", "BOOL")),
+                 "noise": (4, ("F32", "F16", "BF16")), "prompt_index": (1, ("I64",)), "seed": (1, ("I64",))}
 TENSOR_NAMES = ("text", "text_mask", "noise", "prompt_index", "seed")
 SPLITS = ("train", "validation")
 
@@ -71,7 +85,59 @@ class DatasetInfo:
 
     @classmethod
     def from_json(cls, text: str) -> "DatasetInfo":
-        return cls(**json.loads(text))
+        """Parse and type-check; DatasetError for anything that is not what to_json writes."""
+        values = _json_object(text, "info")
+        kinds = {"source_model": str, "prediction": str, "schedule": str, "steps": int,
+                 "guidance_denoise": float, "guidance_invert": float, "extra": dict, "seed_scheme": str}
+        unknown = sorted(set(values) - set(kinds))
+        if unknown:
+            raise DatasetError(f"dataset info has unknown fields {unknown[:5]}; expected some of {sorted(kinds)}")
+        for key, value in values.items():
+            kind = kinds[key]
+            fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    if kind is float else isinstance(value, kind) and not isinstance(value, bool))
+            if not fits:
+                noun = {str: "a string", int: "an integer", float: "a finite number", dict: "an object"}[kind]
+                raise DatasetError(f"dataset info field {key!r} must be {noun}, got {_short(value)}")
+        return cls(**values)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_object(text: str, what: str) -> dict:
+    """A JSON object from shard metadata; DatasetError when it is not one (or is absurdly nested)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise DatasetError(f"shard metadata {what!r} is not valid JSON ({_short(str(err))})") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"shard metadata {what!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _prompts_from_json(text: str) -> dict[int, str]:
+    """The ``prompts`` metadata: {"<prompt index>": "<text>"}."""
+    prompts = {}
+    for key, value in _json_object(text, "prompts").items():
+        if not (re.fullmatch(r"-?\d{1,19}", key) and isinstance(value, str)):
+            raise DatasetError(f"shard metadata 'prompts' must map prompt indices to texts, got "
+                               f"{_short(key)}: {_short(value)}")
+        prompts[int(key)] = value
+    return prompts
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    """The shard files directly in ``directory``, in numeric order (shard-99999 before shard-100000)."""
+    numbered = []
+    for path in directory.glob(SHARD_GLOB):
+        match = SHARD_NAME.fullmatch(path.name)
+        if match is None:
+            raise DatasetError(f"{path} is not named shard-<number>.safetensors; rename or remove it")
+        numbered.append((int(match.group(1)), path.name, path))
+    return [path for *_, path in sorted(numbered)]
 
 
 @dataclass
@@ -108,12 +174,16 @@ def validation_seed(seed: int, fraction: float) -> bool:
 
 
 def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """Metadata and tensor shapes of a shard, checked against the format (no tensor data is read)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            slices = {name: handle.get_slice(name) for name in handle.keys()}
+            shapes = {name: tuple(part.get_shape()) for name, part in slices.items()}
+            dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except Exception as err:
-        raise DatasetError(f"{path.name} is not a readable safetensors shard (truncated or corrupt?): {err}") from None
+        raise DatasetError(f"{path.name} is not a readable safetensors shard (truncated or corrupt?): "
+                           f"{_short(str(err), 200)}") from None
     if metadata.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path.name} is not a NoiseAR dataset shard (metadata format={metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
@@ -122,6 +192,15 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
     missing = [name for name in TENSOR_NAMES if name not in shapes]
     if missing:
         raise DatasetError(f"{path.name} lacks tensors {missing}; a shard holds {list(TENSOR_NAMES)}")
+    for name, (ndim, accepted) in TENSOR_LAYOUT.items():
+        if len(shapes[name]) != ndim or dtypes[name] not in accepted:
+            raise DatasetError(f"{path.name}: tensor {name!r} is {dtypes[name]} {list(shapes[name])}; expected "
+                               f"{ndim} dimensions of {'/'.join(accepted)} (see noisear.train.data)")
+    count, tokens = shapes["text"][:2]
+    if (any(shapes[name][0] != count for name in TENSOR_NAMES) or shapes["text_mask"][1] != tokens
+            or 0 in shapes["text"][1:] or 0 in shapes["noise"][1:]):
+        raise DatasetError(f"{path.name}: tensor shapes {[list(shapes[n]) for n in TENSOR_NAMES]} do not fit "
+                           f"text [N,T,D], text_mask [N,T], noise [N,C,H,W], prompt_index [N], seed [N]")
     return metadata, shapes
 
 
@@ -169,7 +248,10 @@ class ShardDataset:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        paths = sorted(self.directory.glob(SHARD_GLOB)) or sorted(self.directory.glob(f"*/{SHARD_GLOB}"))
+        if not self.directory.is_dir():
+            raise DatasetError(f"{self.directory} is not a directory; give the folder that holds the shards")
+        paths = shard_paths(self.directory) or [path for sub in sorted(self.directory.iterdir()) if sub.is_dir()
+                                                 for path in shard_paths(sub)]
         if not paths:
             raise DatasetError(f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
                                f"with ShardWriter (or a collector) first")
@@ -178,7 +260,12 @@ class ShardDataset:
         self.item_shapes: dict[str, tuple[int, ...]] = {}
         for path in paths:
             metadata, shapes = _shard_header(path)
-            info = DatasetInfo.from_json(metadata["info"])
+            try:
+                info = DatasetInfo.from_json(metadata.get("info", "{}"))
+                prompts = _prompts_from_json(metadata.get("prompts", "{}"))
+            except DatasetError as err:
+                raise DatasetError(f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or "
+                                   f"use another folder") from None
             item_shapes = {"text": shapes["text"][1:], "noise": shapes["noise"][1:]}
             bucket_shape = next((s.noise_shape for s in self.shards if s.path.parent == path.parent),
                                 item_shapes["noise"])
@@ -190,7 +277,6 @@ class ShardDataset:
                                    f"(info or tensor shapes differ); keep one dataset per directory (one latent "
                                    f"size per bucket subdirectory)")
             columns = _read_tensors(path, ("prompt_index", "seed"))
-            prompts = {int(key): value for key, value in json.loads(metadata.get("prompts", "{}")).items()}
             self.shards.append(ShardInfo(path, shapes["noise"][0], columns["prompt_index"].numpy(),
                                          columns["seed"].numpy(), prompts, item_shapes["noise"]))
         self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
@@ -256,9 +342,16 @@ class ShardDataset:
 
     def load_rows(self, shard_id: int, rows: np.ndarray) -> Batch:
         """``rows`` of one shard, in the given order; reads only those rows."""
-        tensors = _read_rows(self.shards[shard_id].path, rows)
-        return Batch(tensors["text"].float(), tensors["text_mask"].bool(), tensors["noise"].float(),
-                     tensors["prompt_index"].long(), tensors["seed"].long())
+        path = self.shards[shard_id].path
+        try:
+            tensors = _read_rows(path, rows)
+        except Exception as err:  # changed or damaged since it was opened
+            raise DatasetError(f"{path} can no longer be read (changed or damaged?): {_short(str(err), 200)}") from None
+        batch = Batch(tensors["text"].float(), tensors["text_mask"].bool(), tensors["noise"].float(),
+                      tensors["prompt_index"].long(), tensors["seed"].long())
+        if not (torch.isfinite(batch.text).all() and torch.isfinite(batch.noise).all()):
+            raise DatasetError(f"{path} holds NaN or infinite values; remove that shard (the writer never writes them)")
+        return batch
 
     def iterate(self, split: str | None = None, validation_fraction: float = 0.1, batch_size: int = 64,
                 seed_fraction: float = 0.0) -> Iterator[Batch]:
@@ -324,25 +417,30 @@ class BatchPlan:
 
 
 class ShardWriter:
-    """Append samples to a dataset directory; every ``shard_size`` samples become one shard file.
+    """Append samples to a dataset directory, written as shards of at most ``shard_size`` samples and
+    ``shard_bytes`` bytes (at least one sample); that is also all the writer holds in memory.
 
     Resumable: opening a directory that already holds shards continues the numbering, checks that
-    ``info`` and shapes match, and ``has(prompt_index, seed)`` tells a collector what to skip.
+    ``info`` and shapes match, and ``has(prompt_index, seed)`` tells a collector what to skip; a
+    temporary file left by a killed writer is removed.
     Use as a context manager (or call ``close()``) so the last partial shard is written.
     """
 
-    def __init__(self, directory: str | os.PathLike, info: DatasetInfo, shard_size: int = 1024) -> None:
-        if shard_size < 1:
-            raise DatasetError(f"shard_size must be positive, got {shard_size}")
+    def __init__(self, directory: str | os.PathLike, info: DatasetInfo, shard_size: int = 1024,
+                 shard_bytes: int = SHARD_BYTES) -> None:
+        if shard_size < 1 or shard_bytes < 1:
+            raise DatasetError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.info, self.shard_size = info, shard_size
+        self.info, self.shard_size, self.shard_bytes = info, shard_size, shard_bytes
         self._buffer: list[Batch] = []
         self._prompts: dict[int, str] = {}
         self._pairs: set[tuple[int, int]] = set()
         self._next_shard = 0
         self.item_shapes: dict[str, tuple[int, ...]] | None = None
-        existing = sorted(self.directory.glob(SHARD_GLOB))
+        for stale in (path for pattern in TEMP_GLOBS for path in self.directory.glob(pattern)):
+            stale.unlink(missing_ok=True)
+        existing = shard_paths(self.directory)
         if existing:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
@@ -352,7 +450,7 @@ class ShardWriter:
                                    + (" (its seeds were made another way, e.g. the same seeds for every prompt)."
                                       if old_seeds else "."))
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
-            self._next_shard = int(existing[-1].stem.split("-")[1]) + 1
+            self._next_shard = int(SHARD_NAME.fullmatch(existing[-1].name).group(1)) + 1
 
     def has(self, prompt_index: int, seed: int) -> bool:
         """Whether the sample for (prompt, seed) is already written or buffered."""
@@ -390,8 +488,16 @@ class ShardWriter:
                                   noise.detach().float().cpu(), prompt_index, seed))
         self._pairs.update(zip(prompt_index.tolist(), seed.tolist()))
         self._prompts.update({int(k): str(v) for k, v in (prompts or {}).items()})
-        while self.pending >= self.shard_size:
-            self._write(self.shard_size)
+        while self.pending >= self.capacity:
+            self._write(self.capacity)
+
+    @property
+    def capacity(self) -> int:
+        """Samples per full shard: ``shard_size``, fewer when they would exceed ``shard_bytes``."""
+        if self.item_shapes is None:
+            return self.shard_size
+        sample_bytes = 5 * math.prod(self.item_shapes["text"]) + 4 * math.prod(self.item_shapes["noise"]) + 16
+        return max(1, min(self.shard_size, self.shard_bytes // sample_bytes))
 
     def _write(self, count: int) -> None:
         merged = Batch.concat(self._buffer)
@@ -405,9 +511,8 @@ class ShardWriter:
         metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": self.info.to_json(),
                     "prompts": json.dumps(shard_prompts, sort_keys=True)}
         path = self.directory / f"shard-{self._next_shard:05d}.safetensors"
-        temporary = path.with_suffix(".tmp")
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)  # a killed writer never leaves a half-written shard
+        # readers never see a half-written shard; normal file permissions (not safetensors' 0600)
+        write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
         self._next_shard += 1
 
     def flush(self) -> None:
