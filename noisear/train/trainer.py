@@ -10,6 +10,11 @@ Files in ``config.out_dir``: ``checkpoint.pt`` (resume state, torch.save of tens
 dicts, read back with weights_only=True), ``log.jsonl`` and ``prior.safetensors`` (the final
 prior, EMA weights when EMA is on, loadable with ``noisear.load``).
 
+Interrupts: Ctrl-C (SIGINT) finishes the current step, saves a checkpoint at that step boundary and
+raises KeyboardInterrupt, so resuming gives bitwise the weights of an uninterrupted run (a second
+Ctrl-C stops at once, without saving; like a kill, that resumes from the last checkpoint). On
+resume ``log.jsonl`` is cut back to what it held when the checkpoint was saved, so no record repeats.
+
 DDP: global batch ``batch_size`` is split into equal, contiguous per-rank shares; each rank's
 loss is the mean over its share and DDP averages the gradients, so one update equals the
 one-process update on the same global batch (exactly in exact arithmetic; with dropout > 0 the
@@ -23,6 +28,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,10 +226,16 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Log:
-    """jsonl log on rank 0 (appends, so a resumed run continues the same file)."""
+    """jsonl log on rank 0. A resumed run continues the file from ``keep_bytes`` (its size when the
+    checkpoint was saved), dropping records written after that checkpoint."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, keep_bytes: int | None = None) -> None:
+        if path is not None and keep_bytes is not None and path.exists() and path.stat().st_size > keep_bytes:
+            os.truncate(path, keep_bytes)
         self.handle = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def size(self) -> int | None:
+        return None if self.handle is None else self.handle.tell()
 
     def write(self, record: dict) -> None:
         if self.handle is not None:
@@ -234,8 +247,40 @@ class _Log:
             self.handle.close()
 
 
+class _StopOnInterrupt:
+    """Within ``with``: a first SIGINT (Ctrl-C) only sets ``requested``, for the loop to stop at a step
+    boundary; a second one raises KeyboardInterrupt at once. Only the main thread can take signals."""
+
+    def __init__(self) -> None:
+        self.requested, self._previous = False, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again: stop now, unsaved)")
+
+    def __enter__(self) -> "_StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def agreed(self, runtime: "Runtime") -> bool:
+        """Whether any rank was interrupted (every rank must call it at the same step)."""
+        if runtime.world == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                     objective: Objective, config: TrainConfig, runtime: Runtime) -> None:
+                     objective: Objective, config: TrainConfig, runtime: Runtime, log: _Log,
+                     pending: list[dict[str, float]]) -> None:
     rng = _rng_state(runtime.device)
     if runtime.world > 1:
         gathered: list[Any] = [None] * runtime.world
@@ -248,15 +293,20 @@ def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.opt
                  "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "model_config": model.config.to_json(), "optimizer": optimizer.state_dict(),
                  "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
-                 "rng": rng_per_rank, "objective": objective.state_dict(), "config": json.dumps(asdict(config))}
+                 "rng": rng_per_rank, "objective": objective.state_dict(), "config": json.dumps(asdict(config)),
+                 "log_bytes": log.size(), "pending_metrics": pending}
         temporary = path.with_suffix(".tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, path)  # a kill during saving keeps the previous checkpoint
+        try:
+            torch.save(state, temporary)
+            os.replace(temporary, path)  # a kill during saving keeps the previous checkpoint
+        finally:
+            temporary.unlink(missing_ok=True)
     runtime.barrier()
 
 
 def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                     objective: Objective, config: TrainConfig, runtime: Runtime) -> int:
+                     objective: Objective, config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    """Restore the state saved at a step boundary; returns step, log_bytes and pending_metrics."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
@@ -279,7 +329,8 @@ def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimize
         _set_rng_state(state["rng"][runtime.rank], runtime.device)
     else:  # another process count: the data order is unchanged, dropout masks are not
         _seed_everything(config.seed + 7919 * runtime.rank + state["step"])
-    return int(state["step"])
+    return {"step": int(state["step"]), "log_bytes": state.get("log_bytes"),
+            "pending_metrics": list(state.get("pending_metrics", []))}
 
 
 def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
@@ -301,52 +352,54 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     checkpoint = out_dir / "checkpoint.pt"
-    step = 0
+    resumed = {"step": 0, "log_bytes": None, "pending_metrics": []}
     if config.resume and checkpoint.exists():
-        step = _load_checkpoint(checkpoint, model, optimizer, ema, objective, config, runtime)
+        resumed = _load_checkpoint(checkpoint, model, optimizer, ema, objective, config, runtime)
+    step, pending = resumed["step"], resumed["pending_metrics"]
     log_prob: nn.Module = _LogProbModule(model)
     if runtime.world > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         log_prob = nn.parallel.DistributedDataParallel(log_prob, device_ids=device_ids, broadcast_buffers=False)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and runtime.device.type == "cuda"
                 else contextlib.nullcontext())
-    log = _Log(out_dir / "log.jsonl" if runtime.rank == 0 else None)
+    log = _Log(out_dir / "log.jsonl" if runtime.rank == 0 else None, resumed["log_bytes"])
     bar = tqdm(total=config.steps, initial=step, disable=runtime.rank != 0 or not config.progress,
                desc="train", dynamic_ncols=True)
-    started, pending = time.time(), []
+    started = time.time()
     try:
-        while step < config.steps:
-            model.train(objective.uses_dropout)
-            batch = objective.batch(step, runtime)
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                loss, metrics = objective.loss(log_prob, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            pending.append({**metrics, "grad_norm": float(grad_norm)})
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                averaged = runtime.mean({k: float(np.mean([m[k] for m in pending])) for k in pending[0]})
-                pending = []
-                bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "grad_norm"})
-                log.write({"kind": "train", "step": step, "lr": lr, **averaged,
-                           "elapsed_s": round(time.time() - started, 3)})
-            if config.val_every and step % config.val_every == 0 and step < config.steps:
-                _validate(model, ema, objective, runtime, log, step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
-        _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
-    except KeyboardInterrupt:
-        if runtime.world == 1:  # under DDP the other ranks may be inside a collective; use the last checkpoint
-            _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime)
-        raise
+        with _StopOnInterrupt() as interrupt:
+            while step < config.steps:
+                model.train(objective.uses_dropout)
+                batch = objective.batch(step, runtime)
+                lr = learning_rate(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss, metrics = objective.loss(log_prob, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                pending.append({**metrics, "grad_norm": float(grad_norm)})
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    averaged = runtime.mean({k: float(np.mean([m[k] for m in pending])) for k in pending[0]})
+                    pending = []
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "grad_norm"})
+                    log.write({"kind": "train", "step": step, "lr": lr, **averaged,
+                               "elapsed_s": round(time.time() - started, 3)})
+                if config.val_every and step % config.val_every == 0 and step < config.steps:
+                    _validate(model, ema, objective, runtime, log, step)
+                periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+                stop = step < config.steps and interrupt.agreed(runtime)
+                if (periodic or stop) and step < config.steps:
+                    _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime, log, pending)
+                if stop:
+                    raise KeyboardInterrupt  # after a whole step, saved: resuming is exact
+            _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime, log, pending)
     finally:
         bar.close()
     final = ema.copy_to(model) if ema is not None else model

@@ -1,0 +1,151 @@
+"""Interrupted training: Ctrl-C stops at a step boundary so resume is bitwise exact, a second Ctrl-C
+stops at once without saving, and log.jsonl never repeats records after a resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from noisear.train.data import ShardDataset
+from noisear.train.trainer import LikelihoodObjective, initial_model, train
+from test_train_trainer import MODEL, REPO, config, make_dataset
+
+DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
+
+CHILD = """
+import sys, time
+from dataclasses import replace
+sys.path.insert(0, "tests")
+from noisear.train.data import ShardDataset
+from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
+from test_train_trainer import MODEL
+
+data, out = sys.argv[1], sys.argv[2]
+c = TrainConfig(out_dir=out, steps=12, batch_size=8, lr=3e-3, warmup_steps=2, log_every=2, checkpoint_every=4,
+                validation_fraction=0.2, progress=False, device="cpu", ema_decay=0.9)
+objective = LikelihoodObjective(ShardDataset(data), c)
+plain_loss, calls = objective.loss, []
+
+def slow_loss(log_prob, batch):
+    loss, metrics = plain_loss(log_prob, batch)  # forward done, backward and update to come
+    calls.append(1)
+    if len(calls) == 6:  # step 5
+        print("mid-step", flush=True)
+        time.sleep(0.5)  # the parent's SIGINT arrives here (or, on a slow machine, in a later step)
+    return loss, metrics
+
+objective.loss = slow_loss
+train(initial_model(replace(MODEL, dropout=0.2)), objective, c)
+"""
+
+
+def uninterrupted(tmp_path, dataset, **changes):
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(tmp_path / "whole"), **changes)
+    return train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)
+
+
+def assert_same_weights(a, b):
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), key
+
+
+def test_sigint_mid_step_stops_at_the_step_boundary_and_resumes_to_the_same_weights(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    dataset = ShardDataset(tmp_path / "data")
+    out = tmp_path / "interrupted"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "data"), str(out)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "mid-step\n", child.stderr.read()  # five steps done, the sixth half done
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode != 0 and "KeyboardInterrupt" in stderr, stderr
+    assert "stopping after this step" in stdout
+    stopped = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 6 <= stopped < 12  # not the periodic checkpoint at 4: the step in progress was finished and saved
+    assert not (out / "prior.safetensors").exists()
+
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(out))
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model
+    resumed = train(initial_model(DROPOUT, seed=99), LikelihoodObjective(dataset, c), c)
+    assert_same_weights(uninterrupted(tmp_path, dataset), resumed)
+
+
+def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_still_resumes_exactly(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    dataset = ShardDataset(tmp_path / "data")
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(tmp_path / "twice"))
+    objective = LikelihoodObjective(dataset, c)
+    plain_loss, calls = objective.loss, []
+
+    def twice_interrupted_loss(log_prob, batch):
+        calls.append(1)
+        if len(calls) == 7:  # step 6, before its update
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return plain_loss(log_prob, batch)
+
+    objective.loss = twice_interrupted_loss
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(initial_model(DROPOUT), objective, c)
+    assert signal.getsignal(signal.SIGINT) is handler  # the trainer's handler is removed again
+    assert torch.load(tmp_path / "twice/checkpoint.pt", weights_only=True)["step"] == 4  # the half step is not saved
+    resumed = train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)
+    assert_same_weights(uninterrupted(tmp_path, dataset), resumed)
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_time(entries):
+    return [{k: v for k, v in entry.items() if k != "elapsed_s"} for entry in entries]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_the_log_of_a_resumed_run_equals_the_uninterrupted_log(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    dataset = ShardDataset(tmp_path / "data")
+    uninterrupted(tmp_path, dataset, log_every=3, val_every=3)
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(tmp_path / "crashed"), log_every=3, val_every=3)
+    objective = LikelihoodObjective(dataset, c)
+    plain_batch = objective.batch
+
+    def crashing_batch(step, runtime):
+        if step == 11:  # records of steps 6 and 9 are logged after the checkpoint at step 8
+            raise Crash()
+        return plain_batch(step, runtime)
+
+    objective.batch = crashing_batch
+    with pytest.raises(Crash):
+        train(initial_model(DROPOUT), objective, c)
+    assert [r["step"] for r in records(tmp_path / "crashed/log.jsonl")] == [3, 3, 6, 6, 9, 9]
+    train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)
+    expected = without_time(records(tmp_path / "whole/log.jsonl"))
+    assert without_time(records(tmp_path / "crashed/log.jsonl")) == expected
+    train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)  # resuming a finished run redoes only the end
+    assert without_time(records(tmp_path / "crashed/log.jsonl")) == expected
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    c = config(tmp_path, steps=4, out_dir=str(tmp_path / "full"))
+
+    def disk_full(state, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("noisear.train.trainer.torch.save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["log.jsonl"]
