@@ -249,7 +249,7 @@ class ShardDataset:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise DatasetError(f"{self.directory} is not a directory; give the folder that holds the shards")
+            raise DatasetError(f"no {SHARD_GLOB} files in {self.directory}: it is not a directory")
         paths = shard_paths(self.directory) or [path for sub in sorted(self.directory.iterdir()) if sub.is_dir()
                                                  for path in shard_paths(sub)]
         if not paths:
