@@ -1,6 +1,8 @@
 """Dataset shards under stress: hostile metadata and headers, byte-bounded buffering, killed writers,
 numeric shard order past shard 99999."""
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -129,9 +131,10 @@ def test_the_writer_flushes_by_bytes_as_well_as_by_count(tmp_path):
 
 def test_a_killed_writers_temporary_file_is_removed_and_a_failed_write_leaves_none(tmp_path, monkeypatch):
     shard(tmp_path, 0)
-    (tmp_path / "shard-00001.tmp").write_bytes(b"half a shard")
+    (tmp_path / ".shard-00001.safetensors.k3j9x.tmp").write_bytes(b"half a shard")  # from io.write_atomically
+    (tmp_path / "shard-00001.tmp").write_bytes(b"half a shard")  # from older versions
     writer = ShardWriter(tmp_path, INFO, shard_size=1)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.safetensors"]
 
     def disk_full(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
@@ -142,3 +145,13 @@ def test_a_killed_writers_temporary_file_is_removed_and_a_failed_write_leaves_no
     with pytest.raises(OSError, match="No space"):
         writer.append(torch.zeros(1, 3, 5), torch.zeros(1, 2, 4, 4), [5], [5])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.safetensors"]
+
+
+def test_shards_get_normal_permissions_from_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with ShardWriter(tmp_path, INFO, shard_size=1) as writer:
+            writer.append(torch.zeros(1, 3, 5), torch.zeros(1, 2, 4, 4), [0], [0])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shard-00000.safetensors").stat().st_mode) == 0o644  # safetensors alone: 0o600

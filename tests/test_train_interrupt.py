@@ -3,6 +3,7 @@ stops at once without saving, and log.jsonl never repeats records after a resume
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -149,3 +150,15 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space"):
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["log.jsonl"]
+
+
+def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    c = config(tmp_path, steps=4, out_dir=str(tmp_path / "run"))
+    previous = os.umask(0o022)
+    try:
+        train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir()}
+    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644}

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import NoiseARConfig
-from ..io import load, save
+from ..io import load, save, write_atomically
 from ..model import NoiseAR, eval_mode, standard_normal
 from .collect import SEED_SCHEME
 from .data import (TENSOR_NAMES, Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
@@ -295,12 +295,7 @@ def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.opt
                  "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
                  "rng": rng_per_rank, "objective": objective.state_dict(), "config": json.dumps(asdict(config)),
                  "log_bytes": log.size(), "pending_metrics": pending}
-        temporary = path.with_suffix(".tmp")
-        try:
-            torch.save(state, temporary)
-            os.replace(temporary, path)  # a kill during saving keeps the previous checkpoint
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(path, lambda temporary: torch.save(state, temporary))  # a kill keeps the previous one
     runtime.barrier()
 
 
