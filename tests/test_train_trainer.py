@@ -11,9 +11,10 @@ import torch
 
 import noisear
 from noisear import NoiseARConfig
-from noisear.train.data import DatasetError, DatasetInfo, ShardDataset, ShardWriter
-from noisear.train.trainer import (LikelihoodObjective, TrainConfig, initial_model, learning_rate,
-                                   standard_normal_nll_per_dim, train, train_likelihood)
+from noisear.train.collect import SEED_SCHEME, prompt_seeds, start_noise
+from noisear.train.data import Batch, DatasetError, DatasetInfo, ShardDataset, ShardWriter, validation_prompt
+from noisear.train.trainer import (LikelihoodObjective, PromptMeanBaseline, TrainConfig, held_out_metrics, initial_model,
+                                   learning_rate, standard_normal_nll_per_dim, train, train_likelihood)
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
                       text_dim=4, dropout=0.0)
@@ -94,6 +95,61 @@ def test_a_dataset_whose_noises_repeat_across_prompts_is_refused_unless_allowed(
     train_likelihood(tmp_path / "data", c, model_config=MODEL, allow_repeated_noises=True)
     final = json.loads((tmp_path / "run/log.jsonl").read_text().splitlines()[-1])
     assert final["kind"] == "validation" and final["val_pairs_unseen_prompts"] < final["val_pairs"]
+
+
+class KnownPrior(torch.nn.Module):
+    """A stand-in prior: N(mean(text), std^2 I) with mean(text) = pooled text @ mapping^T."""
+
+    def __init__(self, mapping, std):
+        super().__init__()
+        self.mapping, self.std = torch.nn.Parameter(mapping), std
+
+    def mean(self, text):
+        return (text.mean(1) @ self.mapping.T).reshape(len(text), *SHAPE)
+
+    def log_prob(self, text, noise, text_mask=None):
+        z = (noise - self.mean(text)) / self.std
+        return (-0.5 * z ** 2 - math.log(self.std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+    def sample(self, text, eps, temperature=1.0, text_mask=None):
+        return self.mean(text) + temperature * self.std * eps
+
+
+def test_held_out_metrics_match_a_direct_computation_on_the_whole_validation_split(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(48, 2, 4, generator=generator)
+    mapping = torch.randn(math.prod(SHAPE), 4, generator=generator) * 0.3
+    info = DatasetInfo(source_model="known shift", seed_scheme=SEED_SCHEME)
+    with ShardWriter(tmp_path, info, shard_size=20) as writer:
+        for p in range(48):
+            seeds = prompt_seeds(0, p, 6)
+            noise = start_noise(seeds, (6, *SHAPE)) + (text[p].mean(0) @ mapping.T).reshape(SHAPE)  # golden = x_T + shift
+            writer.append(text[p].expand(6, -1, -1), noise, [p] * 6, seeds)
+    dataset = ShardDataset(tmp_path)
+    baseline = PromptMeanBaseline(dataset, 0.25, ridge=1e-3, seed_fraction=0.2)
+    prior = KnownPrior(mapping, std=1.0)  # the true distribution of the noise given the prompt
+    metrics = held_out_metrics(prior, dataset, 0.25, 0.2, baseline)
+
+    val = Batch.concat(list(dataset.iterate("validation", 0.25, 1000, 0.2)))
+    unseen = torch.tensor([validation_prompt(int(p), 0.25) for p in val.prompt_index])
+    nll = -prior.log_prob(val.text, val.noise).detach() / math.prod(SHAPE)
+    assert metrics["val_pairs"] == len(val) and metrics["val_pairs_unseen_prompts"] == int(unseen.sum()) > 0
+    assert metrics["val_nll"] == pytest.approx(float(nll.mean()), rel=1e-6)
+    assert metrics["val_nll_unseen_prompts"] == pytest.approx(float(nll[unseen].mean()), rel=1e-6)
+    assert metrics["val_nll_seen_prompts"] == pytest.approx(float(nll[~unseen].mean()), rel=1e-6)
+    reference_n01 = 0.5 * (val.noise.double() ** 2 + math.log(2 * math.pi)).mean()
+    assert metrics["nll_standard_normal"] == pytest.approx(float(reference_n01), rel=1e-9)
+    assert metrics["gap_vs_standard_normal"] == pytest.approx(metrics["nll_standard_normal"] - metrics["val_nll"])
+    assert metrics["data_std"] == pytest.approx(float(val.noise.double().std(unbiased=False)), rel=1e-6)
+    assert metrics["sample_std_t1"] == pytest.approx(metrics["data_std"], rel=0.1)  # calibrated (64 draws)
+    assert metrics["mean_shift_cosine"] == pytest.approx(1.0, abs=1e-6)  # its mean is the true shift
+    assert metrics["mean_shift_cosine_prompt_mean"] > 0.95
+    train = Batch.concat(list(dataset.iterate("train", 0.25, 1000, 0.2)))  # the ridge fit, directly
+    x = torch.cat([train.text.double().mean(1), torch.ones(len(train), 1, dtype=torch.float64)], 1)
+    penalty = 1e-3 * (x.T @ x).diagonal()[:-1].mean() * torch.diag(torch.tensor([1.0] * 4 + [0.0], dtype=torch.float64))
+    shift = (train.noise - start_noise(train.seed, train.noise.shape)).flatten(1).double()
+    torch.testing.assert_close(baseline.weight, torch.linalg.solve(x.T @ x + penalty, x.T @ shift))
+    assert held_out_metrics(prior, dataset, 0.0) == {}  # nothing held out: nothing to report
 
 
 class Crash(RuntimeError):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..model import standard_normal
-from .data import DatasetError, ShardWriter
+from .data import DatasetError, DatasetInfo, ShardWriter
 
 SEED_SCHEME = "pair-sha256-v1"  # recorded as DatasetInfo.seed_scheme by the collectors
 SEED_BITS = 53  # seeds below 2^53: exact in JSON and in ComfyUI's seed widget
@@ -33,6 +33,16 @@ def pair_seed(first_seed: int, prompt_key: int, j: int) -> int:
     """
     text = f"{SEED_SCHEME}:{int(first_seed)}:{int(prompt_key)}:{int(j)}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> (64 - SEED_BITS)
+
+
+def known_start_noise(info: DatasetInfo) -> bool:
+    """Whether a dataset's starting noises are ``start_noise`` of its seeds (made by these collectors)."""
+    return info.seed_scheme == SEED_SCHEME
+
+
+def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """[B, C, H, W] fp32 starting noises of B seeds (``shape`` = [B, C, H, W]): each seed's own RandomNoise draw."""
+    return standard_normal(tuple(shape), [int(seed) for seed in seeds])
 
 
 def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
@@ -87,7 +97,7 @@ def collect(denoiser: Denoiser, schedule: Schedule, writer: ShardWriter, prompts
         bar.update(len(seeds) - len(todo))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            noise = standard_normal((len(chunk), *shape), chunk)
+            noise = start_noise(chunk, (len(chunk), *shape))
             golden = golden_noise(denoiser, schedule, noise, item.cond, item.uncond, config).float().cpu()
             keep = (keep_improved(noise, golden, reward, item.cond, config.margin).cpu() if reward is not None
                     else torch.ones(len(chunk), dtype=torch.bool))

@@ -44,8 +44,8 @@ from tqdm import tqdm
 from ..config import NoiseARConfig
 from ..io import load, save, write_atomically
 from ..model import NoiseAR, eval_mode, standard_normal
-from .collect import SEED_SCHEME
-from .data import (TENSOR_NAMES, Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
+from .collect import known_start_noise, start_noise
+from .data import (Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
                    validation_prompt)
 
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
@@ -436,48 +436,54 @@ def masked_mean_pool(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tenso
 class PromptMeanBaseline:
     """Gaussian whose mean depends on the prompt only: N(W^T [pool(text), 1], diag(var)).
 
-    W is a ridge regression from the masked mean-pooled prompt embedding to the noise, fitted on
-    the training split (streamed: accumulates X^T X and X^T Y, memory (D+1) x C*H*W float64);
-    ``var`` is the per-dimension residual variance on the training split (fitted, not unit).
-    ``ridge`` is relative: lambda = ridge * mean diagonal of X^T X. It generalises to unseen
-    (validation) prompts, which a table of per-prompt means could not.
+    W is a ridge regression from the masked mean-pooled prompt embedding to the prompt-mean shift,
+    fitted on the training split (streamed: accumulates X^T X and X^T Y, memory (D+1) x C*H*W
+    float64). The target is noise - starting noise when the dataset's seeds say what the starting
+    noise was (it has mean 0, so this estimates the noise's mean with far less variance), else the
+    noise itself. ``var`` is the per-dimension residual variance of the noise on the training split
+    (a second pass; fitted, not unit). ``ridge`` is relative: lambda = ridge * mean diagonal of X^T X.
+    It generalises to unseen (validation) prompts, which a table of per-prompt means could not.
     """
 
     def __init__(self, dataset: ShardDataset, validation_fraction: float, ridge: float = 0.1,
                  batch_size: int = 256, seed_fraction: float = 0.0) -> None:
         width = dataset.item_shapes["text"][1] + 1
         dims = math.prod(dataset.item_shapes["noise"])
+        self.uses_start_noise = known_start_noise(dataset.info)
         gram = torch.zeros(width, width, dtype=torch.float64)
         cross = torch.zeros(width, dims, dtype=torch.float64)
-        squares = torch.zeros(dims, dtype=torch.float64)
         count = 0
         for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
-            x, y = self._features(batch), batch.noise.flatten(1).double()
+            x = self.features(batch.text, batch.text_mask)
+            target = batch.noise - start_noise(batch.seed, batch.noise.shape) if self.uses_start_noise else batch.noise
             gram += x.T @ x
-            cross += x.T @ y
-            squares += (y ** 2).sum(0)
+            cross += x.T @ target.flatten(1).double()
             count += len(batch)
         if count == 0:
             raise DatasetError("the training split is empty; cannot fit the prompt-mean baseline")
         penalty = ridge * gram.diagonal()[:-1].mean() * torch.eye(width, dtype=torch.float64)
         penalty[-1, -1] = 0.0  # the intercept is not shrunk
         self.weight = torch.linalg.solve(gram + penalty, cross)
-        residual = squares - 2 * (self.weight * cross).sum(0) + ((gram @ self.weight) * self.weight).sum(0)
-        self.var = (residual / count).clamp_min(1e-6)
+        squares = torch.zeros(dims, dtype=torch.float64)
+        for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
+            squares += (batch.noise.flatten(1).double() - self.mean(batch.text, batch.text_mask)).pow(2).sum(0)
+        self.var = (squares / count).clamp_min(1e-6)
 
     @staticmethod
-    def _features(batch: Batch) -> torch.Tensor:
-        pooled = masked_mean_pool(batch.text.double(), batch.text_mask)
+    def features(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B,T,D], [B,T] -> [B, D+1] float64: pooled embedding and a 1 for the intercept."""
+        pooled = masked_mean_pool(text.cpu().double(), text_mask.cpu())
         return torch.cat([pooled, torch.ones(len(pooled), 1, dtype=torch.float64)], dim=1)
 
-    def mean(self, batch: Batch) -> torch.Tensor:
-        """[B, C*H*W] float64: the baseline's mean noise for the batch's prompts."""
-        return self._features(batch.to("cpu")) @ self.weight
+    def mean(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B, C*H*W] float64: the baseline's mean noise (the predicted prompt-mean shift) for the prompts."""
+        return self.features(text, text_mask) @ self.weight
 
     def nll_per_dim(self, batch: Batch) -> torch.Tensor:
         """[B] nats per dimension of the batch's noise under this baseline."""
         y = batch.noise.cpu().flatten(1).double()
-        return 0.5 * ((y - self.mean(batch)) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
+        mean = self.mean(batch.text, batch.text_mask)
+        return 0.5 * ((y - mean) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
 
 
 def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
@@ -507,7 +513,7 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
     counts = {"val_pairs": 0, "val_pairs_unseen_prompts": 0}
     data_sum = data_squares = data_values = 0.0
     prompts: dict[tuple, dict] = {}  # (prompt, shape) -> first text, mask and the summed shift
-    known_start = dataset.info.seed_scheme == SEED_SCHEME  # the starting noise is standard_normal of the seed
+    known_start = known_start_noise(dataset.info)
 
     def add(name: str, values: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(values.double().sum())
@@ -528,13 +534,12 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
         data_sum += float(batch.noise.double().sum())
         data_squares += float(batch.noise.double().pow(2).sum())
         data_values += batch.noise.numel()
-        shift = batch.noise - standard_normal(batch.noise.shape, batch.seed.tolist()) if known_start else batch.noise
+        shift = batch.noise - start_noise(batch.seed, batch.noise.shape) if known_start else batch.noise
         for i, p in enumerate(batch.prompt_index.tolist()):
             key = (p, shape)
             if key not in prompts and len(prompts) < max_prompts:
-                prompts[key] = {"text": batch.text[i], "mask": batch.text_mask[i], "shift": torch.zeros(shape,
-                                dtype=torch.float64), "count": 0, "batch": Batch(*(getattr(batch, n)[i:i + 1]
-                                                                                    for n in TENSOR_NAMES))}
+                prompts[key] = {"text": batch.text[i], "mask": batch.text_mask[i], "count": 0,
+                                "shift": torch.zeros(shape, dtype=torch.float64)}
             if key in prompts:
                 prompts[key]["shift"] += shift[i].double()
                 prompts[key]["count"] += 1
@@ -562,7 +567,7 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
         means = {"prior": model.sample(text, torch.zeros(1, *shape, device=device), temperature=0.0,
                                        text_mask=mask).double().cpu().flatten()}
         if baseline is not None:
-            means["prompt_mean"] = baseline.mean(item["batch"])[0]
+            means["prompt_mean"] = baseline.mean(item["text"][None], item["mask"][None])[0]
         norms["data"] += float(shift @ shift)
         for name, mean in means.items():
             dots[name] += float(mean @ shift)
