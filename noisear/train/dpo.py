@@ -20,13 +20,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..model import NoiseAR, standard_normal
-from .data import ShardDataset
+from .data import ShardDataset, validation_prompt
 from .trainer import LogProb, Runtime, TrainConfig, train
 
 PAIRINGS = ("best_worst", "margin")
@@ -52,17 +53,24 @@ class PromptSet:
     @classmethod
     def from_dataset(cls, dataset: ShardDataset, split: str | None = "train",
                      validation_fraction: float = 0.1) -> "PromptSet":
-        """One embedding per prompt (its first sample) from a shard dataset's split."""
-        seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for batch in dataset.iterate(split, validation_fraction, batch_size=1024):
-            for text, mask, index in zip(batch.text, batch.text_mask, batch.prompt_index.tolist()):
-                seen.setdefault(index, (text, mask))
-        if not seen:
+        """One embedding per prompt (its first sample): the prompts of ``split`` ('train': not held out by
+        the prompt hash, 'validation': held out, None: all), whatever their noises."""
+        first: dict[int, tuple[int, int]] = {}  # prompt -> (shard, row) of its first sample
+        for shard_id, shard in enumerate(dataset.shards):
+            for row, index in enumerate(shard.prompt_index.tolist()):
+                if split is None or (split == "validation") == validation_prompt(index, validation_fraction):
+                    first.setdefault(index, (shard_id, row))
+        if not first:
             raise ValueError(f"the {split} split of {dataset.directory} holds no prompts")
-        order = sorted(seen)
+        order = sorted(first)
+        rows = {}  # read only those rows, one shard at a time
+        for shard_id in sorted({shard_id for shard_id, _ in first.values()}):
+            wanted = [i for i in order if first[i][0] == shard_id]
+            batch = dataset.load_rows(shard_id, np.array([first[i][1] for i in wanted]))
+            rows.update({i: (batch.text[k], batch.text_mask[k]) for k, i in enumerate(wanted)})
         names = dataset.prompts()
         strings = tuple(names.get(i, "") for i in order) if names else ()
-        return cls(torch.stack([seen[i][0] for i in order]), torch.stack([seen[i][1] for i in order]),
+        return cls(torch.stack([rows[i][0] for i in order]), torch.stack([rows[i][1] for i in order]),
                    torch.tensor(order, dtype=torch.long), strings)
 
 
