@@ -143,14 +143,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="compare noise sources on the same prompts and seeds: table, labelled grid, plot",
         description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
                     "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
-                    "OUT/results.md (mean ± std over seeds, paired sign-flip test vs Gaussian), OUT/grid.png (a "
-                    "labelled row per source) and OUT/plot.png (each scorer vs the std-matched Gaussian; needs matplotlib).")
+                    "OUT/results.md (mean ± std over seeds; each source against its std-matched Gaussian: "
+                    "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian) "
+                    ", OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
+                    "Gaussian; needs matplotlib). The evaluation seeds must not be starting seeds of the dataset.")
     evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
     evaluate.add_argument("--split", default="validation", choices=("train", "validation", "all"),
                           help="which prompts of that dataset (default: validation)")
     evaluate.add_argument("--validation-fraction", type=float, default=0.1, help="as used for training (default: 0.1)")
     evaluate.add_argument("--max-prompts", type=int, default=16, help="use at most this many prompts (default: 16)")
-    evaluate.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per prompt (default: 8)")
+    evaluate.add_argument("--seeds", type=int, default=10,
+                          help="evaluation seeds per prompt, first-seed .. first-seed+N-1; the per-seed view needs "
+                               "about 10 or more (default: 10)")
+    evaluate.add_argument("--first-seed", type=int, default=0,
+                          help="first evaluation seed; refused when a seed is a starting seed of the dataset (default: 0)")
     evaluate.add_argument("--backend", required=True,
                           help="package.module:callable (noise [B,C,H,W], PromptSet) -> images [B,3,h,w] in [0,1]")
     evaluate.add_argument("--scorer", action="append", required=True, metavar="NAME=MODULE:CALLABLE",
@@ -162,6 +168,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--blend", type=float, action="append", default=[], metavar="STRENGTH",
                           help="repeatable; variance-preserving blend of each prior (first temperature) with the "
                                "Gaussian noise independent of the prior's draws, STRENGTH = NoiseAR share in [0,1]")
+    evaluate.add_argument("--prompt-mean-shift", action="store_true",
+                          help="add the source 'gaussian+prompt-mean': the seed's Gaussian noise plus the prompt's mean "
+                               "shift predicted by the prompt-mean baseline fitted on the dataset's training split (the "
+                               "bar a learned prior must clear; single-size datasets)")
+    evaluate.add_argument("--validation-seed-fraction", type=float, default=0.0,
+                          help="as used for training: the prompt-mean baseline is fitted on the same training split "
+                               "(default: 0)")
     evaluate.add_argument("--source", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
                           help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise")
     evaluate.add_argument("--out", required=True, help="output directory for results.md, grid.png and plot.png")
@@ -223,13 +236,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
     from .data import ShardDataset
     from .dpo import PromptSet
-    from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, save_report
+    from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, prompt_mean_source, save_report
+    from .trainer import PromptMeanBaseline
 
     dataset = ShardDataset(args.prompts)
     prompts = PromptSet.from_dataset(dataset, None if args.split == "all" else args.split, args.validation_fraction)
     prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
     shape = dataset.item_shapes["noise"]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    trained = sorted(set(seeds) & {int(s) for shard in dataset.shards for s in shard.seed})
+    if trained:
+        raise ValueError(f"evaluation seeds {trained[:5]} are starting seeds of {dataset.directory}, so the noises "
+                         f"would not be unseen; choose another --first-seed")
     sources = {"gaussian": gaussian_source(shape)}
+    if args.prompt_mean_shift:
+        sources["gaussian+prompt-mean"] = prompt_mean_source(
+            PromptMeanBaseline(dataset, args.validation_fraction, seed_fraction=args.validation_seed_fraction), shape)
     temperatures = args.temperature or [0.5, 1.0]
     for name, path in _named(args.prior, "--prior").items():
         model = load(path)
@@ -240,7 +262,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 noisear_source(model, temperatures[0]), shape, strength)
     sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
     scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
-    result = evaluate(sources, _resolve(args.backend), scorers, prompts, range(args.seeds))
+    result = evaluate(sources, _resolve(args.backend), scorers, prompts, seeds)
     paths = save_report(result, args.out)
     print(result.table())
     print("wrote " + ", ".join(str(path) for path in paths.values()))

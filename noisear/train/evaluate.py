@@ -5,9 +5,14 @@ A *source* makes noise for a batch of prompts and one seed per item: (PromptSet,
 *scorer* scores images: (images, PromptSet) -> [B]. For every seed and source the same prompts
 are rendered and scored; every source is also compared with plain Gaussian noise scaled to that
 source's standard deviation (a lower-variance start alone changes alignment and diversity, so a
-claimed gain has to beat it). Results: mean +- std over seeds, a paired sign-flip permutation test
-against the baseline on the (seed, prompt) pairs, a markdown table, a labelled image grid and a plot of
-each scorer for each source against its std-matched Gaussian (noisear.figures).
+claimed gain has to beat it). That matched contrast is the headline: its mean difference, a paired
+sign-flip permutation test on the (seed, prompt) pairs, and the per-seed view (on how many
+evaluation seeds the source beats its matched Gaussian; the item test treats one set of draws as
+fixed, the seeds show whether the gain holds draw after draw). The same test against the plain
+baseline, mean +- std over seeds, a markdown table, a labelled image grid and a plot of each scorer
+for each source against its std-matched Gaussian (noisear.figures) complete the report. A
+"Gaussian + prompt-mean shift" source (:func:`prompt_mean_source`) is the bar a learned prior must
+clear: it adds the prompt's mean shift to the seed's Gaussian noise, with no AR model.
 
 Real-model scorers (HPSv2, ImageReward, PickScore, CLIP score) are lazy adapters that take local
 weight paths and never download.
@@ -28,6 +33,7 @@ from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .dpo import PromptSet
+from .trainer import PromptMeanBaseline
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
 Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]
@@ -60,6 +66,15 @@ def golden_source(denoiser: Denoiser, schedule: Schedule, conditioning: Callable
         cond, uncond = conditioning(prompts)
         return golden_noise(denoiser, schedule, standard_normal((len(seeds), *shape), list(seeds)), cond, uncond,
                             config).cpu()
+    return source
+
+
+def prompt_mean_source(baseline: "PromptMeanBaseline", shape: Sequence[int]) -> NoiseSource:
+    """Gaussian noise of the seeds plus the prompt-mean baseline's predicted mean shift for each prompt (the
+    ridge regression of noise - starting noise on the pooled prompt embedding; no AR model)."""
+    def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
+        shift = baseline.mean(prompts.text, prompts.text_mask).float().reshape(len(prompts), *shape)
+        return standard_normal((len(seeds), *shape), list(seeds)) + shift
     return source
 
 
@@ -100,9 +115,18 @@ def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: i
     return {"mean_diff": float(diff.mean()), "t": float(t), "p_value": p_value, "n": n}
 
 
+def contrast(a: np.ndarray, b: np.ndarray, permutations: int = 10000) -> dict[str, float]:
+    """Scores a and b [seeds, prompts] on the same items: :func:`paired_test` on the items, plus the per-seed
+    view: ``seed_diffs`` (mean over prompts of a - b per seed), ``seeds_better`` (how many are > 0) and ``seeds``."""
+    per_seed = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean(axis=1)
+    return {**paired_test(a, b, permutations), "seed_diffs": per_seed.tolist(),
+            "seeds_better": int((per_seed > 0).sum()), "seeds": len(per_seed)}
+
+
 @dataclass
 class EvalResult:
-    """scores[scorer][source] = [seeds, prompts]; noise_std[source]; tests[scorer][source] vs baseline."""
+    """scores[scorer][source] = [seeds, prompts]; noise_std[source]; tests[scorer][source] vs baseline;
+    matched[scorer][source]: :func:`contrast` of the source against its std-matched Gaussian."""
 
     seeds: list[int]
     prompts: int
@@ -110,24 +134,32 @@ class EvalResult:
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     noise_std: dict[str, float] = field(default_factory=dict)
     tests: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    matched: dict[str, dict[str, dict]] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # first seed's images per source
 
     def table(self) -> str:
-        """Markdown: one row per source; per scorer mean +- std over seeds and the paired test vs baseline."""
+        """Markdown: one row per source; per scorer mean +- std over seeds, the contrast with the source's
+        std-matched Gaussian (difference, p, seeds where the source is better) and the paired test vs baseline."""
         scorers = list(self.scores)
-        header = "| source | noise std | " + " | ".join(f"{s} (mean ± std over seeds) | Δ vs {self.baseline}, p"
-                                                        for s in scorers) + " |"
-        lines = [header, "|" + "---|" * (2 + 2 * len(scorers))]
+        header = "| source | noise std | " + " | ".join(
+            f"{s} (mean ± std over seeds) | Δ vs matched Gaussian, p, seeds better | Δ vs {self.baseline}, p"
+            for s in scorers) + " |"
+        lines = [header, "|" + "---|" * (2 + 3 * len(scorers))]
         for source in self.noise_std:
             cells = [source, f"{self.noise_std[source]:.4f}"]
             for scorer in scorers:
                 per_seed = self.scores[scorer][source].mean(axis=1)
                 cells.append(f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.4f}")
+                matched = self.matched.get(scorer, {}).get(source)
+                cells.append("—" if matched is None else f"{matched['mean_diff']:+.4f}, p={matched['p_value']:.3g}, "
+                                                         f"{matched['seeds_better']}/{matched['seeds']}")
                 test = self.tests[scorer].get(source)
                 cells.append("—" if test is None else f"{test['mean_diff']:+.4f}, p={test['p_value']:.3g}")
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"\n{len(self.seeds)} seeds x {self.prompts} prompts; p: two-sided paired sign-flip "
-                     f"permutation test on the (seed, prompt) pairs against `{self.baseline}`.")
+        lines.append(f"\n{len(self.seeds)} seeds x {self.prompts} prompts. Matched Gaussian: the `{self.baseline}` "
+                     f"draws of the same seeds scaled to the source's std. p: two-sided paired sign-flip permutation "
+                     f"test on the (seed, prompt) pairs; seeds better: evaluation seeds on which the source's mean "
+                     f"over prompts beats its matched Gaussian's.")
         return "\n".join(lines)
 
 
@@ -165,6 +197,9 @@ def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[st
     for scorer_name, per_source in result.scores.items():
         result.tests[scorer_name] = {name: paired_test(values, per_source[baseline], permutations)
                                      for name, values in per_source.items() if name != baseline}
+        result.matched[scorer_name] = {name: contrast(per_source[name], per_source[control_name(baseline, name)],
+                                                      permutations)
+                                       for name in sources if control_name(baseline, name) in per_source}
     return result
 
 
