@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NoiseARConfig
-from .patches import patchify, unpatchify
+from .patches import DecodingPlan, decoding_plan, pad_eps, patchify, unpatchify
 
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0  # published clamp before std = exp(logvar / 2)
 
@@ -148,15 +148,17 @@ class NoiseAR(nn.Module):
         return self.learnable_start_token_emb
 
     def positions(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[1, M, d]: what is added to input token j, the one that predicts patch j of a (rows, cols) grid."""
+        """[1, M, d]: what is added to input token j, the one that predicts patch j of a (rows, cols) grid.
+
+        A 1-D table covers its native grid and its top rows (a window of a shorter latent)."""
         c = self.config
         if c.positions == "2d":
             return grid_positions(*grid, c.d_model).to(self._anchor)
-        if tuple(grid) != (c.grid_height, c.grid_width):
+        if grid[1] != c.grid_width or not 1 <= grid[0] <= c.grid_height:
             raise NoiseARInputError(
-                f"this prior's position table covers a {c.grid_height}x{c.grid_width} patch grid "
-                f"(latent {c.latent_height}x{c.latent_width}); got a {grid[0]}x{grid[1]} grid")
-        return self.pos_encoding[:, : c.num_patches]
+                f"this prior's position table covers a {c.grid_height} x {c.grid_width} patch grid "
+                f"(latent {c.latent_height} x {c.latent_width} cells) and its top rows; got a {grid[0]} x {grid[1]} grid")
+        return self.pos_encoding[:, : grid[0] * grid[1]]
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """[B, T, text_dim] prompt embedding of the diffusion model -> [B, T, d_model]."""
@@ -211,7 +213,12 @@ class NoiseAR(nn.Module):
 
     def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None
                  ) -> torch.Tensor:
-        """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density."""
+        """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density.
+
+        Defined on the grids training sees: the native latent for a 1-D position table (the published
+        priors; a sliding-window sample of another size is not scored), any grid of whole patches
+        for a 2-D prior.
+        """
         noise = self._check_noise(noise)
         tokens = patchify(noise.to(self._anchor.dtype), self.config.patch_size)
         mu, logvar = self(text, tokens[:, :-1], text_mask, self._grid(noise))
@@ -220,7 +227,7 @@ class NoiseAR(nn.Module):
         return density.float().sum(dim=(1, 2))
 
     def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """Refuse a noise shape the prior cannot model: channels, and size (native only for "table")."""
+        """Refuse a noise that log_prob cannot score: channels, and size (native only for "table")."""
         c = self.config
         if c.positions == "2d":
             fits = (noise.ndim == 4 and noise.shape[1] == c.channels and noise.shape[2] % c.patch_size == 0
@@ -238,25 +245,40 @@ class NoiseAR(nn.Module):
         return noise.shape[2] // self.config.patch_size, noise.shape[3] // self.config.patch_size
 
     # Sampling ----------------------------------------------------------------------------------------
+    def plan(self, height: int, width: int) -> DecodingPlan:
+        """How a latent of height x width cells is decoded (see :class:`DecodingPlan`)."""
+        c = self.config
+        return decoding_plan(height, width, c.patch_size,
+                             None if c.positions == "2d" else (c.grid_height, c.grid_width))
+
     def _prepare_sampling(self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
-                          ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """eps [B,C,H,W] (drawn at the config's size when not given) -> patch tokens [B,M,K] on the
-        model's device and dtype, and the patch grid."""
+                          ) -> tuple[torch.Tensor, DecodingPlan]:
+        """Check the sampling inputs; eps [B,C,H,W] (drawn at the config's size when not given) ->
+        patch tokens [B, rows*cols, K] of the padded eps on the model's device and dtype, and the plan."""
         c = self.config
         if eps is None:
             eps = standard_normal((text.shape[0], c.channels, c.latent_height, c.latent_width), generator)
-        eps = self._check_noise(eps)
-        return patchify(eps.to(self._anchor.dtype), c.patch_size), self._grid(eps)
+        if eps.ndim != 4 or eps.shape[1] != c.channels or eps.shape[2] < 1 or eps.shape[3] < 1:
+            raise NoiseARInputError(f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, H, W] "
+                                    f"(any H, W >= 1 latent cells)")
+        plan = self.plan(eps.shape[2], eps.shape[3])
+        eps = pad_eps(eps.to(self._anchor.device), plan)
+        return patchify(eps.to(self._anchor.dtype), c.patch_size), plan
+
+    def _window_positions(self, plan: DecodingPlan) -> torch.Tensor:
+        """[1, window length, d]: the positions of a window's sequence."""
+        return self.positions((plan.window_rows, plan.window_cols))
 
     def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float
                     ) -> torch.Tensor:
         """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
         return mu + eps * (temperature * torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)))
 
-    def _finish(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Patch tokens [B,M,K] -> fp32 noise [B,C,H,W]."""
-        p = self.config.patch_size
-        return unpatchify(tokens, p, grid[0] * p, grid[1] * p).float()
+    def _finish(self, tokens: list[torch.Tensor], plan: DecodingPlan) -> torch.Tensor:
+        """The decoded patch tokens (each [B,1,K], raster order) -> fp32 noise [B,C,height,width]."""
+        p, missing = plan.patch_size, plan.rows * plan.cols - len(tokens)
+        tokens = torch.cat(tokens + [torch.zeros_like(tokens[0]).expand(-1, missing, -1)], dim=1)
+        return unpatchify(tokens, p, plan.rows * p, plan.cols * p)[:, :, :plan.height, :plan.width].float()
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
@@ -264,46 +286,65 @@ class NoiseAR(nn.Module):
                callback: StepCallback | None = None) -> torch.Tensor:
         """Draw noise [B,C,H,W] (fp32, model's device) given text [B or 1, T, D] with cached decoding.
 
-        ``eps`` are the standard-normal draws, shape of the output (any grid for a "2d" prior, the
-        native one for a "table" prior); without it they come from :func:`standard_normal` with
-        ``generator`` at the config's size. Self-attention keys/values are cached across
-        steps, text keys/values are computed once and the heads see the newest position only.
+        ``eps`` are the standard-normal draws, shape of the output: any latent size H, W >= 1 cell.
+        Without it they come from :func:`standard_normal` with ``generator`` at the config's size.
+        The latent is padded up to whole patches (cells beyond it get Gaussian draws seeded by eps,
+        see :func:`pad_eps`) and cropped back. At the native size of a 1-D position table (the
+        published priors) this is the published sampler; at other sizes each patch, in raster order,
+        is predicted from the native window anchored as far up and left as possible that contains
+        it, with that window's earlier patches as its prefix at the window's own positions (a grid
+        narrower than the window is widened with padding patches; rows below it are never needed).
+        So for sizes at least native on both sides, the top-left native window is the native sample
+        of the cropped eps. A 2-D prior decodes any grid as one sequence. Self-attention keys/values
+        are cached per window, text keys/values computed once; each patch costs at most one pass
+        over a window's length, so the cost grows linearly with the number of patches.
+        ``callback(patches done, patches decoded in all)``.
         """
         with eval_mode(self):
-            eps_tokens, grid = self._prepare_sampling(text, eps, generator)
-            batch, steps = eps_tokens.shape[:2]
+            eps_tokens, plan = self._prepare_sampling(text, eps, generator)
+            batch = eps_tokens.shape[0]
             memory = self._expand_text(self.encode_text(text), batch)
             ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
                                             memory)
-            decoder = _CachedDecoder(self, memory, ignore, steps)
-            positions = self.positions(grid)
-            x = self.learnable_start_token_emb.expand(batch, 1, -1)
-            tokens = []
-            for step in range(steps):
-                mu, logvar = decoder.step(x + positions[:, step:step + 1])
-                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, step:step + 1], temperature))
+            text_kv = _TextKV(self, memory, ignore)
+            positions, start = self._window_positions(plan), self.learnable_start_token_emb.expand(batch, 1, -1)
+            decoders: dict[tuple[int, int], _CachedDecoder] = {}
+            tokens, inputs = [], []  # per decoded patch: its token [B,1,K] and its embedding [B,1,d]
+            for index in range(plan.patches):
+                origin, local = plan.origin(index), plan.local(index)
+                decoders = {key: decoder for key, decoder in decoders.items() if key[0] == origin[0]}  # rows done
+                decoder = decoders.setdefault(origin, _CachedDecoder(self, text_kv, plan.window_length))
+                new = range(decoder.position, local + 1)  # window positions not yet in its cache
+                x = torch.cat([start if t == 0 else inputs[plan.member(origin, t - 1)] for t in new], dim=1)
+                mu, logvar = decoder.step(x + positions[:, new.start:new.stop])
+                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, index:index + 1], temperature))
                 if callback is not None:
-                    callback(step + 1, steps)
-                if step + 1 < steps:
-                    x = decoder.mlp(self.latent_patch_encoder, tokens[-1])
-            return self._finish(torch.cat(tokens, dim=1), grid)
+                    callback(index + 1, plan.patches)
+                if index + 1 < plan.patches:
+                    inputs.append(decoder.mlp(self.latent_patch_encoder, tokens[-1]))
+            return self._finish(tokens, plan)
 
     @torch.no_grad()
     def sample_naive(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
                      temperature: float = 0.5, text_mask: torch.Tensor | None = None,
                      callback: StepCallback | None = None) -> torch.Tensor:
-        """The published algorithm: the whole prefix recomputed at every step. Reference for tests."""
+        """The published algorithm, per window: the window's whole prefix recomputed for every patch.
+
+        Same plan and result as :meth:`sample` (at the native size: the published sampler). Reference for tests.
+        """
         with eval_mode(self):
-            eps_tokens, grid = self._prepare_sampling(text, eps, generator)
-            batch, steps = eps_tokens.shape[:2]
-            tokens = eps_tokens[:, :0]
-            for step in range(steps):
-                mu, logvar = self(text, tokens, text_mask, grid)
-                patch = self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, step:step + 1], temperature)
-                tokens = torch.cat([tokens, patch], dim=1)
+            eps_tokens, plan = self._prepare_sampling(text, eps, generator)
+            window, tokens = (plan.window_rows, plan.window_cols), []
+            for index in range(plan.patches):
+                origin, local = plan.origin(index), plan.local(index)
+                prefix = [tokens[plan.member(origin, t)] for t in range(local)]
+                prefix = torch.cat(prefix, dim=1) if prefix else eps_tokens[:, :0]
+                mu, logvar = self(text, prefix, text_mask, window)
+                tokens.append(self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, index:index + 1],
+                                               temperature))
                 if callback is not None:
-                    callback(step + 1, steps)
-            return self._finish(tokens, grid)
+                    callback(index + 1, plan.patches)
+            return self._finish(tokens, plan)
 
 
 def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -316,62 +357,79 @@ def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return torch.addmm(bias[:, None], weight, rows.T).T.reshape(*x.shape[:-1], weight.shape[0])
 
 
+class _TextKV:
+    """The text's keys/values of every cross-attention layer, projected once per call and shared by all windows."""
+
+    def __init__(self, model: NoiseAR, memory: torch.Tensor, ignore: torch.Tensor | None) -> None:
+        d, self.heads = model.config.d_model, model.config.n_heads
+        self.layers = []  # per layer: keys, values [B, h, T, dh]
+        for cross in model.cross_attn_layers:
+            _, w_kv = cross.in_proj_weight.split([d, 2 * d])
+            _, b_kv = cross.in_proj_bias.split([d, 2 * d])
+            keys, values = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
+            self.layers.append((split_heads(keys, self.heads), split_heads(values, self.heads)))
+        # [B, 1, 1, T] boolean "may attend" mask for scaled_dot_product_attention
+        self.attend = None if ignore is None else ~ignore[:, None, None, :]
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, d] -> [B, h, L, d/h]."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, h, L, d/h] -> [B, L, d]."""
+    return x.transpose(1, 2).flatten(2)
+
+
 class _CachedDecoder:
-    """One position at a time through the blocks, with self-attention keys/values cached.
+    """The positions of one sequence (a window) through the blocks, self-attention keys/values cached.
 
     Same math as `NoiseAR.forward` (in eval mode), written with the packed in_proj weights so that
-    text keys/values are projected once and each step costs one row per weight matrix per item.
+    each step costs one read of every weight matrix for its few new rows.
     """
 
-    def __init__(self, model: NoiseAR, memory: torch.Tensor, ignore: torch.Tensor | None, steps: int) -> None:
+    def __init__(self, model: NoiseAR, text: _TextKV, length: int) -> None:
         c = model.config
-        self.model, self.heads, self.position = model, c.n_heads, 0
-        batch, head_dim = memory.shape[0], c.d_model // c.n_heads
-        self.text_kv = []  # per layer: keys, values [B, h, T, dh]
-        for cross in model.cross_attn_layers:
-            _, w_kv = cross.in_proj_weight.split([c.d_model, 2 * c.d_model])
-            _, b_kv = cross.in_proj_bias.split([c.d_model, 2 * c.d_model])
-            keys, values = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
-            self.text_kv.append((self._split(keys), self._split(values)))
-        # [B, 1, 1, T] boolean "may attend" mask for scaled_dot_product_attention
-        self.text_attend = None if ignore is None else ~ignore[:, None, None, :]
-        shape = (batch, c.n_heads, steps, head_dim)
-        self.cache = [(memory.new_empty(shape), memory.new_empty(shape)) for _ in range(c.n_layers)]
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, d] -> [B, h, L, d/h]."""
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, h, L, d/h] -> [B, L, d]."""
-        return x.transpose(1, 2).flatten(2)
+        self.model, self.text, self.heads, self.position = model, text, c.n_heads, 0
+        keys = text.layers[0][0]
+        shape = (keys.shape[0], c.n_heads, length, c.d_model // c.n_heads)
+        self.cache = [(keys.new_empty(shape), keys.new_empty(shape)) for _ in range(c.n_layers)]
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, 1, d] (embedding + position of the newest token) -> (mu, logvar) [B, 1, K]."""
-        m, t = self.model, self.position
+        """x [B, n, d] (embeddings + positions of the next n tokens) -> (mu, logvar) [B, 1, K] of the last."""
+        m, t, n = self.model, self.position, x.shape[1]
+        # new token i (at t + i) attends to positions <= t + i; a single new token attends to all
+        causal = None if n == 1 else (torch.arange(t + n, device=x.device)[None, :]
+                                      <= torch.arange(t, t + n, device=x.device)[:, None])
+        last = m.config.n_layers - 1
         for k in range(m.config.n_layers):
             attn, keys, values = m.self_attn_layers[k], *self.cache[k]
             x = m.self_attn_norm[k](x)
             q, key, value = _few_rows_linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-            keys[:, :, t:t + 1], values[:, :, t:t + 1] = self._split(key), self._split(value)
-            out = F.scaled_dot_product_attention(self._split(q), keys[:, :, :t + 1], values[:, :, :t + 1])
-            x = _few_rows_linear(self._merge(out), attn.out_proj.weight, attn.out_proj.bias) + x
+            keys[:, :, t:t + n], values[:, :, t:t + n] = split_heads(key, self.heads), split_heads(value, self.heads)
+            if k == last and n > 1:  # only the last position's output is read: the rest of the block for it alone
+                x, q, causal = x[:, -1:], q[:, -1:], None
+            out = F.scaled_dot_product_attention(split_heads(q, self.heads), keys[:, :, :t + n],
+                                                 values[:, :, :t + n], attn_mask=causal)
+            x = _few_rows_linear(merge_heads(out), attn.out_proj.weight, attn.out_proj.bias) + x
 
-            cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text_kv[k]
+            cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text.layers[k]
             x = m.cross_attn_norm[k](x)
             d = m.config.d_model
             q = _few_rows_linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
-            out = F.scaled_dot_product_attention(self._split(q), text_keys, text_values, attn_mask=self.text_attend)
-            x = _few_rows_linear(self._merge(out), cross.out_proj.weight, cross.out_proj.bias) + x
+            out = F.scaled_dot_product_attention(split_heads(q, self.heads), text_keys, text_values,
+                                                 attn_mask=self.text.attend)
+            x = _few_rows_linear(merge_heads(out), cross.out_proj.weight, cross.out_proj.bias) + x
 
             x = m.ffn_norm[k](x)
             x = self.mlp(m.ffn_layers[k], x) + x
-        self.position += 1
+        self.position += n
         return self.mlp(m.prediction_head_mu, x), self.mlp(m.prediction_head_logvar, x)
 
     @staticmethod
     def mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        """``layers(x)`` for the newest position, its Linear layers through :func:`_few_rows_linear`."""
+        """``layers(x)`` for a few rows, its Linear layers through :func:`_few_rows_linear`."""
         for layer in layers:
             x = _few_rows_linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
         return x

@@ -127,3 +127,32 @@ def patch_log_probs(state: dict[str, torch.Tensor], text: torch.Tensor, noise: t
     tokens = to_tokens(noise, patch_size_of(state))
     mu, logvar = forward(state, text, tokens[:, :-1], n_heads, text_mask)
     return Normal(mu, std_of(logvar)).log_prob(tokens).sum(dim=-1)
+
+
+def sample_windows(state: dict[str, torch.Tensor], text: torch.Tensor, eps: torch.Tensor, window_rows: int,
+                   window_cols: int, temperature: float = 0.5, n_heads: int = 1) -> torch.Tensor:
+    """Sliding-window sampling, written plainly: eps [B,C,H,W] of whole patches, at least window_cols wide.
+
+    Patches are drawn in raster order; patch (r, c) is the published sampler's next patch for the
+    window of window_rows (fewer if the grid is shorter) x window_cols patches that contains it,
+    anchored as far up and left as possible, given that window's patches drawn so far (the window's
+    whole prefix recomputed, positions 0.. of the window's own sequence).
+    """
+    patch = patch_size_of(state)
+    batch, channels, height, width = eps.shape
+    rows, cols = height // patch, width // patch
+    window_rows = min(window_rows, rows)
+    assert cols >= window_cols
+    eps_grid = to_tokens(eps, patch).reshape(batch, rows, cols, -1)
+    drawn: dict[tuple[int, int], torch.Tensor] = {}
+    for r in range(rows):
+        for c in range(cols):
+            top, left = max(0, r - window_rows + 1), max(0, c - window_cols + 1)
+            window = [(i, j) for i in range(top, top + window_rows) for j in range(left, left + window_cols)]
+            prefix = [drawn[cell] for cell in window if cell < (r, c)]
+            assert all(cell in drawn for cell in window[:len(prefix)])  # the window's prefix, in its order
+            tokens = torch.stack(prefix, dim=1) if prefix else eps_grid[:, 0, :0]
+            mu, logvar = forward(state, text, tokens, n_heads)
+            drawn[r, c] = mu[:, -1] + eps_grid[:, r, c] * (temperature * std_of(logvar[:, -1]))
+    tokens = torch.stack([drawn[r, c] for r in range(rows) for c in range(cols)], dim=1)
+    return from_tokens(tokens, patch, channels, height, width)

@@ -266,15 +266,16 @@ def test_wrong_text_width_names_the_expected_width_and_variant(published):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 3, 6, 4)), r"noise has shape \[1, 3, 6, 4\].*\[batch, 3, 6, 6\]"),
-    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(3, 6, 6)), r"noise has shape \[3, 6, 6\]"),
+    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 4, 6, 4)), r"eps has shape \[1, 4, 6, 4\].*\[batch, 3, H, W\]"),
+    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(3, 6, 6)), r"eps has shape \[3, 6, 6\]"),
+    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 3, 0, 6)), r"eps has shape \[1, 3, 0, 6\].*H, W >= 1"),
     (lambda m: m.sample(torch.zeros(2, 4, 16), torch.zeros(3, 3, 6, 6)), r"text batch 2 does not match noise batch 3"),
     (lambda m: m.sample(torch.zeros(4, 16), torch.zeros(4, 3, 6, 6)), r"text embedding has shape \[4, 16\]"),
     (lambda m: m.sample(torch.zeros(2, 4, 16), generator=[0]), r"got 1 seeds/generators for a batch of 2"),
     (lambda m: m.sample(torch.zeros(1, 4, 16), generator=[0], text_mask=torch.ones(1, 5)),
      r"text_mask has shape \[1, 5\]; expected \[1, 4\]"),
     (lambda m: m.log_prob(torch.zeros(1, 4, 16), torch.zeros(1, 3, 4, 4)), r"noise has shape \[1, 3, 4, 4\]"),
-], ids=["eps-grid", "eps-ndim", "text-batch", "text-ndim", "seed-count", "mask-shape", "log-prob-noise"])
+], ids=["eps-channels", "eps-ndim", "eps-empty", "text-batch", "text-ndim", "seed-count", "mask-shape", "log-prob-noise"])
 def test_bad_inputs_are_refused_with_what_was_expected(call, message):
     with pytest.raises(NoiseARInputError, match=message):
         call(random_model(TINY))
