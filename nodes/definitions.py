@@ -9,7 +9,7 @@ from noisear.mixing import MODES
 from . import host
 from .collector import DatasetCollectorNode
 from .golden import GoldenNoiseNode
-from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, start_latent
+from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, size_mode_problem, start_latent
 from .preview import channel_stats, noise_to_image
 from .prior import (CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, checkpoint_problem, device_problem,
                     load_prior)
@@ -30,9 +30,10 @@ TEMPERATURE_INPUT = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 2.0, "step": 0
                                "tooltip": "Scale of the prior's standard deviation: noise = mu + temperature * std "
                                           "* eps per patch. 0.5 as published; 0 gives the mean only."})
 SIZE_MODE_INPUT = (list(SIZE_MODES), {"default": SIZE_MODES[0], "tooltip": (
-    "'native only': published priors accept only their native latent 128x128 (1024x1024 px) and refuse "
-    "other sizes. 'centre + Gaussian border': for larger latents, the prior fills the centred native "
-    "window and the border stays plain Gaussian noise (a warning says so).")})
+    "'any size': every latent size. Published priors (native 1024 x 1024 px) decode other sizes with a "
+    "sliding window: each 32 x 32-cell patch is predicted from the native 4 x 4-patch window that contains "
+    "it; the prior never saw those positions in training (see docs/comfyui.md). 'native only': refuse "
+    "every size but the prior's native one. Own priors with 2-D positions decode any size directly.")})
 UPSTREAM_NOISE_INPUT = ("NOISE", {"tooltip": (
     "Optional: a NOISE (e.g. RandomNoise) whose draws become eps instead of noise_seed's; its seed is "
     "carried on for ancestral/SDE samplers.")})
@@ -105,6 +106,11 @@ class NoiseARNoiseNode:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": _common_inputs(), "optional": {"noise": UPSTREAM_NOISE_INPUT}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, size_mode: str) -> bool | str:
+        """Before the run: a size_mode this version takes (old workflows' centre mode is read as 'any size')."""
+        return size_mode_problem(size_mode) or True
+
     def make(self, noisear_model: NoiseARPrior, positive: list, noise_seed: int, temperature: float,
              size_mode: str, noise: Any = None) -> tuple[NoiseARNoise]:
         return (NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise),)
@@ -121,7 +127,7 @@ class NoiseARLatentNode:
     RETURN_NAMES = ("latent", "info")
     OUTPUT_TOOLTIPS = ("Start latent for KSamplerAdvanced (add_noise disable, start_at_step 0, any scheduler but "
                        "ddim_uniform, which does not start at sigma_max); keeps batch_index.",
-                       "What was drawn: per-channel statistics of the noise, and any size warning.")
+                       "What was drawn: the decoding used (native, sliding window, 2-D prior) and per-channel statistics.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -131,15 +137,17 @@ class NoiseARLatentNode:
         required["latent_image"] = LATENT_INPUT
         return {"required": required, "optional": {"noise": UPSTREAM_NOISE_INPUT}}
 
+    VALIDATE_INPUTS = NoiseARNoiseNode.VALIDATE_INPUTS
+
     def make(self, model: Any, noisear_model: NoiseARPrior, positive: list, noise_seed: int, temperature: float,
              size_mode: str, latent_image: dict, noise: Any = None) -> dict[str, Any]:
         if "noise_mask" in latent_image:
             raise NoiseARNodeError("NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
                              "NoiseAR Noise with SamplerCustomAdvanced, which keeps the mask")
-        source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise)
+        source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise, "NoiseAR Latent")
         drawn = source.generate_noise(latent_image)
         samples = start_latent(model, drawn, latent_image["samples"]).to(host.intermediate_device())
-        info = "\n".join(filter(None, [source.warning, channel_stats(drawn)]))
+        info = "\n".join(filter(None, [source.info, channel_stats(drawn)]))
         latent = {key: value for key, value in latent_image.items() if key != "samples"}
         latent["samples"] = samples
         return {"ui": {"text": (info,)}, "result": (latent, info)}
@@ -185,7 +193,7 @@ class NoiseARPreviewNode:
     RETURN_NAMES = ("image", "stats")
     OUTPUT_TOOLTIPS = ("The noise as an image: latent channel c drives colour c mod 3, 0.5 + value/6, "
                        "each latent cell 4x4 pixels.",
-                       "Mean and std of the noise, overall and per channel (plus any size warning).")
+                       "The decoding used (for NoiseAR noise) and the mean and std of the noise, overall and per channel.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -197,7 +205,7 @@ class NoiseARPreviewNode:
     def preview(self, noise: Any, latent_image: dict) -> dict[str, Any]:
         drawn = noise.generate_noise(latent_image)
         image = noise_to_image(drawn)
-        stats = "\n".join(filter(None, [getattr(noise, "warning", None), channel_stats(drawn)]))
+        stats = "\n".join(filter(None, [getattr(noise, "info", None), channel_stats(drawn)]))
         return {"ui": {"images": host.save_temp_images(image, "noisear_preview"), "text": (stats,)},
                 "result": (image, stats)}
 

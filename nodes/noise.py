@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from noisear.mixing import blend
+from noisear.patches import DecodingPlan
 
 from . import host
 from .conditioning import text_from_conditioning
 from .prior import NoiseARNodeError, NoiseARPrior
 
-SIZE_MODES = ("native only", "centre + Gaussian border")
+SIZE_MODES = ("any size", "native only")
+RETIRED_SIZE_MODE = "centre + Gaussian border"  # read from old workflows as "any size", with a note
 PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
 
 log = logging.getLogger("NoiseAR")
@@ -32,57 +33,57 @@ class Noise(Protocol):
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor: ...
 
 
-@dataclass(frozen=True)
-class Window:
-    """Where the prior's noise goes in the latent: rows top:top+height, columns left:left+width."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-    warning: str | None = None  # set when part of the latent stays plain Gaussian noise
+def size_text(height: int, width: int) -> str:
+    """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
+    return (f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), "
+            f"latent {height} x {width} cells (H x W)")
 
 
-def _pixels(height: int, width: int) -> str:
-    return f"{width * PIXELS_PER_CELL}x{height * PIXELS_PER_CELL} px"
+def size_mode_problem(size_mode: str) -> str | None:
+    """Why ``size_mode`` is not a value the nodes take (the retired centre mode is still read), or None."""
+    if size_mode in SIZE_MODES or size_mode == RETIRED_SIZE_MODE:
+        return None
+    return f"size_mode must be one of {', '.join(repr(m) for m in SIZE_MODES)}, got {size_mode!r}"
 
 
-def prior_window(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str) -> Window:
-    """Check a latent shape [B,C,H,W] against the prior and say where its noise goes."""
+def size_mode_note(size_mode: str) -> str | None:
+    """The note for a workflow saved with the retired centre mode."""
+    if size_mode != RETIRED_SIZE_MODE:
+        return None
+    return (f"NoiseAR note: size_mode '{RETIRED_SIZE_MODE}' was retired; the prior now fills the whole latent "
+            f"at every size, so this node runs as '{SIZE_MODES[0]}'. Choose '{SIZE_MODES[0]}' in the widget "
+            f"to keep this behaviour and drop this note.")
+
+
+def decoding_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:
+    """Check a latent shape [B,C,H,W] against the prior; say how its noise is decoded. ``node`` names
+    the NoiseAR node in messages (errors inside a NOISE are shown on the sampler that asked for it)."""
     c = prior.config
+    problem = size_mode_problem(size_mode)
+    if problem:
+        raise NoiseARNodeError(f"{node}: {problem}")
     if len(shape) != 4:
-        raise NoiseARNodeError(f"NoiseAR works on image latents [batch, channels, height, width]; got shape {list(shape)}")
+        raise NoiseARNodeError(f"{node}: NoiseAR works on image latents [batch, channels, height, width]; "
+                               f"got shape {list(shape)}")
     _, channels, height, width = shape
     if channels != c.channels:
         raise NoiseARNodeError(
-            f"the latent has {channels} channels, but the NoiseAR prior '{prior.name}' ({prior.variant}) models "
-            f"{c.channels}-channel latents; use it with the model family it was trained for")
-    if c.positions == "2d":  # own priors with 2-D positions sample any grid of whole patches
-        if height % c.patch_size or width % c.patch_size:
-            raise NoiseARNodeError(
-                f"the latent is {height}x{width}; the NoiseAR prior '{prior.name}' needs sides that are multiples "
-                f"of its patch size {c.patch_size} (image sides multiples of {c.patch_size * PIXELS_PER_CELL} px)")
-        return Window(0, 0, height, width)
-    native = (c.latent_height, c.latent_width)
-    if (height, width) == native:
-        return Window(0, 0, height, width)
-    sizes = (f"the NoiseAR prior '{prior.name}' ({prior.variant}) is native to latent {native[0]}x{native[1]} "
-             f"({_pixels(*native)}); this latent is {height}x{width} ({_pixels(height, width)})")
-    if size_mode == "native only":
+            f"{node}: the latent ({size_text(height, width)}) has {channels} channels, but the NoiseAR prior "
+            f"'{prior.name}' ({prior.variant}) models {c.channels}-channel latents; use it with the model family "
+            f"it was trained for")
+    plan = c.plan(height, width)
+    if size_mode == "native only" and plan.mode != "native" and c.positions != "2d":
         raise NoiseARNodeError(
-            f"{sizes}. Set the latent to {_pixels(*native)}, or set size_mode to '{SIZE_MODES[1]}' for larger "
-            f"latents (the prior fills the centred {_pixels(*native)} window, the rest stays Gaussian noise)")
-    if size_mode != SIZE_MODES[1]:
-        raise NoiseARNodeError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
-    if height < native[0] or width < native[1]:
-        raise NoiseARNodeError(
-            f"{sizes}. '{SIZE_MODES[1]}' needs a latent at least {native[0]}x{native[1]} in both sides; "
-            f"use {_pixels(*native)} or larger")
-    top, left = (height - native[0]) // 2, (width - native[1]) // 2
-    warning = (f"NoiseAR WARNING: {sizes}. Only the centred {_pixels(*native)} window (latent rows {top}-"
-               f"{top + native[0] - 1}, columns {left}-{left + native[1] - 1}) holds NoiseAR noise; the border is "
-               f"plain Gaussian noise with unit std, unlike the prior's.")
-    return Window(top, left, native[0], native[1], warning)
+            f"{node}: the NoiseAR prior '{prior.name}' ({prior.variant}) is native to "
+            f"{size_text(c.latent_height, c.latent_width)}; this latent is {size_text(height, width)} and "
+            f"size_mode is 'native only'. Set the latent to the native size, or size_mode to '{SIZE_MODES[0]}' "
+            f"(sliding-window decoding)")
+    return plan
+
+
+def decoding_info(plan: DecodingPlan) -> str:
+    """One line for info/preview: which decoding was used, for which size."""
+    return f"NoiseAR decoding: {plan.describe()} for {size_text(plan.height, plan.width)}"
 
 
 def gaussian_draws(latent: dict[str, Any], seed: int, upstream: Noise | None) -> torch.Tensor:
@@ -107,15 +108,22 @@ class NoiseARNoise:
     """
 
     def __init__(self, prior: NoiseARPrior, conditioning: list, seed: int, temperature: float, size_mode: str,
-                 upstream: Noise | None = None) -> None:
+                 upstream: Noise | None = None, node: str = "NoiseAR Noise") -> None:
+        problem = size_mode_problem(size_mode)
+        if problem:
+            raise NoiseARNodeError(f"{node}: {problem}")
         self.prior, self.temperature, self.size_mode, self.upstream = prior, temperature, size_mode, upstream
+        self.node = node
         # refuse a wrong width early; warn now (console and on the node) about a prompt cut for the prior
+        # and about a retired size_mode
         self.text, self.text_mask, self.text_warning = text_from_conditioning(conditioning, prior)
-        if self.text_warning:
-            log.warning(self.text_warning)
-            host.show_on_node(self.text_warning)
+        self.note = size_mode_note(size_mode)
+        warnings = "\n".join(filter(None, [self.text_warning, self.note]))
+        if warnings:
+            log.warning(warnings)
+            host.show_on_node(warnings)
         self.seed = int(upstream.seed if upstream is not None else seed)
-        self.warning: str | None = self.text_warning  # text and size warnings of the last draw
+        self.info: str | None = warnings or None  # of the last draw: the decoding used, text and size notes
         self._last: tuple[tuple, torch.Tensor] | None = None  # (latent key, noise): preview and sampler share a draw
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
@@ -123,27 +131,20 @@ class NoiseARNoise:
         samples = latent["samples"]
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
-            window = prior_window(self.prior, tuple(samples.shape), self.size_mode)
-            self.warning = "\n".join(filter(None, [self.text_warning, window.warning])) or None
-            if window.warning:
-                log.warning(window.warning)
-            self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), window))
+            plan = decoding_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
+            log.info(decoding_info(plan))
+            self.info = "\n".join(filter(None, [decoding_info(plan), self.text_warning, self.note]))
+            self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), plan))
         return self._last[1].to(host.intermediate_device())
 
-    def _draw(self, eps: torch.Tensor, window: Window) -> torch.Tensor:
-        rows = slice(window.top, window.top + window.height)
-        cols = slice(window.left, window.left + window.width)
-        patch = self.prior.config.patch_size
-        bar = host.progress_bar(eps.shape[0] * (window.height // patch) * (window.width // patch))
+    def _draw(self, eps: torch.Tensor, plan: DecodingPlan) -> torch.Tensor:
+        bar = host.progress_bar(eps.shape[0] * plan.patches)
 
         def callback(done: int, total: int) -> None:
             host.throw_if_interrupted()
             bar.update_absolute(done, total)
 
-        noise = eps.clone()
-        noise[:, :, rows, cols] = self.prior.draw(self.text, eps[:, :, rows, cols], self.temperature, self.text_mask,
-                                                  callback)
-        return noise
+        return self.prior.draw(self.text, eps, self.temperature, self.text_mask, callback)
 
 
 class BlendedNoise:
@@ -156,8 +157,8 @@ class BlendedNoise:
         self.seed = int(gaussian_noise.seed)
 
     @property
-    def warning(self) -> str | None:
-        return getattr(self.noisear_noise, "warning", None)
+    def info(self) -> str | None:
+        return getattr(self.noisear_noise, "info", None)
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         x = self.noisear_noise.generate_noise(latent)

@@ -8,6 +8,8 @@ from typing import Mapping
 
 import torch
 
+from .patches import DecodingPlan, decoding_plan
+
 
 POSITION_SCHEMES = ("table", "2d")
 
@@ -100,6 +102,11 @@ class NoiseARConfig:
         if published and self.text_dim == 1024:
             return "Hunyuan-DiT"
         return "own"
+
+    def plan(self, height: int, width: int) -> DecodingPlan:
+        """How a latent of height x width cells is decoded: native, sliding window or 2-D (see DecodingPlan)."""
+        return decoding_plan(height, width, self.patch_size,
+                             None if self.positions == "2d" else (self.grid_height, self.grid_width))
 
     # Serialisation ---------------------------------------------------------------------------
     def to_json(self) -> str:

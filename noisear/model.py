@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NoiseARConfig
-from .patches import DecodingPlan, decoding_plan, pad_eps, patchify, unpatchify
+from .patches import DecodingPlan, pad_eps, patchify, unpatchify
 
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0  # published clamp before std = exp(logvar / 2)
 
@@ -245,12 +245,6 @@ class NoiseAR(nn.Module):
         return noise.shape[2] // self.config.patch_size, noise.shape[3] // self.config.patch_size
 
     # Sampling ----------------------------------------------------------------------------------------
-    def plan(self, height: int, width: int) -> DecodingPlan:
-        """How a latent of height x width cells is decoded (see :class:`DecodingPlan`)."""
-        c = self.config
-        return decoding_plan(height, width, c.patch_size,
-                             None if c.positions == "2d" else (c.grid_height, c.grid_width))
-
     def _prepare_sampling(self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
                           ) -> tuple[torch.Tensor, DecodingPlan]:
         """Check the sampling inputs; eps [B,C,H,W] (drawn at the config's size when not given) ->
@@ -261,7 +255,7 @@ class NoiseAR(nn.Module):
         if eps.ndim != 4 or eps.shape[1] != c.channels or eps.shape[2] < 1 or eps.shape[3] < 1:
             raise NoiseARInputError(f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, H, W] "
                                     f"(any H, W >= 1 latent cells)")
-        plan = self.plan(eps.shape[2], eps.shape[3])
+        plan = c.plan(eps.shape[2], eps.shape[3])
         eps = pad_eps(eps.to(self._anchor.device), plan)
         return patchify(eps.to(self._anchor.dtype), c.patch_size), plan
 

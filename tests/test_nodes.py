@@ -20,14 +20,13 @@ import nodes
 from nodes import host
 from nodes.definitions import (NODE_CLASS_MAPPINGS, NoiseARBlendNode, NoiseARLatentNode, NoiseARLoader,
                                NoiseARNoiseNode, NoiseARPreviewNode)
-from nodes.noise import SIZE_MODES
+from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES, size_text
 from nodes.prior import NoiseARNodeError, NoiseARPrior
 from nodes.preview import colour_matrix, noise_to_image
 from noisear import NoiseARConfig, save
 from builders import HUNYUAN_DIT, SDXL, random_model
 
 REPO = Path(__file__).resolve().parents[1]
-CENTRE = SIZE_MODES[1]
 # 4 channels like SDXL latents, 8x8 latent in 4x4 patches, 2x2 grid, 24-d text
 SMALL = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=24, text_dim=24)
 
@@ -72,7 +71,7 @@ class RecordingModel:
 
     def sample(self, text, eps, *, temperature, text_mask, callback):
         self.calls.append({"text": text, "eps": eps, "mask": text_mask})
-        steps = self.config.grid_height * self.config.grid_width
+        steps = self.config.plan(*eps.shape[2:]).patches
         for done in range(1, steps + 1):
             callback(done, steps)
         return temperature * eps + self.offset
@@ -239,29 +238,64 @@ def test_wrong_conditioning_width_names_the_model_the_prior_needs(config, width,
         NoiseARNoiseNode().make(recording_prior(config), conditioning(width=width), 0, 0.5, SIZE_MODES[0])
 
 
-def test_other_sizes_are_refused_in_native_only_mode_with_the_way_out():
-    with pytest.raises(NoiseARNodeError, match=r"native to latent 128x128 \(1024x1024 px\).*centre \+ Gaussian border"):
-        noise_for(recording_prior(SDXL), empty_latent(height=96, width=96), conditioning(width=2048))
-
-
-def test_centre_mode_puts_the_prior_in_the_middle_and_warns(caplog):
-    prior = recording_prior(SDXL)
-    latent = empty_latent(height=160, width=192)
-    node_noise = NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, CENTRE)[0]
+def test_any_size_is_the_default_and_draws_the_prior_sample_of_the_whole_latent(small_ckpt):
+    """A 5 x 10-cell latent (2 x 3 patches of 4, the last row and column cropped) is the library's sample."""
+    prior, latent, cond = load(), empty_latent(batch=2, height=5, width=10), conditioning()
+    assert NoiseARNoiseNode.INPUT_TYPES()["required"]["size_mode"][1]["default"] == "any size"
+    node_noise = NoiseARNoiseNode().make(prior, cond, 11, 0.7, "any size")[0]
     noise = node_noise.generate_noise(latent)
     eps = fake_comfy.prepare_noise(latent["samples"], 11)
-    inside = (slice(None), slice(None), slice(16, 144), slice(32, 160))
-    assert torch.equal(noise[inside], 0.5 * eps[inside] + 1.0)
-    border = torch.ones_like(noise, dtype=torch.bool)
-    border[inside] = False
-    assert torch.equal(noise[border], eps[border])
-    assert "only the centred 1024x1024 px window" in node_noise.warning.lower() and "WARNING" in caplog.text
-    with pytest.raises(NoiseARNodeError, match="at least 128x128"):
-        noise_for(prior, empty_latent(height=160, width=96), conditioning(width=2048), size_mode=CENTRE)
+    for i in range(2):
+        assert torch.equal(noise[i:i + 1], prior.model.sample(cond[0][0], eps[i:i + 1], temperature=0.7))
+    assert node_noise.info == ("NoiseAR decoding: sliding window over 2 x 3 patches for 80 x 40 px (W x H), "
+                               "latent 5 x 10 cells (H x W)")
+    assert noise_for(prior, empty_latent()) is not None
 
 
-def test_channel_mismatch_is_refused():
-    with pytest.raises(NoiseARNodeError, match="16 channels.*4-channel"):
+@pytest.mark.parametrize("config, shape, decoding", [
+    (SDXL, (128, 128), "native"), (SDXL, (152, 104), "sliding window over 5 x 4 patches"),
+    (HUNYUAN_DIT, (96, 160), "sliding window over 3 x 5 patches"),
+    (NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=24, text_dim=24,
+                   positions="2d"), (12, 6), "2-D prior")], ids=["native", "sdxl-832x1216", "hunyuan-1280x768", "2d"])
+def test_info_says_which_decoding_was_used(config, shape, decoding):
+    prior = recording_prior(config)
+    node_noise = NoiseARNoiseNode().make(prior, conditioning(width=config.text_dim), 0, 0.5, "any size")[0]
+    node_noise.generate_noise(empty_latent(height=shape[0], width=shape[1]))
+    assert node_noise.info == f"NoiseAR decoding: {decoding} for {size_text(*shape)}"
+    assert prior.model.calls[0]["eps"].shape == (1, 4, *shape)
+
+
+def test_size_text_labels_pixels_and_latent_cells():
+    assert size_text(152, 104) == "832 x 1216 px (W x H), latent 152 x 104 cells (H x W)"
+
+
+def test_native_only_refuses_other_sizes_naming_both_sizes_and_the_way_out():
+    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Noise: .*native to 1024 x 1024 px \(W x H\), latent 128 x 128 "
+                                               r"cells \(H x W\); this latent is 832 x 1216 px \(W x H\), latent 152 x 104 "
+                                               r"cells \(H x W\).*'any size'"):
+        noise_for(recording_prior(SDXL), empty_latent(height=152, width=104), conditioning(width=2048),
+                  size_mode="native only")
+    assert noise_for(recording_prior(SDXL), empty_latent(height=128, width=128), conditioning(width=2048),
+                     size_mode="native only").shape == (1, 4, 128, 128)
+
+
+def test_the_retired_centre_mode_runs_as_any_size_with_a_note(caplog):
+    assert NoiseARNoiseNode.VALIDATE_INPUTS(RETIRED_SIZE_MODE) is True
+    assert "size_mode must be one of 'any size', 'native only'" in NoiseARNoiseNode.VALIDATE_INPUTS("centre")
+    assert NoiseARLatentNode.VALIDATE_INPUTS("any size") is True
+    prior = recording_prior(SDXL)
+    node_noise = NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, RETIRED_SIZE_MODE)[0]
+    latent = empty_latent(height=96, width=160)
+    noise = node_noise.generate_noise(latent)
+    assert torch.equal(noise, 0.5 * fake_comfy.prepare_noise(latent["samples"], 11) + 1.0)  # all of it the prior's
+    assert "was retired" in node_noise.info and "runs as 'any size'" in node_noise.info and "retired" in caplog.text
+    with pytest.raises(NoiseARNodeError, match="size_mode must be one of"):
+        NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, "centre")
+
+
+def test_channel_mismatch_is_refused_naming_the_node_and_the_size():
+    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Noise: the latent \(64 x 64 px \(W x H\), latent 8 x 8 cells "
+                                               r"\(H x W\)\) has 16 channels.*4-channel"):
         noise_for(recording_prior(SMALL), empty_latent(channels=16))
 
 
@@ -296,6 +330,13 @@ def test_latent_path_refuses_flow_models_and_masks(small_ckpt):
         latent_node(load(), fake_comfy.Model(), empty_latent(noise_mask=torch.ones(1, 8, 8)))
 
 
+def test_latent_node_raises_latent_errors_on_itself_and_shows_the_decoding(small_ckpt):
+    with pytest.raises(NoiseARNodeError, match="NoiseAR Latent: the latent .* has 16 channels"):
+        latent_node(load(), fake_comfy.Model(), empty_latent(channels=16))
+    _, info = latent_node(load(), fake_comfy.Model(), empty_latent(height=12, width=4))
+    assert info.startswith("NoiseAR decoding: sliding window over 3 x 1 patches for 32 x 96 px (W x H)")
+
+
 # NoiseAR Blend --------------------------------------------------------------------------------------------
 class Gaussian:
     seed = 99
@@ -328,7 +369,8 @@ def test_preview_shows_that_temperature_half_halves_the_std(monkeypatch, small_c
     (image_1, stats_1), (image_half, stats_half) = pictures[1.0], pictures[0.5]
     assert image_1.shape == (2, 128, 128, 3) and len(saved) == 2
     assert image_half.std().item() == pytest.approx(0.5 * image_1.std().item(), rel=0.05)
-    std = lambda stats: float(stats.splitlines()[0].split("std")[1])  # noqa: E731
+    assert stats_1.splitlines()[0].startswith("NoiseAR decoding: native for 256 x 256 px")
+    std = lambda stats: float(stats.splitlines()[1].split("std")[1])  # noqa: E731
     assert std(stats_half) == pytest.approx(0.5 * std(stats_1), rel=0.01)
 
 

@@ -42,10 +42,6 @@ def draws(batch: int, channels: int, height: int, width: int, seed: int = 2) -> 
     return torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def native_plan(config: NoiseARConfig, height: int, width: int):
-    return decoding_plan(height, width, config.patch_size, (config.grid_height, config.grid_width))
-
-
 # Against the independent reference -------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -56,7 +52,7 @@ def test_sliding_window_matches_the_plain_reference(name, size):
     state = {key: value.double() for key, value in random_state_dict(config, seed=3).items()}
     model = model_from_state(config, state)
     text, eps = random_text(config, 2, tokens=5).double(), draws(2, config.channels, *SIZES[size]).double()
-    padded = pad_eps(eps, native_plan(config, *eps.shape[2:]))
+    padded = pad_eps(eps, config.plan(*eps.shape[2:]))
     expected = reference.sample_windows(state, text, padded, config.grid_height, config.grid_width, 0.7,
                                         config.n_heads)[:, :, :eps.shape[2], :eps.shape[3]].float()
     cached = model.sample(text, eps, temperature=0.7)
@@ -94,7 +90,7 @@ def test_top_left_native_window_at_the_published_size(published):
     eps = draws(1, 4, 104, 152)
     noise = published.model.sample(text, eps)
     assert noise.shape == (1, 4, 104, 152) and torch.isfinite(noise).all()
-    native = published.model.sample(text, pad_eps(eps, published.model.plan(104, 152))[:, :, :128, :128])
+    native = published.model.sample(text, pad_eps(eps, published.model.config.plan(104, 152))[:, :, :128, :128])
     assert torch.equal(noise[:, :, :104, :128], native[:, :, :104])
 
 
@@ -131,7 +127,7 @@ def test_native_size_uses_one_window_and_other_sizes_cost_at_most_a_window_per_p
     assert fed == [1, 1, 1, 1]
     for rows, cols in [(5, 5), (5, 12), (12, 5)]:
         fed.clear()
-        plan = model.plan(2 * rows, 2 * cols)
+        plan = model.config.plan(2 * rows, 2 * cols)
         model.sample(text, draws(1, 3, 2 * rows, 2 * cols))
         assert len(fed) == plan.patches == rows * cols
         assert max(fed) <= plan.window_length and sum(fed) <= plan.window_length * plan.patches
@@ -141,7 +137,7 @@ def test_callback_counts_the_decoded_patches():
     model, text = random_model(TINY), random_text(TINY)
     seen = []
     model.sample(text, draws(1, 3, 9, 3), callback=lambda done, total: seen.append((done, total)))
-    plan = model.plan(9, 3)  # 5 x 2 visible patches, widened to 3 columns, nothing after the last visible patch
+    plan = model.config.plan(9, 3)  # 5 x 2 visible patches, widened to 3 columns, nothing after the last visible patch
     assert (plan.rows, plan.cols, plan.patches) == (5, 3, 14)
     assert seen == [(k, 14) for k in range(1, 15)]
 
@@ -164,7 +160,7 @@ def test_padding_keeps_eps_and_adds_gaussian_draws_seeded_by_each_items_eps():
 def test_a_non_multiple_latent_is_the_crop_of_the_sample_of_its_padded_eps():
     for model in (random_model(TINY), two_d_model()):
         text, eps = random_text(model.config), draws(1, 3, 7, 5)
-        padded = pad_eps(eps, model.plan(7, 5))
+        padded = pad_eps(eps, model.config.plan(7, 5))
         assert torch.equal(model.sample(text, eps), model.sample(text, padded)[:, :, :7, :5])
 
 
@@ -174,7 +170,7 @@ def test_a_non_multiple_latent_is_the_crop_of_the_sample_of_its_padded_eps():
 def test_two_d_priors_decode_any_grid_as_one_sequence(height, width):
     model, text = two_d_model(), random_text(TWO_D, 2)
     eps = draws(2, 3, height, width)
-    plan = model.plan(height, width)
+    plan = model.config.plan(height, width)
     assert (plan.window_rows, plan.window_cols) == (plan.rows, plan.cols) and plan.describe() == "2-D prior"
     noise = model.sample(text, eps)
     assert noise.shape == eps.shape

@@ -67,14 +67,15 @@ class Graph:
     extra: dict = field(default_factory=dict)
 
 
-def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors") -> list[Node]:
-    """Checkpoint, prompts, empty latent, NoiseAR loader: what every SDXL graph starts with."""
+def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors",
+              size: tuple[int, int] = (1024, 1024)) -> list[Node]:
+    """Checkpoint, prompts, empty latent of ``size`` (width, height px), NoiseAR loader: what every SDXL graph starts with."""
     return [
         Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
         Node("pos", "CLIPTextEncode", 1, 0, ["a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"],
              "Positive prompt", 140),
         Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
-        Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], height=110),
+        Node("latent", "EmptyLatentImage", 0, 1.1, [*size, 1], height=110),
         prior_node,
     ]
 
@@ -82,7 +83,7 @@ def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors
 LOADER_SDXL = Node("loader", "NoiseARLoader", 0, 2.2, ["sdxl_and_dreamshaper.safetensors", "auto", "fp32"],
                    height=110)
 LOADER_DIT = Node("loader", "NoiseARLoader", 0, 2.2, ["dit.safetensors", "auto", "fp32"], height=110)
-NOISE_WIDGETS = [SEED, "fixed", 0.5, "native only"]
+NOISE_WIDGETS = [SEED, "fixed", 0.5, "any size"]
 
 
 def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, int, str, str]]]:
@@ -106,18 +107,31 @@ def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, i
 PROMPT_LINKS = [("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip")]
 
 
-def graphs() -> list[Graph]:
+def sdxl_custom_graph(name: str, description: str, size: tuple[int, int]) -> Graph:
+    """NoiseAR Noise -> SamplerCustomAdvanced at ``size`` (width, height px), with a preview of the start noise."""
     noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
     custom, custom_links = custom_sampling_nodes("noise")
-    sdxl_custom = Graph(
-        "noisear_sdxl_custom_sampler",
-        "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
-        sdxl_base(LOADER_SDXL) + [noise] + custom + [
+    return Graph(
+        name, description,
+        sdxl_base(LOADER_SDXL, size=size) + [noise] + custom + [
             Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
             Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90)],
         PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
                         ("noise", 0, "preview", "noise"), ("latent", 0, "preview", "latent_image"),
                         ("loader", 1, "info", "source")] + custom_links)
+
+
+def graphs() -> list[Graph]:
+    noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
+    sdxl_custom = sdxl_custom_graph(
+        "noisear_sdxl_custom_sampler",
+        "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
+        (1024, 1024))
+    sdxl_portrait = sdxl_custom_graph(
+        "noisear_sdxl_832x1216",
+        "SDXL at 832 x 1216 px (portrait bucket): the published prior decodes the latent with a sliding window "
+        "(NoiseAR Preview says so); otherwise as the 1024 x 1024 custom-sampler workflow.",
+        (832, 1216))
 
     start = Node("start", "NoiseARLatent", 1.0, 2.4, NOISE_WIDGETS, height=170)
     ksampler = Node("ksampler", "KSamplerAdvanced", 2, 0,
@@ -147,14 +161,15 @@ def graphs() -> list[Graph]:
     dit_nodes, dit_links = custom_sampling_nodes("noise")
     hunyuan = Graph(
         "noisear_hunyuan_dit",
-        "Hunyuan-DiT v1.2: CLIPTextEncodeHunyuanDiT -> NoiseAR Noise (dit prior) -> SamplerCustomAdvanced.",
+        "Hunyuan-DiT v1.2 at 1280 x 768 px: CLIPTextEncodeHunyuanDiT -> NoiseAR Noise (dit prior, sliding-window "
+        "decoding at this size) -> SamplerCustomAdvanced.",
         [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
          Node("pos", "CLIPTextEncodeHunyuanDiT", 1, 0, ["a red panda reading a book under a tree, watercolor"] * 2,
               "Positive prompt", 160),
          Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
-         Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], height=110), LOADER_DIT, noise] + dit_nodes,
+         Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110), LOADER_DIT, noise] + dit_nodes,
         PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive")] + dit_links)
-    return [sdxl_custom, sdxl_ksampler, sdxl_blend, hunyuan]
+    return [sdxl_custom, sdxl_portrait, sdxl_ksampler, sdxl_blend, hunyuan]
 
 
 COLUMN_WIDTH, ROW_HEIGHT, NODE_WIDTH = 380, 260, 320

@@ -32,7 +32,7 @@ def prior_name(comfy) -> str:
 
 
 def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2, dtype: str = "fp32",
-          blend_strengths: tuple[float, ...] = (0.0, 1.0)) -> dict:
+          blend_strengths: tuple[float, ...] = (0.0, 1.0), size_mode: str = "any size") -> dict:
     """API-format prompt: both NoiseAR paths over one tiny SDXL, their starts and results saved."""
     def node(class_type: str, **inputs) -> dict:
         return {"class_type": class_type, "inputs": inputs}
@@ -44,9 +44,9 @@ def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2
         "empty": node("EmptyLatentImage", width=size, height=size, batch_size=batch),
         "prior": node("NoiseARLoader", ckpt_name=prior, device="auto", dtype=dtype),
         "noise": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=SEED,
-                      temperature=0.5, size_mode="native only"),
+                      temperature=0.5, size_mode=size_mode),
         "start": node("NoiseARLatent", model=["model", 0], noisear_model=["prior", 0], positive=["positive", 0],
-                      noise_seed=SEED, temperature=0.5, size_mode="native only", latent_image=["empty", 0]),
+                      noise_seed=SEED, temperature=0.5, size_mode=size_mode, latent_image=["empty", 0]),
         "sampler": node("KSamplerSelect", sampler_name="euler"),
         "sigmas": node("BasicScheduler", model=["model", 0], scheduler="normal", steps=2, denoise=1.0),
         "guider": node("CFGGuider", model=["model", 0], positive=["positive", 0], negative=["negative", 0], cfg=2.0),
@@ -59,7 +59,7 @@ def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2
         "gaussian": node("RandomNoise", noise_seed=SEED),
         # eps from an upstream RandomNoise(SEED) instead of its own (different) seed widget
         "noise_upstream": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=7,
-                               temperature=0.5, size_mode="native only", noise=["gaussian", 0]),
+                               temperature=0.5, size_mode=size_mode, noise=["gaussian", 0]),
         "preview": node("NoiseARPreview", noise=["noise", 0], latent_image=["empty", 0]),
     }
     saves = {"custom": ["custom", 0], "ksampler": ["ksampler", 0], "start": ["start", 0]}
@@ -159,10 +159,28 @@ def test_wrong_conditioning_width_is_a_clear_node_error(comfy, prior_name):
     assert "768-d" in error["exception_message"] and "SDXL" in error["exception_message"]
 
 
-def test_wrong_size_is_a_clear_node_error(comfy, prior_name):
-    error = execution_error(comfy.run(graph(prior_name, size=192)))
-    assert "native to latent 16x16" in error["exception_message"]
-    assert "centre + Gaussian border" in error["exception_message"]
+def test_any_size_runs_at_a_size_that_is_not_native_nor_whole_patches(comfy, prior_name):
+    """200 x 200 px: latent 25 x 25 cells, a sliding window over 7 x 7 patches of the 16 x 16-cell prior."""
+    entry = comfy.run(graph(prior_name, size=200))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    latents = saved_latents(comfy, entry)
+    assert latents["drawn"].shape == (2, 4, 25, 25) and torch.isfinite(latents["drawn"]).all()
+    assert latents["drawn"].std() < 0.8 * latents["eps"].std()  # the prior's noise everywhere, no Gaussian border
+    torch.testing.assert_close(latents["custom"], latents["ksampler"], rtol=1e-4, atol=1e-4)
+    assert "sliding window over 7 x 7 patches" in entry["outputs"]["preview"]["text"][0]
+
+
+def test_native_only_refuses_another_size_naming_both_sizes(comfy, prior_name):
+    error = execution_error(comfy.run(graph(prior_name, size=192, size_mode="native only")))
+    assert error["node_type"] in ("NoiseARLatent", "SamplerCustomAdvanced")  # a NOISE's error shows on its sampler
+    assert "native to 128 x 128 px (W x H), latent 16 x 16 cells (H x W)" in error["exception_message"]
+    assert "this latent is 192 x 192 px (W x H), latent 24 x 24 cells (H x W)" in error["exception_message"]
+
+
+def test_the_retired_centre_mode_passes_validation_and_runs_as_any_size(comfy, prior_name):
+    entry = comfy.run(graph(prior_name, size=192, size_mode="centre + Gaussian border"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert "was retired" in entry["outputs"]["preview"]["text"][0]
 
 
 def test_fp16_on_the_cpu_is_refused_at_validation(comfy, prior_name):
