@@ -118,12 +118,12 @@ class NoiseARNoise:
         # and about a retired size_mode
         self.text, self.text_mask, self.text_warning = text_from_conditioning(conditioning, prior)
         self.note = size_mode_note(size_mode)
-        warnings = "\n".join(filter(None, [self.text_warning, self.note]))
-        if warnings:
-            log.warning(warnings)
-            host.show_on_node(warnings)
+        self.warning = "\n".join(filter(None, [self.text_warning, self.note])) or None
+        if self.warning:
+            log.warning(self.warning)
+            host.show_on_node(self.warning)
         self.seed = int(upstream.seed if upstream is not None else seed)
-        self.info: str | None = warnings or None  # of the last draw: the decoding used, text and size notes
+        self.info: str | None = self.warning  # of the last draw: the decoding used, then the warnings
         self._last: tuple[tuple, torch.Tensor] | None = None  # (latent key, noise): preview and sampler share a draw
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
@@ -133,7 +133,7 @@ class NoiseARNoise:
         if self._last is None or self._last[0] != key:
             plan = decoding_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
             log.info(decoding_info(plan))
-            self.info = "\n".join(filter(None, [decoding_info(plan), self.text_warning, self.note]))
+            self.info = "\n".join(filter(None, [decoding_info(plan), self.warning]))
             self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), plan))
         return self._last[1].to(host.intermediate_device())
 
