@@ -3,19 +3,58 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Mapping
-
-import torch
+from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 from .patches import DecodingPlan, decoding_plan
 
 
 POSITION_SCHEMES = ("table", "2d")
+INT_FIELDS = ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff", "n_layers", "n_heads",
+              "text_dim")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest checkpoint NoiseAR reads: generous for any real prior, small enough that a hostile file is
+    refused before anything is allocated. The one place these bounds live.
+
+    Published priors: patch 32, 4 channels, latent 128x128, d_model 2048, d_ff 4096, 1 layer, 1 head,
+    text 2048 or 1024; 32 or 34 tensors, 113M values (432 MiB in fp32), |w| < 10.
+    """
+
+    fields: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({  # largest value of each int field
+        "patch_size": 256, "channels": 1024, "latent_height": 16384, "latent_width": 16384,
+        "d_model": 65536, "d_ff": 262144, "n_layers": 64, "n_heads": 4096, "text_dim": 65536}))
+    values: int = 2 ** 33  # parameters + buffers (32 GiB in fp32)
+    weight_magnitude: float = 1e4  # largest |w| of any stored value
+    tensors: int = 4096  # tensors in one file (64 layers make 1168; a .pth may add wrappers and optimizer state)
+    config_bytes: int = 64 * 1024  # the JSON config in a safetensors file's metadata
+    header_bytes: int = 16 * 2 ** 20  # a safetensors header (names, shapes, offsets)
+    pickle_bytes: int = 2 ** 20  # the pickle part of a .pth (without its tensors' data; published: 3 KiB)
+    pickle_ops: int = 2 ** 18  # opcodes in that pickle (about 30 per tensor)
+    message_items: int = 5  # problems listed in one error message before "... and N more"
+
+
+LIMITS = Limits()
 
 
 class NoiseARConfigError(ValueError):
     """A config that cannot describe a NoiseAR network, or a state dict it cannot be read from."""
+
+
+def listing(items: Iterable[str], limit: int | None = None) -> str:
+    """'a, b, c ... and 7 more': at most ``limit`` items (LIMITS.message_items), each cut to 80 characters."""
+    items, limit = list(items), limit or LIMITS.message_items
+    shown = [item if len(item) <= 80 else item[:77] + "..." for item in items[:limit]]
+    return ", ".join(shown) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def quoted(text: Any) -> str:
+    """repr of a value from a file, cut to 80 characters (keys and values can be megabytes long)."""
+    text = repr(text)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -44,10 +83,16 @@ class NoiseARConfig:
     # the prior was trained at, not a limit.
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff",
-                     "n_layers", "n_heads", "text_dim"):
-            if int(getattr(self, name)) < 1:
-                raise NoiseARConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in INT_FIELDS:
+            value, largest = getattr(self, name), LIMITS.fields[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NoiseARConfigError(f"{name} must be an integer, got {type(value).__name__} {quoted(value)}")
+            if not 1 <= value <= largest:
+                raise NoiseARConfigError(f"{name} must be between 1 and {largest}, got {quoted(value)}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise NoiseARConfigError(f"dropout must be a number, got {type(self.dropout).__name__} {quoted(self.dropout)}")
+        if not isinstance(self.positions, str):
+            raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {quoted(self.positions)}")
         if self.latent_height % self.patch_size or self.latent_width % self.patch_size:
             raise NoiseARConfigError(
                 f"latent {self.latent_height}x{self.latent_width} is not a multiple of patch_size "
@@ -55,11 +100,15 @@ class NoiseARConfig:
         if self.d_model % self.n_heads:
             raise NoiseARConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.positions not in POSITION_SCHEMES:
-            raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
+            raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {quoted(self.positions)}")
         if self.positions == "2d" and self.d_model % 4:
             raise NoiseARConfigError(f"2-D positions need d_model divisible by 4, got {self.d_model}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise NoiseARConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_values > LIMITS.values:
+            raise NoiseARConfigError(
+                f"this config describes {self.num_values:,} values, more than any NoiseAR prior "
+                f"(limit {LIMITS.values:,})")
 
     # Derived sizes -------------------------------------------------------------------------
     @property
@@ -92,6 +141,38 @@ class NoiseARConfig:
         """A ``dim_adapter`` Linear(text_dim -> d_model) exists when the widths differ (Hunyuan-DiT)."""
         return self.text_dim != self.d_model
 
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of every tensor in this network's state dict (parameters and buffers), computed
+        without building it: what a checkpoint is checked against before any tensor is allocated.
+        tests/test_model.py checks it against `NoiseAR(config).state_dict()`."""
+        d, k, hidden = self.d_model, self.patch_dim, self.patch_hidden
+        shapes: dict[str, tuple[int, ...]] = {"learnable_start_token_emb": (d,)}
+        if self.positions == "table":
+            shapes["pos_encoding"] = (1, self.num_patches + 1, d)
+        if self.has_text_adapter:
+            shapes.update({"dim_adapter.weight": (d, self.text_dim), "dim_adapter.bias": (d,)})
+        shapes.update({"latent_patch_encoder.0.weight": (hidden, k), "latent_patch_encoder.0.bias": (hidden,),
+                       "latent_patch_encoder.2.weight": (d, hidden), "latent_patch_encoder.2.bias": (d,)})
+        layer = {"self_attn_layers.{}.in_proj_weight": (3 * d, d), "self_attn_layers.{}.in_proj_bias": (3 * d,),
+                 "self_attn_layers.{}.out_proj.weight": (d, d), "self_attn_layers.{}.out_proj.bias": (d,),
+                 "cross_attn_layers.{}.in_proj_weight": (3 * d, d), "cross_attn_layers.{}.in_proj_bias": (3 * d,),
+                 "cross_attn_layers.{}.out_proj.weight": (d, d), "cross_attn_layers.{}.out_proj.bias": (d,),
+                 **{f"{norm}.{{}}.{part}": (d,) for norm in ("self_attn_norm", "cross_attn_norm", "ffn_norm")
+                    for part in ("weight", "bias")},
+                 "ffn_layers.{}.0.weight": (self.d_ff, d), "ffn_layers.{}.0.bias": (self.d_ff,),
+                 "ffn_layers.{}.3.weight": (d, self.d_ff), "ffn_layers.{}.3.bias": (d,)}
+        for index in range(self.n_layers):
+            shapes.update({key.format(index): shape for key, shape in layer.items()})
+        for head in ("prediction_head_mu", "prediction_head_logvar"):
+            shapes.update({f"{head}.0.weight": (2 * d, d), f"{head}.0.bias": (2 * d,),
+                           f"{head}.2.weight": (k, 2 * d), f"{head}.2.bias": (k,)})
+        return shapes
+
+    @property
+    def num_values(self) -> int:
+        """Parameters + buffers, from the shapes (no tensor is made)."""
+        return sum(math.prod(shape) for shape in self.state_shapes().values())
+
     @property
     def variant(self) -> str:
         """'SDXL' or 'Hunyuan-DiT' for the published shapes, else 'own'."""
@@ -114,42 +195,64 @@ class NoiseARConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "NoiseARConfig":
+        """Parse a config written by :meth:`to_json`: one flat JSON object of finite numbers and strings."""
+        if not isinstance(text, str) or len(text) > LIMITS.config_bytes:
+            raise NoiseARConfigError(f"config metadata must be a JSON text of at most {LIMITS.config_bytes} "
+                                     f"characters, got {type(text).__name__} of {len(text)}")
+
+        def refuse_constant(name: str) -> None:
+            raise NoiseARConfigError(f"config metadata holds {name}, not a finite number")
+
+        def finite_float(literal: str) -> float:
+            value = float(literal)
+            if not math.isfinite(value):
+                refuse_constant(quoted(literal))
+            return value
+
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise NoiseARConfigError(f"config metadata is not valid JSON: {err}") from None
+            values = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+        except (json.JSONDecodeError, ValueError) as err:  # ValueError: integers of more than 4300 digits
+            if isinstance(err, NoiseARConfigError):
+                raise
+            raise NoiseARConfigError(f"config metadata is not valid JSON: {quoted(str(err))}") from None
+        except RecursionError:
+            raise NoiseARConfigError("config metadata is nested too deeply; it must be one flat JSON object") from None
         if not isinstance(values, dict):
-            raise NoiseARConfigError("config metadata must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+            raise NoiseARConfigError(f"config metadata must be a JSON object, got a {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise NoiseARConfigError(f"config metadata has unknown fields {unknown}; known: {sorted(known)}")
+            raise NoiseARConfigError(f"config metadata has unknown fields {listing(map(quoted, unknown))}; "
+                                     f"known: {', '.join(known)}")
         return cls(**values)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], *, n_heads: int = 1,
+    def from_state_dict(cls, state: Mapping[str, Any], *, n_heads: int = 1,
                         latent_height: int | None = None, latent_width: int | None = None) -> "NoiseARConfig":
-        """Read the shapes of a published-layout state dict.
+        """Read the shapes of a published-layout state dict (values: anything with a ``.shape``).
 
         The head count cannot be read from shapes (it is 1 in every published checkpoint). The grid
         is taken as square unless ``latent_height``/``latent_width`` are given. A state dict without
         ``pos_encoding`` can only be described by its config metadata (2-D positions).
         """
-        def shape(key: str) -> tuple[int, ...]:
+        def shape(key: str, ndim: int) -> tuple[int, ...]:
             if key not in state:
                 raise NoiseARConfigError(f"not a NoiseAR state dict: missing '{key}'")
-            return tuple(state[key].shape)
+            found = tuple(state[key].shape)
+            if len(found) != ndim:
+                raise NoiseARConfigError(f"'{key}' has shape {list(found)}; expected {ndim} dimensions")
+            return found
 
-        d_model = shape("learnable_start_token_emb")[0]
-        hidden, patch_dim = shape("latent_patch_encoder.0.weight")
+        (d_model,) = shape("learnable_start_token_emb", 1)
+        hidden, patch_dim = shape("latent_patch_encoder.0.weight", 2)
         patch_size = math.isqrt(hidden // 2)
-        if 2 * patch_size ** 2 != hidden or patch_dim % (patch_size ** 2):
+        if patch_size < 1 or 2 * patch_size ** 2 != hidden or patch_dim % (patch_size ** 2):
             raise NoiseARConfigError(
                 f"latent_patch_encoder.0.weight has shape {[hidden, patch_dim]}; expected [2*P*P, C*P*P]")
         channels = patch_dim // patch_size ** 2
-        num_patches = shape("pos_encoding")[1] - 1
+        num_patches = shape("pos_encoding", 3)[1] - 1
         if latent_height is None or latent_width is None:
-            side = math.isqrt(num_patches)
+            side = math.isqrt(max(num_patches, 0))
             if side * side != num_patches:
                 raise NoiseARConfigError(
                     f"pos_encoding holds {num_patches} patches, not a square grid; the latent size must "
@@ -160,8 +263,8 @@ class NoiseARConfig:
             n_layers += 1
         if n_layers == 0:
             raise NoiseARConfigError("not a NoiseAR state dict: missing 'self_attn_layers.0.in_proj_weight'")
-        d_ff = shape("ffn_layers.0.0.weight")[0]
-        text_dim = shape("dim_adapter.weight")[1] if "dim_adapter.weight" in state else d_model
+        d_ff = shape("ffn_layers.0.0.weight", 2)[0]
+        text_dim = shape("dim_adapter.weight", 2)[1] if "dim_adapter.weight" in state else d_model
         return cls(patch_size=patch_size, channels=channels, latent_height=latent_height,
                    latent_width=latent_width, d_model=d_model, d_ff=d_ff, n_layers=n_layers,
                    n_heads=n_heads, text_dim=text_dim)

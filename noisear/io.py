@@ -5,19 +5,24 @@ and every tensor is checked against the config (name, shape, dtype, finite value
 """
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Any, Callable, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import NoiseARConfig, NoiseARConfigError
+from .config import LIMITS, NoiseARConfig, NoiseARConfigError, listing, quoted
 from .model import NoiseAR
 
 FORMAT_NAME = "noisear"
@@ -25,6 +30,12 @@ FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 WRAPPER_KEYS = ("state_dict", "model")  # training scripts often nest the weights under one of these
 KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+# The globals torch.save writes for a state dict (optionally wrapped, with optimizer state); any other is refused.
+STATE_DICT_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                      "torch._utils._rebuild_parameter_with_state",
+                      *(f"torch.{kind}Storage" for kind in ("Float", "Half", "BFloat16", "Double", "Long", "Int",
+                                                            "Short", "Char", "Byte", "Bool"))}
 
 
 class NoiseARCheckpointError(ValueError):
@@ -71,116 +82,313 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     return path
 
 
-def _reason(err: Exception) -> str:
-    """A reader's exception as one short line (torch's weights_only errors span many lines of advice)."""
+# Reading: everything a file declares is checked before its data is read ------------------------------
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a file declares about one tensor, before its data is read."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _reason(err: BaseException) -> str:
+    """A reader's exception as one short line, without torch's advice to retry unsafely."""
     text = str(err)
-    detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-    return " ".join((detail.group(1) if detail else text).split())[:300] or type(err).__name__
+    detail = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", text, re.S)
+    lines = [line for line in (detail.group(1) if detail else text).splitlines()
+             if line.strip() and "weights_only" not in line and "trust" not in line]
+    text = " ".join(" ".join(lines).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _refused_globals(path: Path, found: list[str]) -> NoiseARCheckpointError:
+    return NoiseARCheckpointError(
+        f"refused to load {path.name}: it holds Python objects other than tensors ({listing(found)}), which "
+        f"could run code when unpickled. Nothing was executed; only plain state dicts of tensors are "
+        f"accepted. Get the file from its original source, or a .safetensors version of it.")
+
+
+def _scan_pickle(stream: IO[bytes], path: Path, count: int = 1) -> None:
+    """Walk ``count`` pickles without running them; refuse any global a state dict does not need and more
+    tensors or opcodes than LIMITS allow, so torch.load only ever sees a small plain state dict."""
+    found, reduces, ops, strings = [], 0, 0, ["?", "?"]
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise NoiseARCheckpointError(
-            f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}") from None
-    return state, metadata
-
-
-def _read_pickle(path: Path) -> dict:
-    try:
-        mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:
-        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if isinstance(err, pickle.UnpicklingError) and code:
+        for _ in range(count):
+            for opcode, arg, _ in pickletools.genops(stream):
+                ops += 1
+                if isinstance(arg, str) and "UNICODE" in opcode.name:
+                    strings = [strings[-1], arg]
+                if opcode.name in ("GLOBAL", "INST", "STACK_GLOBAL"):
+                    name = arg.replace(" ", ".") if opcode.name != "STACK_GLOBAL" else ".".join(strings)
+                    if name not in STATE_DICT_GLOBALS and name not in found:
+                        found.append(quoted(name)[1:-1])
+                reduces += opcode.name == "REDUCE"
+                if reduces > 2 * LIMITS.tensors or ops > LIMITS.pickle_ops:
+                    raise NoiseARCheckpointError(
+                        f"{path.name} holds more than {LIMITS.tensors} tensors or {LIMITS.pickle_ops} pickle "
+                        f"operations; a NoiseAR checkpoint holds at most {LIMITS.tensors}")
+    except (ValueError, EOFError) as err:  # genops: unknown opcode, data cut short
+        if isinstance(err, NoiseARCheckpointError):
+            raise
+        if not found:
             raise NoiseARCheckpointError(
-                f"refused to load {path.name}: it holds Python objects other than tensors ({code.group(1)}), "
-                f"which could run code. Nothing was executed; only plain state dicts of tensors are accepted "
-                f"(torch.load weights_only=True). Get the file from its original source.") from None
+                f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+    if found:
+        raise _refused_globals(path, found)
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a global our scan let through
+            name = re.search(r"GLOBAL ([\w.]+)", str(err))
+            raise _refused_globals(path, [name.group(1) if name else "?"]) from None
         raise NoiseARCheckpointError(
             f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+
+
+def _open_zip_pickle(path: Path) -> bytes:
+    """The pickle of a zip .pth after checking its directory: stored entries only, few, a small pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            if len(entries) > LIMITS.tensors + 16:
+                raise NoiseARCheckpointError(f"{path.name} holds {len(entries)} records; a NoiseAR checkpoint "
+                                             f"holds at most {LIMITS.tensors} tensors")
+            if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
+                raise NoiseARCheckpointError(f"{path.name} holds compressed records, which torch.save never "
+                                             f"writes; the file is damaged or crafted")
+            pickles = [entry for entry in entries if entry.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > LIMITS.pickle_bytes:
+                raise NoiseARCheckpointError(
+                    f"{path.name} is not a readable PyTorch checkpoint: expected one data.pkl of at most "
+                    f"{LIMITS.pickle_bytes} bytes")
+            return archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        if isinstance(err, NoiseARCheckpointError):
+            raise
+        raise NoiseARCheckpointError(
+            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+
+
+def _unwrap(loaded: Any, path: Path) -> dict[str, Any]:
+    """Take the weights out of a {'state_dict': ...} / {'model': ...} wrapper and strip wrapper prefixes."""
     if not isinstance(loaded, dict):
         raise NoiseARCheckpointError(f"{path.name} holds a {type(loaded).__name__}, not a state dict")
-    return loaded
-
-
-def _unwrap(state: dict, name: str) -> dict[str, torch.Tensor]:
-    """Take the weights out of a {'state_dict': ...} / {'model': ...} wrapper and strip wrapper prefixes."""
     for key in WRAPPER_KEYS:
-        if isinstance(state.get(key), dict):
-            state = state[key]
+        if isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
             break
-    clean = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise NoiseARCheckpointError(f"{name}: entry '{key}' is a {type(value).__name__}, not a tensor")
+    return _strip_prefixes(loaded, path)
+
+
+def _strip_prefixes(entries: dict, path: Path) -> dict[str, Any]:
+    """Keys without DDP / torch.compile prefixes; keys must be strings and stay distinct."""
+    clean: dict[str, Any] = {}
+    for key, value in entries.items():
+        if not isinstance(key, str):
+            raise NoiseARCheckpointError(f"{path.name}: entry {quoted(key)} is named by a {type(key).__name__}, "
+                                         f"not a string")
+        name = key
         for prefix in KEY_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        clean[key] = value
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        if name in clean:
+            raise NoiseARCheckpointError(f"{path.name}: two entries are named {quoted(name)} (with and without "
+                                         f"a wrapper prefix)")
+        clean[name] = value
     return clean
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
-    """Read and validate a checkpoint: (state dict on the CPU, config). Raises NoiseARCheckpointError."""
+def _tensor_info(key: str, value: Any, path: Path, owners: dict[int, str]) -> TensorInfo:
+    """A loaded .pth entry must be a plain CPU float tensor that owns exactly its data."""
+    if not isinstance(value, torch.Tensor):
+        raise NoiseARCheckpointError(f"{path.name}: entry {quoted(key)} is a {type(value).__name__}, not a tensor")
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+        raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} is not a plain dense tensor ({value.layout}, "
+                                     f"{value.device.type})")
+    if value.dtype not in FLOAT_DTYPES.values():
+        raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} has dtype {value.dtype}, expected a floating "
+                                     f"type (float32, float16, bfloat16 or float64)")
+    stored = value.untyped_storage().nbytes()
+    if value.storage_offset() or not value.is_contiguous() or stored != value.numel() * value.element_size():
+        raise NoiseARCheckpointError(
+            f"{path.name}: {quoted(key)} of shape {list(value.shape)} (strides {list(value.stride())}) is a view "
+            f"of {stored} stored bytes, not a tensor that owns its {value.numel() * value.element_size()} bytes; "
+            f"re-save the state dict with every tensor .clone()d")
+    if value.numel():
+        owner = owners.setdefault(value.untyped_storage().data_ptr(), key)
+        if owner != key:
+            raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} shares its data with {quoted(owner)}; "
+                                         f"re-save the state dict with every tensor .clone()d")
+    return TensorInfo(tuple(value.shape), value.dtype)
+
+
+def _pth_infos(loaded: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, TensorInfo]]:
+    state, owners = _unwrap(loaded, path), {}
+    return state, {key: _tensor_info(key, value, path, owners) for key, value in state.items()}
+
+
+class _Reader:
+    """One checkpoint file: its declared tensors (``infos``) and config metadata, then its data on request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.metadata = path, {}
+        if path.suffix == ".safetensors":
+            self.infos = self._safetensors_header()
+        elif path.suffix in PICKLE_SUFFIXES:
+            self.infos = self._pth_header()
+        else:
+            raise NoiseARCheckpointError(f"{path.name}: unknown checkpoint type {quoted(path.suffix)}; expected "
+                                         f".safetensors or {', '.join(PICKLE_SUFFIXES)}")
+
+    # safetensors: 8-byte header length, JSON header {key: {dtype, shape, data_offsets}, __metadata__}, data
+    def _safetensors_header(self) -> dict[str, TensorInfo]:
+        path = self.path
+        with path.open("rb") as handle:
+            length, size = int.from_bytes(handle.read(8), "little"), path.stat().st_size
+            if length > min(LIMITS.header_bytes, size - 8):
+                raise NoiseARCheckpointError(
+                    f"{path.name} is not a readable safetensors file (truncated or corrupt?): it declares a "
+                    f"header of {length} bytes in a file of {size} (a NoiseAR header is at most {LIMITS.header_bytes})")
+            header = handle.read(length)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu"):  # validates offsets and sizes against the file
+                pass
+            header = json.loads(header)
+        except Exception as err:  # safetensors raises its own error types for every kind of damage
+            raise NoiseARCheckpointError(
+                f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        if len(header) > LIMITS.tensors:
+            raise NoiseARCheckpointError(f"{path.name} holds {len(header)} tensors; a NoiseAR checkpoint holds at "
+                                         f"most {LIMITS.tensors}")
+        self.data_start, self.offsets, infos = 8 + length, {}, {}
+        for key, entry in _strip_prefixes(header, path).items():
+            if entry["dtype"] not in FLOAT_DTYPES:
+                raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} has dtype {quoted(entry['dtype'])}, "
+                                             f"expected a floating type ({', '.join(FLOAT_DTYPES)})")
+            infos[key] = TensorInfo(tuple(entry["shape"]), FLOAT_DTYPES[entry["dtype"]])
+            self.offsets[key] = tuple(entry["data_offsets"])
+        return infos
+
+    def _safetensors_data(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """Each tensor read straight from the file into memory of its own (no mapping of the file stays)."""
+        state = {}
+        with self.path.open("rb") as handle:
+            for key, info in self.infos.items():
+                begin, end = self.offsets[key]
+                tensor = torch.empty(info.shape, dtype=info.dtype)
+                handle.seek(self.data_start + begin)
+                target, done = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()), 0
+                while done < end - begin:
+                    read = handle.readinto(target[done:])
+                    if not read:
+                        raise NoiseARCheckpointError(f"{self.path.name} was cut short while being read; load it again")
+                    done += read
+                state[key] = tensor if dtype is None else tensor.to(dtype)
+        return state
+
+    # .pth: a zip of a pickle and raw records (or the legacy single stream), read by torch.load(weights_only)
+    def _pth_header(self) -> dict[str, TensorInfo]:
+        path = self.path
+        self.zip = zipfile.is_zipfile(path)
+        if self.zip:
+            _scan_pickle(io.BytesIO(_open_zip_pickle(path)), path)
+            _, infos = _pth_infos(_torch_load(path, mmap=True), path)  # maps the file: nothing is read yet
+            return infos
+        with path.open("rb") as handle:  # legacy: magic number, protocol, system info, the state dict
+            _scan_pickle(io.BytesIO(handle.read(LIMITS.pickle_bytes)), path, count=4)
+        self.state, infos = _pth_infos(_torch_load(path, mmap=False), path)  # the data is read here
+        return infos
+
+    def _pth_data(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        if self.zip:  # read again without mapping: torch allocates each record's size and reads it
+            self.state, infos = _pth_infos(_torch_load(self.path, mmap=False), self.path)
+            if infos != self.infos:
+                raise NoiseARCheckpointError(f"{self.path.name} changed while being read; load it again")
+        state, self.state = self.state, {}
+        for key in state:  # one tensor at a time, so a cast needs one tensor's extra memory
+            state[key] = state[key] if dtype is None else state[key].to(dtype)
+        return state
+
+    def data(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        return self._safetensors_data(dtype) if self.path.suffix == ".safetensors" else self._pth_data(dtype)
+
+
+def _config(reader: _Reader) -> NoiseARConfig:
+    try:
+        if "noisear_config" in reader.metadata:
+            return NoiseARConfig.from_json(reader.metadata["noisear_config"])
+        return NoiseARConfig.from_state_dict(reader.infos)
+    except NoiseARConfigError as err:
+        raise NoiseARCheckpointError(f"{reader.path.name}: {err}") from None
+
+
+def check_shapes(infos: Mapping[str, Any], config: NoiseARConfig, name: str = "checkpoint") -> None:
+    """Every key of ``config.state_shapes()`` present with its shape, no other key (values: anything with
+    a ``.shape``). Nothing is allocated."""
+    expected = config.state_shapes()
+    problems = [f"missing {quoted(key)} (expected shape {list(shape)})" for key, shape in expected.items()
+                if key not in infos]
+    problems += [f"unexpected {quoted(key)} (shape {list(infos[key].shape)})" for key in infos if key not in expected]
+    problems += [f"{quoted(key)} has shape {list(infos[key].shape)}, expected {list(shape)}"
+                 for key, shape in expected.items() if key in infos and tuple(infos[key].shape) != shape]
+    if problems:
+        raise NoiseARCheckpointError(f"{name} does not match a NoiseAR {config.variant} network: {listing(problems)}")
+
+
+def check_values(state: Mapping[str, torch.Tensor], name: str = "checkpoint") -> None:
+    """Finite values no larger than LIMITS.weight_magnitude in every tensor."""
+    for key, value in state.items():
+        if not value.numel():
+            continue
+        low, high = (float(x) for x in torch.aminmax(value))  # NaN propagates; no copy
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise NoiseARCheckpointError(f"{name}: {quoted(key)} contains NaN or infinite values; the file is damaged")
+        if max(-low, high) > LIMITS.weight_magnitude:
+            raise NoiseARCheckpointError(
+                f"{name}: {quoted(key)} holds values up to {max(-low, high):.3g}; a NoiseAR prior's weights stay "
+                f"below {LIMITS.weight_magnitude:g}, so the file is damaged")
+
+
+def _read(path: str | os.PathLike, dtype: torch.dtype | None = None
+          ) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
     path = Path(path)
     if not path.is_file():
         raise NoiseARCheckpointError(f"no such checkpoint file: {path}")
-    if path.suffix == ".safetensors":
-        state, metadata = _read_safetensors(path)
-    elif path.suffix in PICKLE_SUFFIXES:
-        state, metadata = _read_pickle(path), {}
-    else:
-        raise NoiseARCheckpointError(
-            f"{path.name}: unknown checkpoint type '{path.suffix}'; expected .safetensors or {', '.join(PICKLE_SUFFIXES)}")
-    state = _unwrap(state, path.name)
-    try:
-        if "noisear_config" in metadata:
-            config = NoiseARConfig.from_json(metadata["noisear_config"])
-        else:
-            config = NoiseARConfig.from_state_dict(state)
-    except NoiseARConfigError as err:
-        raise NoiseARCheckpointError(f"{path.name}: {err}") from None
-    validate_state_dict(state, config, path.name)
+    reader = _Reader(path)
+    config = _config(reader)
+    check_shapes(reader.infos, config, path.name)
+    state = reader.data(dtype)
+    check_values(state, path.name)
     return state, config
 
 
-def validate_state_dict(state: dict[str, torch.Tensor], config: NoiseARConfig, name: str = "checkpoint") -> None:
-    """Every expected key present with its shape, no extra key, floating and finite values."""
-    with torch.device("meta"):
-        expected = {key: tuple(value.shape) for key, value in NoiseAR(config).state_dict().items()}
-    missing = [key for key in expected if key not in state]
-    extra = [key for key in state if key not in expected]
-    problems = [f"missing '{key}' (expected shape {list(expected[key])})" for key in missing]
-    problems += [f"unexpected '{key}' (shape {list(state[key].shape)})" for key in extra]
-    for key, shape in expected.items():
-        if key in state and tuple(state[key].shape) != shape:
-            problems.append(f"'{key}' has shape {list(state[key].shape)}, expected {list(shape)}")
-    if problems:
-        raise NoiseARCheckpointError(
-            f"{name} does not match a NoiseAR {config.variant} network: " + "; ".join(problems))
-    for key, value in state.items():
-        if not value.is_floating_point():
-            raise NoiseARCheckpointError(f"{name}: '{key}' has dtype {value.dtype}, expected a floating type")
-        if value.numel() and not torch.isfinite(torch.stack(torch.aminmax(value))).all():  # NaN propagates; no copy
-            raise NoiseARCheckpointError(f"{name}: '{key}' contains NaN or infinite values; the file is damaged")
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
+    """Read and validate a checkpoint: (state dict on the CPU in the stored dtypes, config).
+
+    Everything the file declares (config, names, shapes, dtypes, sizes, pickle globals) is checked
+    against LIMITS and the config before any data is read; then the values must be finite and
+    bounded. The tensors own their memory: nothing refers to the file afterwards. Raises
+    NoiseARCheckpointError with one line saying what is wrong.
+    """
+    return _read(path)
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> NoiseAR:
     """Load a NoiseAR checkpoint (.safetensors or published .pth) into an eval-mode model.
 
-    The network is built without memory and takes the file's tensors as they are, so loading
-    needs about the weights' size in RAM.
+    The weights are read tensor by tensor into memory the model owns (cast to ``dtype`` one tensor at
+    a time), so loading needs about the weights' size in RAM and the file can change afterwards.
     """
-    state, config = read_checkpoint(path)
+    state, config = _read(path, dtype)
     with torch.device("meta"):
         model = NoiseAR(config)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device).eval()
 
 
 def save(model: NoiseAR, path: str | os.PathLike) -> None:

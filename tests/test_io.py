@@ -218,7 +218,7 @@ def test_missing_file_and_directory_are_refused(tmp_path):
 
 @pytest.mark.parametrize("metadata, message", [
     ({"noisear_config": "{not json"}, r"config metadata is not valid JSON"),
-    ({"noisear_config": json.dumps({"patch_size": 2, "colour": "red"})}, r"unknown fields \['colour'\]"),
+    ({"noisear_config": json.dumps({"patch_size": 2, "colour": "red"})}, r"unknown fields 'colour'; known: patch_size, "),
     ({"noisear_config": json.dumps([1, 2])}, r"must be a JSON object"),
     ({"noisear_config": json.dumps({"patch_size": 5})}, r"latent 128x128 is not a multiple of patch_size 5"),
 ], ids=["bad-json", "unknown-field", "not-object", "impossible"])
