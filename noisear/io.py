@@ -5,6 +5,7 @@ and every tensor is checked against the config (name, shape, dtype, finite value
 """
 from __future__ import annotations
 
+import _compat_pickle  # the Python 2 -> 3 name table pickle itself uses
 import io
 import json
 import math
@@ -103,9 +104,9 @@ def _reason(err: BaseException) -> str:
 
 def _refused_globals(path: Path, found: list[str]) -> NoiseARCheckpointError:
     return NoiseARCheckpointError(
-        f"refused to load {path.name}: it holds Python objects other than tensors ({listing(found)}), which "
-        f"could run code when unpickled. Nothing was executed; only plain state dicts of tensors are "
-        f"accepted. Get the file from its original source, or a .safetensors version of it.")
+        f"refused to load {path.name}: it holds Python objects other than plain tensors ({listing(found)}); "
+        f"a state dict never needs them, and such objects could run code when unpickled. Nothing was "
+        f"executed. Get the file from its original source, or a .safetensors version of it.")
 
 
 def _scan_pickle(stream: IO[bytes], path: Path, count: int = 1) -> None:
@@ -119,7 +120,10 @@ def _scan_pickle(stream: IO[bytes], path: Path, count: int = 1) -> None:
                 if isinstance(arg, str) and "UNICODE" in opcode.name:
                     strings = [strings[-1], arg]
                 if opcode.name in ("GLOBAL", "INST", "STACK_GLOBAL"):
-                    name = arg.replace(" ", ".") if opcode.name != "STACK_GLOBAL" else ".".join(strings)
+                    module, _, name = (arg if opcode.name != "STACK_GLOBAL" else " ".join(strings)).partition(" ")
+                    # protocol 2 writes Python 2 names (__builtin__.eval): say what Python 3 runs
+                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+                    name = f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
                     if name not in STATE_DICT_GLOBALS and name not in found:
                         found.append(quoted(name)[1:-1])
                 reduces += opcode.name == "REDUCE"
@@ -151,11 +155,14 @@ def _torch_load(path: Path, mmap: bool) -> Any:
 def _open_zip_pickle(path: Path) -> bytes:
     """The pickle of a zip .pth after checking its directory: stored entries only, few, a small pickle."""
     try:
+        with path.open("rb") as handle:  # the end record gives the count before the directory is parsed
+            end = zipfile._EndRecData(handle)  # private but stable since Python 2; handles zip64
+        count = end[zipfile._ECD_ENTRIES_TOTAL] if end else 0
+        if count > LIMITS.tensors + 16:
+            raise NoiseARCheckpointError(f"{path.name} holds {count} records; a NoiseAR checkpoint holds at most "
+                                         f"{LIMITS.tensors} tensors")
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-            if len(entries) > LIMITS.tensors + 16:
-                raise NoiseARCheckpointError(f"{path.name} holds {len(entries)} records; a NoiseAR checkpoint "
-                                             f"holds at most {LIMITS.tensors} tensors")
             if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
                 raise NoiseARCheckpointError(f"{path.name} holds compressed records, which torch.save never "
                                              f"writes; the file is damaged or crafted")

@@ -6,7 +6,11 @@ state dicts strictly has the published layout.
 """
 from __future__ import annotations
 
+import io
 import math
+import pickle
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -130,3 +134,45 @@ def hostile_pth(tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "model.pth"
     torch.save({**random_state_dict(TINY), "payload": PlantsMarker(marker)}, path)
     return path, marker
+
+
+class _FakeStorage:
+    """Stands for a storage in :func:`write_crafted_pth`: pickled as torch's ('storage', type, key, 'cpu', numel)."""
+
+    def __init__(self, key: str, numel: int) -> None:
+        self.key, self.numel = key, numel
+
+
+class _CraftedTensor:
+    """Pickled as torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())."""
+
+    def __init__(self, storage: _FakeStorage, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        self.args = (storage, 0, tuple(size), tuple(stride), False, OrderedDict())
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args
+
+
+def write_crafted_pth(path: Path, tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]],
+                      record_bytes: int = 16) -> Path:
+    """A zip .pth whose pickle declares what the caller says, not what torch.save would write.
+
+    ``tensors``: key -> (size, stride, claimed storage numel) of float32 tensors, each on its own
+    record of ``record_bytes`` zero bytes. Lets tests declare stride-0 views or storages bigger
+    than their records, as a hostile file can.
+    """
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel) if isinstance(obj, _FakeStorage) else None
+
+    state = {key: _CraftedTensor(_FakeStorage(str(i), numel), size, stride)
+             for i, (key, (size, stride, numel)) in enumerate(tensors.items())}
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(state)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        for i in range(len(tensors)):
+            archive.writestr(f"archive/data/{i}", bytes(record_bytes))
+        archive.writestr("archive/version", "3\n")
+    return path

@@ -1,6 +1,8 @@
 """The network and its samplers, checked against an independent plain implementation (reference_noisear)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -280,3 +282,15 @@ def test_bad_inputs_are_refused_with_what_was_expected(call, message):
     with pytest.raises(NoiseARInputError, match=message):
         call(random_model(TINY))
 
+
+
+@pytest.mark.parametrize("config", [
+    TINY, NoiseARConfig(), NoiseARConfig(text_dim=1024),
+    NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=8, d_model=24, d_ff=40, n_layers=3,
+                  n_heads=2, text_dim=12, positions="2d")], ids=["tiny", "sdxl", "hunyuan", "own-2d"])
+def test_state_shapes_are_the_networks_without_building_it(config):
+    """What checkpoints are checked against before loading equals the state dict the network has."""
+    with torch.device("meta"):
+        built = {key: tuple(value.shape) for key, value in NoiseAR(config).state_dict().items()}
+    assert config.state_shapes() == built
+    assert config.num_values == sum(math.prod(shape) for shape in built.values())
