@@ -7,7 +7,8 @@ noise repeats across prompts), the source noise is RandomNoise's draw for that s
 [1, C, H, W] empty latent, and the target is NoiseAR Golden Noise of it (same scheduler, steps and
 guidances). A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
 skips what is written, also after a crash or with prompts added or reordered. Memory: one batch
-plus one shard (the writer flushes every ``shard_size`` samples).
+plus one shard (the writer flushes every ``shard_size`` samples or ``SHARD_BYTES``). The shards go to a
+subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from noisear.train.data import DatasetInfo, ShardWriter
+from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardWriter
 from noisear.golden import GoldenConfig
 from noisear.train.collect import SEED_SCHEME, keep_improved, prompt_seeds
 
@@ -52,10 +53,30 @@ def fixed_tokens(conditioning: list, tokens: int) -> tuple[torch.Tensor, torch.T
 
 
 def dataset_directory(name: str) -> str:
-    """Absolute paths as given; relative ones under ComfyUI's output folder."""
+    """The real path of folder ``name`` inside ComfyUI's output folder; anywhere else is refused.
+
+    As SaveImage refuses (folder_paths.get_save_image_path): the name is relative and, normalised, must
+    stay inside the output folder (a ``..`` that climbs out or an absolute path is refused). Beyond
+    SaveImage, symlinks are resolved, so a linked subfolder that points out of the output folder is
+    refused too. Nothing is created here.
+    """
     if not name.strip():
-        raise NoiseARNodeError("dataset must name a folder (relative to ComfyUI's output folder, or absolute)")
-    return name if os.path.isabs(name) else os.path.join(host.output_directory(), name)
+        raise NoiseARNodeError("dataset must name a folder inside ComfyUI's output folder, e.g. noisear_dataset/1024x1024")
+    if "\0" in name:
+        raise NoiseARNodeError("dataset contains a NUL character; give a plain folder name")
+    if os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        raise NoiseARNodeError(f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "
+                               f"saving outside the output folder is not allowed (as for SaveImage)")
+    output = os.path.realpath(host.output_directory())
+    folder = os.path.realpath(os.path.join(output, name))
+    if folder == output:
+        raise NoiseARNodeError(f"dataset {name[:200]!r} is the output folder itself; name a subfolder, e.g. "
+                               f"noisear_dataset/1024x1024")
+    if os.path.commonpath((output, folder)) != output:
+        raise NoiseARNodeError(f"dataset {name[:200]!r} resolves to {folder[:200]}: saving outside the output folder "
+                               f"is not allowed (as for SaveImage; {'..' if '..' in name else 'symlinks'} may not lead "
+                               f"out of {output}). Name a subfolder, e.g. noisear_dataset/1024x1024")
+    return folder
 
 
 def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, seeds_per_prompt: int,
@@ -136,12 +157,14 @@ class DatasetCollectorNode:
                 "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data).")}),
             **schedule_inputs(),
             "dataset": ("STRING", {"default": "noisear_dataset/1024x1024", "tooltip": (
-                "Folder of the shards: relative to ComfyUI's output folder, or absolute. One folder per size.")}),
+                "Folder of the shards inside ComfyUI's output folder (a relative name, like SaveImage's prefix; "
+                "nothing is written elsewhere). One folder per size.")}),
             "text_tokens": ("INT", {"default": 77, "min": 1, "max": 4096, "tooltip": (
                 "Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0.")}),
-            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "Seeds computed together."}),
-            "shard_size": ("INT", {"default": 256, "min": 1, "max": 65536, "tooltip": (
-                "Samples per shard file; at most this many are held in memory before a write.")}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
+            "shard_size": ("INT", {"default": 256, "min": 1, "max": 4096, "tooltip": (
+                f"Samples per shard file, at most {SHARD_BYTES // 2 ** 20} MiB of them: that is all that is held "
+                f"in memory before a write.")}),
             "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
         }, "optional": {
             "reward": ("NOISEAR_REWARD", {"tooltip": (

@@ -8,7 +8,10 @@ real host.py code runs against them. Facts mirrored here (see /work/shared/refer
 - model_sampling: EPS/V-prediction objects with a 0-d tensor sigma_max; flow models are CONST.
 - latent formats: process_in(x) = (x - shift) * scale, process_out the inverse.
 - ProgressBar(total).update_absolute(value, total=None); folder_paths.folder_names_and_paths
-  entries are ([dirs], extensions).
+  entries are ([dirs], extensions); get_full_path_or_raise resolves the name as
+  os.path.relpath(os.path.join("/", name), "/") (a leading ".." cannot climb out of the folder);
+  get_output_directory() is <base>/output (not created in advance). The fake adds no
+  path checks of its own: whatever refuses a path must be the node's code.
 - CLIP.tokenize(text, disable_weights=False) -> {stream: chunks of (token, weight)}: SDXL streams "l"
   and "g" in chunks of exactly 77 ([start 49406, up to 75 tokens, end 49407], padded with 49407 for
   "l" and 0 for "g"; a prompt over 75 tokens goes on in the next chunk); Hunyuan-DiT's "hydit_clip"
@@ -129,6 +132,7 @@ class FolderPaths:
         self.models_dir = str(base / "models")
         self.folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {}
         self.temp_directory = str(base / "temp")
+        self.output_directory = str(base / "output")  # may not exist yet
 
     def get_filename_list(self, folder: str) -> list[str]:
         paths, extensions = self.folder_names_and_paths[folder]
@@ -143,6 +147,7 @@ class FolderPaths:
         return self.folder_names_and_paths[folder][0][:]
 
     def get_full_path_or_raise(self, folder: str, name: str) -> str:
+        name = os.path.relpath(os.path.join("/", name), "/")  # as ComfyUI: a leading ".." cannot climb out
         for directory in self.folder_names_and_paths[folder][0]:
             path = os.path.join(directory, name)
             if os.path.isfile(path):
@@ -151,6 +156,9 @@ class FolderPaths:
 
     def get_temp_directory(self) -> str:
         return self.temp_directory
+
+    def get_output_directory(self) -> str:
+        return self.output_directory
 
 
 CLIP_FAMILIES = {  # family -> (width, {stream: (start, end, pad, chunk length or None, minimum length)})

@@ -48,7 +48,6 @@ def fakes(monkeypatch, tmp_path):
     monkeypatch.setattr(host, "prediction_kind", lambda model: "epsilon")
     monkeypatch.setattr(host, "run_guided", run_guided)
     monkeypatch.setattr(host, "encode_text", lambda clip, text: clip.encode_from_tokens_scheduled(clip.tokenize(text)))
-    monkeypatch.setattr(host, "output_directory", lambda: str(tmp_path / "output"))
     return installed
 
 

@@ -431,7 +431,10 @@ class ShardWriter:
         if shard_size < 1 or shard_bytes < 1:
             raise DatasetError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DatasetError(f"cannot create the dataset folder {str(self.directory)[:300]}: {err.strerror}") from None
         self.info, self.shard_size, self.shard_bytes = info, shard_size, shard_bytes
         self._buffer: list[Batch] = []
         self._prompts: dict[int, str] = {}

@@ -1,0 +1,116 @@
+"""The Dataset Collector writes only inside ComfyUI's output folder (as SaveImage), and bounds its memory.
+
+Paths go through the real nodes.host and a folder_paths fake that, like ComfyUI's, checks nothing
+itself: every refusal below is the node's own."""
+import json
+import os
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from nodes.collector import DatasetCollectorNode, dataset_directory
+from nodes.prior import NoiseARNodeError
+from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardDataset, ShardWriter
+from test_collector import fakes, run  # noqa: F401  (the fixture, used by every test)
+
+pytestmark = pytest.mark.usefixtures("fakes")
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(root, name), path) for root, _, names in os.walk(path) for name in names)
+
+
+ESCAPES = ["../outside", "../../../../tmp/noisear_escape", "a/../../outside", "./../outside", "a/b/../../../outside",
+           ".."]
+
+
+@pytest.mark.parametrize("name", ESCAPES)
+def test_names_that_climb_out_of_the_output_folder_are_refused_and_nothing_is_created(tmp_path, name):
+    with pytest.raises(NoiseARNodeError, match="saving outside the output folder is not allowed"):
+        run("one", dataset=name)
+    assert files_under(tmp_path) == [] and sorted(os.listdir(tmp_path)) == []
+
+
+def test_absolute_paths_are_refused_even_when_they_point_into_the_output_folder(tmp_path):
+    for name in ["/tmp/noisear_escape", str(tmp_path / "outside"), str(tmp_path / "output" / "set"), "//x", "/"]:
+        with pytest.raises(NoiseARNodeError, match="relative to ComfyUI's output folder"):
+            run("one", dataset=name)
+    assert files_under(tmp_path) == []
+
+
+def test_a_symlinked_subfolder_that_leads_out_is_refused(tmp_path):
+    output, outside = tmp_path / "output", tmp_path / "outside"
+    (output / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (output / "link").symlink_to(outside, target_is_directory=True)
+    (output / "inner" / "up").symlink_to(tmp_path, target_is_directory=True)
+    for name in ["link", "link/set", "link/deep/er", "inner/up/outside", "inner/up/output/../outside"]:
+        with pytest.raises(NoiseARNodeError, match=r"resolves to .*saving outside the output folder is not allowed"):
+            run("one", dataset=name)
+    assert os.listdir(outside) == []
+
+
+def test_relative_names_inside_the_output_folder_work_nested_normalised_and_through_inner_links(tmp_path):
+    output = tmp_path / "output"
+    assert "wrote 3" in run("one", dataset="sets/sdxl/1024x1024")
+    assert len(ShardDataset(output / "sets/sdxl/1024x1024")) == 3
+    assert "skipped 3" in run("one", dataset="sets/./other/../sdxl//1024x1024")  # the same folder
+    (output / "alias").symlink_to(output / "sets", target_is_directory=True)  # a link that stays inside
+    assert "skipped 3" in run("one", dataset="alias/sdxl/1024x1024")
+    assert "wrote 3" in run("one", dataset="..hidden-looking name with spaces")
+    assert dataset_directory("sets/sdxl/1024x1024") == os.path.realpath(output / "sets/sdxl/1024x1024")
+
+
+def test_odd_names_get_a_clear_message(tmp_path):
+    with pytest.raises(NoiseARNodeError, match="must name a folder"):
+        run("one", dataset="   ")
+    with pytest.raises(NoiseARNodeError, match="NUL character"):
+        run("one", dataset="set\x00/x")
+    for name in [".", "a/..", "./"]:
+        with pytest.raises(NoiseARNodeError, match="is the output folder itself; name a subfolder"):
+            run("one", dataset=name)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "taken").write_text("a file")
+    with pytest.raises(ValueError, match="cannot create the dataset folder .*taken"):
+        run("one", dataset="taken")
+
+
+def test_widget_limits_cannot_hold_more_than_the_byte_budget_before_a_write(tmp_path):
+    required = DatasetCollectorNode.INPUT_TYPES()["required"]
+    largest_shard, largest_batch = required["shard_size"][1]["max"], required["batch_size"][1]["max"]
+    writer = ShardWriter(tmp_path, DatasetInfo(), shard_size=largest_shard)
+    writer.item_shapes = {"text": (77, 2048), "noise": (4, 128, 128)}  # SDXL at 1024x1024: ~0.9 MB a sample
+    sample_bytes = 5 * 77 * 2048 + 4 * 4 * 128 * 128 + 16
+    held = (writer.capacity - 1 + largest_batch) * sample_bytes  # most buffered just before a flush
+    assert writer.capacity * sample_bytes <= SHARD_BYTES and held < 2 * SHARD_BYTES
+    assert largest_shard * sample_bytes > SHARD_BYTES  # so it is the byte budget that bounds it
+
+
+def test_the_collector_flushes_by_bytes(tmp_path, monkeypatch):
+    budgets = []
+    plain_init = ShardWriter.__init__
+
+    def small_budget(self, directory, info, shard_size=1024, shard_bytes=SHARD_BYTES):
+        budgets.append(shard_bytes)
+        plain_init(self, directory, info, shard_size, shard_bytes=3 * (5 * 12 * 8 + 4 * 4 * 8 * 8 + 16))
+
+    monkeypatch.setattr(ShardWriter, "__init__", small_budget)
+    run("one\ntwo", k=4)  # shard_size 4, but 3 samples fill the budget
+    assert budgets == [SHARD_BYTES]
+    assert [shard.count for shard in ShardDataset(tmp_path / "output" / "set").shards] == [3, 3, 2]
+
+
+def test_hostile_metadata_in_the_dataset_folder_is_a_clear_error(tmp_path):
+    run("one")
+    shard = tmp_path / "output" / "set" / "shard-00000.safetensors"
+    with safe_open(str(shard), framework="pt") as handle:
+        tensors, metadata = {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+    info = json.loads(metadata["info"])
+    for steps in ["3", None, 1e400, [3]]:
+        save_file(tensors, str(shard), metadata={**metadata, "info": json.dumps({**info, "steps": steps})})
+        with pytest.raises(ValueError, match="shard-00000.safetensors: .*'steps' must be an integer"):
+            run("one")
+    save_file(tensors, str(shard), metadata={**metadata, "prompts": "[not json"})
+    with pytest.raises(ValueError, match="shard-00000.safetensors: shard metadata 'prompts' is not valid JSON"):
+        run("one")
