@@ -6,7 +6,7 @@ from typing import Any
 
 from noisear.mixing import MODES
 
-from . import host
+from . import host, ksampler
 from .collector import DatasetCollectorNode
 from .golden import GoldenNoiseNode
 from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, size_mode_problem, start_latent
@@ -210,6 +210,107 @@ class NoiseARPreviewNode:
                 "result": (image, stats)}
 
 
+# NoiseAR KSampler (issue 14): ComfyUI's KSampler / KSamplerAdvanced inputs, in their order, then the prior's.
+def _ksampler_inputs(seed_name: str) -> dict[str, Any]:
+    """KSampler's sampling inputs with its defaults; the seed input is named ``seed_name``."""
+    return {
+        "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
+        seed_name: ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                            "tooltip": "The random seed: ComfyUI's Gaussian draws for it (what KSampler would add) "
+                                       "are the eps the prior turns into NoiseAR noise; ancestral/SDE samplers' "
+                                       "per-step noise uses it too, as in KSampler."}),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
+                          "tooltip": "The number of steps used in the denoising process."}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                          "tooltip": "The Classifier-Free Guidance scale (as in KSampler)."}),
+        "sampler_name": (host.sampler_names(), {"tooltip": "The sampling algorithm (as in KSampler)."}),
+        "scheduler": (host.scheduler_names(), {"tooltip": "How the noise level falls over the steps (as in KSampler)."}),
+        "positive": ("CONDITIONING", {"tooltip": (
+            "The conditioning describing what you want in the image; the prior reads it too unless prior_text is "
+            "connected.")}),
+        "negative": ("CONDITIONING", {"tooltip": "The conditioning describing what you want to exclude."}),
+        "latent_image": ("LATENT", {"tooltip": "The latent to denoise: an empty latent (EmptyLatentImage) at the "
+                                               "prior's size; gives the shape, batch and batch_index of the noise."}),
+    }
+
+
+def _prior_inputs() -> dict[str, Any]:
+    """The NoiseAR Noise node's own prior inputs (its size behaviour included)."""
+    return {"noisear_model": PRIOR_INPUT, "temperature": TEMPERATURE_INPUT, "size_mode": SIZE_MODE_INPUT}
+
+
+PRIOR_TEXT_INPUT = ("CONDITIONING", {"tooltip": (
+    "Optional: the conditioning the prior reads instead of positive, e.g. from NoiseAR Text Encode (the "
+    "prompt exactly as the prior was trained on it: best for long or weighted prompts).")})
+
+
+class NoiseARKSamplerNode:
+    DESCRIPTION = ("KSampler that starts from NoiseAR noise: the same inputs and result as ComfyUI's KSampler, "
+                   "except that the seed's Gaussian noise is turned into prompt-conditioned noise by the prior "
+                   "first (exactly NoiseAR Noise -> SamplerCustomAdvanced for the same seed, sampler, scheduler, "
+                   "steps and cfg). Text-to-image only: denoise must be 1.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised latent.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        required = _ksampler_inputs("seed")
+        required["denoise"] = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            "Must be 1 (full text-to-image): the prior learned the noise sampling starts from, not the partial "
+            "noise of image-to-image; lower values stop with an error. Use KSampler for img2img.")})
+        required.update(_prior_inputs())
+        return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
+
+    def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+               positive: list, negative: list, latent_image: dict, denoise: float, noisear_model: NoiseARPrior,
+               temperature: float, size_mode: str, prior_text: list | None = None) -> tuple[dict]:
+        return (ksampler.sample(model, noisear_model, ksampler.prior_conditioning(positive, prior_text), seed,
+                                temperature, size_mode, steps, cfg, sampler_name, scheduler, positive, negative,
+                                latent_image, denoise=denoise),)
+
+
+class NoiseARKSamplerAdvancedNode:
+    DESCRIPTION = ("KSamplerAdvanced that starts from NoiseAR noise, for multi-stage graphs (base + refiner): "
+                   "add_noise enable draws NoiseAR noise for noise_seed (start_at_step must be 0); add_noise "
+                   "disable adds no noise and leaves the prior unused, exactly like KSamplerAdvanced.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The (partly) denoised latent.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        inputs = _ksampler_inputs("noise_seed")
+        required = {"model": inputs.pop("model"), "add_noise": (["enable", "disable"], {"tooltip": (
+            "enable: start from NoiseAR noise for noise_seed (needs start_at_step 0). disable: add no noise, the "
+            "prior is not used (a later stage that continues a latent with leftover noise).")})}
+        required.update(inputs)
+        required.update({
+            "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": (
+                "First step to run. With add_noise enable it must be 0 (the prior's noise is a start noise).")}),
+            "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000,
+                                    "tooltip": "Step to stop at (e.g. where the refiner takes over)."}),
+            "return_with_leftover_noise": (["disable", "enable"], {"tooltip": (
+                "enable: stop at end_at_step with the noise left in, for the next stage; disable: denoise fully.")}),
+        })
+        required.update(_prior_inputs())
+        return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
+
+    def sample(self, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,
+               scheduler: str, positive: list, negative: list, latent_image: dict, start_at_step: int,
+               end_at_step: int, return_with_leftover_noise: str, noisear_model: NoiseARPrior, temperature: float,
+               size_mode: str, prior_text: list | None = None) -> tuple[dict]:
+        return (ksampler.sample(model, noisear_model, ksampler.prior_conditioning(positive, prior_text), noise_seed,
+                                temperature, size_mode, steps, cfg, sampler_name, scheduler, positive, negative,
+                                latent_image, add_noise=add_noise == "enable", start_at_step=start_at_step,
+                                end_at_step=end_at_step,
+                                force_full_denoise=return_with_leftover_noise != "enable"),)
+
+
 NODE_CLASS_MAPPINGS = {
     "NoiseARLoader": NoiseARLoader,
     "NoiseARNoise": NoiseARNoiseNode,
@@ -219,6 +320,8 @@ NODE_CLASS_MAPPINGS = {
     "NoiseARGoldenNoise": GoldenNoiseNode,
     "NoiseARDatasetCollector": DatasetCollectorNode,
     "NoiseARTextEncode": NoiseARTextEncodeNode,
+    "NoiseARKSampler": NoiseARKSamplerNode,
+    "NoiseARKSamplerAdvanced": NoiseARKSamplerAdvancedNode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARLoader": "NoiseAR Loader",
@@ -229,4 +332,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NoiseARGoldenNoise": "NoiseAR Golden Noise",
     "NoiseARDatasetCollector": "NoiseAR Dataset Collector",
     "NoiseARTextEncode": "NoiseAR Text Encode",
+    "NoiseARKSampler": "NoiseAR KSampler",
+    "NoiseARKSamplerAdvanced": "NoiseAR KSampler (Advanced)",
 }

@@ -263,3 +263,40 @@ def output_directory() -> str:
     """ComfyUI's output folder (relative dataset paths are resolved against it)."""
     _require()
     return folder_paths.get_output_directory()
+
+
+# KSampler (issue 14) ------------------------------------------------------------------------------
+if AVAILABLE:
+    import latent_preview  # noqa: E402  (ComfyUI's top-level module: progress bar with latent previews)
+
+
+def sampler_names() -> list[str]:
+    """ComfyUI's sampler names (KSampler's list)."""
+    _require()
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def common_ksampler(model: Any, noise: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                    positive: list, negative: list, latent: dict[str, Any], denoise: float = 1.0,
+                    start_step: int | None = None, last_step: int | None = None,
+                    force_full_denoise: bool = False) -> dict[str, Any]:
+    """ComfyUI's nodes.common_ksampler with the noise drawn by a NOISE instead of prepare_noise.
+
+    ``noise`` is a NOISE (``.generate_noise(latent)``; it gets the latent after
+    fix_empty_latent_channels, as SamplerCustomAdvanced gives it), or None for no noise (KSamplerAdvanced's
+    add_noise disable). ``seed`` seeds ancestral/SDE steps. Same sigmas, progress bar, latent previews,
+    noise_mask and output LATENT (the input's keys, new samples) as KSampler / KSamplerAdvanced.
+    """
+    _require()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if noise is None:
+        drawn = torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
+    else:
+        drawn = noise.generate_noise({**latent, "samples": samples})
+    callback = latent_preview.prepare_callback(model, steps)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    out = comfy.sample.sample(model, drawn, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                              denoise=denoise, disable_noise=noise is None, start_step=start_step, last_step=last_step,
+                              force_full_denoise=force_full_denoise, noise_mask=latent.get("noise_mask"),
+                              callback=callback, disable_pbar=disable_pbar, seed=seed)
+    return {**latent, "samples": out}

@@ -20,6 +20,10 @@ real host.py code runs against them. Facts mirrored here (see /work/shared/refer
   BERT attention_mask [1, T]); CLIPSetLastLayer sets layer_idx, clone() copies it.
 - Text on a node: server.PromptServer.instance.send_progress_text(text, node_id) for the node in
   comfy_execution.utils.get_executing_context() (None outside a node's execution).
+- comfy.sample.fix_empty_latent_channels as ComfyUI's; comfy.sample.sample records its arguments
+  (Sampling.calls) and, standing in for the sampler, returns noise + latent_image on the intermediate
+  device (so a test sees which noise went in); latent_preview.prepare_callback(model, steps) makes a
+  ProgressBar(steps) as ComfyUI's does.
 """
 from __future__ import annotations
 
@@ -86,6 +90,27 @@ class Model:
         return {"model_sampling": self.sampling, "latent_format": self.latent_format}[name]
 
 
+def fix_empty_latent_channels(model: Model, latent: torch.Tensor) -> torch.Tensor:
+    """An all-zero latent gets the model's channel count (ComfyUI: repeat_to_batch_size on dim 1)."""
+    channels = model.get_model_object("latent_format").latent_channels
+    if channels != latent.shape[1] and torch.count_nonzero(latent) == 0:
+        return torch.zeros(latent.shape[0], channels, *latent.shape[2:], dtype=latent.dtype)
+    return latent
+
+
+class Sampling:
+    """comfy.sample's sampling entry point, recording each call's arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def sample(self, model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, **kwargs):
+        self.calls.append(dict(model=model, noise=noise, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                               scheduler=scheduler, positive=positive, negative=negative, latent_image=latent_image,
+                               **kwargs))
+        return noise + latent_image
+
+
 class InterruptProcessingException(Exception):
     pass
 
@@ -123,6 +148,15 @@ class ProgressBar:
             self.total = total
         self.current = min(value, self.total)
         self.updates.append(self.current)
+
+
+def prepare_callback(model: Model, steps: int):
+    """latent_preview.prepare_callback: a ProgressBar(steps) that each sampling step advances."""
+    bar = ProgressBar(steps)
+
+    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        bar.update_absolute(step + 1, total_steps)
+    return callback
 
 
 class FolderPaths:
@@ -237,13 +271,18 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     from nodes import host
 
     ProgressBar.instances = []
+    sampling = Sampling()
+    schedulers = ["simple", "normal", "karras"]
     comfy = SimpleNamespace(
         model_management=ModelManagement(),
-        utils=SimpleNamespace(ProgressBar=ProgressBar),
-        sample=SimpleNamespace(prepare_noise=prepare_noise),
+        utils=SimpleNamespace(ProgressBar=ProgressBar, PROGRESS_BAR_ENABLED=True),
+        sample=SimpleNamespace(prepare_noise=prepare_noise, fix_empty_latent_channels=fix_empty_latent_channels,
+                               sample=sampling.sample),
         model_sampling=SimpleNamespace(CONST=CONST, EPS=EPS),
-        samplers=SimpleNamespace(SCHEDULER_NAMES=["simple", "normal", "karras"]),
+        samplers=SimpleNamespace(SCHEDULER_NAMES=schedulers, KSampler=SimpleNamespace(
+            SAMPLERS=["euler", "euler_ancestral", "dpmpp_2m"], SCHEDULERS=schedulers)),
     )
+    latent_preview = SimpleNamespace(prepare_callback=prepare_callback)
     folder_paths = FolderPaths(tmp_path)
     server = PromptServer()
     executing = SimpleNamespace(node_id="7")  # the id of the node "now executing"
@@ -253,5 +292,6 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     monkeypatch.setattr(host, "AVAILABLE", True)
     monkeypatch.setattr(host, "comfy", comfy, raising=False)
     monkeypatch.setattr(host, "folder_paths", folder_paths, raising=False)
+    monkeypatch.setattr(host, "latent_preview", latent_preview, raising=False)
     return SimpleNamespace(comfy=comfy, folder_paths=folder_paths, progress_bars=ProgressBar.instances,
-                           node_texts=server.texts)
+                           node_texts=server.texts, sample_calls=sampling.calls)

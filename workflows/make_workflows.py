@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +44,10 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
                        ("latent_image", "LATENT"), ("noise", "NOISE")], [("latent", "LATENT"), ("info", "STRING")]),
     "NoiseARBlend": ([("noisear_noise", "NOISE"), ("gaussian_noise", "NOISE")], [("noise", "NOISE")]),
     "NoiseARPreview": ([("noise", "NOISE"), ("latent_image", "LATENT")], [("image", "IMAGE"), ("stats", "STRING")]),
+    "NoiseARKSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                         ("latent_image", "LATENT"), ("noisear_model", "NOISEAR_MODEL"), ("prior_text", "CONDITIONING")],
+                        [("LATENT", "LATENT")]),
+    "Note": ([], []),  # the UI's own note node (not in /object_info)
 }
 
 
@@ -169,7 +173,42 @@ def graphs() -> list[Graph]:
          Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
          Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110), LOADER_DIT, noise] + dit_nodes,
         PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive")] + dit_links)
-    return [sdxl_custom, sdxl_portrait, sdxl_ksampler, sdxl_blend, hunyuan]
+    return [one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
+            one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
+            sdxl_custom, sdxl_portrait, sdxl_ksampler, sdxl_blend, hunyuan]
+
+
+# ComfyUI's default graph (comfyui-workflow-templates default.json, ComfyUI v0.3.64) and its widget values,
+# with the checkpoint of the model family and the prior's native 1024x1024.
+DEFAULT_PROMPT = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
+DEFAULT_NEGATIVE = "text, watermark"
+DEFAULT_KSAMPLER = [156680208700286, "randomize", 20, 8, "euler", "normal", 1]
+SWAP_NOTE = ("One node swapped: KSampler -> NoiseAR KSampler (+ NoiseAR Loader). Same widgets; the seed's "
+             "noise is drawn by the prior, which reads the positive prompt.\n\n"
+             "The prior reads the first 77 tokens of this CLIPTextEncode: right for plain prompts. For long "
+             "or weighted prompts, the prompt-exact route is NoiseAR Text Encode -> prior_text.\n\n"
+             "denoise must stay 1 (text-to-image); the latent must be 1024x1024.")
+
+
+def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
+    """ComfyUI's default graph with KSampler swapped for NoiseAR KSampler and the NoiseAR Loader added."""
+    return Graph(
+        name,
+        f"ComfyUI's default graph ({checkpoint}) with one node swapped: KSampler -> NoiseAR KSampler, plus the "
+        "NoiseAR Loader. Same widgets and defaults; the seed's noise comes from the prior.",
+        [Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
+         Node("pos", "CLIPTextEncode", 1, 0, [DEFAULT_PROMPT], height=140),
+         Node("neg", "CLIPTextEncode", 1, 0.65, [DEFAULT_NEGATIVE], height=140),
+         Node("latent", "EmptyLatentImage", 1, 1.3, [1024, 1024, 1], height=110),
+         Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "native only"], height=360),
+         Node("decode", "VAEDecode", 3, 0, [], height=50),
+         Node("save", "SaveImage", 3, 0.35, ["ComfyUI"], height=270),
+         replace(loader, column=0, row=0.6),
+         Node("note", "Note", 0, 1.1, [SWAP_NOTE], "About this graph", 220)],
+        PROMPT_LINKS + [("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
+                        ("neg", 0, "ksampler", "negative"), ("latent", 0, "ksampler", "latent_image"),
+                        ("loader", 0, "ksampler", "noisear_model"), ("ksampler", 0, "decode", "samples"),
+                        ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")])
 
 
 COLUMN_WIDTH, ROW_HEIGHT, NODE_WIDTH = 380, 260, 320
@@ -188,7 +227,7 @@ def to_ui(graph: Graph) -> dict:
             "inputs": [{"name": name, "type": kind, "link": None} for name, kind in inputs],
             "outputs": [{"name": name, "type": kind, "links": [], "slot_index": slot}
                         for slot, (name, kind) in enumerate(outputs)],
-            "properties": {"Node name for S&R": node.type},
+            "properties": {"Node name for S&R": node.type} if node.type != "Note" else {"text": ""},
             "widgets_values": node.widgets,
         }
         if node.title:
