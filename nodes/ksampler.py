@@ -7,11 +7,12 @@ NoiseAR Noise -> SamplerCustomAdvanced (CFGGuider, KSamplerSelect, BasicSchedule
 sampler, scheduler, steps and cfg; ancestral/SDE samplers' per-step noise uses the seed, as in KSampler.
 
 Where the prior is refused (docs/comfyui.md, "NoiseAR KSampler"): the prior models the noise a
-text-to-image run STARTS from (sigma_max, the top of the schedule). With denoise < 1, or
-start_at_step > 0 with add_noise enable, ComfyUI instead adds the noise at a lower sigma to an
-existing latent (img2img, a later stage): a use the prior was never trained for, where its std of
-about temperature (0.5) leaves the latent under-noised for that sigma. Those runs stop with an error
-naming the way out rather than quietly doing something else.
+text-to-image run STARTS from (the top of the schedule, an empty latent). With denoise < 1, or
+start_at_step > 0 with add_noise enable, ComfyUI would instead add that noise at a lower sigma to an
+existing latent (img2img, a later stage); with a noise_mask (inpainting) it would re-noise the kept
+area with it at every step. The prior was never trained for those, and its std of about the
+temperature (0.5) leaves such latents under-noised for their sigma. Those runs stop with an error
+naming the way out, rather than quietly doing something the prior does not model.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def prior_conditioning(positive: list, prior_text: list | None) -> list:
     return positive if prior_text is None else prior_text
 
 
-def check_start(denoise: float, start_at_step: int) -> None:
-    """Refuse runs that would add the prior's noise below the top of the schedule (see the module doc)."""
+def check_text_to_image(latent_image: dict[str, Any], denoise: float, start_at_step: int) -> None:
+    """Refuse runs that would use the prior's noise other than as a text-to-image start (see the module doc)."""
     if not denoise > FULL_DENOISE:  # also NaN
         raise NoiseARNodeError(
             f"NoiseAR KSampler needs denoise 1.0, got {denoise}: the NoiseAR prior learned the noise a "
@@ -42,6 +43,11 @@ def check_start(denoise: float, start_at_step: int) -> None:
             "NoiseAR prior learned the noise a run starts from, not noise added part-way down the schedule. "
             "For a later stage (e.g. the refiner of a base + refiner graph) set add_noise to disable, or use "
             "KSamplerAdvanced")
+    if "noise_mask" in latent_image:
+        raise NoiseARNodeError(
+            "NoiseAR KSampler is for text-to-image and does not take a latent with a noise_mask (inpainting): "
+            "ComfyUI re-noises the kept area with the start noise at every step, which the NoiseAR prior was "
+            "not trained for. Use ComfyUI's KSampler for inpainting")
 
 
 def sample(model: Any, noisear_model: NoiseARPrior | None, prior_text: list, seed: int, temperature: float,
@@ -54,7 +60,7 @@ def sample(model: Any, noisear_model: NoiseARPrior | None, prior_text: list, see
     """
     noise = None
     if add_noise:
-        check_start(denoise, start_at_step)
+        check_text_to_image(latent_image, denoise, start_at_step)
         noise = NoiseARNoise(noisear_model, prior_text, seed, temperature, size_mode)
     return host.common_ksampler(model, noise, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                 latent_image, denoise=denoise, start_step=start_at_step, last_step=end_at_step,

@@ -129,3 +129,11 @@ def test_advanced_refuses_noisear_noise_part_way_down_the_schedule(host_fakes):
     with pytest.raises(NoiseARNodeError, match="start_at_step 0.*add_noise to disable"):
         advanced(prior, empty_latent(), start=2)
     assert prior.model.calls == [] and host_fakes.sample_calls == []
+
+
+def test_inpainting_latents_are_refused_with_noise_and_passed_through_without(host_fakes):
+    prior, masked = recording_prior(SMALL), empty_latent(noise_mask=torch.ones(1, 8, 8))
+    with pytest.raises(NoiseARNodeError, match="noise_mask.*KSampler for inpainting"):
+        ksampler(prior, masked)
+    advanced(prior, masked, add_noise="disable")
+    assert prior.model.calls == [] and host_fakes.sample_calls[-1]["noise_mask"] is masked["noise_mask"]

@@ -1,7 +1,8 @@
 """Writes the example workflows (ComfyUI UI format 0.4) and, with --pictures, their pictures.
 
     python workflows/make_workflows.py               # the .json files (standard library only)
-    python workflows/make_workflows.py --pictures    # also <name>.jpg thumbnails and docs/comfyui-wiring.png (Pillow)
+    python workflows/make_workflows.py --pictures    # also <name>.jpg thumbnails, docs/comfyui-wiring.png and
+                                                     # docs/comfyui-ksampler.png (Pillow)
 
 Each graph is listed once below: nodes with their widget values in ComfyUI's order, then links by
 input name. The host suite (tests/host) checks every file against a live ComfyUI's /object_info.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DOCS_PICTURE = HERE.parent / "docs" / "comfyui-wiring.png"
+SWAP_PICTURE = HERE.parent / "docs" / "comfyui-ksampler.png"  # the README's quick start
 SEED = 20250601
 NEGATIVE = "blurry, low quality, distorted"
 
@@ -202,7 +204,7 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
          Node("latent", "EmptyLatentImage", 1, 1.3, [1024, 1024, 1], height=110),
          Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "native only"], height=360),
          Node("decode", "VAEDecode", 3, 0, [], height=50),
-         Node("save", "SaveImage", 3, 0.35, ["ComfyUI"], height=270),
+         Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=270),
          replace(loader, column=0, row=0.6),
          Node("note", "Note", 0, 1.1, [SWAP_NOTE], "About this graph", 220)],
         PROMPT_LINKS + [("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
@@ -312,6 +314,8 @@ def main() -> None:
             render(workflow, HERE / f"{graph.name}.jpg", scale=0.35, labels=False)
             if graph.name == "noisear_sdxl_custom_sampler":
                 render(workflow, DOCS_PICTURE, scale=1.0, labels=True)
+            if graph.name == "noisear_sdxl_ksampler":
+                render(workflow, SWAP_PICTURE, scale=1.0, labels=True)
         print(f"wrote {graph.name}")
 
 
