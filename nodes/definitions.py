@@ -240,8 +240,10 @@ def _prior_inputs() -> dict[str, Any]:
 
 
 PRIOR_TEXT_INPUT = ("CONDITIONING", {"tooltip": (
-    "Optional: the conditioning the prior reads instead of positive, e.g. from NoiseAR Text Encode (the "
-    "prompt exactly as the prior was trained on it: best for long or weighted prompts).")})
+    "Optional: NoiseAR Text Encode's prior_text, exactly the embedding the prior was trained on; the prior then "
+    "reads it instead of positive (the sampler keeps positive). Without it the prior reads positive "
+    "(CLIPTextEncode: weight syntax changes what the prior sees; of prompts over 75 tokens it reads the first "
+    "77 tokens, with a warning).")})
 
 
 class NoiseARKSamplerNode:
