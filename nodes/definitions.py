@@ -229,8 +229,8 @@ def _ksampler_inputs(seed_name: str) -> dict[str, Any]:
             "The conditioning describing what you want in the image; the prior reads it too unless prior_text is "
             "connected.")}),
         "negative": ("CONDITIONING", {"tooltip": "The conditioning describing what you want to exclude."}),
-        "latent_image": ("LATENT", {"tooltip": "The latent to denoise: an empty latent (EmptyLatentImage) at the "
-                                               "prior's size; gives the shape, batch and batch_index of the noise."}),
+        "latent_image": ("LATENT", {"tooltip": "The latent to denoise: an empty latent (EmptyLatentImage); gives "
+                                               "the shape, batch and batch_index of the noise."}),
     }
 
 
@@ -265,6 +265,8 @@ class NoiseARKSamplerNode:
             "noise of image-to-image; lower values stop with an error. Use KSampler for img2img.")})
         required.update(_prior_inputs())
         return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
+
+    VALIDATE_INPUTS = NoiseARNoiseNode.VALIDATE_INPUTS
 
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                positive: list, negative: list, latent_image: dict, denoise: float, noisear_model: NoiseARPrior,
@@ -302,6 +304,8 @@ class NoiseARKSamplerAdvancedNode:
         required.update(_prior_inputs())
         return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
 
+    VALIDATE_INPUTS = NoiseARNoiseNode.VALIDATE_INPUTS
+
     def sample(self, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,
                scheduler: str, positive: list, negative: list, latent_image: dict, start_at_step: int,
                end_at_step: int, return_with_leftover_noise: str, noisear_model: NoiseARPrior, temperature: float,
@@ -310,7 +314,8 @@ class NoiseARKSamplerAdvancedNode:
                                 temperature, size_mode, steps, cfg, sampler_name, scheduler, positive, negative,
                                 latent_image, add_noise=add_noise == "enable", start_at_step=start_at_step,
                                 end_at_step=end_at_step,
-                                force_full_denoise=return_with_leftover_noise != "enable"),)
+                                force_full_denoise=return_with_leftover_noise != "enable",
+                                node="NoiseAR KSampler (Advanced)"),)
 
 
 NODE_CLASS_MAPPINGS = {

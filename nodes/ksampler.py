@@ -53,15 +53,17 @@ def check_text_to_image(latent_image: dict[str, Any], denoise: float, start_at_s
 def sample(model: Any, noisear_model: NoiseARPrior | None, prior_text: list, seed: int, temperature: float,
            size_mode: str, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: list, negative: list,
            latent_image: dict[str, Any], *, add_noise: bool = True, denoise: float = 1.0, start_at_step: int = 0,
-           end_at_step: int | None = None, force_full_denoise: bool = False) -> dict[str, Any]:
+           end_at_step: int | None = None, force_full_denoise: bool = False,
+           node: str = "NoiseAR KSampler") -> dict[str, Any]:
     """The sampled LATENT; ``prior_text`` is the conditioning the prior reads (see prior_conditioning).
 
     add_noise False is KSamplerAdvanced's add_noise disable: no noise at all, the prior is not used.
+    ``node`` names the node in error messages.
     """
     noise = None
     if add_noise:
         check_text_to_image(latent_image, denoise, start_at_step)
-        noise = NoiseARNoise(noisear_model, prior_text, seed, temperature, size_mode)
+        noise = NoiseARNoise(noisear_model, prior_text, seed, temperature, size_mode, node=node)
     return host.common_ksampler(model, noise, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                 latent_image, denoise=denoise, start_step=start_at_step, last_step=end_at_step,
                                 force_full_denoise=force_full_denoise)

@@ -181,7 +181,7 @@ def graphs() -> list[Graph]:
 
 
 # ComfyUI's default graph (comfyui-workflow-templates default.json, ComfyUI v0.3.64) and its widget values,
-# with the checkpoint of the model family and the prior's native 1024x1024.
+# with the checkpoint of the model family at 1024x1024 (its and the published priors' native size).
 DEFAULT_PROMPT = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
 DEFAULT_NEGATIVE = "text, watermark"
 DEFAULT_KSAMPLER = [156680208700286, "randomize", 20, 8, "euler", "normal", 1]
@@ -189,7 +189,7 @@ SWAP_NOTE = ("One node swapped: KSampler -> NoiseAR KSampler (+ NoiseAR Loader).
              "noise is drawn by the prior, which reads the positive prompt.\n\n"
              "The prior reads the first 77 tokens of this CLIPTextEncode: right for plain prompts. For long "
              "or weighted prompts, the prompt-exact route is NoiseAR Text Encode -> prior_text.\n\n"
-             "denoise must stay 1 (text-to-image); the latent must be 1024x1024.")
+             "denoise must stay 1 (text-to-image).")
 
 
 def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
@@ -202,7 +202,7 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
          Node("pos", "CLIPTextEncode", 1, 0, [DEFAULT_PROMPT], height=140),
          Node("neg", "CLIPTextEncode", 1, 0.65, [DEFAULT_NEGATIVE], height=140),
          Node("latent", "EmptyLatentImage", 1, 1.3, [1024, 1024, 1], height=110),
-         Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "native only"], height=360),
+         Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "any size"], height=360),
          Node("decode", "VAEDecode", 3, 0, [], height=50),
          Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=270),
          replace(loader, column=0, row=0.6),
