@@ -57,6 +57,10 @@ def text_from_conditioning(conditioning: list, prior: NoiseARPrior) -> PriorText
         raise NoiseARNodeError("the positive conditioning is empty; connect a text encode node")
     cond, extras = _first_entry(conditioning)
     check_width(prior, cond.shape[-1])
+    if not cond.is_floating_point() or not torch.isfinite(cond).all():
+        raise NoiseARNodeError(
+            "the positive conditioning holds NaN or infinite values (a text encoder overflowing in fp16?); "
+            "encode the prompt in fp32 or bf16 (e.g. ComfyUI's --fp32-text-enc) and run again")
     warning = None if extras.get(EXACT) else long_prompt_warning(cond.shape[1], "attention_mask" in extras, prior)
     if prior.published:
         if cond.shape[1] < PUBLISHED_TOKENS:

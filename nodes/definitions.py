@@ -9,7 +9,7 @@ from noisear.mixing import MODES
 from . import host, ksampler
 from .collector import DatasetCollectorNode
 from .golden import GoldenNoiseNode
-from .noise import SIZE_MODES, BlendedNoise, NoiseARNoise, size_mode_problem, start_latent
+from .noise import SIZE_MODES, TEMPERATURE_RANGE, BlendedNoise, NoiseARNoise, size_mode_problem, start_latent
 from .preview import channel_stats, noise_to_image
 from .prior import (CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, checkpoint_problem, device_problem,
                     load_prior)
@@ -26,7 +26,7 @@ POSITIVE_INPUT = ("CONDITIONING", {"tooltip": (
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                       "tooltip": "Seed of the Gaussian draws eps; the same seed gives the very eps RandomNoise "
                                  "would. Ignored when a noise input is connected."})
-TEMPERATURE_INPUT = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 2.0, "step": 0.01,
+TEMPERATURE_INPUT = ("FLOAT", {"default": 0.5, "min": TEMPERATURE_RANGE[0], "max": TEMPERATURE_RANGE[1], "step": 0.01,
                                "tooltip": "Scale of the prior's standard deviation: noise = mu + temperature * std "
                                           "* eps per patch. 0.5 as published; 0 gives the mean only."})
 SIZE_MODE_INPUT = (list(SIZE_MODES), {"default": SIZE_MODES[0], "tooltip": (

@@ -22,7 +22,10 @@ from noisear.golden import GoldenConfig, Level, Schedule, compose, re_denoise
 
 from . import host
 from .noise import gaussian_draws
-from .prior import CATEGORY, NoiseARNodeError
+from .prior import CATEGORY, NoiseARNodeError, number_in_range
+
+GOLDEN_NODE = "NoiseAR Golden Noise"
+CFG_RANGE = (0.0, 100.0)  # the guidance widgets' min and max, checked again at run time
 
 # (x [B,C,H,W] k-diffusion space, sigma, cfg) -> CFG-combined denoised x0, as host.run_guided gives it
 Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
@@ -133,9 +136,9 @@ def schedule_inputs() -> dict[str, Any]:
             "goes from its first sigma to its second and back.")}),
         "steps": ("INT", {"default": 30, "min": 2, "max": 10000, "tooltip": (
             "The number of sampling steps the image will be sampled with (at least 2).")}),
-        "cfg_denoise": ("FLOAT", {"default": 5.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+        "cfg_denoise": ("FLOAT", {"default": 5.5, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01,
                                   "tooltip": "Guidance of the denoising step (w_l, 5.5 in the Golden Noise paper)."}),
-        "cfg_invert": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+        "cfg_invert": ("FLOAT", {"default": 1.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01,
                                  "tooltip": "Guidance of the inversion step (w_w, 1.0 = conditional model only)."}),
     }
 
@@ -168,5 +171,6 @@ class GoldenNoiseNode:
 
     def make(self, model: Any, positive: list, negative: list, noise_seed: int, scheduler: str, steps: int,
              cfg_denoise: float, cfg_invert: float, noise: Any = None) -> tuple[GoldenNoise]:
-        config = GoldenConfig(guidance_denoise=cfg_denoise, guidance_invert=cfg_invert)
+        config = GoldenConfig(guidance_denoise=number_in_range(GOLDEN_NODE, "cfg_denoise", cfg_denoise, *CFG_RANGE),
+                              guidance_invert=number_in_range(GOLDEN_NODE, "cfg_invert", cfg_invert, *CFG_RANGE))
         return (GoldenNoise(model, positive, negative, noise_seed, scheduler, steps, config, noise),)

@@ -16,10 +16,11 @@ from noisear.patches import DecodingPlan
 
 from . import host
 from .conditioning import text_from_conditioning
-from .prior import NoiseARNodeError, NoiseARPrior
+from .prior import NoiseARNodeError, NoiseARPrior, number_in_range
 
 SIZE_MODES = ("any size", "native only")
 RETIRED_SIZE_MODE = "centre + Gaussian border"  # read from old workflows as "any size", with a note
+TEMPERATURE_RANGE = (0.0, 2.0)  # the temperature widget's min and max, checked again at run time
 PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
 
 log = logging.getLogger("NoiseAR")
@@ -112,7 +113,8 @@ class NoiseARNoise:
         problem = size_mode_problem(size_mode)
         if problem:
             raise NoiseARNodeError(f"{node}: {problem}")
-        self.prior, self.temperature, self.size_mode, self.upstream = prior, temperature, size_mode, upstream
+        self.temperature = number_in_range(node, "temperature", temperature, *TEMPERATURE_RANGE)
+        self.prior, self.size_mode, self.upstream = prior, size_mode, upstream
         self.node = node
         # refuse a wrong width early; warn now (console and on the node) about a prompt cut for the prior
         # and about a retired size_mode
@@ -153,7 +155,8 @@ class BlendedNoise:
     def __init__(self, noisear_noise: Noise, gaussian_noise: Noise, strength: float, mode: str,
                  renormalize: bool) -> None:
         self.noisear_noise, self.gaussian_noise = noisear_noise, gaussian_noise
-        self.strength, self.mode, self.renormalize = strength, mode, renormalize
+        self.strength = number_in_range("NoiseAR Blend", "strength", strength, 0.0, 1.0)
+        self.mode, self.renormalize = mode, renormalize
         self.seed = int(gaussian_noise.seed)
 
     @property

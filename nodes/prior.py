@@ -6,12 +6,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 import noisear
 from noisear import NoiseAR, NoiseARConfig
+from noisear.config import quoted
 
 from . import host
 
@@ -25,6 +26,19 @@ log = logging.getLogger("NoiseAR")
 
 class NoiseARNodeError(ValueError):
     """Wrong input to a NoiseAR node; the message says what was expected and what to do."""
+
+
+def number_in_range(node: str, name: str, value: Any, low: float, high: float) -> float:
+    """``value`` of a FLOAT widget as a float in [low, high], else NoiseARNodeError.
+
+    ComfyUI's own min/max check lets NaN through (every comparison with NaN is False), and API-format
+    workflows can carry NaN, inf or strings: nodes check their FLOAT inputs themselves.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok:
+        raise NoiseARNodeError(f"{node}: {name} must be a number from {low:g} to {high:g}, got {quoted(value)}; "
+                               f"set a number in the widget (a shared or API workflow may carry NaN or inf)")
+    return float(value)
 
 
 @dataclass

@@ -16,6 +16,7 @@ Modes (x = NoiseAR noise, eta = Gaussian noise):
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -74,16 +75,23 @@ def blend(noisear_noise: torch.Tensor, gaussian_noise: torch.Tensor, strength: f
     """
     if mode not in MODES:
         raise NoiseMixingError(f"unknown blend mode {mode!r}; choose one of {', '.join(MODES)}")
-    if not 0.0 <= strength <= 1.0:
-        raise NoiseMixingError(f"strength must be in [0, 1] (share of the NoiseAR noise), got {strength}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
+        raise NoiseMixingError(f"strength must be a number in [0, 1] (share of the NoiseAR noise), got {strength!r}")
     if noisear_noise.shape != gaussian_noise.shape:
         raise NoiseMixingError(
             f"cannot blend noises of different shapes: NoiseAR {list(noisear_noise.shape)}, "
             f"Gaussian {list(gaussian_noise.shape)}; both must come from the same latent")
+    for name, noise in (("NoiseAR", noisear_noise), ("Gaussian", gaussian_noise)):
+        if not noise.is_floating_point() or not torch.isfinite(noise).all():
+            raise NoiseMixingError(f"the {name} noise holds NaN or infinite values (or is not floating point); "
+                                   f"check the node that made it")
     gaussian_noise = gaussian_noise.to(device=noisear_noise.device, dtype=noisear_noise.dtype)
     if mode == "slerp":
         mixed = _slerp(noisear_noise, gaussian_noise, strength)
     else:
         w_x, w_eta = mix_weights(strength, mode)
         mixed = w_x * noisear_noise + w_eta * gaussian_noise
-    return renormalize_std(mixed) if renormalize else mixed
+    mixed = renormalize_std(mixed) if renormalize else mixed
+    if not torch.isfinite(mixed).all():  # finite inputs near the float limit can still overflow
+        raise NoiseMixingError("blending gave NaN or infinite values; the inputs are far outside unit variance")
+    return mixed

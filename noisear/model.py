@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -73,6 +74,40 @@ def standard_normal(shape: Sequence[int], generator: Generator = None) -> torch.
         item_generator = item if isinstance(item, torch.Generator) else torch.Generator().manual_seed(int(item))
         draws.append(torch.randn(item_shape, generator=item_generator))
     return torch.cat(draws)
+
+
+TEMPERATURE_MAX = 10.0  # published 0.5; 1 samples the prior as trained; far above is no longer noise
+
+
+def check_sampling_inputs(text: torch.Tensor, eps: torch.Tensor | None, temperature: float,
+                          text_mask: torch.Tensor | None) -> None:
+    """Refuse inputs that would turn into NaN noise: non-finite text or eps, a temperature that is not a
+    number in [0, TEMPERATURE_MAX], a mask that leaves an item no token. Shapes are checked later."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not 0.0 <= temperature <= TEMPERATURE_MAX:
+        raise NoiseARInputError(f"temperature must be a number from 0 to {TEMPERATURE_MAX:g} (0.5 as published), "
+                                f"got {temperature!r}")
+    if not isinstance(text, torch.Tensor) or not text.is_floating_point():
+        raise NoiseARInputError(f"text must be a floating-point tensor [batch, tokens, width], got "
+                                f"{getattr(text, 'dtype', type(text).__name__)}")
+    if not torch.isfinite(text).all():
+        raise NoiseARInputError(
+            "the text embedding holds NaN or infinite values (an fp16 text encoder overflowing?); encode the "
+            "prompt again, in fp32 or bf16")
+    if eps is not None and (not eps.is_floating_point() or not torch.isfinite(eps).all()):
+        raise NoiseARInputError("eps must be finite standard-normal draws; it holds NaN or infinite values "
+                                "(or is not floating point)")
+    if text_mask is not None and text_mask.ndim == 2 and not text_mask.bool().any(dim=1).all():
+        raise NoiseARInputError("text_mask leaves an item without any token to attend to; every item needs at "
+                                "least one True (attend) entry")
+
+
+def _finite_noise(noise: torch.Tensor) -> torch.Tensor:
+    """The sampled noise, refused if not finite (finite but huge text or weights can still overflow)."""
+    if not torch.isfinite(noise).all():
+        raise NoiseARInputError("the prior produced NaN or infinite noise from these inputs (text embedding "
+                                "values too large for its dtype?); check the conditioning, or use fp32")
+    return noise
 
 
 @contextlib.contextmanager
@@ -295,6 +330,7 @@ class NoiseAR(nn.Module):
         over a window's length, so the cost grows linearly with the number of patches.
         ``callback(patches done, patches decoded in all)``.
         """
+        check_sampling_inputs(text, eps, temperature, text_mask)
         with eval_mode(self):
             eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             batch = eps_tokens.shape[0]
@@ -317,7 +353,7 @@ class NoiseAR(nn.Module):
                     callback(index + 1, plan.patches)
                 if index + 1 < plan.patches:
                     inputs.append(decoder.mlp(self.latent_patch_encoder, tokens[-1]))
-            return self._finish(tokens, plan)
+            return _finite_noise(self._finish(tokens, plan))
 
     @torch.no_grad()
     def sample_naive(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
@@ -327,6 +363,7 @@ class NoiseAR(nn.Module):
 
         Same plan and result as :meth:`sample` (at the native size: the published sampler). Reference for tests.
         """
+        check_sampling_inputs(text, eps, temperature, text_mask)
         with eval_mode(self):
             eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             window, tokens = (plan.window_rows, plan.window_cols), []
@@ -339,7 +376,7 @@ class NoiseAR(nn.Module):
                                                temperature))
                 if callback is not None:
                     callback(index + 1, plan.patches)
-            return self._finish(tokens, plan)
+            return _finite_noise(self._finish(tokens, plan))
 
 
 def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

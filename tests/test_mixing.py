@@ -75,7 +75,7 @@ def test_bad_inputs_are_refused_with_the_reason():
     x, eta = pair()
     with pytest.raises(NoiseMixingError, match="different shapes"):
         blend(x, eta[:, :2], 0.5)
-    with pytest.raises(NoiseMixingError, match=r"strength must be in \[0, 1\]"):
+    with pytest.raises(NoiseMixingError, match=r"strength must be a number in \[0, 1\]"):
         blend(x, eta, 1.5)
     with pytest.raises(NoiseMixingError, match="unknown blend mode"):
         blend(x, eta, 0.5, "cubic")
