@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ import torch
 
 import noisear
 from noisear import NoiseAR, NoiseARConfig
-from noisear.config import quoted
+from noisear.config import listing, quoted
 
 from . import host
 
@@ -133,7 +134,7 @@ def missing_checkpoint(name: str, available: list[str], folders: list[str], pyth
     """The Loader's message when ``name`` is not among the files of ``folders``: where files go, which
     published checkpoint fits which model, and the command that converts one."""
     where = " or ".join(folders) or "models/noisear"
-    found = f"'{name}' is not there (found: {', '.join(available)})" if available else "there is no checkpoint there"
+    found = f"{quoted(name)} is not there (found: {listing(available)})" if available else "there is no checkpoint there"
     which = "; ".join(f"{stem} for {model}" for stem, model in PUBLISHED.items())
     target = os.path.join(folders[0] if folders else "models/noisear", "sdxl_and_dreamshaper.safetensors")
     return (f"NoiseAR Loader: NoiseAR checkpoints go in {where}; {found}. Download the authors' model.pth files "
@@ -148,14 +149,18 @@ def checkpoint_problem(name: str) -> str | None:
     return None if name in available else missing_checkpoint(name, available, host.model_folders())
 
 
-_cache: dict[tuple[str, float, str], NoiseAR] = {}
+# Loaded priors by (path, file identity, dtype), held weakly: a prior lives as long as ComfyUI keeps a node
+# output that uses it (its cache of the Loader's result, a NOISE being sampled). So this cache holds at most
+# what ComfyUI holds, and "Free model and node cache" (or a new checkpoint in the Loader) frees the memory.
+# ComfyUI offers no hook to register CPU-side memory with; its own node cache is that hook.
+_cache: weakref.WeakValueDictionary[tuple, NoiseAR] = weakref.WeakValueDictionary()
 
 
 def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
     """Load (or reuse) the checkpoint ``name`` from the noisear model folder, weights on the CPU.
 
-    Cached by (path, modification time, dtype): a file replaced on disk is read again, and older
-    entries of the same path are dropped.
+    Reused while any node output still holds it and the file is unchanged (same modification time,
+    size and inode: a file replaced on disk is read again).
     """
     problem = device_problem(device, dtype)
     if problem:
@@ -164,10 +169,10 @@ def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
         path = host.checkpoint_path(name)
     except FileNotFoundError:
         raise NoiseARNodeError(missing_checkpoint(name, host.checkpoint_names(), host.model_folders())) from None
-    key = (path, os.path.getmtime(path), dtype)
-    if key not in _cache:
-        for stale in [k for k in _cache if k[0] == path]:
-            del _cache[stale]
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino, dtype)
+    model = _cache.get(key)
+    if model is None:
         log.info("NoiseAR: loading %s (%s)", path, dtype)
-        _cache[key] = noisear.load(path, device=OFFLOAD_DEVICE, dtype=DTYPES[dtype])
-    return NoiseARPrior(_cache[key], name, device, dtype)
+        model = _cache[key] = noisear.load(path, device=OFFLOAD_DEVICE, dtype=DTYPES[dtype])
+    return NoiseARPrior(model, name, device, dtype)

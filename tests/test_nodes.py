@@ -5,11 +5,13 @@ stand-in with the published SDXL / Hunyuan-DiT config checks what the nodes hand
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import torch
 import fake_comfy
 import nodes
 from nodes import host
+from nodes import prior as prior_module
 from nodes.definitions import (NODE_CLASS_MAPPINGS, NoiseARBlendNode, NoiseARLatentNode, NoiseARLoader,
                                NoiseARNoiseNode, NoiseARPreviewNode)
 from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES, size_text
@@ -111,6 +114,33 @@ def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
     os.utime(path, (os.path.getmtime(path) + 10, os.path.getmtime(path) + 10))
     assert load().model is not first.model
     assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != NoiseARLoader.IS_CHANGED("gone", "auto", "fp32")
+
+
+def test_the_loader_cache_holds_only_what_comfyui_holds(small_ckpt, host_fakes):
+    """Priors are cached weakly: dropping every node output (ComfyUI's "free node cache") frees the weights."""
+    first = load()
+    alive = weakref.ref(first.model)
+    path = host.checkpoint_path(small_ckpt)
+    os.utime(path, (os.path.getmtime(path) + 10, os.path.getmtime(path) + 10))
+    second = load()
+    assert second.model is not first.model and load().model is second.model
+    del first
+    gc.collect()
+    assert alive() is None and list(prior_module._cache.values()) == [second.model]
+    del second
+    gc.collect()
+    assert len(prior_module._cache) == 0
+
+
+def test_the_missing_checkpoint_message_lists_a_bounded_number_of_files(host_fakes):
+    host.register_model_folder()
+    folder = Path(host_fakes.folder_paths.models_dir) / "noisear"
+    folder.mkdir(parents=True)
+    for i in range(500):
+        (folder / f"prior_{i:03d}.safetensors").touch()
+    with pytest.raises(NoiseARNodeError, match=r"found: prior_000\.safetensors, .* \.\.\. and 495 more\)") as caught:
+        load("x" * 5000 + ".safetensors")
+    assert len(str(caught.value)) < 2000
 
 
 def guidance_for(folder: str) -> list[str]:
