@@ -1,5 +1,6 @@
-"""Interrupted training: Ctrl-C stops at a step boundary so resume is bitwise exact, a second Ctrl-C
-stops at once without saving, and log.jsonl never repeats records after a resume."""
+"""Interrupted training: Ctrl-C stops at a step boundary so resume is bitwise exact (likelihood and
+DPO), a second Ctrl-C stops at once without saving, log.jsonl never repeats records after a resume,
+and run files get normal permissions."""
 import json
 import os
 import signal
@@ -12,7 +13,9 @@ import pytest
 import torch
 
 from noisear.train.data import ShardDataset
-from noisear.train.trainer import LikelihoodObjective, initial_model, train
+from noisear.train.dpo import DPOConfig, DPOObjective
+from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
+from test_train_dpo import MODEL as DPO_MODEL, first_channel_mean, prompts
 from test_train_trainer import MODEL, REPO, config, make_dataset
 
 DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
@@ -22,6 +25,7 @@ import sys, time
 from dataclasses import replace
 sys.path.insert(0, "tests")
 from noisear.train.data import ShardDataset
+from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
 from test_train_trainer import MODEL
 
@@ -162,3 +166,26 @@ def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
         os.umask(previous)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir()}
     assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644}
+
+
+def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(tmp_path):
+    dpo = DPOConfig(beta=0.5, rollouts=4, prompts_per_round=4, steps_per_round=4)
+    scored = []
+
+    def interrupting_reward(noise, prompt_set):
+        scored.append(1)
+        if len(scored) == 2:  # the rollout of round 1, inside step 4
+            os.kill(os.getpid(), signal.SIGINT)
+        return first_channel_mean(noise, prompt_set)
+
+    def run(out, reward, seed=0):
+        c = TrainConfig(out_dir=str(tmp_path / out), steps=7, batch_size=4, lr=1e-2, warmup_steps=1,
+                        checkpoint_every=0, progress=False, device="cpu", ema_decay=0.8)
+        objective = DPOObjective(initial_model(DPO_MODEL, seed=seed), prompts(), reward, dpo, c)
+        return train(initial_model(DPO_MODEL, seed=seed), objective, c)
+
+    whole = run("whole", first_channel_mean)
+    with pytest.raises(KeyboardInterrupt):
+        run("interrupted", interrupting_reward)
+    assert torch.load(tmp_path / "interrupted/checkpoint.pt", weights_only=True)["step"] == 5  # mid round 1
+    assert_same_weights(whole, run("interrupted", first_channel_mean, seed=7))
