@@ -43,9 +43,12 @@ def graphs() -> list:
 
     collect = Graph(
         "noisear_collect_dataset",
-        "Collect a NoiseAR training set for your model: golden noise for every prompt line and seed, written as "
-        "shards under output/noisear_dataset/<size>. Run once per size (aspect-ratio bucket), then train with "
-        "`python -m noisear train output/noisear_dataset --positions 2d ...` (see docs/train-your-prior.md).",
+        "Collect a NoiseAR training set for your model: golden noise for every prompt line and j < seeds_per_prompt, "
+        "each pair from its own seed (a hash of first_seed, the prompt and j: no noise repeats across prompts), "
+        "written as shards under output/noisear_dataset/<size>. Use many prompts, a few seeds each. Run once per "
+        "size (aspect-ratio bucket), check with `python -m noisear data inspect output/noisear_dataset`, then "
+        "train with `python -m noisear train output/noisear_dataset --positions 2d ...`; judge it by the held-out "
+        "figures it prints (see docs/train-your-prior.md).",
         [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
          Node("neg", "CLIPTextEncode", 1, 0, [base.NEGATIVE], "Negative prompt", 140),
          Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], "Bucket size", 110),

@@ -29,7 +29,7 @@ prompt index and, optionally, of the seed (never by sample): see :meth:`ShardDat
 A seed identifies a starting noise. The collectors draw a distinct seed for every (prompt, j)
 (``noisear.train.collect.pair_seed``, recorded as ``info.seed_scheme``); a dataset whose seeds
 repeat across prompts holds the same noises many times, and the trainer refuses it
-(:func:`seed_counts`).
+(:meth:`ShardDataset.seed_counts`).
 """
 from __future__ import annotations
 
