@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_comfyui_host import PRIOR_FILE, SEED, prior_name, saved_latents  # noqa: F401 (prior_name: fixture)
+from test_comfyui_host import PRIOR_FILE, SEED, execution_error, prior_name, saved_latents  # noqa: F401 (prior_name: fixture)
 
 STEPS, CFG = 3, 2.0
 PRIOR = {"noisear_model": ["prior", 0], "temperature": 0.5, "size_mode": "native only"}
@@ -98,3 +98,14 @@ def test_noisear_ksampler_equals_the_custom_sampler_and_latent_routes(comfy, sam
     if sampler == "euler":  # a memoryless deterministic sampler split in two = one run of all steps
         assert agreement("euler two stages vs one NoiseAR KSampler run", latents["refine_noisear"],
                          latents["one_stage"]) <= 1e-5 * scale
+
+
+@pytest.mark.usefixtures("prior_name")
+def test_img2img_denoise_is_a_clear_error_on_the_noisear_ksampler(comfy):
+    prompt = routes_graph("euler")
+    prompt = {key: prompt[key] for key in ("model", "positive", "negative", "empty", "sub", "prior", "ksampler",
+                                           "save_ksampler")}
+    prompt["ksampler"]["inputs"]["denoise"] = 0.5
+    error = execution_error(comfy.run(prompt))
+    assert error["node_type"] == "NoiseARKSampler"
+    assert "denoise 1.0, got 0.5" in error["exception_message"] and "KSampler" in error["exception_message"]
