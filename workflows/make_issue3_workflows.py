@@ -1,7 +1,7 @@
 """Writes the golden-noise and dataset-collector example workflows with make_workflows.py's helpers.
 
     python workflows/make_issue3_workflows.py               # the .json files
-    python workflows/make_issue3_workflows.py --pictures    # also <name>.jpg thumbnails (Pillow)
+    python workflows/make_issue3_workflows.py --pictures SHOTS  # also <name>.jpg thumbnails (see make_workflows.py)
 """
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ base.SOCKETS.update({
                             ("noise", "NOISE")], [("noise", "NOISE")]),
     "NoiseARDatasetCollector": ([("model", "MODEL"), ("clip", "CLIP"), ("negative", "CONDITIONING"),
                                  ("latent_image", "LATENT"), ("reward", "NOISEAR_REWARD")], [("summary", "STRING")]),
+})
+base.WIDGET_NAMES.update({
+    "NoiseARGoldenNoise": [*base.SEED_NAMES, "scheduler", "steps", "cfg_denoise", "cfg_invert"],
+    "NoiseARDatasetCollector": ["prompts", "seeds_per_prompt", "first_seed", "scheduler", "steps", "cfg_denoise",
+                                "cfg_invert", "dataset", "text_tokens", "batch_size", "shard_size", "model_name",
+                                "reward_margin"],
 })
 PROMPTS = "\n".join([
     "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
@@ -64,14 +70,14 @@ def graphs() -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pictures", action="store_true", help="also draw thumbnails (Pillow)")
+    parser.add_argument("--pictures", metavar="SHOTS", type=Path,
+                        help="also make thumbnails from the browser test's screenshots in SHOTS (see make_workflows.py)")
     args = parser.parse_args()
     for graph in graphs():
-        workflow = base.to_ui(graph)
-        (HERE / f"{graph.name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-        if args.pictures:
-            base.render(workflow, HERE / f"{graph.name}.jpg", scale=0.35, labels=False)
+        (HERE / f"{graph.name}.json").write_text(json.dumps(base.to_ui(graph), indent=1) + "\n")
         print(f"wrote {graph.name}")
+    if args.pictures:
+        base.pictures(args.pictures, [graph.name for graph in graphs()])
 
 
 if __name__ == "__main__":

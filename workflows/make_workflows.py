@@ -1,11 +1,17 @@
 """Writes the example workflows (ComfyUI UI format 0.4) and, with --pictures, their pictures.
 
-    python workflows/make_workflows.py               # the .json files (standard library only)
-    python workflows/make_workflows.py --pictures    # also <name>.jpg thumbnails, docs/comfyui-wiring.png and
-                                                     # docs/comfyui-ksampler.png (Pillow)
+    python workflows/make_workflows.py                   # the .json files (standard library only)
+    python workflows/make_workflows.py --pictures SHOTS  # also <name>.jpg thumbnails, docs/comfyui-wiring.png and
+                                                         # docs/comfyui-ksampler.png
+
+The pictures are screenshots of the real ComfyUI frontend, taken by the host suite's browser test:
+`NOISEAR_SCREENSHOTS=SHOTS python -m pytest tests/host/test_browser.py` (see its docstring) writes
+SHOTS/<name>.png for every workflow file; --pictures turns them into thumbnails (Pillow).
 
 Each graph is listed once below: nodes with their widget values in ComfyUI's order, then links by
-input name. The host suite (tests/host) checks every file against a live ComfyUI's /object_info.
+input name. WIDGET_NAMES names those values (`intended_widgets`): the host suite (tests/host) checks
+every file against a live ComfyUI's /object_info and, in a real browser, that the UI shows each value
+against the intended input name.
 """
 from __future__ import annotations
 
@@ -16,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DOCS_PICTURE = HERE.parent / "docs" / "comfyui-wiring.png"
-SWAP_PICTURE = HERE.parent / "docs" / "comfyui-ksampler.png"  # the README's quick start
+DOCS_PICTURES = {"noisear_sdxl_custom_sampler": HERE.parent / "docs" / "comfyui-wiring.png",
+                 "noisear_sdxl_ksampler": HERE.parent / "docs" / "comfyui-ksampler.png"}  # the README's
 SEED = 20250601
 NEGATIVE = "blurry, low quality, distorted"
 
@@ -50,6 +56,34 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
                          ("latent_image", "LATENT"), ("noisear_model", "NOISEAR_MODEL"), ("prior_text", "CONDITIONING")],
                         [("LATENT", "LATENT")]),
     "Note": ([], []),  # the UI's own note node (not in /object_info)
+}
+
+# Widget input names of each node type in ComfyUI's order, as /object_info lists them; a seed with
+# control_after_generate is followed by the UI's "control_after_generate" widget.
+SEED_NAMES = ["noise_seed", "control_after_generate"]
+WIDGET_NAMES: dict[str, list[str]] = {
+    "CheckpointLoaderSimple": ["ckpt_name"],
+    "CLIPTextEncode": ["text"],
+    "CLIPTextEncodeHunyuanDiT": ["bert", "mt5xl"],
+    "EmptyLatentImage": ["width", "height", "batch_size"],
+    "KSamplerSelect": ["sampler_name"],
+    "BasicScheduler": ["scheduler", "steps", "denoise"],
+    "CFGGuider": ["cfg"],
+    "SamplerCustomAdvanced": [],
+    "KSamplerAdvanced": ["add_noise", *SEED_NAMES, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
+                         "end_at_step", "return_with_leftover_noise"],
+    "VAEDecode": [],
+    "SaveImage": ["filename_prefix"],
+    "RandomNoise": SEED_NAMES,
+    "PreviewAny": [],
+    "NoiseARLoader": ["ckpt_name", "device", "dtype"],
+    "NoiseARNoise": [*SEED_NAMES, "temperature", "size_mode"],
+    "NoiseARLatent": [*SEED_NAMES, "temperature", "size_mode"],
+    "NoiseARBlend": ["strength", "mode", "renormalize"],
+    "NoiseARPreview": [],
+    "NoiseARKSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
+                        "temperature", "size_mode"],
+    "Note": ["text"],
 }
 
 
@@ -213,12 +247,32 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
                         ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")])
 
 
+def widget_values(node: Node) -> dict[str, object]:
+    """The node's widget values by input name."""
+    names = WIDGET_NAMES.get(node.type)
+    if names is None or len(names) != len(node.widgets):
+        raise ValueError(f"{node.key} ({node.type}): {len(node.widgets)} widget values, but WIDGET_NAMES lists "
+                         f"{names}; name them in WIDGET_NAMES in ComfyUI's order")
+    return dict(zip(names, node.widgets))
+
+
+def node_ids(graph: Graph) -> dict[str, int]:
+    """The UI node id of each node key (1, 2, ... in listing order)."""
+    return {node.key: i + 1 for i, node in enumerate(graph.nodes)}
+
+
+def intended_widgets(graph: Graph) -> dict[int, dict[str, object]]:
+    """{UI node id: {input name: value}}: what the UI must show once the workflow is loaded."""
+    ids = node_ids(graph)
+    return {ids[node.key]: widget_values(node) for node in graph.nodes}
+
+
 COLUMN_WIDTH, ROW_HEIGHT, NODE_WIDTH = 380, 260, 320
 
 
 def to_ui(graph: Graph) -> dict:
     """UI-format (version 0.4) workflow: nodes with sockets and widget values, numbered links."""
-    ids = {node.key: i + 1 for i, node in enumerate(graph.nodes)}
+    ids = node_ids(graph)
     ui_nodes = {}
     for node in graph.nodes:
         inputs, outputs = SOCKETS[node.type]
@@ -230,7 +284,7 @@ def to_ui(graph: Graph) -> dict:
             "outputs": [{"name": name, "type": kind, "links": [], "slot_index": slot}
                         for slot, (name, kind) in enumerate(outputs)],
             "properties": {"Node name for S&R": node.type} if node.type != "Note" else {"text": ""},
-            "widgets_values": node.widgets,
+            "widgets_values": list(widget_values(node).values()),
         }
         if node.title:
             ui_nodes[node.key]["title"] = node.title
@@ -249,74 +303,33 @@ def to_ui(graph: Graph) -> dict:
 
 
 # Pictures -----------------------------------------------------------------------------------------
-TYPE_COLOURS = {"MODEL": "#b39ddb", "CLIP": "#ffd54f", "VAE": "#ef9a9a", "CONDITIONING": "#ffb74d",
-                "LATENT": "#f48fb1", "NOISE": "#80deea", "NOISEAR_MODEL": "#a5d6a7", "IMAGE": "#90caf9",
-                "SAMPLER": "#bcaaa4", "SIGMAS": "#c5e1a5", "GUIDER": "#ce93d8", "STRING": "#e0e0e0"}
+THUMBNAIL_WIDTH = 640
 
 
-def _bezier(p0, p1, p2, p3, t: float) -> tuple[float, float]:
-    """Point at t of the cubic Bezier curve p0..p3 (how the UI draws links)."""
-    u = 1 - t
-    return tuple(u ** 3 * a + 3 * u * u * t * b + 3 * u * t * t * c + t ** 3 * d for a, b, c, d in zip(p0, p1, p2, p3))
+def pictures(screenshots: Path, names: list[str]) -> None:
+    """<name>.jpg thumbnails (ComfyUI's template browser shows them) and the docs pictures, from the browser
+    test's screenshots <name>.png in ``screenshots``."""
+    from PIL import Image
 
-
-def render(workflow: dict, path: Path, scale: float, labels: bool) -> None:
-    """Boxes at the nodes' positions (NoiseAR nodes green), links coloured by type."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    nodes = {node["id"]: node for node in workflow["nodes"]}
-    right = max(n["pos"][0] + n["size"][0] for n in nodes.values()) + 40
-    bottom = max(n["pos"][1] + n["size"][1] for n in nodes.values()) + 60
-    image = Image.new("RGB", (int(right * scale), int(bottom * scale)), "#202020")
-    draw = ImageDraw.Draw(image)
-
-    def box(node: dict) -> tuple[float, float, float, float]:
-        x, y = node["pos"]
-        return (x + 20) * scale, (y + 40) * scale, (x + 20 + node["size"][0]) * scale, (y + 40 + node["size"][1]) * scale
-
-    def socket(node: dict, index: int, output: bool) -> tuple[float, float]:
-        x0, y0, x1, _ = box(node)
-        return (x1 if output else x0), y0 + (34 + 22 * index) * scale
-
-    font = ImageFont.load_default(size=max(9, int(15 * scale)))
-    for node in nodes.values():
-        ours = node["type"].startswith("NoiseAR")
-        x0, y0, x1, y1 = box(node)
-        draw.rounded_rectangle((x0, y0, x1, y1), radius=8 * scale, fill="#2e4d33" if ours else "#353535",
-                               outline="#7bd88f" if ours else "#555555", width=max(1, int(3 * scale)))
-        draw.text((x0 + 8 * scale, y0 + 5 * scale), node.get("title", node["type"]), fill="#ffffff", font=font)
-    for _, origin, origin_slot, target, target_slot, kind in workflow["links"]:  # over the boxes: every link visible
-        (x0, y0), (x1, y1) = socket(nodes[origin], origin_slot, True), socket(nodes[target], target_slot, False)
-        reach = max(abs(x1 - x0) / 2, 60 * scale)
-        curve = [_bezier((x0, y0), (x0 + reach, y0), (x1 - reach, y1), (x1, y1), t / 40) for t in range(41)]
-        draw.line(curve, fill=TYPE_COLOURS.get(kind, "#ffffff"), width=max(2, int(3 * scale)))
-    for node in nodes.values():
-        if labels:
-            for i, item in enumerate(node["inputs"]):
-                x, y = socket(node, i, False)
-                draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=TYPE_COLOURS.get(item["type"], "#ffffff"))
-                draw.text((x + 10, y), item["name"], fill="#cccccc", font=font, anchor="lm")
-            for i, item in enumerate(node["outputs"]):
-                x, y = socket(node, i, True)
-                draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=TYPE_COLOURS.get(item["type"], "#ffffff"))
-                draw.text((x - 10, y), item["name"], fill="#cccccc", font=font, anchor="rm")
-    image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path)
+    for name in names:
+        with Image.open(screenshots / f"{name}.png") as shot:
+            shot = shot.convert("RGB")
+            if name in DOCS_PICTURES:
+                shot.save(DOCS_PICTURES[name])
+            shot.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
+            shot.save(HERE / f"{name}.jpg", quality=90)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pictures", action="store_true", help="also draw thumbnails and the docs picture (Pillow)")
+    parser.add_argument("--pictures", metavar="SHOTS", type=Path,
+                        help="also make thumbnails and docs pictures from the browser test's screenshots in SHOTS")
     args = parser.parse_args()
     for graph in graphs():
-        workflow = to_ui(graph)
-        (HERE / f"{graph.name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-        if args.pictures:
-            render(workflow, HERE / f"{graph.name}.jpg", scale=0.35, labels=False)
-            if graph.name == "noisear_sdxl_custom_sampler":
-                render(workflow, DOCS_PICTURE, scale=1.0, labels=True)
-            if graph.name == "noisear_sdxl_ksampler":
-                render(workflow, SWAP_PICTURE, scale=1.0, labels=True)
+        (HERE / f"{graph.name}.json").write_text(json.dumps(to_ui(graph), indent=1) + "\n")
         print(f"wrote {graph.name}")
+    if args.pictures:
+        pictures(args.pictures, [graph.name for graph in graphs()])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ extra_model_paths.yaml that registers a second "noisear" folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -81,29 +83,41 @@ class Comfy:
         raise TimeoutError(f"prompt {body['prompt_id']} did not finish in {timeout} s; log: {self.log}")
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Comfy:
+def comfy_checkout() -> tuple[Path, Path]:
+    """(ComfyUI checkout, its Python) from COMFYUI_PATH / COMFYUI_PYTHON; skips the test when absent."""
     checkout = os.environ.get("COMFYUI_PATH")
     if not checkout:
         pytest.skip("host suite: set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its Python)")
-    checkout = Path(checkout)
-    python = comfy_python(checkout)
+    python = comfy_python(Path(checkout))
     if python is None or not python.exists():
         pytest.skip("host suite: set COMFYUI_PYTHON to the Python of the ComfyUI install")
+    return Path(checkout), python
 
-    root = tmp_path_factory.mktemp("comfy")
-    base, frontend, extra = root / "base", root / "frontend", root / "extra"
-    for folder in (base / "custom_nodes", frontend, extra / "priors"):
+
+@contextlib.contextmanager
+def running_comfy(root: Path, *, pack: bool = True, test_nodes: bool = True, frontend: bool = False,
+                  settings: dict | None = None) -> Iterator[Comfy]:
+    """A ComfyUI on a free port with its base directory in ``root``: with this pack (and the test-only nodes)
+    in custom_nodes/ or none, and the real frontend (the installed comfyui-frontend-package) or an empty
+    one. ``settings`` seed the default user's comfy.settings.json. Stopped on exit."""
+    checkout, python = comfy_checkout()
+    base, frontend_root, extra = root / "base", root / "frontend", root / "extra"
+    for folder in (base / "custom_nodes", frontend_root, extra / "priors", base / "user" / "default"):
         folder.mkdir(parents=True)
-    (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "noisear_test_nodes").symlink_to(TEST_NODES, target_is_directory=True)
+    if pack:
+        (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
+    if test_nodes:
+        (base / "custom_nodes" / "noisear_test_nodes").symlink_to(TEST_NODES, target_is_directory=True)
+    if settings:
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(settings))
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text(f"noisear_host_test:\n    base_path: {extra}\n    noisear: priors\n")
     log = root / "comfyui.log"
     port = free_port()
     command = [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--front-end-root", str(frontend), "--base-directory", str(base),
-               "--extra-model-paths-config", str(yaml)]
+               "--disable-auto-launch", "--base-directory", str(base), "--extra-model-paths-config", str(yaml)]
+    if not frontend:
+        command += ["--front-end-root", str(frontend_root)]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=checkout, stdout=log_file, stderr=subprocess.STDOUT)
     server = Comfy(f"http://127.0.0.1:{port}", base, extra / "priors", log)
@@ -126,3 +140,9 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Comfy:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    with running_comfy(tmp_path_factory.mktemp("comfy")) as server:
+        yield server

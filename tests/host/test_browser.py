@@ -1,0 +1,162 @@
+"""The example workflows in ComfyUI's real frontend, driven in headless Chromium (tests/host/browser_workflows.js).
+
+Skipped unless all of these are there:
+- COMFYUI_PATH (and COMFYUI_PYTHON): a ComfyUI whose Python has the frontend package its requirements.txt
+  pins (comfyui-frontend-package; ComfyUI serves it when started without --front-end-root);
+- CHROMIUM: a Chromium binary (default: `chromium` on PATH; Debian: `apt-get update && apt-get install chromium`);
+- PLAYWRIGHT_CORE_DIR: a folder with node_modules/playwright-core (`npm install playwright-core` in it),
+  and `node` on PATH.
+Two ComfyUIs run with the real frontend: one without custom nodes (the frontend logs some errors of its own)
+and one with this pack. Every workflow in workflows/ is loaded as a dropped file is; a screenshot of each goes
+to NOISEAR_SCREENSHOTS (default: a temporary folder), which `python workflows/make_workflows.py --pictures DIR`
+turns into the thumbnails and the README's picture.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import PACK_LINK, REPO, comfy_checkout, running_comfy
+
+DRIVER = Path(__file__).resolve().parent / "browser_workflows.js"
+WORKFLOW_DIR = REPO / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
+GENERATORS = ("make_workflows", "make_issue3_workflows")
+# a first-start user: no template dialog, no minimap or canvas statistics in the screenshots
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+DRIVER_SECONDS = 600
+CORE_NODES = ["KSampler", "EmptyLatentImage"]  # searched in the baseline run: the search box logs errors of its own
+
+
+def browser_tools() -> tuple[str, Path]:
+    """(Chromium binary, playwright-core folder), or skip naming what is missing."""
+    _, python = comfy_checkout()
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not chromium or not Path(chromium).exists():
+        pytest.skip("browser test: set CHROMIUM to a Chromium binary (Debian: apt-get install chromium)")
+    driver = os.environ.get("PLAYWRIGHT_CORE_DIR")
+    if not driver or not (Path(driver) / "node_modules" / "playwright-core").is_dir() or not shutil.which("node"):
+        pytest.skip("browser test: set PLAYWRIGHT_CORE_DIR to a folder where `npm install playwright-core` ran "
+                    "(node must be on PATH)")
+    found = subprocess.run([str(python), "-c", "import comfyui_frontend_package"], capture_output=True)
+    if found.returncode:
+        pytest.skip("browser test: ComfyUI's Python lacks comfyui-frontend-package (pip install -r requirements.txt)")
+    return chromium, Path(driver)
+
+
+def drive(url: str, workflows: list[Path], search: list[str], screenshots: Path | None, folder: Path) -> dict:
+    chromium, driver = browser_tools()
+    config, result = folder / "config.json", folder / "result.json"
+    config.write_text(json.dumps({"url": url, "chromium": chromium, "screenshots": str(screenshots) if screenshots else None,
+                                  "workflows": [{"name": p.stem, "path": str(p)} for p in workflows], "search": search}))
+    run = subprocess.run(["node", str(DRIVER), str(config), str(result)], capture_output=True, text=True,
+                         env={**os.environ, "NODE_PATH": str(driver / "node_modules")}, timeout=DRIVER_SECONDS)
+    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return json.loads(result.read_text())
+
+
+@pytest.fixture(scope="module")
+def frontend(tmp_path_factory) -> dict:
+    """The baseline run (no custom nodes) and the pack's run: console errors, loaded workflows, search."""
+    browser_tools()
+    screenshots = Path(os.environ.get("NOISEAR_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    screenshots.mkdir(parents=True, exist_ok=True)
+    root = tmp_path_factory.mktemp("browser")
+    with running_comfy(root / "baseline", pack=False, test_nodes=False, frontend=True, settings=SETTINGS) as server:
+        baseline = drive(server.url, [], CORE_NODES, None, root / "baseline")  # the same interactions, core nodes
+    with running_comfy(root / "pack", test_nodes=False, frontend=True, settings=SETTINGS) as server:
+        info = server.get("/object_info")
+        ours = sorted(t for t, d in info.items() if PACK_LINK in d.get("python_module", ""))
+        templates = server.get("/api/workflow_templates")
+        pack = drive(server.url, WORKFLOWS, ours, screenshots, root / "pack")
+    return {"baseline": baseline, "pack": pack, "info": info, "ours": ours, "templates": templates,
+            "screenshots": screenshots}
+
+
+def intended() -> dict[str, dict[int, dict[str, object]]]:
+    """{workflow name: {node id: {input name: value}}} from the generators in workflows/."""
+    sys.path.insert(0, str(WORKFLOW_DIR))
+    try:
+        modules = [importlib.import_module(name) for name in GENERATORS]
+    finally:
+        sys.path.remove(str(WORKFLOW_DIR))
+    base = modules[0]
+    return {graph.name: base.intended_widgets(graph) for module in modules for graph in module.graphs()}
+
+
+def same(shown: object, wanted: object) -> bool:
+    if isinstance(wanted, float) or isinstance(shown, float):
+        return isinstance(shown, (int, float)) and math.isclose(shown, wanted, rel_tol=1e-9, abs_tol=1e-9)
+    return shown == wanted
+
+
+def plain(markdown: str) -> str:
+    """A description as the search preview renders it (markdown code marks dropped)."""
+    return markdown.replace("`", "").strip()
+
+
+def normalised(error: dict) -> str:
+    """An error's text and the path of its source, without the port (each ComfyUI runs on its own)."""
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1", f"{error['text']} @ {urlparse(error['url']).path}")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_without_a_missing_node_dialog(frontend, path):
+    loaded = frontend["pack"]["workflows"][path.stem]
+    assert not loaded["missing"], f"{path.name}: node types the UI does not know: {loaded['missing']}"
+    assert not loaded["dialogs"], f"{path.name}: a dialog opened on loading:\n" + "\n".join(loaded["dialogs"])
+    assert len(loaded["nodes"]) == len(json.loads(path.read_text())["nodes"])
+    assert (frontend["screenshots"] / f"{path.stem}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_every_widget_shows_the_value_the_generator_intended(frontend, path):
+    wanted = intended().get(path.stem)
+    assert wanted is not None, f"{path.name} is not made by a generator in workflows/ ({', '.join(GENERATORS)})"
+    problems = []
+    for node in frontend["pack"]["workflows"][path.stem]["nodes"]:
+        definition = frontend["info"].get(node["type"])
+        shown = dict(node["widgets"])
+        if definition is not None:  # compare inputs only, not display widgets such as PreviewAny's text
+            inputs = {*definition["input"].get("required", {}), *definition["input"].get("optional", {}),
+                      "control_after_generate"}
+            shown = {name: value for name, value in shown.items() if name in inputs}
+        expected = wanted[node["id"]]
+        if set(shown) != set(expected) or not all(same(shown[name], expected[name]) for name in expected):
+            problems.append(f"node {node['id']} {node['type']}: UI shows {shown}, generator intended {expected}")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def test_the_pack_adds_no_console_errors(frontend):
+    known = {normalised(error) for error in frontend["baseline"]["errors"]}
+    ours = [error for error in frontend["pack"]["errors"]
+            if normalised(error) not in known or "noisear" in json.dumps(error).lower()]
+    assert not ours, "console errors with the pack that a ComfyUI without it does not log:\n" + "\n".join(
+        normalised(error)[:400] for error in ours)
+
+
+def test_every_node_is_found_by_search_with_its_description_and_tooltips(frontend):
+    assert len(frontend["ours"]) >= 7
+    for node_type in frontend["ours"]:
+        definition = frontend["pack"]["definitions"][node_type]
+        assert definition, f"{node_type} is not registered in the UI"
+        found = frontend["pack"]["search"][node_type]
+        assert found["options"] and found["options"][0].startswith(definition["display_name"]), (node_type, found)
+        assert definition["description"] and found["description"] == plain(definition["description"]), node_type
+        inputs = {**definition["input"].get("required", {}), **definition["input"].get("optional", {})}
+        assert all(spec[1].get("tooltip") for spec in inputs.values() if len(spec) > 1), node_type
+        assert len(definition["output_tooltips"]) == len(definition["output"]) and all(definition["output_tooltips"])
+
+
+def test_the_workflows_are_listed_under_templates(frontend):
+    assert sorted(frontend["templates"][PACK_LINK]) == sorted(p.stem for p in WORKFLOWS)
