@@ -240,7 +240,7 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
          Node("decode", "VAEDecode", 3, 0, [], height=50),
          Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=270),
          replace(loader, column=0, row=0.6),
-         Node("note", "Note", 0, 1.1, [SWAP_NOTE], "About this graph", 220)],
+         Node("note", "Note", 0, 1.35, [SWAP_NOTE], "About this graph", 220)],
         PROMPT_LINKS + [("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
                         ("neg", 0, "ksampler", "negative"), ("latent", 0, "ksampler", "latent_image"),
                         ("loader", 0, "ksampler", "noisear_model"), ("ksampler", 0, "decode", "samples"),
