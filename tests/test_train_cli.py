@@ -53,7 +53,8 @@ def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "sft"), "--steps", "4", *TINY]) == 0
     assert (tmp_path / "sft/prior.safetensors").is_file()
     out = capsys.readouterr().out
-    assert "NLL nats/dim: prior" in out and "calibration: sample std at T=1" in out  # held-out figures, no train loss
+    assert "NLL nats/dim: prior" in out and "vs N(0,I) " in out  # held-out figures, no train loss
+    assert "calibration: sample std at T=1" in out
     assert main(["dpo", str(tmp_path / "sft/prior.safetensors"), "--prompts", str(tmp_path / "data"),
                  "--scorer", "test_train_cli:first_channel_mean", "--out", str(tmp_path / "dpo"), "--steps", "2",
                  "--prompts-per-round", "4", "--rollouts", "4", "--device", "cpu", "--no-progress",

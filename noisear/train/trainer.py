@@ -593,8 +593,9 @@ def describe_held_out(metrics: dict[str, float]) -> str:
     for group in ("unseen_prompts", "seen_prompts"):
         if f"val_nll_{group}" in metrics:
             lines.append(f"  prior on {group.replace('_', ' ')}: {metrics[f'val_nll_{group}']:.5f}")
+    names = {"gap_vs_standard_normal": "vs N(0,I)", "gap_vs_prompt_mean": "vs prompt-mean baseline"}
     lines.append("gap (baseline - prior, > 0: the prior is better): "
-                 + ", ".join(f"{k[8:]} {v:+.5f}" for k, v in metrics.items() if k.startswith("gap_vs_")))
+                 + ", ".join(f"{names[k]} {v:+.5f}" for k, v in metrics.items() if k in names))
     lines.append(f"calibration: sample std at T=1 {metrics['sample_std_t1']:.4f}, data std {metrics['data_std']:.4f}")
     if "mean_shift_cosine" in metrics:
         lines.append(f"cosine of the mean (T=0) with the data's prompt-mean shift: prior {metrics['mean_shift_cosine']:+.4f}"

@@ -107,12 +107,14 @@ def own_prior(comfy, tmp_path_factory) -> str:
     assert "skipped 32" in collect_bucket(comfy, "128x96", 128, 96, PROMPTS[:8], 4)  # resumable: nothing redone
     data = ShardDataset(root)
     assert len(data) == 96 and data.noise_shapes == [(4, 12, 16), (4, 16, 12)]
+    assert data.seed_counts()["shared_seeds"] == 0 and data.seed_counts()["distinct_seeds"] == 64  # none across prompts
     out = tmp_path_factory.mktemp("train")
     command = [sys.executable, "-m", "noisear", "train", str(root), "--out", str(out), "--positions", "2d",
                "--patch-size", "4", "--d-model", "32", "--d-ff", "64", "--steps", "6", "--batch-size", "8",
                "--warmup-steps", "2", "--validation-fraction", "0.2", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert "held-out pairs" in result.stdout and "NLL nats/dim: prior" in result.stdout  # judged on unseen pairs
     print(result.stdout + result.stderr[-600:])
     shutil.copy(out / "prior.safetensors", comfy.extra_priors / "own_2d.safetensors")
     return "own_2d.safetensors"
