@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from noisear.train import data as data_module
 from noisear.train.data import (BatchPlan, DatasetError, DatasetInfo, ShardDataset, ShardWriter,
@@ -149,3 +150,15 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     (tmp_path / "shard-00000.safetensors").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="not a readable"):
         ShardDataset(tmp_path)
+
+
+def test_a_shard_written_before_seed_schemes_is_read_with_an_unknown_scheme(tmp_path):
+    old_info = '{"extra": {}, "guidance_denoise": 5.5, "guidance_invert": 1.0, "prediction": "epsilon", ' \
+               '"schedule": "unknown", "source_model": "old", "steps": 10}'  # what version 1 wrote
+    save_file({"text": torch.zeros(4, 3, 5), "text_mask": torch.ones(4, 3, dtype=torch.uint8),
+               "noise": torch.zeros(4, 2, 4, 4), "prompt_index": torch.tensor([0, 0, 1, 1]),
+               "seed": torch.tensor([0, 1, 0, 1])}, str(tmp_path / "shard-00000.safetensors"),
+              metadata={"format": "noisear-dataset", "format_version": "1", "info": old_info, "prompts": "{}"})
+    dataset = ShardDataset(tmp_path)
+    assert dataset.info.seed_scheme == "unknown" and dataset.info.source_model == "old" and len(dataset) == 4
+    assert dataset.seed_counts() == {"distinct_seeds": 2, "shared_seeds": 2, "samples_with_shared_seed": 4}
