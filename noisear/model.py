@@ -380,11 +380,15 @@ class NoiseAR(nn.Module):
 
 
 def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """F.linear for a handful of rows, [..., in] -> [..., out], computed as bias + weight @ x^T.
+    """F.linear for a handful of rows, [..., in] -> [..., out]; fp32 as bias + weight @ x^T.
 
-    Same math; on the CPU (MKL) this streams the weight once for all rows, where F.linear packs it
-    first: at 4 rows about 2.5x faster, at 1 row the same. Decoding a step is bound by this read.
+    Same math; in fp32 on the CPU (MKL) this streams the weight once for all rows, where F.linear
+    packs it first. In bf16/fp16, F.linear (oneDNN) is the faster path: at 1 row 10 % and at 4 rows
+    40 % faster than the fp32 trick in bf16 on this project's CPU (docs/testing-and-benchmarks.md).
+    Decoding a step is bound by this read.
     """
+    if weight.dtype != torch.float32:
+        return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # rows.T must be a transposed view: contiguous is 5x slower
     return torch.addmm(bias[:, None], weight, rows.T).T.reshape(*x.shape[:-1], weight.shape[0])
 

@@ -198,3 +198,16 @@ def test_log_prob_stays_on_the_native_grid_of_a_position_table():
     with pytest.raises(NoiseARInputError, match=r"noise has shape \[1, 3, 8, 6\].*\[batch, 3, 6, 6\]"):
         model.log_prob(text, draws(1, 3, 8, 6))
     assert model.log_prob(text, draws(1, 3, 6, 6)).shape == (1,)
+
+
+def test_bf16_samples_every_size_close_to_fp32():
+    """bf16 (a Loader choice on every device) runs the same plan; its noise stays near the fp32 noise."""
+    model, text = random_model(TINY, seed=8), random_text(TINY, 2)
+    for size in ("wider-and-taller", "non-multiples"):
+        eps = draws(2, 3, *SIZES[size])
+        full = model.sample(text, eps)
+        half = random_model(TINY, seed=8).to(torch.bfloat16)
+        low = half.sample(text, eps)
+        assert low.dtype == torch.float32 and low.shape == eps.shape
+        torch.testing.assert_close(low, half.sample_naive(text, eps), atol=0.02, rtol=0)
+        assert 0 < (low - full).abs().max() < 0.1
