@@ -37,20 +37,36 @@ TEXT_TOKENS = 77
 
 def median_seconds(run: Callable[[], object], reps: int) -> float:
     """Median wall time of ``reps`` calls after one warm-up call."""
+    return paired_medians(run, reps)[0]
+
+
+class MatVec:
+    """y = W x with a 256 MiB fp32 W (far beyond the caches): the rate weights stream at."""
+
+    def __init__(self, rows: int = 8192, cols: int = 8192) -> None:
+        self.weight, self.vector = torch.randn(rows, cols), torch.randn(1, cols)
+        self.bytes = self.weight.numel() * self.weight.element_size()
+
+    def __call__(self) -> torch.Tensor:
+        return F.linear(self.vector, self.weight)
+
+
+def paired_medians(run: Callable[[], object], reps: int, matvec: MatVec | None = None) -> tuple[float, float]:
+    """(median seconds of ``run``, bandwidth in bytes/s of ``matvec`` timed right before each call).
+
+    Pairing the two in time keeps their ratio meaningful when other processes change the load.
+    """
     run()
-    times = []
+    times, bandwidths = [], []
     for _ in range(reps):
+        if matvec is not None:
+            start = time.perf_counter()
+            matvec()
+            bandwidths.append(matvec.bytes / (time.perf_counter() - start))
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matvec_bandwidth(reps: int, rows: int = 8192, cols: int = 8192) -> float:
-    """Bytes/s of y = W x with a 256 MiB fp32 W (far beyond the caches): the rate weights stream at."""
-    weight, vector = torch.randn(rows, cols), torch.randn(1, cols)
-    seconds = median_seconds(lambda: F.linear(vector, weight), max(reps, 5))
-    return weight.numel() * weight.element_size() / seconds
+    return statistics.median(times), statistics.median(bandwidths) if bandwidths else float("nan")
 
 
 def bytes_per_step(model: NoiseAR) -> tuple[int, int]:
@@ -98,44 +114,57 @@ def main() -> None:
           f"{steps} steps; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
-    bandwidth = matvec_bandwidth(args.reps)
-    print(f"bandwidth (fp32 8192x8192 matrix-vector): {bandwidth / 1e9:.1f} GB/s")
-    roofline: dict[tuple[str, int], float] = {}  # (dtype, batch) -> seconds per sample
-    for name, prior in (("fp32", model), ("bf16", half)):
-        step_bytes, encoder_bytes = bytes_per_step(prior)
-        stream_seconds = (steps * step_bytes - encoder_bytes) / bandwidth  # no patch encoding after the last step
-        for batch in (1, 4):
-            kv_seconds = text_kv_seconds(prior, torch.randn(batch, TEXT_TOKENS, config.text_dim), args.reps)
-            roofline[name, batch] = (stream_seconds + kv_seconds) / batch
-        print(f"{name}: weights read per step {step_bytes / 1e6:.0f} MB -> {stream_seconds * 1e3:.0f} ms for {steps} "
-              f"steps; roofline per sample {roofline[name, 1] * 1e3:.0f} ms at batch 1, "
-              f"{roofline[name, 4] * 1e3:.0f} ms at batch 4")
+    matvec = MatVec()
+    matvec()
+    streamed: dict[str, tuple[int, int]] = {"fp32": bytes_per_step(model), "bf16": bytes_per_step(half)}
+    kv_seconds = {(name, batch): text_kv_seconds(prior, torch.randn(batch, TEXT_TOKENS, config.text_dim), args.reps)
+                  for name, prior in (("fp32", model), ("bf16", half)) for batch in (1, 4)}
+
+    def roofline(name: str, batch: int, bandwidth: float) -> float:
+        """Seconds per sample: weights read by ``steps`` cached steps at ``bandwidth``, plus the text keys/values."""
+        step_bytes, encoder_bytes = streamed[name]  # no patch encoding after the last step
+        return ((steps * step_bytes - encoder_bytes) / bandwidth + kv_seconds[name, batch]) / batch
+
+    for name, (step_bytes, _) in streamed.items():
+        print(f"{name}: weights read per step {step_bytes / 1e6:.0f} MB; one-off text keys/values "
+              f"{kv_seconds[name, 1] * 1e3:.0f} ms at batch 1")
+    print("each timed call follows a timed fp32 8192x8192 matrix-vector product; the roofline uses the "
+          "median bandwidth of those")
 
     per_sample: dict[tuple[str, int], float] = {}
+    ratio: dict[tuple[str, int], float] = {}
     for batch in (1, 4):
         text = torch.randn(batch, TEXT_TOKENS, config.text_dim)
         eps = torch.randn(batch, config.channels, config.latent_height, config.latent_width)
         runs = [("fp32", model.sample, args.reps), ("bf16", half.sample, args.reps)]
         runs += [("naive", model.sample_naive, args.naive_reps)] if args.naive_reps else []
         for name, sampler, reps in runs:
-            per_sample[name, batch] = median_seconds(lambda: sampler(text, eps), reps) / batch
-            print(f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample (median of {reps})"
-                  + (f"; {per_sample[name, batch] / roofline['fp32', batch]:.2f}x the fp32 roofline"
-                     if name != "naive" else ""))
+            seconds, bandwidth = paired_medians(lambda: sampler(text, eps), reps, matvec)
+            per_sample[name, batch] = seconds / batch
+            fp32_roofline = roofline("fp32", batch, bandwidth)
+            ratio[name, batch] = per_sample[name, batch] / fp32_roofline
+            print(f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample (median of {reps}); "
+                  f"bandwidth {bandwidth / 1e9:.1f} GB/s -> fp32 roofline {fp32_roofline * 1e3:.0f} ms"
+                  + (f", bf16 roofline {roofline('bf16', batch, bandwidth) * 1e3:.0f} ms" if name == "bf16" else "")
+                  + f"; {ratio[name, batch]:.2f}x the fp32 roofline")
 
     text, native_eps = torch.randn(1, TEXT_TOKENS, config.text_dim), torch.randn(1, 4, 128, 128)
     wide_eps = torch.randn(1, 4, 104, 152)  # 1216 x 832 px: a sliding window over 4 x 5 patches
-    sliding = median_seconds(lambda: model.sample(text, wide_eps), args.reps)
-    native = median_seconds(lambda: model.sample(text, native_eps), args.reps)
+    times: dict[str, list[float]] = {"sliding": [], "native": []}
+    for _ in range(args.reps):  # alternated, so both see the same load
+        for name, eps in (("sliding", wide_eps), ("native", native_eps)):
+            start = time.perf_counter()
+            model.sample(text, eps)
+            times[name].append(time.perf_counter() - start)
+    sliding, native = statistics.median(times["sliding"]), statistics.median(times["native"])
     deviation = (half.sample(text, native_eps) - model.sample(text, native_eps)).abs()
     print(f"sliding window at 1216 x 832 px: {sliding * 1e3:.0f} ms vs native {native * 1e3:.0f} ms: "
           f"{sliding / native:.2f}x (target <= 1.6x; 20 patches vs 16)")
     print(f"bf16 vs fp32 sample (same eps, noise std {model.sample(text, native_eps).std().item():.2f}): "
           f"max |difference| {deviation.max().item():.4f}, mean {deviation.mean().item():.5f}")
 
-    print(f"fp32 cached / fp32 roofline at batch 1: {per_sample['fp32', 1] / roofline['fp32', 1]:.2f}x "
-          f"(target <= 1.25x); bf16 cached / fp32 roofline: {per_sample['bf16', 1] / roofline['fp32', 1]:.2f}x "
-          f"(target <= 0.7x; bf16's own roofline is {roofline['bf16', 1] / roofline['fp32', 1]:.2f}x)")
+    print(f"fp32 cached / fp32 roofline at batch 1: {ratio['fp32', 1]:.2f}x (target <= 1.25x); "
+          f"bf16 cached / fp32 roofline: {ratio['bf16', 1]:.2f}x (target <= 0.7x)")
     if args.naive_reps:
         for batch in (1, 4):
             print(f"naive / cached at batch {batch}: {per_sample['naive', batch] / per_sample['fp32', batch]:.2f}x "
