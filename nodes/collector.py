@@ -26,6 +26,7 @@ from . import host
 from .golden import golden_noise, schedule_inputs
 from .prior import CATEGORY, NoiseARNodeError
 
+MAX_NAME = 1024  # characters of a dataset name (deeper paths make os.makedirs recurse too far)
 # NOISEAR_REWARD: (noise [B,C,H,W] unit-variance, CONDITIONING of the prompt) -> reward [B]; higher is better
 Reward = Callable[[torch.Tensor, list], torch.Tensor]
 
@@ -52,6 +53,16 @@ def fixed_tokens(conditioning: list, tokens: int) -> tuple[torch.Tensor, torch.T
     return text, padded_mask
 
 
+def check_widget_values(input_types: dict[str, Any], **values: Any) -> None:
+    """Refuse INT/FLOAT values outside their widget's [min, max] or not finite, as ComfyUI's validation would
+    (an API-format workflow can carry any number, and ComfyUI's min/max checks let NaN through)."""
+    spec = {**input_types["required"], **input_types.get("optional", {})}
+    for name, value in values.items():
+        low, high = spec[name][1]["min"], spec[name][1]["max"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise NoiseARNodeError(f"{name} must be a number from {low} to {high}, got {str(value)[:50]}")
+
+
 def dataset_directory(name: str) -> str:
     """The real path of folder ``name`` inside ComfyUI's output folder; anywhere else is refused.
 
@@ -62,8 +73,8 @@ def dataset_directory(name: str) -> str:
     """
     if not name.strip():
         raise NoiseARNodeError("dataset must name a folder inside ComfyUI's output folder, e.g. noisear_dataset/1024x1024")
-    if "\0" in name:
-        raise NoiseARNodeError("dataset contains a NUL character; give a plain folder name")
+    if "\0" in name or len(name) > MAX_NAME:
+        raise NoiseARNodeError(f"dataset must be a plain folder name of at most {MAX_NAME} characters without NUL")
     if os.path.isabs(name) or os.path.splitdrive(name)[0]:
         raise NoiseARNodeError(f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "
                                f"saving outside the output folder is not allowed (as for SaveImage)")
@@ -86,9 +97,11 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
     lines = prompt_lines(prompts)
     if not lines:
         raise NoiseARNodeError("prompts is empty: give one prompt per line")
-    shape = (1, *latent["samples"].shape[1:])
-    if len(shape) != 4:
-        raise NoiseARNodeError(f"the collector works on image latents [batch, C, H, W]; got {list(latent['samples'].shape)}")
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or 0 in samples.shape:
+        got = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise NoiseARNodeError(f"the collector works on image latents [batch, C, H, W] (e.g. EmptyLatentImage); got {got}")
+    shape = (1, *samples.shape[1:])
     sigmas = host.schedule_sigmas(model, scheduler, steps)
     info = DatasetInfo(source_model=model_name or "comfyui MODEL", prediction=host.prediction_kind(model),
                        schedule=f"comfyui {scheduler}", steps=steps, guidance_denoise=config.guidance_denoise,
@@ -183,6 +196,9 @@ class DatasetCollectorNode:
                 first_seed: int, scheduler: str, steps: int, cfg_denoise: float, cfg_invert: float, dataset: str,
                 text_tokens: int, batch_size: int, shard_size: int, model_name: str, reward: Reward | None = None,
                 reward_margin: float = 0.0) -> dict[str, Any]:
+        check_widget_values(self.INPUT_TYPES(), seeds_per_prompt=seeds_per_prompt, first_seed=first_seed, steps=steps,
+                            cfg_denoise=cfg_denoise, cfg_invert=cfg_invert, text_tokens=text_tokens,
+                            batch_size=batch_size, shard_size=shard_size, reward_margin=reward_margin)
         config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
         directory = dataset_directory(dataset)
         counts = collect(model, clip, prompts, negative, latent_image, seeds_per_prompt, first_seed, scheduler, steps,

@@ -122,7 +122,7 @@ def test_the_reward_filter_keeps_pairs_that_improve_by_more_than_the_margin(fake
     data = ShardDataset(tmp_path / "output" / "set")
     kept, rejected = len(data), int(summary.split("rejected ")[1].split()[0])
     assert kept + rejected == 8 and rejected > 0 and kept > 0
-    assert "rejected 8" in run("one\ntwo", k=4, dataset="strict", reward=reward, margin=1e9)
+    assert "rejected 8" in run("one\ntwo", k=4, dataset="strict", reward=reward, margin=1e6)
 
 
 def test_the_trainer_reads_the_collected_set(fakes, tmp_path):

@@ -8,6 +8,7 @@ import os
 import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
+import torch
 
 from nodes.collector import DatasetCollectorNode, dataset_directory
 from nodes.prior import NoiseARNodeError
@@ -65,8 +66,9 @@ def test_relative_names_inside_the_output_folder_work_nested_normalised_and_thro
 def test_odd_names_get_a_clear_message(tmp_path):
     with pytest.raises(NoiseARNodeError, match="must name a folder"):
         run("one", dataset="   ")
-    with pytest.raises(NoiseARNodeError, match="NUL character"):
-        run("one", dataset="set\x00/x")
+    for name in ["set\x00/x", "/".join(["d"] * 2000)]:
+        with pytest.raises(NoiseARNodeError, match="plain folder name of at most 1024 characters without NUL"):
+            run("one", dataset=name)
     for name in [".", "a/..", "./"]:
         with pytest.raises(NoiseARNodeError, match="is the output folder itself; name a subfolder"):
             run("one", dataset=name)
@@ -114,3 +116,23 @@ def test_hostile_metadata_in_the_dataset_folder_is_a_clear_error(tmp_path):
     save_file(tensors, str(shard), metadata={**metadata, "prompts": "[not json"})
     with pytest.raises(ValueError, match="shard-00000.safetensors: shard metadata 'prompts' is not valid JSON"):
         run("one")
+
+
+@pytest.mark.parametrize("name, value", [("seeds_per_prompt", 0), ("steps", 1), ("text_tokens", 0), ("batch_size", -3),
+                                         ("shard_size", 0), ("first_seed", -1), ("cfg_denoise", float("nan")),
+                                         ("cfg_invert", float("inf")), ("reward_margin", float("nan"))])
+def test_widget_values_outside_their_range_or_not_finite_are_refused_before_any_work(tmp_path, name, value):
+    """An API-format workflow can carry any number (ComfyUI's min/max checks let NaN through)."""
+    values = dict(model=object(), clip=object(), prompts="one", negative=[], seeds_per_prompt=2, first_seed=0,
+                  scheduler="normal", steps=3, cfg_denoise=5.5, cfg_invert=1.0, dataset="set", text_tokens=12,
+                  batch_size=2, shard_size=4, model_name="", latent_image={"samples": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(NoiseARNodeError, match=f"{name} must be a number from"):
+        DatasetCollectorNode().collect(**{**values, name: value})
+    assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize("latent", [{"samples": torch.zeros(1, 4, 8)}, {"samples": torch.zeros(1, 4, 0, 8)}, {}, None])
+def test_a_latent_that_is_not_an_image_latent_is_refused(latent):
+    with pytest.raises(NoiseARNodeError, match=r"image latents \[batch, C, H, W\]"):
+        DatasetCollectorNode().collect(object(), object(), "one", [], latent, 2, 0, "normal", 3, 5.5, 1.0, "set", 12, 2,
+                                       4, "")

@@ -448,8 +448,10 @@ class ShardWriter:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
                 old_seeds = dataset.info.seed_scheme != info.seed_scheme
-                raise DatasetError(f"{self.directory} already holds shards made with {dataset.info}; "
-                                   f"refusing to append samples made with {info}. Use a new directory"
+                differ = "; ".join(f"{key} {_short(getattr(dataset.info, key), 60)} there, {_short(value, 60)} here"
+                                   for key, value in asdict(info).items() if getattr(dataset.info, key) != value)
+                raise DatasetError(f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
+                                   f"append these samples. Use a new directory"
                                    + (" (its seeds were made another way, e.g. the same seeds for every prompt)."
                                       if old_seeds else "."))
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
