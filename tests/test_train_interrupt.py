@@ -141,6 +141,21 @@ def test_the_log_of_a_resumed_run_equals_the_uninterrupted_log(tmp_path):
     assert without_time(records(tmp_path / "crashed/log.jsonl")) == expected
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_afresh(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    dataset = ShardDataset(tmp_path / "data")
+    whole = uninterrupted(tmp_path, dataset)
+    c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(tmp_path / "early"))
+    objective = LikelihoodObjective(dataset, c)
+    plain_batch = objective.batch
+    objective.batch = lambda step, runtime: (_ for _ in ()).throw(Crash()) if step == 3 else plain_batch(step, runtime)
+    with pytest.raises(Crash):
+        train(initial_model(DROPOUT), objective, c)
+    assert not (tmp_path / "early/checkpoint.pt").exists() and records(tmp_path / "early/log.jsonl")
+    assert_same_weights(whole, train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c))
+    assert without_time(records(tmp_path / "early/log.jsonl")) == without_time(records(tmp_path / "whole/log.jsonl"))
+
+
 def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
     c = config(tmp_path, steps=4, out_dir=str(tmp_path / "full"))

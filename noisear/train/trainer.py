@@ -13,7 +13,8 @@ prior, EMA weights when EMA is on, loadable with ``noisear.load``).
 Interrupts: Ctrl-C (SIGINT) finishes the current step, saves a checkpoint at that step boundary and
 raises KeyboardInterrupt, so resuming gives bitwise the weights of an uninterrupted run (a second
 Ctrl-C stops at once, without saving; like a kill, that resumes from the last checkpoint). On
-resume ``log.jsonl`` is cut back to what it held when the checkpoint was saved, so no record repeats.
+resume ``log.jsonl`` is cut back to what it held when the checkpoint was saved (a run that starts
+from step 0 starts an empty log), so no record repeats.
 
 DDP: global batch ``batch_size`` is split into equal, contiguous per-rank shares; each rank's
 loss is the mean over its share and DDP averages the gradients, so one update equals the
@@ -347,7 +348,7 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     checkpoint = out_dir / "checkpoint.pt"
-    resumed = {"step": 0, "log_bytes": None, "pending_metrics": []}
+    resumed = {"step": 0, "log_bytes": 0, "pending_metrics": []}  # a fresh start also starts a fresh log
     if config.resume and checkpoint.exists():
         resumed = _load_checkpoint(checkpoint, model, optimizer, ema, objective, config, runtime)
     step, pending = resumed["step"], resumed["pending_metrics"]
