@@ -13,7 +13,7 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
+import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +70,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     is removed. Only a killed process leaves one behind (hidden, ending in .tmp). Returns ``path``.
     """
     path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # named first: a Ctrl-C at any
+    try:                                                                 # point below removes it
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         write(temporary)
         os.chmod(temporary, file_mode())
         os.replace(temporary, path)

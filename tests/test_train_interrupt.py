@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from noisear import io
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
@@ -24,6 +25,7 @@ CHILD = """
 import sys, time
 from dataclasses import replace
 sys.path.insert(0, "tests")
+from noisear import io
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
@@ -204,3 +206,28 @@ def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(t
         run("interrupted", interrupting_reward)
     assert torch.load(tmp_path / "interrupted/checkpoint.pt", weights_only=True)["step"] == 5  # mid round 1
     assert_same_weights(whole, run("interrupted", first_channel_mean, seed=7))
+
+
+@pytest.mark.parametrize("point", ["open", "close", "write", "chmod", "replace"])
+def test_ctrl_c_at_any_point_of_an_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch, point):
+    real = {"open": os.open, "close": os.close, "chmod": os.chmod, "replace": os.replace}
+
+    def interrupted(name):
+        def call(*args, **kwargs):
+            real[name](*args, **kwargs)  # the step happens, then Ctrl-C arrives
+            raise KeyboardInterrupt
+        return call
+
+    def write(temporary):
+        temporary.write_bytes(b"new")
+        if point == "write":
+            raise KeyboardInterrupt
+
+    (tmp_path / "file").write_bytes(b"old")
+    if point != "write":
+        monkeypatch.setattr(f"noisear.io.os.{point}", interrupted(point))
+    with pytest.raises(KeyboardInterrupt):
+        io.write_atomically(tmp_path / "file", write)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert (tmp_path / "file").read_bytes() == (b"new" if point == "replace" else b"old")
