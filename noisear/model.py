@@ -247,19 +247,30 @@ class NoiseAR(nn.Module):
             x = self.ffn_layers[k](x) + x
         return self.prediction_head_mu(x), self.prediction_head_logvar(x)
 
-    def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None,
+                 mean_target: torch.Tensor | None = None) -> torch.Tensor:
         """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density.
 
         Defined on the grids training sees: the native latent for a 1-D position table (the published
         priors; a sliding-window sample of another size is not scored), any grid of whole patches
         for a 2-D prior.
+
+        ``mean_target`` [B,C,H,W] (training only): the value is unchanged, but the means' gradient comes
+        from (mean_target - mu) instead of (noise - mu), and the log-variances' from the full residual with
+        the means held fixed. With mean_target = noise - z for a part z of zero mean that is independent of
+        the prompt and the earlier patches (golden noise minus its starting noise), the expected gradient
+        is the same and its variance far smaller (a control variate).
         """
         noise = self._check_noise(noise)
         tokens = patchify(noise.to(self._anchor.dtype), self.config.patch_size)
         mu, logvar = self(text, tokens[:, :-1], text_mask, self._grid(noise))
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         density = -0.5 * ((tokens - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+        if mean_target is not None:
+            target = patchify(self._check_noise(mean_target).to(tokens.dtype), self.config.patch_size)
+            surrogate = -0.5 * ((target - mu) ** 2 * torch.exp(-logvar.detach())
+                                + (tokens - mu.detach()) ** 2 * torch.exp(-logvar) + logvar)
+            density = density.detach() + surrogate - surrogate.detach()  # value: density; gradient: surrogate's
         return density.float().sum(dim=(1, 2))
 
     def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:

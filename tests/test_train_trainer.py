@@ -11,6 +11,7 @@ import torch
 
 import noisear
 from noisear import NoiseARConfig
+from noisear.patches import patchify
 from noisear.train.collect import SEED_SCHEME, prompt_seeds, start_noise
 from noisear.train.data import Batch, DatasetError, DatasetInfo, ShardDataset, ShardWriter, validation_prompt
 from noisear.train.trainer import (LikelihoodObjective, PromptMeanBaseline, TrainConfig, held_out_metrics, initial_model,
@@ -115,16 +116,24 @@ class KnownPrior(torch.nn.Module):
         return self.mean(text) + temperature * self.std * eps
 
 
-def test_held_out_metrics_match_a_direct_computation_on_the_whole_validation_split(tmp_path):
+def write_known_shift(directory, prompts=48, per_prompt=6, scale=0.3):
+    """Golden-like pairs: noise = starting noise of the pair's seed + a linear shift of the pooled prompt.
+    Returns the mapping (the shift of prompt text t is t.mean(0) @ mapping.T)."""
     generator = torch.Generator().manual_seed(0)
-    text = torch.randn(48, 2, 4, generator=generator)
-    mapping = torch.randn(math.prod(SHAPE), 4, generator=generator) * 0.3
+    text = torch.randn(prompts, 2, 4, generator=generator)
+    mapping = torch.randn(math.prod(SHAPE), 4, generator=generator) * scale
     info = DatasetInfo(source_model="known shift", seed_scheme=SEED_SCHEME)
-    with ShardWriter(tmp_path, info, shard_size=20) as writer:
-        for p in range(48):
-            seeds = prompt_seeds(0, p, 6)
-            noise = start_noise(seeds, (6, *SHAPE)) + (text[p].mean(0) @ mapping.T).reshape(SHAPE)  # golden = x_T + shift
-            writer.append(text[p].expand(6, -1, -1), noise, [p] * 6, seeds)
+    with ShardWriter(directory, info, shard_size=20) as writer:
+        for p in range(prompts):
+            seeds = prompt_seeds(0, p, per_prompt)
+            shift = (text[p].mean(0) @ mapping.T).reshape(SHAPE)
+            writer.append(text[p].expand(per_prompt, -1, -1), start_noise(seeds, (per_prompt, *SHAPE)) + shift,
+                          [p] * per_prompt, seeds)
+    return mapping
+
+
+def test_held_out_metrics_match_a_direct_computation_on_the_whole_validation_split(tmp_path):
+    mapping = write_known_shift(tmp_path)
     dataset = ShardDataset(tmp_path)
     baseline = PromptMeanBaseline(dataset, 0.25, ridge=1e-3, seed_fraction=0.2)
     prior = KnownPrior(mapping, std=1.0)  # the true distribution of the noise given the prompt
@@ -150,6 +159,41 @@ def test_held_out_metrics_match_a_direct_computation_on_the_whole_validation_spl
     shift = (train.noise - start_noise(train.seed, train.noise.shape)).flatten(1).double()
     torch.testing.assert_close(baseline.weight, torch.linalg.solve(x.T @ x + penalty, x.T @ shift))
     assert held_out_metrics(prior, dataset, 0.0) == {}  # nothing held out: nothing to report
+
+
+def test_a_mean_target_keeps_the_value_and_gives_the_control_variate_gradient():
+    model = initial_model(MODEL, seed=1)
+    text, noise, start = torch.randn(3, 2, 4), torch.randn(3, *SHAPE), torch.randn(3, *SHAPE)
+    plain = model.log_prob(text, noise)
+    mu_weight, logvar_weight = model.prediction_head_mu[2].weight, model.prediction_head_logvar[2].weight
+
+    def gradients(value):
+        return torch.autograd.grad(value.sum(), (mu_weight, logvar_weight))
+
+    torch.testing.assert_close(model.log_prob(text, noise, mean_target=noise - start), plain)
+    for a, b in zip(gradients(model.log_prob(text, noise, mean_target=noise)), gradients(plain)):
+        torch.testing.assert_close(a, b)  # the target = the noise: plain likelihood
+    tokens, target = patchify(noise, 2), patchify(noise - start, 2)  # the surrogate written out
+    mu, logvar = model(text, tokens[:, :-1])
+    surrogate = -0.5 * ((target - mu) ** 2 * torch.exp(-logvar.detach()) + (tokens - mu.detach()) ** 2
+                        * torch.exp(-logvar) + logvar)
+    for a, b in zip(gradients(model.log_prob(text, noise, mean_target=noise - start)), gradients(surrogate)):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_control_variate_finds_a_small_prompt_shift_that_plain_likelihood_misses(tmp_path):
+    write_known_shift(tmp_path / "data", prompts=64, per_prompt=16, scale=0.05)  # shift ~0.05 per dimension
+    cosines = {}
+    for control_variate in (None, False):  # None: auto, on since the seeds say what the starting noise was
+        c = config(tmp_path, steps=150, batch_size=64, lr=3e-3, warmup_steps=10, checkpoint_every=0, log_every=50,
+                   validation_fraction=0.2, out_dir=str(tmp_path / f"run-{control_variate}"))
+        train_likelihood(tmp_path / "data", c, model_config=MODEL, control_variate=control_variate)
+        final = json.loads((tmp_path / f"run-{control_variate}/log.jsonl").read_text().splitlines()[-1])
+        cosines[control_variate] = final["mean_shift_cosine"]  # on unseen prompts
+    assert cosines[None] > 0.5 and cosines[None] > cosines[False] + 0.2, cosines
+    make_dataset(tmp_path / "unknown")
+    with pytest.raises(DatasetError, match="control variate"):
+        train_likelihood(tmp_path / "unknown", c, model_config=MODEL, control_variate=True)
 
 
 class Crash(RuntimeError):

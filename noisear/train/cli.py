@@ -117,6 +117,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "instead of from scratch")
     train.add_argument("--baseline-ridge", type=float, default=0.1,
                        help="relative ridge of the prompt-mean baseline (default: 0.1)")
+    train.add_argument("--control-variate", choices=("auto", "on", "off"), default="auto",
+                       help="the means learn from noise minus its starting noise (same expected gradient, far less "
+                            "variance; the loss is still the NLL); auto: when the dataset's seeds say what the "
+                            "starting noises were (default: auto)")
     train.add_argument("--allow-repeated-noises", action="store_true",
                        help="train even when starting noises repeat across prompts (refused by default: a prior "
                             "memorises such noises; use with --validation-seed-fraction)")
@@ -210,7 +214,8 @@ def run_train(args: argparse.Namespace) -> int:
                                      channels=channels, latent_height=height, latent_width=width,
                                      text_dim=dataset.item_shapes["text"][1])
     train_likelihood(args.data, config, model_config=model_config, init=args.init, baseline_ridge=args.baseline_ridge,
-                     allow_repeated_noises=args.allow_repeated_noises)
+                     allow_repeated_noises=args.allow_repeated_noises,
+                     control_variate={"auto": None, "on": True, "off": False}[args.control_variate])
     log = Path(config.out_dir) / "log.jsonl"
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
     final = [r for r in records if r.get("kind") == "validation" and r.get("step") == config.steps]

@@ -53,8 +53,9 @@ CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
 # A resumed run must not change these (they decide the data order and the updates).
 RESUME_FIXED = ("batch_size", "seed", "validation_fraction", "validation_seed_fraction")
 
-# (text [B,T,D], noise [B,C,H,W], text_mask [B,T] or None) -> log p(noise | text) in nats, [B]
-LogProb = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# (text [B,T,D], noise [B,C,H,W], text_mask [B,T] or None[, mean_target [B,C,H,W]]) -> log p(noise | text)
+# in nats, [B]; mean_target: see NoiseAR.log_prob (a control variate for the means' gradient)
+LogProb = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -172,8 +173,9 @@ class _LogProbModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.log_prob(text, noise, text_mask)
+    def forward(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None,
+                mean_target: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.log_prob(text, noise, text_mask, mean_target)
 
 
 class EMA:
@@ -608,15 +610,24 @@ def describe_held_out(metrics: dict[str, float]) -> str:
 class LikelihoodObjective:
     """Teacher-forced Gaussian NLL in nats/dim on the training split of a shard dataset.
 
-    Its loss is logged as ``train_loss`` (a training figure, never a result). Validation:
-    :func:`held_out_metrics` on the held-out pairs, with the prompt-mean baseline fitted on the training
-    split (single-size data only).
+    Its loss is logged as ``train_loss`` (a training figure, never a result). With ``control_variate``
+    the means learn from noise - starting noise (``mean_target`` of NoiseAR.log_prob): golden noise is its
+    starting noise plus a small prompt-dependent shift, and the starting noise's patch is independent of the
+    prompt and of the earlier patches, so the expected gradient is the same while the per-sample noise no
+    longer swamps the shift; the loss value is still the NLL. It needs the dataset's seeds to say what the
+    starting noise was (``known_start_noise``). Validation: :func:`held_out_metrics` on the held-out pairs,
+    with the prompt-mean baseline fitted on the training split (single-size data only).
     """
 
     uses_dropout = True
 
     def __init__(self, dataset: ShardDataset, config: TrainConfig, baseline_ridge: float = 0.1,
-                 eval_batch_size: int = 64) -> None:
+                 eval_batch_size: int = 64, control_variate: bool = False) -> None:
+        if control_variate and not known_start_noise(dataset.info):
+            raise DatasetError(f"the control variate needs each pair's starting noise, but {dataset.directory} "
+                               f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
+                               f"collectors or train without it (--control-variate off)")
+        self.control_variate = control_variate
         self.dataset, self.eval_batch_size = dataset, eval_batch_size
         self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
         self.plan = BatchPlan(dataset, config.batch_size, config.seed, config.validation_fraction,
@@ -628,7 +639,10 @@ class LikelihoodObjective:
         return self.plan.batch(step, runtime.rank, runtime.world).to(runtime.device)
 
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask), batch.noise[0].numel()).mean()
+        mean_target = None
+        if self.control_variate:
+            mean_target = batch.noise - start_noise(batch.seed.tolist(), batch.noise.shape).to(batch.noise.device)
+        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
         return nll, {"train_loss": nll.item()}
 
     def validate(self, model: NoiseAR) -> dict[str, float]:
@@ -688,12 +702,16 @@ def refuse_repeated_noises(dataset: ShardDataset) -> None:
 
 def train_likelihood(data_dir: str | os.PathLike, config: TrainConfig, model_config: NoiseARConfig | None = None,
                      init: str | os.PathLike | None = None, baseline_ridge: float = 0.1,
-                     allow_repeated_noises: bool = False) -> NoiseAR:
+                     allow_repeated_noises: bool = False, control_variate: bool | None = None) -> NoiseAR:
     """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
-    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``."""
+    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``.
+    ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say what the starting
+    noises were."""
     dataset = ShardDataset(data_dir)
     if not allow_repeated_noises:
         refuse_repeated_noises(dataset)
+    if control_variate is None:
+        control_variate = known_start_noise(dataset.info)
     model = initial_model(model_config, init, config.seed)
     check_compatible(model, dataset)
-    return train(model, LikelihoodObjective(dataset, config, baseline_ridge), config)
+    return train(model, LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate), config)
