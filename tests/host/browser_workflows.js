@@ -2,7 +2,7 @@
 //
 //   node browser_workflows.js config.json result.json
 //
-// config: {url, chromium, workflows: [{name, path}], screenshots: folder or null, search: [node type] }
+// config: {url, chromium, workflows: [{name, path, screenshot}], screenshots: folder or null, search: [node type]}
 // result: {errors: [console errors and page errors], workflows: {name: {dialogs, missing, nodes}},
 //          search: {type: {display_name, options, description}}, definitions: {type: nodeData}}
 // The page is driven as a user would: a workflow is loaded through app.loadGraphData (what dropping a
@@ -45,7 +45,7 @@ async function closeDialogs(page) {
     await page.waitForTimeout(2000);
     await closeDialogs(page);
 
-    for (const { name, path: file } of config.workflows) {
+    for (const { name, path: file, screenshot } of config.workflows) {
       const workflow = JSON.parse(fs.readFileSync(file, "utf8"));
       await page.evaluate(([json, title]) => window.app.loadGraphData(json, true, true, title), [workflow, name]);
       await page.waitForTimeout(1000);
@@ -56,7 +56,7 @@ async function closeDialogs(page) {
         widgets: (n.widgets || []).map((w) => [w.name, w.value]),
       })));
       result.workflows[name] = { dialogs, missing: state.filter((n) => !n.registered).map((n) => n.type), nodes: state };
-      if (config.screenshots) {
+      if (config.screenshots && screenshot) {
         await page.evaluate(() => { window.app.extensionManager.focusMode = true; });
         await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.Canvas.FitView"));
         await page.waitForTimeout(500);
