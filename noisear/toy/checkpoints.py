@@ -26,12 +26,15 @@ from .classifier import ClassifierTraining, DigitClassifier, accuracy, train_cla
 from .data import load_split
 from .diffusion import Denoiser, DenoiserConfig, DenoiserTraining, train_denoiser
 from .methods import ConsistencyConfig, train_consistent_denoiser
-from .prior import collect_golden_pairs, fine_tune_dpo, train_prior
+from .prior import HELD_OUT_SEEDS, collect_golden_pairs, fine_tune_dpo, prompt_mean_shift, train_prior
 
 DEFAULT_DIR = Path(__file__).parent / "checkpoints"
 FILES = {"classifier": "classifier.safetensors", "denoiser": "denoiser.safetensors",
          "pixel_prior": "pixel_prior.safetensors", "denoiser_method1": "denoiser_method1.safetensors",
-         "prior": "noisear_prior.safetensors", "prior_dpo": "noisear_prior_dpo.safetensors"}
+         "prompt_mean_shift": "prompt_mean_shift.safetensors", "prior": "noisear_prior.safetensors",
+         "prior_seed1": "noisear_prior_seed1.safetensors", "prior_dpo": "noisear_prior_dpo.safetensors"}
+HELD_OUT_FILE = "held_out.json"  # the priors' held-out metrics, recorded by --retrain
+PRIORS = {"prior": 0, "prior_seed1": 1}  # checkpoint -> training seed (same data, same budget)
 
 
 class ToyCheckpointError(FileNotFoundError):
@@ -66,22 +69,40 @@ class ToyModels:
     denoiser: Denoiser
     pixel_prior: PixelPrior
     denoiser_method1: Denoiser
+    prompt_mean_shift: torch.Tensor            # [10, 1, 8, 8] per-class mean of golden minus starting noise
     prior: NoiseAR
+    prior_seed1: NoiseAR
     prior_dpo: NoiseAR
 
 
 def load_models(directory: Path = DEFAULT_DIR) -> ToyModels:
     """Every toy checkpoint of ``directory``."""
     d = Path(directory)
-    priors = {}
-    for name in ("prior", "prior_dpo"):
+    for name in ("prior", "prior_seed1", "prior_dpo", "prompt_mean_shift"):
         if not (d / FILES[name]).is_file():
             raise ToyCheckpointError(f"missing toy checkpoint {d / FILES[name]}; run `python -m noisear demo --retrain`")
-        priors[name] = load_prior(d / FILES[name])
+    priors = {name: load_prior(d / FILES[name]) for name in ("prior", "prior_seed1", "prior_dpo")}
     return ToyModels(classifier=load_net(DigitClassifier, None, d / FILES["classifier"]),
                      denoiser=load_net(Denoiser, DenoiserConfig, d / FILES["denoiser"]),
                      pixel_prior=load_net(PixelPrior, PixelPriorConfig, d / FILES["pixel_prior"]),
-                     denoiser_method1=load_net(Denoiser, DenoiserConfig, d / FILES["denoiser_method1"]), **priors)
+                     denoiser_method1=load_net(Denoiser, DenoiserConfig, d / FILES["denoiser_method1"]),
+                     prompt_mean_shift=load_tensor(d / FILES["prompt_mean_shift"]), **priors)
+
+
+def load_tensor(path: Path) -> torch.Tensor:
+    """The one tensor ("value") of a file written by :func:`save_tensor`."""
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor("value")
+
+
+def save_tensor(value: torch.Tensor, path: Path) -> None:
+    save_file({"value": value.contiguous()}, str(path))
+
+
+def load_held_out(directory: Path = DEFAULT_DIR) -> dict[str, dict[str, float]]:
+    """Prior checkpoint name -> its held-out metrics as recorded by --retrain ({} when absent)."""
+    path = Path(directory) / HELD_OUT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 @dataclass(frozen=True)
@@ -92,8 +113,10 @@ class RetrainConfig:
     denoiser: DenoiserTraining = DenoiserTraining()
     pixel_prior: PixelPriorTraining = PixelPriorTraining()
     consistency: ConsistencyConfig = ConsistencyConfig()
-    golden_seeds_per_class: int = 1000
-    prior_steps: int = 2000
+    golden_pairs_per_class: int = 5000    # a distinct starting noise for every (class, j)
+    prior_steps: int = 1000
+    prior_lr: float = 2e-3
+    control_variate: bool = True          # False: plain likelihood training (learns no class shift here)
     dpo_steps: int = 100
     seed: int = 0
 
@@ -133,16 +156,36 @@ def retrain(directory: Path = DEFAULT_DIR, config: RetrainConfig = RetrainConfig
     stage("denoiser_method1", lambda: train_consistent_denoiser(train, pixel_prior, config.consistency, config.denoiser),
           lambda m, p: save_net(m, p, m.config), lambda p: load_net(Denoiser, DenoiserConfig, p))
 
-    def golden_prior() -> NoiseAR:
-        work = d / "_work"
-        shutil.rmtree(work, ignore_errors=True)
-        counts = collect_golden_pairs(denoiser, classifier, work / "pairs", config.golden_seeds_per_class)
-        notes["golden pairs"] = f"{counts['written']} kept, {counts['rejected']} rejected by the reward filter"
-        prior = train_prior(work / "pairs", work / "prior", config.prior_steps, config.seed)
-        return prior
+    work = d / "_work"
+    pairs = work / "pairs"
+    held_out = load_held_out(d) if resume else {}
 
-    prior = stage("prior", golden_prior, lambda m, p: save_prior(m, p), load_prior)
-    stage("prior_dpo", lambda: fine_tune_dpo(prior, denoiser, classifier, d / "_work" / "dpo", config.dpo_steps,
+    def golden_pairs() -> torch.Tensor:
+        shutil.rmtree(work, ignore_errors=True)
+        counts = collect_golden_pairs(denoiser, classifier, pairs, config.golden_pairs_per_class)
+        notes["golden pairs"] = (f"{counts['written']} kept, {counts['rejected']} rejected by the reward filter; "
+                                 f"{HELD_OUT_SEEDS:.0%} of the starting noises held out for validation")
+        return prompt_mean_shift(pairs)
+
+    # timed with the golden-pair collection it comes from
+    stage("prompt_mean_shift", golden_pairs, lambda m, p: save_tensor(m, p), load_tensor)
+    priors = {}
+    for name, seed in PRIORS.items():
+        def build(seed: int = seed, name: str = name) -> NoiseAR:
+            if not pairs.is_dir():
+                raise ToyCheckpointError(f"--resume: the golden pairs of {d} are gone; retrain without --resume")
+            prior, held_out[name] = train_prior(pairs, work / name, config.prior_steps, seed, config.prior_lr,
+                                                config.control_variate)
+            m = held_out[name]
+            notes[f"held-out, {FILES[name]} (training seed {seed})"] = (
+                f"NLL {m['val_nll']:.5f} nats/dim on {int(m['val_pairs'])} pairs of unseen noises (N(0,I) "
+                f"{m['nll_standard_normal']:.5f}, prompt-mean baseline {m['nll_prompt_mean']:.5f}); sample std at "
+                f"T=1 {m['sample_std_t1']:.4f} (data {m['data_std']:.4f}); cosine of the mean with the class shift "
+                f"{m['mean_shift_cosine']:+.3f}")
+            return prior
+        priors[name] = stage(name, build, lambda m, p: save_prior(m, p), load_prior)
+    (d / HELD_OUT_FILE).write_text(json.dumps(held_out, indent=1), encoding="utf-8")
+    stage("prior_dpo", lambda: fine_tune_dpo(priors["prior"], denoiser, classifier, work / "dpo", config.dpo_steps,
                                              config.seed),
           lambda m, p: save_prior(m, p), load_prior)
     shutil.rmtree(d / "_work", ignore_errors=True)

@@ -10,11 +10,13 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="NoiseAR end to end on 8x8 digits on the CPU: markdown table, labelled grid, plot",
-        description="Score every noise source (Gaussian, NoiseAR at temperature 1 and 0.5, golden re-denoise, "
-                    "blends, the blog's Methods 1 and 2, the DPO prior) on a class-conditional diffusion model of "
-                    "scikit-learn's digits, with the shipped checkpoints (or --retrain them first).")
+        description="Score every noise source (Gaussian, Gaussian + prompt-mean shift, golden re-denoise, two "
+                    "NoiseAR priors at temperature 1 and 0.5, blends, the blog's Methods 1 and 2, the DPO prior) "
+                    "against the Gaussian of matched std, on a class-conditional diffusion model of scikit-learn's "
+                    "digits, with the shipped checkpoints (or --retrain them first).")
     demo.add_argument("--out", default="demo-out", help="folder for table.md, grid.png and plot.png (default: demo-out)")
-    demo.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="evaluation seeds (default: 1 2 3)")
+    demo.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)),
+                      help="evaluation seeds (default: 1 to 10)")
     demo.add_argument("--samples", type=int, default=1000,
                       help="samples per seed, a multiple of 10 (100 per class at the default 1000)")
     demo.add_argument("--permutations", type=int, default=100,

@@ -1,7 +1,9 @@
 """The demo's evaluation: every noise source on the same labels and draws, scored by the classifier;
-a markdown table (mean +- std over seeds, paired permutation test against the Gaussian of matched
-std), a labelled image grid (rows: noise source, columns: classes) and a plot of FD and alignment of
-each source against its matched-std Gaussian (noisear.figures).
+a markdown table (mean +- std over seeds, paired permutation test and per-seed signs against the
+Gaussian of matched std), the headline contrasts (each source against its matched Gaussian, the
+learned priors against the two bars: Gaussian + prompt-mean shift and golden re-denoise), the priors'
+held-out likelihood, a labelled image grid (rows: noise source, columns: classes) and a plot of FD and
+alignment of each source against its matched-std Gaussian (noisear.figures).
 
 Item i of seed s asks for class i mod 10 and starts from the Gaussian draw eta_i of that seed; every
 source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
@@ -18,7 +20,7 @@ from tqdm import tqdm
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import golden_noise
 from ..mixing import blend
-from .checkpoints import ToyModels, load_models
+from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional
 from .methods import ar_blend_noise
@@ -63,12 +65,26 @@ def _method2(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -
     return ar_blend_noise(m.pixel_prior, labels, eta, METHOD2_ALPHA, torch.Generator().manual_seed(10_000 + seed))
 
 
+def _shifted(scale: float) -> MakeNoise:
+    """scale * eta + the per-class mean of golden minus starting noise: the prompt-mean bar (no AR model)."""
+    def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
+        return scale * eta + m.prompt_mean_shift[labels]
+    return make
+
+
+PROMPT_MEAN = "Gaussian + prompt-mean shift"
+GOLDEN_ROW = f"golden re-denoise (w_l {GOLDEN.guidance_denoise:g})"
+SEED1 = f" (training seed {PRIORS['prior_seed1']})"
 SOURCES = (
     Source("Gaussian", lambda m, labels, eta, seed: eta, controlled=False),
     Source("Gaussian x0.5", lambda m, labels, eta, seed: 0.5 * eta, controlled=False),
+    Source(PROMPT_MEAN, _shifted(1.0)),
+    Source("Gaussian x0.5 + prompt-mean shift", _shifted(0.5)),
+    Source(GOLDEN_ROW, _golden),
     Source("NoiseAR T=1", _noisear("prior", 1.0)),
     Source("NoiseAR T=0.5", _noisear("prior", 0.5)),
-    Source(f"golden re-denoise (w_l {GOLDEN.guidance_denoise:g})", _golden),
+    Source("NoiseAR T=1" + SEED1, _noisear("prior_seed1", 1.0)),
+    Source("NoiseAR T=0.5" + SEED1, _noisear("prior_seed1", 0.5)),
     Source(f"blend NoiseAR T=1 + Gaussian (VP {BLEND_STRENGTH:g})", _blended(_noisear("prior", 1.0))),
     Source(f"blend NoiseAR T=0.5 + Gaussian (VP {BLEND_STRENGTH:g})", _blended(_noisear("prior", 0.5))),
     Source("Method 1: AR-consistency denoiser", lambda m, labels, eta, seed: eta, denoiser="denoiser_method1"),
@@ -111,16 +127,33 @@ class DemoResult:
         """Per-seed values of ``metric`` for row ``name``."""
         return [METRICS[metric](s, self.reference) for s in self.row(name).sets]
 
-    def contrast(self, a: str, b: str, metric: str = "FD") -> dict[str, float]:
-        """Paired permutation test of row a minus row b."""
-        return swap_test(METRICS[metric], self.row(a).sets, self.row(b).sets, self.reference, self.permutations)
+    def paired(self, a: Row, b: Row, metric: str = "FD") -> dict:
+        """Row a minus row b on ``metric``: mean over seeds ``diff``, the per-seed differences, ``better`` = how
+        many seeds favour a, and ``p_value`` of the swap test (when permutations > 0)."""
+        fn = METRICS[metric]
+        per_seed = [fn(x, self.reference) - fn(y, self.reference) for x, y in zip(a.sets, b.sets)]
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed,
+                  "better": sum(sign * d > 0 for d in per_seed)}
+        if self.permutations:
+            result["p_value"] = swap_test(fn, a.sets, b.sets, self.reference, self.permutations)["p_value"]
+        return result
+
+    def vs_matched(self, name: str, metric: str = "FD") -> dict:
+        """Row ``name`` against its Gaussian of matched std (see :meth:`paired`)."""
+        row = self.row(name)
+        return self.paired(row, row.control, metric)
+
+    def contrast(self, a: str, b: str, metric: str = "FD") -> dict:
+        """Row a minus row b (see :meth:`paired`)."""
+        return self.paired(self.row(a), self.row(b), metric)
 
 
 @torch.no_grad()
 def evaluate(models: ToyModels, seeds: Sequence[int], samples: int, permutations: int,
-             sources: Sequence[Source] = SOURCES) -> DemoResult:
-    """Render and score every source for every seed; with ``permutations`` > 0 also its matched-std Gaussian
-    control and the paired tests against it."""
+             sources: Sequence[Source] = SOURCES, controls: bool = True) -> DemoResult:
+    """Render and score every source for every seed; with ``controls`` also its matched-std Gaussian (eta scaled
+    to the source's std, same draws) and, with ``permutations`` > 0, the paired tests against it."""
     _, test = load_split()
     reference = Reference(score(models.classifier, test.images, test.labels).features)
     draws = {seed: seed_draws(seed, samples) for seed in seeds}
@@ -139,13 +172,14 @@ def evaluate(models: ToyModels, seeds: Sequence[int], samples: int, permutations
     rows = []
     for source in tqdm(sources, desc="demo sources", leave=False):
         row = render(source.name, source.make, source.denoiser)
-        if source.controlled and permutations:
+        if source.controlled and controls:
             def matched(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int, std: float = row.noise_std
                         ) -> torch.Tensor:
                 return eta * (std / float(eta.double().std()))
             row.control = render(f"Gaussian x{row.noise_std:.3f}", matched, "denoiser")
-            row.tests = {metric: swap_test(fn, row.sets, row.control.sets, reference, permutations)
-                         for metric, fn in METRICS.items()}
+            if permutations:
+                row.tests = {metric: swap_test(fn, row.sets, row.control.sets, reference, permutations)
+                             for metric, fn in METRICS.items()}
         rows.append(row)
     return DemoResult(rows, reference, list(seeds), samples, permutations)
 
@@ -157,35 +191,84 @@ def _cell(values: list[float]) -> str:
 
 
 def table(result: DemoResult) -> str:
-    """Markdown table: one row per source; its matched-std Gaussian control and the paired test."""
+    """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
+    seeds the source's FD is below its control's."""
     metrics = list(METRICS)
-    header = ["source", "noise std", *metrics, "matched Gaussian FD",
+    header = ["source", "noise std", *metrics, "matched Gaussian FD", "FD below matched (seeds)",
               *(f"Δ{m} vs matched (p)" for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result.rows:
         values = [_cell([METRICS[m](s, result.reference) for s in row.sets]) for m in metrics]
         control = _cell([METRICS["FD"](s, result.reference) for s in row.control.sets]) if row.control else "—"
+        wins = f"{result.vs_matched(row.name)['better']}/{len(result.seeds)}" if row.control else "—"
         tests = [f"{row.tests[m]['diff']:+.3f} ({row.tests[m]['p_value']:.3f})" if row.tests else "—" for m in metrics]
-        lines.append("| " + " | ".join([row.name, f"{row.noise_std:.3f}", *values, control, *tests]) + " |")
+        lines.append("| " + " | ".join([row.name, f"{row.noise_std:.3f}", *values, control, wins, *tests]) + " |")
     better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
     lines += ["", f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.samples} samples "
                   f"({result.samples // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
                   f"Better: {better}. Mean ± std over seeds. Δ = source minus the Gaussian noise scaled to the "
                   f"source's std (same draws); p: two-sided paired permutation test swapping the two images of "
-                  f"each item ({result.permutations} permutations)."]
+                  f"each item ({result.permutations} permutations), which treats the trained networks and the "
+                  f"draws as fixed; the seed counts show how often the sign holds on fresh draws."]
     return "\n".join(lines)
 
 
+def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
+    p = f", p {test['p_value']:.3f}" if "p_value" in test else ""
+    per_seed = " ".join(f"{d:+.2f}" for d in test["per_seed"])
+    return f"- {label}: Δ{metric} {test['diff']:+.3f}{p}; better on {test['better']}/{seeds} seeds ({per_seed})"
+
+
 def contrasts(result: DemoResult) -> str:
-    """The issue's named contrasts on FD, as markdown bullet points."""
-    pairs = [("NoiseAR T=1", "Gaussian"), ("NoiseAR T=0.5", "Gaussian x0.5"),
-             ("NoiseAR T=1", SOURCES[4].name), ("NoiseAR DPO T=1", "NoiseAR T=1")]
+    """The headline contrasts on FD with per-seed signs: each source against its matched Gaussian; the learned
+    priors' share of the prompt-mean bar's gain; their gaps to both bars (Gaussian + prompt-mean shift, golden
+    re-denoise); DPO against its starting prior."""
     names = {r.name for r in result.rows}
-    lines = []
-    for a, b in pairs:
-        if a in names and b in names and result.permutations:
-            test = result.contrast(a, b)
-            lines.append(f"- FD {a} − {b}: {test['diff']:+.3f} (p {test['p_value']:.3f})")
+    seeds = len(result.seeds)
+    lines = ["Each source against the Gaussian of its own std (ΔFD < 0: the source is better):"]
+    for row in result.rows:
+        if row.control is not None:
+            lines.append(_line(row.name, result.vs_matched(row.name), seeds))
+    priors = [name for name in ("NoiseAR T=1", "NoiseAR T=1" + SEED1, "NoiseAR DPO T=1") if name in names]
+    if PROMPT_MEAN in names and result.row(PROMPT_MEAN).control is not None:
+        bar = result.vs_matched(PROMPT_MEAN)["diff"]
+        lines += ["", "Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets "
+                      f"(bar: {bar:+.3f} FD):"]
+        for name in priors:
+            if result.row(name).control is not None:
+                lines.append(f"- {name}: {result.vs_matched(name)['diff'] / bar:.0%}")
+    lines += ["", "Gaps to the bars (ΔFD > 0: the prior is behind):"]
+    bars = [(PROMPT_MEAN, "NoiseAR T=1"), (GOLDEN_ROW, "NoiseAR T=1"),
+            ("Gaussian x0.5 + prompt-mean shift", "NoiseAR T=0.5")]
+    for bar_name, prior in bars:
+        for name in (prior, prior + SEED1):
+            if bar_name in names and name in names:
+                lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name), seeds))
+    if "NoiseAR DPO T=1" in names and "NoiseAR T=1" in names:
+        lines += ["", _line("NoiseAR DPO T=1 − NoiseAR T=1", result.contrast("NoiseAR DPO T=1", "NoiseAR T=1"), seeds)]
+    return "\n".join(lines)
+
+
+def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
+    """The priors' held-out figures (recorded by --retrain on pairs whose starting noise was never trained on)."""
+    if not held_out:
+        return "(no held_out.json next to the checkpoints: run --retrain to record the held-out figures)"
+    header = ["prior (training seed)", "held-out pairs", "NLL prior", "NLL N(0,I)", "NLL prompt-mean baseline",
+              "gap vs N(0,I)", "gap vs prompt-mean", "sample std T=1", "data std", "cosine mean vs shift",
+              "cosine prompt-mean baseline vs shift"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in held_out.items():
+        lines.append("| " + " | ".join([
+            f"{name} ({PRIORS.get(name, '?')})", f"{int(m['val_pairs'])}", f"{m['val_nll']:.5f}",
+            f"{m['nll_standard_normal']:.5f}", f"{m.get('nll_prompt_mean', float('nan')):.5f}",
+            f"{m['gap_vs_standard_normal']:+.5f}", f"{m.get('gap_vs_prompt_mean', float('nan')):+.5f}",
+            f"{m['sample_std_t1']:.4f}", f"{m['data_std']:.4f}", f"{m.get('mean_shift_cosine', float('nan')):+.3f}",
+            f"{m.get('mean_shift_cosine_prompt_mean', float('nan')):+.3f}"]) + " |")
+    lines += ["", "NLL in nats/dim on golden pairs of every class whose starting noise was held out from training "
+                  "(unseen noises; the 10 classes are the only prompts, so no prompt is unseen). Gap = baseline "
+                  "minus prior (> 0: the prior is better). Prompt-mean baseline: a Gaussian whose mean is a ridge "
+                  "regression of golden noise on the class, fitted on the training pairs. Cosine: the prior's "
+                  "T=0 noise against the class's mean of golden minus starting noise on the held-out pairs."]
     return "\n".join(lines)
 
 
@@ -214,12 +297,16 @@ def comparisons(result: DemoResult, metrics: Sequence[str] = ("FD", "alignment")
     return panels
 
 
-def run(checkpoints: Path, out: Path, seeds: Sequence[int] = (1, 2, 3), samples: int = 1000,
+DEFAULT_SEEDS = tuple(range(1, 11))
+
+
+def run(checkpoints: Path, out: Path, seeds: Sequence[int] = DEFAULT_SEEDS, samples: int = 1000,
         permutations: int = 100) -> dict[str, Path]:
     """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md, out/grid.png and out/plot.png
     (the plot only with matplotlib; without it the table says it was skipped)."""
     torch.manual_seed(0)
-    result = evaluate(load_models(checkpoints), seeds, samples, permutations)
+    models = load_models(checkpoints)
+    result = evaluate(models, seeds, samples, permutations)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "table.md", "grid": out / "grid.png"}
     grid(result).save(paths["grid"])
@@ -229,5 +316,6 @@ def run(checkpoints: Path, out: Path, seeds: Sequence[int] = (1, 2, 3), samples:
     if plot:
         paths["plot"] = plot
     figures = "plot.png: FD and alignment of each source and its matched Gaussian" if plot else PLOT_SKIPPED
-    paths["table"].write_text(f"{table(result)}\n\nNamed contrasts:\n{contrasts(result)}\n\n{figures}\n", encoding="utf-8")
+    paths["table"].write_text(f"{table(result)}\n\n{contrasts(result)}\n\n{held_out_section(models, checkpoints)}"
+                              f"\n\n{figures}\n", encoding="utf-8")
     return paths
