@@ -10,6 +10,7 @@ source transforms that same eta (NoiseAR uses it as its eps), so sources are com
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +19,8 @@ import torch
 from tqdm import tqdm
 
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
+from ..train.data import Batch, ShardDataset
+from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
 from ..golden import golden_noise
 from ..mixing import blend
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
@@ -25,7 +28,7 @@ from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional
 from .methods import ar_blend_noise
 from .metrics import LOWER_IS_BETTER, METRICS, Reference, Scored, score, swap_test
-from .prior import GOLDEN, GUIDANCE, STEPS, class_text
+from .prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
 
 METHOD2_ALPHA = 0.2
 BLEND_STRENGTH = 0.5
@@ -127,22 +130,24 @@ class DemoResult:
         """Per-seed values of ``metric`` for row ``name``."""
         return [METRICS[metric](s, self.reference) for s in self.row(name).sets]
 
-    def paired(self, a: Row, b: Row, metric: str = "FD") -> dict:
+    def paired(self, a: Row, b: Row, metric: str = "FD", p_value: float | None = None) -> dict:
         """Row a minus row b on ``metric``: mean over seeds ``diff``, the per-seed differences, ``better`` = how
-        many seeds favour a, and ``p_value`` of the swap test (when permutations > 0)."""
+        many seeds favour a, and ``p_value`` of the swap test (given, or run when permutations > 0)."""
         fn = METRICS[metric]
         per_seed = [fn(x, self.reference) - fn(y, self.reference) for x, y in zip(a.sets, b.sets)]
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed,
                   "better": sum(sign * d > 0 for d in per_seed)}
-        if self.permutations:
-            result["p_value"] = swap_test(fn, a.sets, b.sets, self.reference, self.permutations)["p_value"]
+        if p_value is None and self.permutations:
+            p_value = swap_test(fn, a.sets, b.sets, self.reference, self.permutations)["p_value"]
+        if p_value is not None:
+            result["p_value"] = p_value
         return result
 
     def vs_matched(self, name: str, metric: str = "FD") -> dict:
-        """Row ``name`` against its Gaussian of matched std (see :meth:`paired`)."""
+        """Row ``name`` against its Gaussian of matched std (see :meth:`paired`; the test run by evaluate)."""
         row = self.row(name)
-        return self.paired(row, row.control, metric)
+        return self.paired(row, row.control, metric, row.tests.get(metric, {}).get("p_value"))
 
     def contrast(self, a: str, b: str, metric: str = "FD") -> dict:
         """Row a minus row b (see :meth:`paired`)."""
@@ -247,6 +252,40 @@ def contrasts(result: DemoResult) -> str:
     if "NoiseAR DPO T=1" in names and "NoiseAR T=1" in names:
         lines += ["", _line("NoiseAR DPO T=1 − NoiseAR T=1", result.contrast("NoiseAR DPO T=1", "NoiseAR T=1"), seeds)]
     return "\n".join(lines)
+
+
+HELD_OUT_FIRST_SEED = 1  # training pairs come from pair_seed(0, class, j): these starting noises are unseen
+
+
+PRIOR_LABELS = {"prior": "NoiseAR prior (training seed 0)", "prior_seed1": "NoiseAR prior" + SEED1,
+                "prior_dpo": "NoiseAR DPO (from training seed 0)"}
+
+
+@torch.no_grad()
+def held_out_nll(models: ToyModels, per_class: int = 500) -> tuple[dict[str, float], int]:
+    """NLL (nats/dim) of fresh golden pairs from unseen starting noises (pair_seed(HELD_OUT_FIRST_SEED, class, j),
+    ``per_class`` per class, kept where the reward rises, as in training) under N(0, I), the prompt-mean bar
+    N(shift[class], I) and each prior (keys: PRIOR_LABELS' values); and the number of pairs."""
+    with tempfile.TemporaryDirectory() as directory:
+        collect_golden_pairs(models.denoiser, models.classifier, directory, per_class, first_seed=HELD_OUT_FIRST_SEED)
+        batch = Batch.concat(list(ShardDataset(directory).iterate(batch_size=NUM_CLASSES * per_class)))
+    dims = batch.noise[0].numel()
+    nll = {"N(0,I)": standard_normal_nll_per_dim(batch.noise),
+           PROMPT_MEAN: standard_normal_nll_per_dim(batch.noise - models.prompt_mean_shift[batch.prompt_index])}
+    for name, label in PRIOR_LABELS.items():
+        nll[label] = nll_per_dim(getattr(models, name).log_prob(batch.text, batch.noise), dims)
+    return {name: float(values.double().mean()) for name, values in nll.items()}, len(batch)
+
+
+def held_out_section(models: ToyModels, checkpoints: Path) -> str:
+    """Markdown: the held-out likelihood computed now on fresh pairs, and the figures recorded by --retrain."""
+    nll, pairs = held_out_nll(models)
+    rows = "\n".join(f"| {name} | {value:.5f} | {nll['N(0,I)'] - value:+.5f} |" for name, value in nll.items())
+    return (f"Held-out likelihood, computed now on {pairs} golden pairs of the 10 classes from starting noises never "
+            f"trained on (first_seed {HELD_OUT_FIRST_SEED}; training used first_seed 0):\n\n"
+            f"| model | NLL nats/dim | gain over N(0,I) |\n|---|---|---|\n{rows}\n\n"
+            f"Held-out figures recorded by --retrain (its validation split: the {HELD_OUT_SEEDS:.0%} of the starting "
+            f"noises never trained on):\n\n{held_out_table(load_held_out(checkpoints))}")
 
 
 def held_out_table(held_out: dict[str, dict[str, float]]) -> str:

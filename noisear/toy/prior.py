@@ -57,9 +57,9 @@ def classifier_reward(denoiser: Denoiser, classifier: DigitClassifier) -> Callab
 
 
 def collect_golden_pairs(denoiser: Denoiser, classifier: DigitClassifier, out_dir: str | Path,
-                         seeds_per_class: int, batch_size: int = 500) -> dict[str, int]:
-    """Golden noise for seeds_per_class distinct starting noises of every class (pair_seed), kept where it raises
-    the reward."""
+                         seeds_per_class: int, batch_size: int = 500, first_seed: int = 0) -> dict[str, int]:
+    """Golden noise for seeds_per_class distinct starting noises of every class (pair_seed(first_seed, class, j)),
+    kept where it raises the reward."""
     info = DatasetInfo(source_model="noisear.toy denoiser", prediction="epsilon",
                        schedule="scaled_linear, trailing spacing", steps=STEPS,
                        guidance_denoise=GOLDEN.guidance_denoise, guidance_invert=GOLDEN.guidance_invert,
@@ -68,7 +68,8 @@ def collect_golden_pairs(denoiser: Denoiser, classifier: DigitClassifier, out_di
                         uncond=unconditional(torch.tensor([k])), prompt=f"digit {k}") for k in range(NUM_CLASSES)]
     with ShardWriter(out_dir, info, shard_size=4096) as writer:
         return collect(denoiser, schedule(STEPS), writer, items, seeds_per_class, IMAGE_SHAPE, GOLDEN,
-                       reward=classifier_reward(denoiser, classifier), batch_size=batch_size)
+                       reward=classifier_reward(denoiser, classifier), batch_size=batch_size, first_seed=first_seed,
+                       progress=False)
 
 
 HELD_OUT_SEEDS = 0.1  # share of the starting noises held out: validation = unseen noises of every class
