@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
-from ..train.data import Batch, ShardDataset
-from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
 from ..golden import golden_noise
 from ..mixing import blend
+from ..train.data import Batch, ShardDataset
+from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional
