@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import noisear
-from noisear.toy.checkpoints import FILES
+from noisear.toy.checkpoints import FILES, HELD_OUT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "demo-out", "out", "runs")
@@ -45,7 +45,7 @@ def test_every_library_package_is_in_the_wheel(wheel):
 
 
 def test_the_demo_checkpoints_are_package_data(wheel):
-    for file in FILES.values():
+    for file in (*FILES.values(), HELD_OUT_FILE, "MANIFEST.md"):
         info = wheel.getinfo(f"noisear/toy/checkpoints/{file}")
         assert info.file_size == (ROOT / "noisear/toy/checkpoints" / file).stat().st_size
 
