@@ -237,7 +237,7 @@ DDP_ARGS = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout",
 def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
     # adam_eps 1e-6: attention key biases have an exactly-zero true gradient, and with eps 1e-8 Adam
     # turns their float rounding noise (different for 1 and 2 processes) into lr-sized steps.
-    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    write_known_shift(tmp_path / "data", prompts=12, per_prompt=4)  # known seeds: the control variate is on
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     command = ["-m", "noisear", "train", str(tmp_path / "data"), *DDP_ARGS]
     subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")], check=True, env=env, timeout=120,
