@@ -171,7 +171,7 @@ def _open_zip_pickle(path: Path) -> bytes:
                     f"{path.name} is not a readable PyTorch checkpoint: expected one data.pkl of at most "
                     f"{LIMITS.pickle_bytes} bytes")
             return archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except Exception as err:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
         if isinstance(err, NoiseARCheckpointError):
             raise
         raise NoiseARCheckpointError(
@@ -260,16 +260,19 @@ class _Reader:
                     f"header of {length} bytes in a file of {size} (a NoiseAR header is at most {LIMITS.header_bytes})")
             header = handle.read(length)
         try:
+            header = json.loads(header)
+            count = len(header) - ("__metadata__" in header) if isinstance(header, dict) else 0
+            if count > LIMITS.tensors:  # refused before safetensors walks them all
+                raise NoiseARCheckpointError(f"{path.name} holds {count} tensors; a NoiseAR checkpoint holds at most "
+                                             f"{LIMITS.tensors}")
             with safe_open(str(path), framework="pt", device="cpu"):  # validates offsets and sizes against the file
                 pass
-            header = json.loads(header)
         except Exception as err:  # safetensors raises its own error types for every kind of damage
+            if isinstance(err, NoiseARCheckpointError):
+                raise
             raise NoiseARCheckpointError(
                 f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}") from None
         self.metadata = header.pop("__metadata__", None) or {}
-        if len(header) > LIMITS.tensors:
-            raise NoiseARCheckpointError(f"{path.name} holds {len(header)} tensors; a NoiseAR checkpoint holds at "
-                                         f"most {LIMITS.tensors}")
         self.data_start, self.offsets, infos = 8 + length, {}, {}
         for key, entry in _strip_prefixes(header, path).items():
             if entry["dtype"] not in FLOAT_DTYPES:

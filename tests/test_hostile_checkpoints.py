@@ -244,6 +244,16 @@ def test_compressed_records_are_refused(tmp_path):
     refusal(tmp_path / "model.pth", r"holds compressed records, which torch\.save never writes")
 
 
+def test_a_zip_needing_an_unknown_zip_version_is_refused(tmp_path):
+    """zipfile raises NotImplementedError for it (found by the adversarial batch)."""
+    path = write_pth(random_state_dict(TINY), tmp_path / "model.pth")
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # first central directory entry: version needed at +6
+    data[entry + 6:entry + 8] = (247).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    refusal(path, r"is not a readable PyTorch checkpoint \(truncated or corrupt\?\): zip file version 24\.7")
+
+
 def test_a_legacy_storage_claiming_gigabytes_is_refused(tmp_path):
     path = tmp_path / "model.pth"
     torch.save(random_state_dict(TINY), path, _use_new_zipfile_serialization=False)
