@@ -231,3 +231,16 @@ def test_ctrl_c_at_any_point_of_an_atomic_write_leaves_no_temporary_file(tmp_pat
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
     assert (tmp_path / "file").read_bytes() == (b"new" if point == "replace" else b"old")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04" + bytes(100)])
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    c = config(tmp_path, steps=4, out_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(ValueError, match="cannot be read as a training checkpoint .*remove it to start over"):
+        train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+    torch.save([1, 2], tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="is not a NoiseAR training checkpoint"):
+        train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)

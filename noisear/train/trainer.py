@@ -305,8 +305,13 @@ def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.opt
 def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
                      objective: Objective, config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     """Restore the state saved at a step boundary; returns step, log_bytes and pending_metrics."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged or foreign files
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path} cannot be read as a training checkpoint ({type(err).__name__}: {reason}); "
+                         f"remove it to start over, or use another out_dir") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
     saved = json.loads(state["config"])
     saved = {"validation_seed_fraction": 0.0, **saved}  # checkpoints from before the seed split
