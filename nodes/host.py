@@ -7,6 +7,7 @@ follow ComfyUI's documented shapes, see tests/fake_comfy.py).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -100,9 +101,10 @@ def show_on_node(text: str) -> None:
     """Show ``text`` on the node now executing, under its title (as core GetImageSize does); no-op without a UI."""
     _require()
     from comfy_execution.utils import get_executing_context
-    from server import PromptServer
 
-    context, server = get_executing_context(), getattr(PromptServer, "instance", None)
+    # ComfyUI's main.py has imported its "server" module; where comfy runs as a library there is none to import
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    context = get_executing_context()
     if context is not None and server is not None:
         server.send_progress_text(text, context.node_id)
 

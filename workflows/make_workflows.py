@@ -55,6 +55,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "NoiseARKSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                          ("latent_image", "LATENT"), ("noisear_model", "NOISEAR_MODEL"), ("prior_text", "CONDITIONING")],
                         [("LATENT", "LATENT")]),
+    "NoiseARTextEncode": ([("clip", "CLIP")], [("conditioning", "CONDITIONING"), ("prior_text", "CONDITIONING")]),
     "Note": ([], []),  # the UI's own note node (not in /object_info)
 }
 
@@ -81,6 +82,7 @@ WIDGET_NAMES: dict[str, list[str]] = {
     "NoiseARLatent": [*SEED_NAMES, "temperature", "size_mode"],
     "NoiseARBlend": ["strength", "mode", "renormalize"],
     "NoiseARPreview": [],
+    "NoiseARTextEncode": ["text"],
     "NoiseARKSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
                         "temperature", "size_mode"],
     "Note": ["text"],
@@ -107,16 +109,36 @@ class Graph:
     extra: dict = field(default_factory=dict)
 
 
+# The positive prompt is NoiseAR Text Encode: `conditioning` (slot 0, exactly CLIPTextEncode's) goes to the
+# sampler, `prior_text` (slot 1) to the NoiseAR node.
+CONDITIONING, PRIOR_TEXT = 0, 1
+PRIOR_TEXT_NOTE = (
+    "Positive prompt: NoiseAR Text Encode feeds one text to both. 'conditioning' (exactly what CLIPTextEncode "
+    "gives, weight syntax included) goes to the sampler; 'prior_text' goes to the NoiseAR node: exactly the "
+    "embedding the prior was trained on (diffusers: first 75 tokens, no weight syntax).\n\n"
+    "A CLIPTextEncode into the NoiseAR node also works and equals prior_text for plain prompts up to 75 tokens, "
+    "but (word:1.2) weights and longer prompts change what the prior sees (docs/comfyui.md, Conditioning rules).")
+
+
+def positive_prompt(text: str) -> Node:
+    return Node("pos", "NoiseARTextEncode", 1, 0, [text], "Positive prompt (sampler + prior)", 140)
+
+
+def prompt_note(column: float, row: float) -> Node:
+    return Node("note", "Note", column, row, [PRIOR_TEXT_NOTE], "Why NoiseAR Text Encode", 200)
+
+
 def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors",
               size: tuple[int, int] = (1024, 1024)) -> list[Node]:
-    """Checkpoint, prompts, empty latent of ``size`` (width, height px), NoiseAR loader: what every SDXL graph starts with."""
+    """Checkpoint, prompts (and their note), empty latent of ``size`` (width, height px), NoiseAR loader: what
+    every SDXL graph starts with."""
     return [
         Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
-        Node("pos", "CLIPTextEncode", 1, 0, ["a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"],
-             "Positive prompt", 140),
+        positive_prompt("a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"),
         Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
         Node("latent", "EmptyLatentImage", 0, 1.1, [*size, 1], height=110),
         prior_node,
+        prompt_note(0, 3.3),
     ]
 
 
@@ -136,7 +158,7 @@ def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, i
         Node("decode", "VAEDecode", 4, 0, [], height=50),
         Node("save", "SaveImage", 4, 0.5, ["NoiseAR"], height=270),
     ]
-    links = [("ckpt", 0, "guider", "model"), ("pos", 0, "guider", "positive"), ("neg", 0, "guider", "negative"),
+    links = [("ckpt", 0, "guider", "model"), ("pos", CONDITIONING, "guider", "positive"), ("neg", 0, "guider", "negative"),
              ("ckpt", 0, "sched", "model"), (noise_key, 0, "sample", "noise"), ("guider", 0, "sample", "guider"),
              ("select", 0, "sample", "sampler"), ("sched", 0, "sample", "sigmas"),
              ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
@@ -156,7 +178,7 @@ def sdxl_custom_graph(name: str, description: str, size: tuple[int, int]) -> Gra
         sdxl_base(LOADER_SDXL, size=size) + [noise] + custom + [
             Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
             Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90)],
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive"),
                         ("noise", 0, "preview", "noise"), ("latent", 0, "preview", "latent_image"),
                         ("loader", 1, "info", "source")] + custom_links)
 
@@ -182,8 +204,8 @@ def graphs() -> list[Graph]:
         sdxl_base(LOADER_SDXL) + [start, ksampler, Node("decode", "VAEDecode", 3, 0, [], height=50),
                                   Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270)],
         PROMPT_LINKS + [("ckpt", 0, "start", "model"), ("loader", 0, "start", "noisear_model"),
-                        ("pos", 0, "start", "positive"), ("latent", 0, "start", "latent_image"),
-                        ("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
+                        ("pos", PRIOR_TEXT, "start", "positive"), ("latent", 0, "start", "latent_image"),
+                        ("ckpt", 0, "ksampler", "model"), ("pos", CONDITIONING, "ksampler", "positive"),
                         ("neg", 0, "ksampler", "negative"), ("start", 0, "ksampler", "latent_image"),
                         ("ksampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
                         ("decode", 0, "save", "images")])
@@ -195,20 +217,21 @@ def graphs() -> list[Graph]:
         sdxl_base(LOADER_SDXL) + [noise, Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
                                   Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130)]
         + blend_nodes,
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive"),
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive"),
                         ("noise", 0, "blend", "noisear_noise"), ("gauss", 0, "blend", "gaussian_noise")] + blend_links)
 
     dit_nodes, dit_links = custom_sampling_nodes("noise")
     hunyuan = Graph(
         "noisear_hunyuan_dit",
-        "Hunyuan-DiT v1.2 at 1280 x 768 px: CLIPTextEncodeHunyuanDiT -> NoiseAR Noise (dit prior, sliding-window "
-        "decoding at this size) -> SamplerCustomAdvanced.",
+        "Hunyuan-DiT v1.2 at 1280 x 768 px: NoiseAR Text Encode (one text for BERT and mT5, as "
+        "CLIPTextEncodeHunyuanDiT with both texts equal) -> NoiseAR Noise (dit prior, sliding-window decoding at "
+        "this size) -> SamplerCustomAdvanced.",
         [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
-         Node("pos", "CLIPTextEncodeHunyuanDiT", 1, 0, ["a red panda reading a book under a tree, watercolor"] * 2,
-              "Positive prompt", 160),
+         positive_prompt("a red panda reading a book under a tree, watercolor"),
          Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
-         Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110), LOADER_DIT, noise] + dit_nodes,
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", 0, "noise", "positive")] + dit_links)
+         Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110), LOADER_DIT, noise,
+         prompt_note(0, 3.3)] + dit_nodes,
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive")] + dit_links)
     return [one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
             one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
             sdxl_custom, sdxl_portrait, sdxl_ksampler, sdxl_blend, hunyuan]

@@ -17,7 +17,7 @@ from noisear import NoiseAR, NoiseARConfig, save
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 NOISEAR_NODES = {"NoiseARLoader", "NoiseARNoise", "NoiseARLatent", "NoiseARBlend", "NoiseARPreview", "NoiseARKSampler",
-                 "NoiseARKSamplerAdvanced"}
+                 "NoiseARKSamplerAdvanced", "NoiseARTextEncode"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the UI's own note nodes: not in /object_info, no links
 PRIOR = NoiseARConfig(patch_size=4, channels=4, latent_height=16, latent_width=16, d_model=32, d_ff=64,
                       text_dim=2048)
@@ -200,3 +200,56 @@ def test_a_missing_checkpoint_says_where_files_go_and_which_fits_which_model(com
     assert str(comfy.extra_priors) in details and str(comfy.base / "models" / "noisear") in details
     assert "found: " + prior_name in details and "dit for Hunyuan-DiT v1.2" in details
     assert "-m noisear convert" in details
+
+
+# NoiseAR Text Encode (issue 13; the numbers of the full-size encoders: test_text_parity.py) ------------------
+SHORT_PROMPT = "a lighthouse on a cliff at sunset"
+LONG_PROMPT = ", ".join([SHORT_PROMPT] * 12)  # over 75 CLIP tokens: two 77-token chunks
+
+
+def text_routes_graph(prior: str, text: str) -> dict:
+    """NoiseAR Latent fed by NoiseAR Text Encode's prior_text ("exact") and by CLIPTextEncode ("route")."""
+    def node(class_type: str, **inputs) -> dict:
+        return {"class_type": class_type, "inputs": inputs}
+
+    prompt = {
+        "clip": node("NoiseARTestTinySDXLClip", seed=0),
+        "encode": node("NoiseARTextEncode", clip=["clip", 0], text=text),
+        "plain": node("CLIPTextEncode", clip=["clip", 0], text=text),
+        "model": node("NoiseARTestTinySDXL", seed=0),
+        "empty": node("EmptyLatentImage", width=128, height=128, batch_size=1),
+        "prior": node("NoiseARLoader", ckpt_name=prior, device="auto", dtype="fp32"),
+    }
+    for route, source in (("exact", ["encode", 1]), ("route", ["plain", 0])):
+        prompt[f"start_{route}"] = node("NoiseARLatent", model=["model", 0], noisear_model=["prior", 0],
+                                        positive=source, noise_seed=SEED, temperature=0.5, size_mode="native only",
+                                        latent_image=["empty", 0])
+        prompt[f"save_{route}"] = node("SaveLatent", samples=[f"start_{route}", 0], filename_prefix=f"text/{route}")
+    return prompt
+
+
+def text_routes(comfy, prior: str, text: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(start latents, NoiseAR Latent info texts shown in the UI) of both routes."""
+    entry = comfy.run(text_routes_graph(prior, text))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    infos = {route: "".join(entry["outputs"][f"start_{route}"]["text"]) for route in ("exact", "route")}
+    return saved_latents(comfy, entry), infos
+
+
+def test_text_encode_prior_text_equals_clip_text_encode_for_a_plain_short_prompt(comfy, prior_name):
+    latents, infos = text_routes(comfy, prior_name, SHORT_PROMPT)
+    assert torch.equal(latents["exact"], latents["route"])
+    assert "WARNING" not in infos["exact"] + infos["route"]
+
+
+def test_text_encode_long_prompt_the_clip_text_encode_route_warns_in_the_ui(comfy, prior_name):
+    latents, infos = text_routes(comfy, prior_name, LONG_PROMPT)
+    assert "154 tokens" in infos["route"] and "prior_text" in infos["route"]  # this own prior reads all 154
+    assert "WARNING" not in infos["exact"]
+    assert not torch.equal(latents["exact"], latents["route"])
+
+
+def test_text_encode_weight_syntax_reaches_only_the_clip_text_encode_route(comfy, prior_name):
+    latents, infos = text_routes(comfy, prior_name, "(red:1.2) car")
+    assert not torch.equal(latents["exact"], latents["route"])
+    assert "WARNING" not in infos["exact"] + infos["route"]  # weights cannot be seen in a conditioning

@@ -4,13 +4,18 @@
 - NoiseARTestConditioning: a random CONDITIONING of any width/length, with an SDXL pooled output.
 - NoiseARTestDrawNoise: what a NOISE gives for a latent, as a LATENT (so it can be saved and compared).
 - NoiseARTestCLIP: a CLIP stand-in whose encoding of a text is a random SDXL-width conditioning seeded by it.
+- NoiseARTestTinySDXLClip: ComfyUI's own SDXL text encoders (CLIP-L + CLIP-G, 2048-d, real tokenizers)
+  with 3 layers each and random weights.
 """
 import torch
 
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.sd
+import comfy.sdxl_clip
 import comfy.supported_models
+import comfy.supported_models_base
 
 TINY_UNET = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 1],
                  transformer_depth_middle=1, transformer_depth_output=[0, 0, 1, 1], num_head_channels=16,
@@ -99,9 +104,31 @@ class NoiseARTestCLIP:
         return (_TextSeededClip(),)
 
 
+class NoiseARTestTinySDXLClip:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "build"
+    RETURN_TYPES = ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", SEED)}}
+
+    def build(self, seed):
+        layers = {"num_hidden_layers": 3}  # the penultimate layer needs at least 3
+        target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+        clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": layers,
+                                                    "clip_g_model_config": layers})
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # ComfyUI's layers skip initialisation
+            for parameter in clip.cond_stage_model.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        return (clip,)
+
+
 NODE_CLASS_MAPPINGS = {
     "NoiseARTestTinySDXL": NoiseARTestTinySDXL,
     "NoiseARTestConditioning": NoiseARTestConditioning,
     "NoiseARTestDrawNoise": NoiseARTestDrawNoise,
     "NoiseARTestCLIP": NoiseARTestCLIP,
+    "NoiseARTestTinySDXLClip": NoiseARTestTinySDXLClip,
 }
