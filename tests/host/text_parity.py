@@ -83,20 +83,29 @@ def prompts(count) -> dict[str, str]:
             "non-ASCII": "一只小熊猫在树下看书，水彩画 café Straße"}
 
 
-def stream_weights(module: torch.nn.Module, path: Path, prefix: str = "") -> list[str]:
-    """Copy a safetensors file into ``module``'s parameters tensor by tensor; returns the module's keys it lacked."""
+def stream_weights(module: torch.nn.Module, path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """Copy a transformers safetensors file into ComfyUI's ``module`` tensor by tensor; returns the keys it lacked.
+
+    A file key k goes to the first of prefix + k that ``module`` has (transformers 5 saves CLIP text
+    models without the "text_model." that ComfyUI's keys carry; ComfyUI's BERT sits under "bert.").
+    """
     target = module.state_dict()
     with torch.no_grad(), safe_open(str(path), "pt") as file:
         for key in file.keys():
-            target[prefix + key].copy_(file.get_tensor(key))
-            target.pop(prefix + key)
+            name = next((prefix + key for prefix in prefixes if prefix + key in target), None)
+            if name is None:
+                raise KeyError(f"{path.name}: {key} has no counterpart in ComfyUI's model")
+            target.pop(name).copy_(file.get_tensor(key))
     return sorted(target)
 
 
 def phase(name: str, start: list[float]) -> None:
     """Print the seconds since the last phase (the run is long on a shared machine; this says where)."""
     now = time.monotonic()
-    print(f"  [{now - start[0]:6.1f} s] {name}", flush=True)
+    proc = Path("/proc/self/status")  # Linux: the process's memory now and at its peak
+    status = dict(line.split(":", 1) for line in proc.read_text().splitlines() if ":" in line) if proc.exists() else {}
+    memory = f", memory {status['VmRSS'].strip()} (peak {status['VmHWM'].strip()})" if "VmRSS" in status else ""
+    print(f"  [{now - start[0]:6.1f} s] {name}{memory}", flush=True)
     start[0] = now
 
 
@@ -194,8 +203,9 @@ def sdxl(folder: Path, conditioning, text_encode) -> dict:
 
     clip = comfy.sd.CLIP(ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
                          model_options={"dtype": torch.float32})
-    lacking = {"l": stream_weights(clip.cond_stage_model.clip_l.transformer, folder / "text_encoder" / "model.safetensors"),
-               "g": stream_weights(clip.cond_stage_model.clip_g.transformer, folder / "text_encoder_2" / "model.safetensors")}
+    lacking = {key: stream_weights(getattr(clip.cond_stage_model, f"clip_{key}").transformer,
+                                   folder / sub / "model.safetensors", ("", "text_model."))
+               for key, sub in (("l", "text_encoder"), ("g", "text_encoder_2"))}
     with torch.no_grad():  # CLIP-L has no projection in transformers; only its pooled output (unused) reads it
         clip.cond_stage_model.clip_l.transformer.text_projection.weight.copy_(torch.eye(768))
     assert lacking == {"l": ["text_projection.weight"], "g": []}, lacking
@@ -238,7 +248,7 @@ def hunyuan(folder: Path, conditioning, text_encode) -> dict:
                          tokenizer_data={"mt5xl.spiece_model": torch.ByteTensor(list(spiece))},
                          model_options={"dtype": torch.float32, "mt5xl_model_config": TINY_MT5})
     lacking = stream_weights(clip.cond_stage_model.hydit_clip.transformer, folder / "text_encoder" / "model.safetensors",
-                             prefix="bert.")
+                             ("bert.",))
     assert lacking == [], lacking
     torch.manual_seed(3)
     with torch.no_grad():  # ComfyUI leaves layers uninitialised
