@@ -3,7 +3,7 @@
 HEAVY: one subprocess (tests/host/text_parity.py, ComfyUI's Python) builds ComfyUI's full-size SDXL
 CLIP-L + CLIP-bigG and Hunyuan-DiT's 24-layer BERT with shared random weights, one model at a time
 (peak resident memory about 7 GB, of which up to 3 GB are the safetensors file being read; about 5 minutes
-of CPU time, 18 minutes of wall time on the shared 2-core machine).
+of CPU time, 6 to 18 minutes of wall time on the shared 2-core machine).
 Skipped without COMFYUI_PATH, or with ``-m "not heavy"``.
 
 On the 77 tokens a NoiseAR node hands the prior, for every prompt class: NoiseAR Text Encode's
