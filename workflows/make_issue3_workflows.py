@@ -43,7 +43,7 @@ def graphs() -> list:
         "Any SDXL-family, SD3 or Flux model, no prior needed: NoiseAR Golden Noise (one denoising + one inversion "
         "step with the model, about 3 evaluations) -> SamplerCustomAdvanced. Keep scheduler and steps equal to "
         "BasicScheduler's.",
-        base.sdxl_base(golden) + custom,
+        base.sdxl_base(golden, prior_reads_prompt=False) + custom,
         base.PROMPT_LINKS + [("ckpt", 0, "golden", "model"), ("pos", 0, "golden", "positive"),
                              ("neg", 0, "golden", "negative")] + custom_links)
 

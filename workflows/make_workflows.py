@@ -129,17 +129,18 @@ def prompt_note(column: float, row: float) -> Node:
 
 
 def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors",
-              size: tuple[int, int] = (1024, 1024)) -> list[Node]:
-    """Checkpoint, prompts (and their note), empty latent of ``size`` (width, height px), NoiseAR loader: what
-    every SDXL graph starts with."""
+              size: tuple[int, int] = (1024, 1024), prior_reads_prompt: bool = True) -> list[Node]:
+    """Checkpoint, prompts, empty latent of ``size`` (width, height px) and ``prior_node``: what every SDXL graph
+    starts with. With a prior reading the prompt, the positive prompt is NoiseAR Text Encode with its note;
+    otherwise (golden noise, no prior) a CLIPTextEncode."""
+    text = "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"
     return [
         Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
-        positive_prompt("a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"),
+        positive_prompt(text) if prior_reads_prompt else Node("pos", "CLIPTextEncode", 1, 0, [text], "Positive prompt", 140),
         Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
         Node("latent", "EmptyLatentImage", 0, 1.1, [*size, 1], height=110),
         prior_node,
-        prompt_note(0, 3.3),
-    ]
+    ] + ([prompt_note(0, 3.3)] if prior_reads_prompt else [])
 
 
 LOADER_SDXL = Node("loader", "NoiseARLoader", 0, 2.2, ["sdxl_and_dreamshaper.safetensors", "auto", "fp32"],
