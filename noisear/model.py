@@ -306,10 +306,6 @@ class NoiseAR(nn.Module):
         eps = pad_eps(eps.to(self._anchor.device), plan)
         return patchify(eps.to(self._anchor.dtype), c.patch_size), plan
 
-    def _window_positions(self, plan: DecodingPlan) -> torch.Tensor:
-        """[1, window length, d]: the positions of a window's sequence."""
-        return self.positions((plan.window_rows, plan.window_cols))
-
     def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float
                     ) -> torch.Tensor:
         """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
@@ -349,7 +345,7 @@ class NoiseAR(nn.Module):
             ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
                                             memory)
             text_kv = _TextKV(self, memory, ignore)
-            positions, start = self._window_positions(plan), self.learnable_start_token_emb.expand(batch, 1, -1)
+            positions, start = self.positions(plan.window), self.learnable_start_token_emb.expand(batch, 1, -1)
             decoders: dict[tuple[int, int], _CachedDecoder] = {}
             tokens, inputs = [], []  # per decoded patch: its token [B,1,K] and its embedding [B,1,d]
             for index in range(plan.patches):
@@ -377,12 +373,12 @@ class NoiseAR(nn.Module):
         check_sampling_inputs(text, eps, temperature, text_mask)
         with eval_mode(self):
             eps_tokens, plan = self._prepare_sampling(text, eps, generator)
-            window, tokens = (plan.window_rows, plan.window_cols), []
+            tokens = []
             for index in range(plan.patches):
                 origin, local = plan.origin(index), plan.local(index)
                 prefix = [tokens[plan.member(origin, t)] for t in range(local)]
                 prefix = torch.cat(prefix, dim=1) if prefix else eps_tokens[:, :0]
-                mu, logvar = self(text, prefix, text_mask, window)
+                mu, logvar = self(text, prefix, text_mask, plan.window)
                 tokens.append(self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, index:index + 1],
                                                temperature))
                 if callback is not None:

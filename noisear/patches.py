@@ -51,6 +51,11 @@ class DecodingPlan:
         return (self.visible[0] - 1) * self.cols + self.visible[1]
 
     @property
+    def window(self) -> tuple[int, int]:
+        """(rows, columns) of the window: the grid a window's sequence of positions covers."""
+        return self.window_rows, self.window_cols
+
+    @property
     def window_length(self) -> int:
         return self.window_rows * self.window_cols
 
