@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..io import load as load_prior, save as save_prior
+from ..io import load as load_prior, save as save_prior, write_atomically
 from ..model import NoiseAR
 from .ar_prior import PixelPrior, PixelPriorConfig, PixelPriorTraining, train_pixel_prior
 from .classifier import ClassifierTraining, DigitClassifier, accuracy, train_classifier
@@ -44,7 +44,8 @@ class ToyCheckpointError(FileNotFoundError):
 def save_net(module: torch.nn.Module, path: Path, config: object | None = None) -> None:
     """Parameters (no buffers that are functions of the config) as safetensors, config as JSON metadata."""
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.endswith(".mask")}
-    save_file(state, str(path), metadata={"config": json.dumps(asdict(config) if config is not None else {})})
+    metadata = {"config": json.dumps(asdict(config) if config is not None else {})}
+    write_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
 
 
 def load_net(cls: type, config_cls: type | None, path: Path) -> torch.nn.Module:
@@ -96,7 +97,7 @@ def load_tensor(path: Path) -> torch.Tensor:
 
 
 def save_tensor(value: torch.Tensor, path: Path) -> None:
-    save_file({"value": value.contiguous()}, str(path))
+    write_atomically(path, lambda temporary: save_file({"value": value.contiguous()}, str(temporary)))
 
 
 def load_held_out(directory: Path = DEFAULT_DIR) -> dict[str, dict[str, float]]:
