@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from noisear import io
+from noisear.toy.checkpoints import save_net
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
@@ -26,6 +27,7 @@ import sys, time
 from dataclasses import replace
 sys.path.insert(0, "tests")
 from noisear import io
+from noisear.toy.checkpoints import save_net
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
@@ -179,10 +181,12 @@ def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+        save_net(torch.nn.Linear(2, 2), tmp_path / "run" / "toy_net.safetensors")  # what demo --retrain writes
     finally:
         os.umask(previous)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir()}
-    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644}
+    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644,
+                     "toy_net.safetensors": 0o644}
 
 
 def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(tmp_path):
