@@ -16,12 +16,11 @@ from noisear.patches import DecodingPlan
 
 from . import host
 from .conditioning import text_from_conditioning
-from .prior import NoiseARNodeError, NoiseARPrior, number_in_range
+from .prior import NoiseARNodeError, NoiseARPrior, number_in_range, size_text
 
 SIZE_MODES = ("any size", "native only")
 RETIRED_SIZE_MODE = "centre + Gaussian border"  # read from old workflows as "any size", with a note
 TEMPERATURE_RANGE = (0.0, 2.0)  # the temperature widget's min and max, checked again at run time
-PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
 
 log = logging.getLogger("NoiseAR")
 
@@ -32,12 +31,6 @@ class Noise(Protocol):
     seed: int
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor: ...
-
-
-def size_text(height: int, width: int) -> str:
-    """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
-    return (f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), "
-            f"latent {height} x {width} cells (H x W)")
 
 
 def size_mode_problem(size_mode: str) -> str | None:

@@ -21,8 +21,15 @@ CATEGORY = "sampling/noise/NoiseAR"  # where every NoiseAR node appears in Comfy
 DEVICES = ("auto", "cpu", "gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOAD_DEVICE = torch.device("cpu")
+PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
 
 log = logging.getLogger("NoiseAR")
+
+
+def size_text(height: int, width: int) -> str:
+    """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
+    return (f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), "
+            f"latent {height} x {width} cells (H x W)")
 
 
 class NoiseARNodeError(ValueError):
@@ -104,8 +111,11 @@ class NoiseARPrior:
 
     def describe(self) -> str:
         c = self.config
-        return (f"{self.name}: {self.variant} prior, latent {c.channels}x{c.latent_height}x{c.latent_width} "
-                f"in {c.patch_size}x{c.patch_size} patches, text width {c.text_dim}, {self.dtype} on {self.device}")
+        sizes = ("any size directly (2-D positions)" if c.positions == "2d"
+                 else "other sizes by sliding-window decoding")
+        return (f"{self.name}: {self.variant} prior, native {size_text(c.latent_height, c.latent_width)}, "
+                f"{c.channels} channels in {c.patch_size} x {c.patch_size}-cell patches, {sizes}; text width "
+                f"{c.text_dim}, {self.dtype} on {self.device}")
 
 
 def device_problem(device: str, dtype: str) -> str | None:

@@ -23,7 +23,8 @@ from nodes import host
 from nodes import prior as prior_module
 from nodes.definitions import (NODE_CLASS_MAPPINGS, NoiseARBlendNode, NoiseARLatentNode, NoiseARLoader,
                                NoiseARNoiseNode, NoiseARPreviewNode)
-from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES, size_text
+from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES
+from nodes.prior import size_text
 from nodes.prior import NoiseARNodeError, NoiseARPrior
 from nodes.preview import colour_matrix, noise_to_image
 from noisear import NoiseARConfig, save
