@@ -44,7 +44,7 @@ def load_split() -> tuple[Digits, Digits]:
         from sklearn.model_selection import train_test_split
     except ImportError:
         raise ImportError("the demo's digits come from scikit-learn, which is not installed: "
-                          "pip install -r requirements-dev.txt (or pip install scikit-learn)") from None
+                          "pip install scikit-learn (or the [demo] extra, or requirements-dev.txt in a checkout)") from None
 
     bunch = load_digits()
     levels = torch.as_tensor(bunch.data, dtype=torch.int64).reshape(-1, *IMAGE_SHAPE)
