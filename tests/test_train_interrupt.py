@@ -23,7 +23,7 @@ from test_train_trainer import MODEL, REPO, config, make_dataset
 DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
 
 CHILD = """
-import sys, time
+import os, sys, time
 from dataclasses import replace
 sys.path.insert(0, "tests")
 from noisear import io
@@ -44,7 +44,8 @@ def slow_loss(log_prob, batch):
     calls.append(1)
     if len(calls) == 6:  # step 5
         print("mid-step", flush=True)
-        time.sleep(0.5)  # the parent's SIGINT arrives here (or, on a slow machine, in a later step)
+        while not os.path.exists(out + "/sent"):  # the parent's SIGINT arrives while we wait here
+            time.sleep(0.01)
     return loss, metrics
 
 objective.loss = slow_loss
@@ -72,11 +73,12 @@ def test_sigint_mid_step_stops_at_the_step_boundary_and_resumes_to_the_same_weig
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline() == "mid-step\n", child.stderr.read()  # five steps done, the sixth half done
     child.send_signal(signal.SIGINT)
+    (out / "sent").touch()
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode != 0 and "KeyboardInterrupt" in stderr, stderr
     assert "stopping after this step" in stdout
     stopped = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
-    assert 6 <= stopped < 12  # not the periodic checkpoint at 4: the step in progress was finished and saved
+    assert stopped == 6  # not the periodic checkpoint at 4: the step in progress was finished and saved
     assert not (out / "prior.safetensors").exists()
 
     c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(out))
