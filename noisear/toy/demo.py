@@ -305,9 +305,10 @@ def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
             f"{m.get('mean_shift_cosine_prompt_mean', float('nan')):+.3f}"]) + " |")
     lines += ["", "NLL in nats/dim on golden pairs of every class whose starting noise was held out from training "
                   "(unseen noises; the 10 classes are the only prompts, so no prompt is unseen). Gap = baseline "
-                  "minus prior (> 0: the prior is better). Prompt-mean baseline: a Gaussian whose mean is a ridge "
-                  "regression of golden noise on the class, fitted on the training pairs. Cosine: the prior's "
-                  "T=0 noise against the class's mean of golden minus starting noise on the held-out pairs."]
+                  "minus prior (> 0: the prior is better). Prompt-mean baseline: noisear.train's, a Gaussian whose "
+                  "mean is a ridge regression on the class of golden minus starting noise on the training pairs. "
+                  "Cosine: the prior's T=0 noise against the class's mean of golden minus starting noise on the "
+                  "held-out pairs."]
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """The paper's pipeline on the toy: golden-noise pairs (a distinct starting noise per (class, j)) ->
-NoiseAR prior trained by likelihood (mean gradient with the starting noise as a control variate) -> DPO
+NoiseAR prior trained by likelihood (the means learn from golden minus starting noise, noisear.train's
+control variate) -> DPO
 with the classifier as the reward, all through noisear.train.
 
 The "prompt" is the class: its text embedding is the one-hot vector [B, 1, 10], which the prior's
@@ -8,7 +9,6 @@ The "prompt" is the class: its text embedding is the one-hot vector [B, 1, 10], 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -16,13 +16,11 @@ import torch
 
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
-from ..model import LOGVAR_MAX, LOGVAR_MIN, NoiseAR, standard_normal
-from ..patches import patchify
+from ..model import NoiseAR, standard_normal
 from ..train.collect import SEED_SCHEME, PromptItem, collect
-from ..train.data import Batch, DatasetError, DatasetInfo, ShardDataset, ShardWriter
+from ..train.data import DatasetInfo, ShardDataset, ShardWriter
 from ..train.dpo import DPOConfig, PromptSet, train_dpo
-from ..train.trainer import (LikelihoodObjective, LogProb, TrainConfig, initial_model, refuse_repeated_noises,
-                             train)
+from ..train.trainer import TrainConfig, train_likelihood
 from .classifier import DigitClassifier
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .diffusion import Denoiser, ddim_sample, schedule, unconditional
@@ -75,51 +73,19 @@ def collect_golden_pairs(denoiser: Denoiser, classifier: DigitClassifier, out_di
 HELD_OUT_SEEDS = 0.1  # share of the starting noises held out: validation = unseen noises of every class
 
 
-class ShiftControlVariate(LikelihoodObjective):
-    """Likelihood training whose mean gradient uses the known starting noise as a control variate.
-
-    Golden noise is y = x_T + d with d small (std 0.05 against 1 here), and x_T's patch j is independent of
-    the class and of the earlier patches. The NLL's gradient for the mean of patch j, (mu - y_j) / var,
-    therefore has the same expectation as (mu - d_j) / var, whose variance is ~400x smaller: the mean
-    learns from d = y - x_T (x_T regenerated from the recorded seed), the variance from the full
-    residual (mean detached). Plain likelihood training does not find the class shift in this budget.
-    One process only (it calls the model directly, outside the shared loop's DDP wrapper).
-    """
-
-    def __init__(self, model: NoiseAR, dataset: ShardDataset, config: TrainConfig) -> None:
-        if dataset.info.seed_scheme != SEED_SCHEME:
-            raise DatasetError(f"the control variate needs each pair's starting noise: {dataset.directory} does not "
-                               f"record seeds made by {SEED_SCHEME} (seed_scheme {dataset.info.seed_scheme!r})")
-        super().__init__(dataset, config)
-        self.model = model
-
-    def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        p = self.model.config.patch_size
-        start = standard_normal(batch.noise.shape, batch.seed.tolist()).to(batch.noise)
-        target, shift = patchify(batch.noise, p), patchify(batch.noise - start, p)   # [B, M, K]
-        mu, logvar = self.model(batch.text, target[:, :-1], batch.text_mask)
-        logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-        mean_term = (shift - mu) ** 2 * torch.exp(-logvar.detach())
-        var_term = (target - mu.detach()) ** 2 * torch.exp(-logvar) + logvar
-        loss = 0.5 * (mean_term + var_term).mean()
-        with torch.no_grad():
-            nll = 0.5 * ((target - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean()
-        return loss, {"train_loss": float(nll)}
-
-
 def train_prior(data_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, lr: float = 2e-3,
                 control_variate: bool = True) -> tuple[NoiseAR, dict[str, float]]:
     """Train PRIOR_CONFIG on the golden pairs with HELD_OUT_SEEDS of the starting noises held out; returns the
     prior and its held-out metrics (noisear.train.trainer.held_out_metrics: NLL on unseen noises next to
-    N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the class shift)."""
+    N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the class shift).
+
+    ``control_variate``: the means learn from golden minus starting noise (noisear.train's control variate).
+    Golden noise is its starting noise plus a per-class shift of ~0.045 per dimension; without it, the
+    starting noise's own variance swamps that shift in every batch and the prior learns nothing here."""
     config = TrainConfig(out_dir=str(out_dir), steps=steps, batch_size=256, lr=lr, warmup_steps=50,
                          weight_decay=0.0, seed=seed, validation_fraction=0.0, validation_seed_fraction=HELD_OUT_SEEDS,
                          checkpoint_every=10 ** 9, resume=False, device="cpu", log_every=50, progress=False)
-    dataset = ShardDataset(data_dir)
-    refuse_repeated_noises(dataset)
-    model = initial_model(PRIOR_CONFIG, seed=seed)
-    objective = ShiftControlVariate(model, dataset, config) if control_variate else LikelihoodObjective(dataset, config)
-    prior = train(model, objective, config)
+    prior = train_likelihood(data_dir, config, PRIOR_CONFIG, control_variate=control_variate)
     records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     held_out = [r for r in records if r["kind"] == "validation"][-1]
     return prior, {k: v for k, v in held_out.items() if k not in ("kind", "step")}
