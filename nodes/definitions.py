@@ -67,7 +67,7 @@ class NoiseARLoader:
                 "Where noise is drawn: auto = ComfyUI's device (the GPU if there is one), cpu, or gpu.")}),
             "dtype": (list(DTYPES), {"default": "fp32", "tooltip": (
                 "Precision of the prior. fp32 (default, as published): the same noise on every device. bf16, "
-                "on every device including the CPU: reads half the bytes, so drawing is up to about 2x faster, "
+                "on every device including the CPU: reads half the bytes, so drawing is about 1.4-2x faster, "
                 "but the noise differs slightly from fp32 (docs/comfyui.md has the figures). fp16: GPU only.")}),
         }}
 
