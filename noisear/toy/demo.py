@@ -249,8 +249,11 @@ def contrasts(result: DemoResult) -> str:
         for name in (prior, prior + SEED1):
             if bar_name in names and name in names:
                 lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name), seeds))
-    if "NoiseAR DPO T=1" in names and "NoiseAR T=1" in names:
-        lines += ["", _line("NoiseAR DPO T=1 − NoiseAR T=1", result.contrast("NoiseAR DPO T=1", "NoiseAR T=1"), seeds)]
+    dpo = [(name, bar) for name, bar in (("NoiseAR DPO T=1", "NoiseAR T=1"), ("NoiseAR DPO T=1", GOLDEN_ROW))
+           if name in names and bar in names]
+    if dpo:
+        lines += ["", "DPO (its reward is the classifier that also scores this table):"]
+        lines += [_line(f"{name} − {bar}", result.contrast(name, bar), seeds) for name, bar in dpo]
     return "\n".join(lines)
 
 
