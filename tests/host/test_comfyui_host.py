@@ -174,7 +174,9 @@ def test_any_size_runs_at_a_size_that_is_not_native_nor_whole_patches(comfy, pri
 
 def test_native_only_refuses_another_size_naming_both_sizes(comfy, prior_name):
     error = execution_error(comfy.run(graph(prior_name, size=192, size_mode="native only")))
-    assert error["node_type"] in ("NoiseARLatent", "SamplerCustomAdvanced")  # a NOISE's error shows on its sampler
+    # whichever node draws the NOISE first reports it (ComfyUI's execution order): the Latent, the Preview,
+    # or the sampler a NOISE's error is attributed to
+    assert error["node_type"] in ("NoiseARLatent", "NoiseARPreview", "SamplerCustomAdvanced")
     assert "native to 128 x 128 px (W x H), latent 16 x 16 cells (H x W)" in error["exception_message"]
     assert "this latent is 192 x 192 px (W x H), latent 24 x 24 cells (H x W)" in error["exception_message"]
 
