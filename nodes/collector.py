@@ -1,7 +1,7 @@
 """NoiseAR Dataset Collector: (prompt embedding, golden noise) pairs of the host's MODEL, written as
 noisear.train.data shards that `python -m noisear train` reads.
 
-Per prompt (one per line, encoded with the CLIP input exactly as CLIPTextEncode does) and j < k,
+Per prompt (one per line; see prompt_conditionings for what the model and the prior get) and j < k,
 the seed is ``pair_seed(first_seed, prompt index, j)`` (distinct for every pair, so no starting
 noise repeats across prompts), the source noise is RandomNoise's draw for that seed on a
 [1, C, H, W] empty latent, and the target is NoiseAR Golden Noise of it (same scheduler, steps and
@@ -22,7 +22,7 @@ from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardWriter
 from noisear.golden import GoldenConfig
 from noisear.train.collect import SEED_SCHEME, keep_improved, prompt_seeds
 
-from . import host
+from . import host, text_encode
 from .golden import golden_noise, schedule_inputs
 from .prior import CATEGORY, NoiseARNodeError
 
@@ -39,6 +39,21 @@ def prompt_index(prompt: str) -> int:
 def prompt_lines(prompts: str) -> list[str]:
     """Non-empty lines, stripped, duplicates dropped (first kept)."""
     return list(dict.fromkeys(line.strip() for line in prompts.splitlines() if line.strip()))
+
+
+def prompt_conditionings(clip: Any, prompt: str) -> tuple[list, list]:
+    """(CONDITIONING the diffusion model gets, CONDITIONING stored for the prior) of one prompt line.
+
+    SDXL and Hunyuan-DiT CLIPs: NoiseAR Text Encode's two outputs (CLIPTextEncode's conditioning, and
+    prior_text: 77 tokens, weight syntax read as text), so a prior trained on the dataset reads at inference,
+    through NoiseAR Text Encode, exactly what it was trained on. Other CLIPs (no Text Encode route):
+    CLIPTextEncode's conditioning for both, what the NoiseAR nodes read from a CONDITIONING.
+    """
+    if text_encode.serves(clip):
+        conditioning, prior_text, _ = text_encode.encode(clip, prompt)
+        return conditioning, prior_text
+    conditioning = host.encode_text(clip, prompt)
+    return conditioning, conditioning
 
 
 def fixed_tokens(conditioning: list, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +133,7 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
             todo = [s for s in seeds if not writer.has(index, s)]
             counts["skipped"] += len(seeds) - len(todo)
             done += len(seeds) - len(todo)
-            positive = host.encode_text(clip, prompt) if todo else None
+            positive, prior_text = prompt_conditionings(clip, prompt) if todo else (None, None)
             for start in range(0, len(todo), batch_size):
                 host.throw_if_interrupted()
                 chunk = todo[start:start + batch_size]
@@ -129,7 +144,7 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
                         else torch.ones(len(chunk), dtype=torch.bool))
                 counts["rejected"] += int((~keep).sum())
                 if keep.any():
-                    text, mask = fixed_tokens(positive, text_tokens)
+                    text, mask = fixed_tokens(prior_text, text_tokens)
                     count = int(keep.sum())
                     writer.append(text.expand(count, -1, -1), golden[keep], [index] * count,
                                   [s for s, k in zip(chunk, keep.tolist()) if k], mask.expand(count, -1),

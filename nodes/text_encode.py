@@ -40,6 +40,12 @@ def prior_streams(tokens: host.Tokens) -> tuple[str, tuple[str, ...]]:
     return family
 
 
+def serves(clip: Any) -> bool:
+    """True for the CLIPs NoiseAR Text Encode serves (SDXL, Hunyuan-DiT), whose prior_text is what priors read."""
+    tokens = host.tokenize(clip, "", weights=False)
+    return isinstance(tokens, dict) and tuple(sorted(tokens)) in FAMILIES
+
+
 def first_77(chunks: list[list[tuple]], stream: str) -> tuple[list[list[tuple]], bool]:
     """diffusers' truncation of one stream: (its first chunk cut to 77 tokens ending in the end token, was cut).
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fake_comfy
-from nodes import host
+from nodes import host, text_encode
 from nodes.collector import DatasetCollectorNode, fixed_tokens, prompt_index
 from nodes.golden import GoldenNoiseNode
 from noisear import NoiseARConfig
@@ -23,7 +23,7 @@ SIGMAS = torch.tensor([14.6146, 10.0, 5.0, 0.0])
 class Clip:
     """Encodes a prompt as a [1, 5 + len(words), WIDTH] tensor derived from its text."""
 
-    def tokenize(self, text: str) -> str:
+    def tokenize(self, text: str, **options) -> str:  # ComfyUI's CLIP.tokenize takes options too
         return text
 
     def encode_from_tokens_scheduled(self, text: str) -> list:
@@ -80,6 +80,18 @@ def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fak
     text, mask = fixed_tokens(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), 12)
     assert torch.equal(batch.text[row], text) and torch.equal(batch.text_mask[row], mask)
     assert mask.tolist() == [True] * 10 + [False] * 2
+
+
+@pytest.mark.parametrize("family", ["sdxl", "hunyuan"])
+def test_the_prior_is_trained_on_what_noisear_text_encode_gives_at_inference(fakes, tmp_path, family):
+    clip, prompt = fake_comfy.CLIP(family), "a (red:1.3) car " + "word " * 90  # weighted and over 75 tokens
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    DatasetCollectorNode().collect(object(), clip, prompt, NEGATIVE, latent, 2, 10, "normal", 3, 5.5, 1.0,
+                                   "exact", 77, 2, 4, "tiny")
+    stored = Batch.concat(list(ShardDataset(tmp_path / "output" / "exact").iterate())).text
+    conditioning, prior_text, _ = text_encode.encode(clip, prompt)
+    assert torch.equal(stored[0], fixed_tokens(prior_text, 77)[0])  # the prompt-exact route's embedding
+    assert not torch.equal(stored[0], fixed_tokens(conditioning, 77)[0])  # not CLIPTextEncode's (weights)
 
 
 def test_a_rerun_skips_written_pairs_and_adds_only_new_prompts_and_seeds(fakes, tmp_path):

@@ -80,7 +80,7 @@ class NoiseARTestDrawNoise:
 class _TextSeededClip:
     """tokenize / encode_from_tokens_scheduled as the collector uses them: [1, 77, 2048] + pooled [1, 1280]."""
 
-    def tokenize(self, text):
+    def tokenize(self, text, **options):  # ComfyUI's CLIP.tokenize takes options (disable_weights, ...)
         return text
 
     def encode_from_tokens_scheduled(self, text):
