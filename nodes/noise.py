@@ -49,13 +49,11 @@ def size_mode_note(size_mode: str) -> str | None:
             f"to keep this behaviour and drop this note.")
 
 
-def decoding_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:
-    """Check a latent shape [B,C,H,W] against the prior; say how its noise is decoded. ``node`` names
-    the NoiseAR node in messages (errors inside a NOISE are shown on the sampler that asked for it)."""
+def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:
+    """Check a latent shape [B,C,H,W] against the prior; say how its noise is decoded. ``size_mode`` is
+    one NoiseARNoise checked when it was made; ``node`` names the NoiseAR node in messages (errors
+    inside a NOISE are shown on the sampler that asked for it)."""
     c = prior.config
-    problem = size_mode_problem(size_mode)
-    if problem:
-        raise NoiseARNodeError(f"{node}: {problem}")
     if len(shape) != 4:
         raise NoiseARNodeError(f"{node}: NoiseAR works on image latents [batch, channels, height, width]; "
                                f"got shape {list(shape)}")
@@ -126,7 +124,7 @@ class NoiseARNoise:
         samples = latent["samples"]
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
-            plan = decoding_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
+            plan = latent_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
             log.info(decoding_info(plan))
             self.info = "\n".join(filter(None, [decoding_info(plan), self.warning]))
             self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), plan))
