@@ -51,10 +51,10 @@ def listing(items: Iterable[str], limit: int | None = None) -> str:
     return ", ".join(shown) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def quoted(text: Any) -> str:
-    """repr of a value from a file, cut to 80 characters (keys and values can be megabytes long)."""
-    text = repr(text)
-    return text if len(text) <= 80 else text[:77] + "..."
+def quoted(value: Any, limit: int = 80) -> str:
+    """repr of a value from a file, cut to ``limit`` characters (keys and values can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)

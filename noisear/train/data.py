@@ -47,6 +47,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..config import quoted
 from ..io import write_atomically
 
 FORMAT_NAME = "noisear-dataset"
@@ -98,13 +99,8 @@ class DatasetInfo:
                     if kind is float else isinstance(value, kind) and not isinstance(value, bool))
             if not fits:
                 noun = {str: "a string", int: "an integer", float: "a finite number", dict: "an object"}[kind]
-                raise DatasetError(f"dataset info field {key!r} must be {noun}, got {_short(value)}")
+                raise DatasetError(f"dataset info field {key!r} must be {noun}, got {quoted(value)}")
         return cls(**values)
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_object(text: str, what: str) -> dict:
@@ -112,7 +108,7 @@ def _json_object(text: str, what: str) -> dict:
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as err:
-        raise DatasetError(f"shard metadata {what!r} is not valid JSON ({_short(str(err))})") from None
+        raise DatasetError(f"shard metadata {what!r} is not valid JSON ({quoted(str(err))})") from None
     if not isinstance(value, dict):
         raise DatasetError(f"shard metadata {what!r} must be a JSON object, got {type(value).__name__}")
     return value
@@ -124,7 +120,7 @@ def _prompts_from_json(text: str) -> dict[int, str]:
     for key, value in _json_object(text, "prompts").items():
         if not (re.fullmatch(r"-?\d{1,19}", key) and isinstance(value, str)):
             raise DatasetError(f"shard metadata 'prompts' must map prompt indices to texts, got "
-                               f"{_short(key)}: {_short(value)}")
+                               f"{quoted(key)}: {quoted(value)}")
         prompts[int(key)] = value
     return prompts
 
@@ -183,7 +179,7 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
             dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except Exception as err:
         raise DatasetError(f"{path.name} is not a readable safetensors shard (truncated or corrupt?): "
-                           f"{_short(str(err), 200)}") from None
+                           f"{quoted(str(err), 200)}") from None
     if metadata.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path.name} is not a NoiseAR dataset shard (metadata format={metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
@@ -346,7 +342,7 @@ class ShardDataset:
         try:
             tensors = _read_rows(path, rows)
         except Exception as err:  # changed or damaged since it was opened
-            raise DatasetError(f"{path} can no longer be read (changed or damaged?): {_short(str(err), 200)}") from None
+            raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
         batch = Batch(tensors["text"].float(), tensors["text_mask"].bool(), tensors["noise"].float(),
                       tensors["prompt_index"].long(), tensors["seed"].long())
         if not (torch.isfinite(batch.text).all() and torch.isfinite(batch.noise).all()):
@@ -448,7 +444,7 @@ class ShardWriter:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
                 old_seeds = dataset.info.seed_scheme != info.seed_scheme
-                differ = "; ".join(f"{key} {_short(getattr(dataset.info, key), 60)} there, {_short(value, 60)} here"
+                differ = "; ".join(f"{key} {quoted(getattr(dataset.info, key), 60)} there, {quoted(value, 60)} here"
                                    for key, value in asdict(info).items() if getattr(dataset.info, key) != value)
                 raise DatasetError(f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
                                    f"append these samples. Use a new directory"
