@@ -16,8 +16,8 @@ import torch
 
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
-from ..model import NoiseAR, standard_normal
-from ..train.collect import SEED_SCHEME, PromptItem, collect
+from ..model import NoiseAR
+from ..train.collect import SEED_SCHEME, PromptItem, collect, shift_from_start
 from ..train.data import DatasetInfo, ShardDataset, ShardWriter
 from ..train.dpo import DPOConfig, PromptSet, train_dpo
 from ..train.trainer import TrainConfig, train_likelihood
@@ -97,7 +97,7 @@ def prompt_mean_shift(data_dir: str | Path) -> torch.Tensor:
     dataset = ShardDataset(data_dir)
     total, count = torch.zeros(NUM_CLASSES, *IMAGE_SHAPE, dtype=torch.float64), torch.zeros(NUM_CLASSES)
     for batch in dataset.iterate("train", 0.0, 4096, HELD_OUT_SEEDS):
-        delta = (batch.noise - standard_normal(batch.noise.shape, batch.seed.tolist())).double()
+        delta = shift_from_start(batch.noise, batch.seed).double()
         total.index_add_(0, batch.prompt_index, delta)
         count += torch.bincount(batch.prompt_index, minlength=NUM_CLASSES)
     return (total / count.view(-1, 1, 1, 1)).float()

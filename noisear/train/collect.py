@@ -45,6 +45,11 @@ def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> to
     return standard_normal(tuple(shape), [int(seed) for seed in seeds])
 
 
+def shift_from_start(noise: torch.Tensor, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """[B, C, H, W]: golden noise minus its starting noise (the seeds' ``start_noise``), on noise's device."""
+    return noise - start_noise(seeds, noise.shape).to(noise.device)
+
+
 def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
     """The seeds of j = 0 .. count-1 for one prompt."""
     return [pair_seed(first_seed, prompt_key, j) for j in range(count)]

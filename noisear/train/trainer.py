@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ..config import NoiseARConfig
 from ..io import load, save, write_atomically
 from ..model import NoiseAR, eval_mode, standard_normal
-from .collect import known_start_noise, start_noise
+from .collect import known_start_noise, shift_from_start
 from .data import (Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
                    validation_prompt)
 
@@ -463,7 +463,7 @@ class PromptMeanBaseline:
         count = 0
         for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
             x = self.features(batch.text, batch.text_mask)
-            target = batch.noise - start_noise(batch.seed, batch.noise.shape) if self.uses_start_noise else batch.noise
+            target = shift_from_start(batch.noise, batch.seed) if self.uses_start_noise else batch.noise
             gram += x.T @ x
             cross += x.T @ target.flatten(1).double()
             count += len(batch)
@@ -542,7 +542,7 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
         data_sum += float(batch.noise.double().sum())
         data_squares += float(batch.noise.double().pow(2).sum())
         data_values += batch.noise.numel()
-        shift = batch.noise - start_noise(batch.seed, batch.noise.shape) if known_start else batch.noise
+        shift = shift_from_start(batch.noise, batch.seed) if known_start else batch.noise
         for i, p in enumerate(batch.prompt_index.tolist()):
             key = (p, shape)
             if key not in prompts and len(prompts) < max_prompts:
@@ -646,7 +646,7 @@ class LikelihoodObjective:
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mean_target = None
         if self.control_variate:
-            mean_target = batch.noise - start_noise(batch.seed.tolist(), batch.noise.shape).to(batch.noise.device)
+            mean_target = shift_from_start(batch.noise, batch.seed.tolist())
         nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
         return nll, {"train_loss": nll.item()}
 
