@@ -16,8 +16,10 @@ try:
     import comfy.model_management
     import comfy.model_sampling
     import comfy.sample
+    import comfy.samplers
     import comfy.utils
     import folder_paths
+    import latent_preview  # ComfyUI's top-level module: KSampler's progress bar with latent previews
     AVAILABLE = True
 except ImportError:
     AVAILABLE = False
@@ -268,10 +270,6 @@ def output_directory() -> str:
 
 
 # KSampler (issue 14) ------------------------------------------------------------------------------
-if AVAILABLE:
-    import latent_preview  # noqa: E402  (ComfyUI's top-level module: progress bar with latent previews)
-
-
 def sampler_names() -> list[str]:
     """ComfyUI's sampler names (KSampler's list)."""
     _require()
