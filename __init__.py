@@ -6,6 +6,7 @@ makes that possible is here, by putting this folder on sys.path (appended, so Co
 top-level modules, e.g. its `nodes`, keep precedence). Importing this file outside ComfyUI works:
 the nodes then only fail when they are run.
 """
+
 import os
 import sys
 

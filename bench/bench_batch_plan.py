@@ -9,6 +9,7 @@ batches with ``BatchPlan`` and prints the figures. The plan's own memory is the 
 training pair) plus one batch; the growth of the resident memory (Linux VmRSS, sampled after every
 batch) is printed as a check. Figures only, no pass/fail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def main() -> None:
         with data.ShardWriter(folder, info, shard_size=args.shard_size) as writer:
             for p in range(args.prompts):
                 text = torch.randn(1, *TEXT, generator=generator).expand(args.seeds, -1, -1)
-                writer.append(text, torch.randn(args.seeds, *NOISE, generator=generator), [p] * args.seeds,
-                              prompt_seeds(0, p, args.seeds))
+                writer.append(
+                    text, torch.randn(args.seeds, *NOISE, generator=generator), [p] * args.seeds, prompt_seeds(0, p, args.seeds)
+                )
         dataset = data.ShardDataset(folder)
         reads: list[int] = []
         real = data._read_rows
@@ -67,17 +69,25 @@ def main() -> None:
             del batch
         elapsed = time.perf_counter() - started
         row_bytes = 4 * (np.prod(TEXT) + np.prod(NOISE)) + TEXT[0] + 16
-        batch_mib = args.batch_size * row_bytes / 2 ** 20
-        print(f"dataset: {len(dataset)} pairs, {args.prompts} prompts written one after another, "
-              f"{len(dataset.shards)} shards of {args.shard_size} ({args.shard_size // args.seeds} prompts per shard)")
-        print(f"batches: {plan.batches_per_epoch} of {args.batch_size}; prompts per batch min {min(prompts)}, "
-              f"mean {np.mean(prompts):.1f}, max {max(prompts)} (one shard at a time: at most "
-              f"{min(args.batch_size, args.shard_size // args.seeds)})")
-        print(f"reads: files opened per batch mean {np.mean(opens):.1f} (max {max(opens)}), rows read per batch "
-              f"{sum(reads) / len(opens):.0f} = the batch ({batch_mib:.1f} MiB), never a whole shard "
-              f"({args.shard_size * row_bytes / 2 ** 20:.0f} MiB)")
-        print(f"memory: order {plan.batches_per_epoch * args.batch_size * 16 / 2 ** 10:.0f} KiB (16 B per pair) + one "
-              f"batch; resident memory grew at most {peak - before:.0f} MiB while reading the epoch")
+        batch_mib = args.batch_size * row_bytes / 2**20
+        print(
+            f"dataset: {len(dataset)} pairs, {args.prompts} prompts written one after another, "
+            f"{len(dataset.shards)} shards of {args.shard_size} ({args.shard_size // args.seeds} prompts per shard)"
+        )
+        print(
+            f"batches: {plan.batches_per_epoch} of {args.batch_size}; prompts per batch min {min(prompts)}, "
+            f"mean {np.mean(prompts):.1f}, max {max(prompts)} (one shard at a time: at most "
+            f"{min(args.batch_size, args.shard_size // args.seeds)})"
+        )
+        print(
+            f"reads: files opened per batch mean {np.mean(opens):.1f} (max {max(opens)}), rows read per batch "
+            f"{sum(reads) / len(opens):.0f} = the batch ({batch_mib:.1f} MiB), never a whole shard "
+            f"({args.shard_size * row_bytes / 2**20:.0f} MiB)"
+        )
+        print(
+            f"memory: order {plan.batches_per_epoch * args.batch_size * 16 / 2**10:.0f} KiB (16 B per pair) + one "
+            f"batch; resident memory grew at most {peak - before:.0f} MiB while reading the epoch"
+        )
         print(f"time: {1000 * elapsed / plan.batches_per_epoch:.1f} ms per batch (page cache warm, 1 thread)")
 
 

@@ -10,6 +10,7 @@ bytes. Target (issue 6): about 1.2x or less. Figures only, no pass/fail.
 This script itself imports neither torch nor noisear: a child's ru_maxrss starts at the RSS of the
 process it was forked from, so the parent stays small and the files are written by a child too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ print(json.dumps({"before": before, "peak": peak, "seconds": seconds, "variant":
 
 def child(code: str, *args: str) -> str:
     """Run ``code`` in a fresh interpreter that imports noisear from this checkout; its last stdout line."""
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -60,9 +66,11 @@ def main() -> None:
         for name in ("model.safetensors", "model.pth"):
             figures = json.loads(child(LOAD, str(Path(folder) / name)))
             extra = figures["peak"] - figures["before"]
-            print(f"{Path(name).suffix:<13} {figures['variant']} load {figures['seconds']:.2f} s; peak RSS "
-                  f"{figures['peak'] / 2**20:.0f} MiB = {figures['before'] / 2**20:.0f} MiB before the load + "
-                  f"{extra / 2**20:.0f} MiB = {extra / weight_bytes:.2f}x the weights (target <= ~1.2x)")
+            print(
+                f"{Path(name).suffix:<13} {figures['variant']} load {figures['seconds']:.2f} s; peak RSS "
+                f"{figures['peak'] / 2**20:.0f} MiB = {figures['before'] / 2**20:.0f} MiB before the load + "
+                f"{extra / 2**20:.0f} MiB = {extra / weight_bytes:.2f}x the weights (target <= ~1.2x)"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ This samples the structured SDXL-size prior of bench_sizes.py at 1216 x 832, 115
 a mirror of eps (swapped in for `noisear.model.pad_eps`), and prints the std of every band of 32
 latent rows and columns, averaged over the seeds; the last band is next to the crop edge.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import noisear.model  # noqa: E402
 from bench_sizes import band_stds, structured_prior  # noqa: E402
+
+import noisear.model  # noqa: E402
 from noisear.patches import DecodingPlan, pad_eps  # noqa: E402
 
 

@@ -14,6 +14,7 @@ roofline at batch 1; bf16 <= 0.7x the fp32 roofline at batch 1; sliding window a
 1.6x native; cached >= 3x faster than naive at batch 1 and >= 5x at batch 4. Figures only, no
 pass/fail; quote the load average it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_sizes import structured_prior  # noqa: E402  (bench/ is on sys.path when a script in it runs)
+
 from noisear import NoiseAR, NoiseARConfig  # noqa: E402
 
 TEXT_TOKENS = 77
@@ -110,15 +112,20 @@ def main() -> None:
     model = structured_prior(config.text_dim, head_std=0.02)
     half = copy.deepcopy(model).to(torch.bfloat16)
     steps = config.num_patches
-    print(f"published-size SDXL prior: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{steps} steps; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"published-size SDXL prior: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{steps} steps; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    )
 
     matvec = MatVec()
     matvec()
     streamed: dict[str, tuple[int, int]] = {"fp32": bytes_per_step(model), "bf16": bytes_per_step(half)}
-    kv_seconds = {(name, batch): text_kv_seconds(prior, torch.randn(batch, TEXT_TOKENS, config.text_dim), args.reps)
-                  for name, prior in (("fp32", model), ("bf16", half)) for batch in (1, 4)}
+    kv_seconds = {
+        (name, batch): text_kv_seconds(prior, torch.randn(batch, TEXT_TOKENS, config.text_dim), args.reps)
+        for name, prior in (("fp32", model), ("bf16", half))
+        for batch in (1, 4)
+    }
 
     def roofline(name: str, batch: int, bandwidth: float) -> float:
         """Seconds per sample: weights read by ``steps`` cached steps at ``bandwidth``, plus the text keys/values."""
@@ -126,10 +133,11 @@ def main() -> None:
         return ((steps * step_bytes - encoder_bytes) / bandwidth + kv_seconds[name, batch]) / batch
 
     for name, (step_bytes, _) in streamed.items():
-        print(f"{name}: weights read per step {step_bytes / 1e6:.0f} MB; one-off text keys/values "
-              f"{kv_seconds[name, 1] * 1e3:.0f} ms at batch 1")
-    print("each timed call follows a timed fp32 8192x8192 matrix-vector product; the roofline uses the "
-          "median bandwidth of those")
+        print(
+            f"{name}: weights read per step {step_bytes / 1e6:.0f} MB; one-off text keys/values "
+            f"{kv_seconds[name, 1] * 1e3:.0f} ms at batch 1"
+        )
+    print("each timed call follows a timed fp32 8192x8192 matrix-vector product; the roofline uses the median bandwidth of those")
 
     per_sample: dict[tuple[str, int], float] = {}
     ratio: dict[tuple[str, int], float] = {}
@@ -143,10 +151,12 @@ def main() -> None:
             per_sample[name, batch] = seconds / batch
             fp32_roofline = roofline("fp32", batch, bandwidth)
             ratio[name, batch] = per_sample[name, batch] / fp32_roofline
-            print(f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample (median of {reps}); "
-                  f"bandwidth {bandwidth / 1e9:.1f} GB/s -> fp32 roofline {fp32_roofline * 1e3:.0f} ms"
-                  + (f", bf16 roofline {roofline('bf16', batch, bandwidth) * 1e3:.0f} ms" if name == "bf16" else "")
-                  + f"; {ratio[name, batch]:.2f}x the fp32 roofline")
+            print(
+                f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample (median of {reps}); "
+                f"bandwidth {bandwidth / 1e9:.1f} GB/s -> fp32 roofline {fp32_roofline * 1e3:.0f} ms"
+                + (f", bf16 roofline {roofline('bf16', batch, bandwidth) * 1e3:.0f} ms" if name == "bf16" else "")
+                + f"; {ratio[name, batch]:.2f}x the fp32 roofline"
+            )
 
     text, native_eps = torch.randn(1, TEXT_TOKENS, config.text_dim), torch.randn(1, 4, 128, 128)
     wide_eps = torch.randn(1, 4, 104, 152)  # 1216 x 832 px: a sliding window over 4 x 5 patches
@@ -158,17 +168,25 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     sliding, native = statistics.median(times["sliding"]), statistics.median(times["native"])
     deviation = (half.sample(text, native_eps) - model.sample(text, native_eps)).abs()
-    print(f"sliding window at 1216 x 832 px: {sliding * 1e3:.0f} ms vs native {native * 1e3:.0f} ms: "
-          f"{sliding / native:.2f}x (target <= 1.6x; 20 patches vs 16)")
-    print(f"bf16 vs fp32 sample (same eps, noise std {model.sample(text, native_eps).std().item():.2f}): "
-          f"max |difference| {deviation.max().item():.4f}, mean {deviation.mean().item():.5f}")
+    print(
+        f"sliding window at 1216 x 832 px: {sliding * 1e3:.0f} ms vs native {native * 1e3:.0f} ms: "
+        f"{sliding / native:.2f}x (target <= 1.6x; 20 patches vs 16)"
+    )
+    print(
+        f"bf16 vs fp32 sample (same eps, noise std {model.sample(text, native_eps).std().item():.2f}): "
+        f"max |difference| {deviation.max().item():.4f}, mean {deviation.mean().item():.5f}"
+    )
 
-    print(f"fp32 cached / fp32 roofline at batch 1: {ratio['fp32', 1]:.2f}x (target <= 1.25x); "
-          f"bf16 cached / fp32 roofline: {ratio['bf16', 1]:.2f}x (target <= 0.7x)")
+    print(
+        f"fp32 cached / fp32 roofline at batch 1: {ratio['fp32', 1]:.2f}x (target <= 1.25x); "
+        f"bf16 cached / fp32 roofline: {ratio['bf16', 1]:.2f}x (target <= 0.7x)"
+    )
     if args.naive_reps:
         for batch in (1, 4):
-            print(f"naive / cached at batch {batch}: {per_sample['naive', batch] / per_sample['fp32', batch]:.2f}x "
-                  f"(target >= {3 if batch == 1 else 5}x)")
+            print(
+                f"naive / cached at batch {batch}: {per_sample['naive', batch] / per_sample['fp32', batch]:.2f}x "
+                f"(target >= {3 if batch == 1 else 5}x)"
+            )
     print(f"load average {os.getloadavg()[0]:.1f} at end (other processes share this machine's cores)")
 
 

@@ -10,6 +10,7 @@ ShardWriter with ``shard_size`` samples per shard and the default byte budget
 the peak resident memory above the start (Linux VmHWM - VmRSS at start) and what the old count-only
 rule would have held (shard_size samples). Figures only, no pass/fail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,15 @@ def main() -> None:
                 writer.append(text, noise, [first] * args.batch, list(range(first, first + args.batch)))
         counts = [shard.count for shard in data.ShardDataset(folder).shards]
     peak = status_mib("VmHWM") - start
-    print(f"sample {sample_bytes / 2 ** 20:.2f} MiB; budget {data.SHARD_BYTES / 2 ** 20:.0f} MiB -> "
-          f"{writer.capacity} samples per full shard (shard_size {args.shard_size})")
+    print(
+        f"sample {sample_bytes / 2**20:.2f} MiB; budget {data.SHARD_BYTES / 2**20:.0f} MiB -> "
+        f"{writer.capacity} samples per full shard (shard_size {args.shard_size})"
+    )
     print(f"shards written: {len(counts)} holding {counts}")
-    print(f"peak resident memory above start: {peak:.0f} MiB "
-          f"(count-only rule would buffer {args.shard_size * sample_bytes / 2 ** 30:.1f} GiB before the first write)")
+    print(
+        f"peak resident memory above start: {peak:.0f} MiB "
+        f"(count-only rule would buffer {args.shard_size * sample_bytes / 2**30:.1f} GiB before the first write)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ text serves every size. For each size it prints, as a markdown table:
 
 Figures only, no pass/fail. Run it with --threads 1 on a shared machine and quote the load it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from noisear import NoiseAR, NoiseARConfig  # noqa: E402
 
 SIZES = {  # (width, height) px; 8 px per latent cell
-    "SDXL": [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
-             (1536, 640), (640, 1536)],
-    "Hunyuan-DiT": [(1024, 1024), (1280, 1280), (1024, 768), (768, 1024), (1280, 960), (960, 1280), (1280, 768),
-                    (768, 1280)],
+    "SDXL": [
+        (1024, 1024),
+        (1152, 896),
+        (896, 1152),
+        (1216, 832),
+        (832, 1216),
+        (1344, 768),
+        (768, 1344),
+        (1536, 640),
+        (640, 1536),
+    ],
+    "Hunyuan-DiT": [(1024, 1024), (1280, 1280), (1024, 768), (768, 1024), (1280, 960), (960, 1280), (1280, 768), (768, 1280)],
 }
 TEXT_WIDTH = {"SDXL": 2048, "Hunyuan-DiT": 1024}
 TEXT_TOKENS, HEAD_STD, PATCH = 77, 0.02, 32
@@ -66,7 +75,7 @@ def neighbour_correlations(noise: torch.Tensor, model: NoiseAR) -> tuple[list[fl
     rows, cols = plan.visible
 
     def patch(r: int, c: int) -> torch.Tensor:
-        return noise[0, :, r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH]
+        return noise[0, :, r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH]
 
     inside, across = [], []
     for r in range(rows):
@@ -74,7 +83,7 @@ def neighbour_correlations(noise: torch.Tensor, model: NoiseAR) -> tuple[list[fl
             for r2, c2 in ((r, c + 1), (r + 1, c)):
                 if r2 < rows and c2 < cols:
                     second = patch(r2, c2)
-                    first = patch(r, c)[:, :second.shape[1], :second.shape[2]]
+                    first = patch(r, c)[:, : second.shape[1], : second.shape[2]]
                     value = torch.corrcoef(torch.stack([first.flatten(), second.flatten()]))[0, 1].item()
                     same = plan.origin(r * plan.cols + c) == plan.origin(r2 * plan.cols + c2)
                     (inside if same else across).append(value)
@@ -101,8 +110,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at start; {args.samples} fp32 draws, {args.bf16_reps} bf16 per size")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at start; {args.samples} fp32 draws, {args.bf16_reps} bf16 per size"
+    )
     for variant in args.variants:
         model = structured_prior(TEXT_WIDTH[variant], args.head_std)
         half = copy.deepcopy(model).to(torch.bfloat16) if args.bf16_reps else None
@@ -110,8 +121,10 @@ def main() -> None:
         model.sample(text, torch.randn(1, 4, 128, 128))  # warm-up
         native_std = native_inside = None
         print(f"\n{variant} prior, heads' last layers N(0, {args.head_std}^2), temperature 0.5\n")
-        print("| W x H px | latent H x W | decoding | patches | fp32 ms | bf16 ms | bf16 max dev | std / native "
-              "| row bands / native | col bands / native | last row / col band | corr inside / across |")
+        print(
+            "| W x H px | latent H x W | decoding | patches | fp32 ms | bf16 ms | bf16 max dev | std / native "
+            "| row bands / native | col bands / native | last row / col band | corr inside / across |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for width, height in SIZES[variant]:
             shape = (1, 4, height // 8, width // 8)
@@ -142,10 +155,12 @@ def main() -> None:
                 bf16_ms = f"{statistics.median(times) * 1e3:.0f}"
                 deviation = f"{(low - noise).abs().max().item():.3f}"
             across_text = f"{mean(across):.3f}" if across else "-"
-            print(f"| {width} x {height} | {shape[2]} x {shape[3]} | {plan.describe()} | {plan.patches} "
-                  f"| {statistics.median(seconds) * 1e3:.0f} | {bf16_ms} | {deviation} | {mean(stds) / native_std:.3f} "
-                  f"| {min(row_bands):.3f}-{max(row_bands):.3f} | {min(col_bands):.3f}-{max(col_bands):.3f} "
-                  f"| {row_bands[-1]:.3f} / {col_bands[-1]:.3f} | {mean(inside):.3f} / {across_text} |")
+            print(
+                f"| {width} x {height} | {shape[2]} x {shape[3]} | {plan.describe()} | {plan.patches} "
+                f"| {statistics.median(seconds) * 1e3:.0f} | {bf16_ms} | {deviation} | {mean(stds) / native_std:.3f} "
+                f"| {min(row_bands):.3f}-{max(row_bands):.3f} | {min(col_bands):.3f}-{max(col_bands):.3f} "
+                f"| {row_bands[-1]:.3f} / {col_bands[-1]:.3f} | {mean(inside):.3f} / {across_text} |"
+            )
         print(f"\nnative std {native_std:.4f}; native neighbour correlation {native_inside:.3f}")
     print(f"\nload average {os.getloadavg()[0]:.1f} at end (other processes share this machine's cores)")
 

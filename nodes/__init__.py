@@ -1,4 +1,5 @@
 """ComfyUI adapter for NoiseAR. `host` is the only module that imports ComfyUI."""
+
 from . import host
 from .definitions import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 

@@ -10,6 +10,7 @@ skips what is written, also after a crash or with prompts added or reordered. Me
 plus one shard (the writer flushes every ``shard_size`` samples or ``SHARD_BYTES``). The shards go to a
 subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardWriter
 from noisear.golden import GoldenConfig
 from noisear.train.collect import SEED_SCHEME, keep_improved, prompt_seeds
+from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardWriter
 
 from . import host, text_encode
 from .golden import golden_noise, schedule_inputs
@@ -91,23 +92,43 @@ def dataset_directory(name: str) -> str:
     if "\0" in name or len(name) > MAX_NAME:
         raise NoiseARNodeError(f"dataset must be a plain folder name of at most {MAX_NAME} characters without NUL")
     if os.path.isabs(name) or os.path.splitdrive(name)[0]:
-        raise NoiseARNodeError(f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "
-                               f"saving outside the output folder is not allowed (as for SaveImage)")
+        raise NoiseARNodeError(
+            f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "
+            f"saving outside the output folder is not allowed (as for SaveImage)"
+        )
     output = os.path.realpath(host.output_directory())
     folder = os.path.realpath(os.path.join(output, name))
     if folder == output:
-        raise NoiseARNodeError(f"dataset {name[:200]!r} is the output folder itself; name a subfolder, e.g. "
-                               f"noisear_dataset/1024x1024")
+        raise NoiseARNodeError(
+            f"dataset {name[:200]!r} is the output folder itself; name a subfolder, e.g. noisear_dataset/1024x1024"
+        )
     if os.path.commonpath((output, folder)) != output:
-        raise NoiseARNodeError(f"dataset {name[:200]!r} resolves to {folder[:200]}: saving outside the output folder "
-                               f"is not allowed (as for SaveImage; {'..' if '..' in name else 'symlinks'} may not lead "
-                               f"out of {output}). Name a subfolder, e.g. noisear_dataset/1024x1024")
+        raise NoiseARNodeError(
+            f"dataset {name[:200]!r} resolves to {folder[:200]}: saving outside the output folder "
+            f"is not allowed (as for SaveImage; {'..' if '..' in name else 'symlinks'} may not lead "
+            f"out of {output}). Name a subfolder, e.g. noisear_dataset/1024x1024"
+        )
     return folder
 
 
-def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, seeds_per_prompt: int,
-            first_seed: int, scheduler: str, steps: int, config: GoldenConfig, directory: str, text_tokens: int,
-            batch_size: int, shard_size: int, model_name: str = "", reward: Reward | None = None) -> dict[str, int]:
+def collect(
+    model: Any,
+    clip: Any,
+    prompts: str,
+    negative: list,
+    latent: dict,
+    seeds_per_prompt: int,
+    first_seed: int,
+    scheduler: str,
+    steps: int,
+    config: GoldenConfig,
+    directory: str,
+    text_tokens: int,
+    batch_size: int,
+    shard_size: int,
+    model_name: str = "",
+    reward: Reward | None = None,
+) -> dict[str, int]:
     """Write the missing pairs; returns counts written / skipped / rejected (by the reward filter)."""
     lines = prompt_lines(prompts)
     if not lines:
@@ -118,11 +139,20 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
         raise NoiseARNodeError(f"the collector works on image latents [batch, C, H, W] (e.g. EmptyLatentImage); got {got}")
     shape = (1, *samples.shape[1:])
     sigmas = host.schedule_sigmas(model, scheduler, steps)
-    info = DatasetInfo(source_model=model_name or "comfyui MODEL", prediction=host.prediction_kind(model),
-                       schedule=f"comfyui {scheduler}", steps=steps, guidance_denoise=config.guidance_denoise,
-                       guidance_invert=config.guidance_invert, seed_scheme=SEED_SCHEME,
-                       extra={"noise": "ComfyUI RandomNoise draws of the seed on a [1,C,H,W] latent",
-                              "sigmas": [round(float(s), 6) for s in sigmas[:2]], "text_tokens": text_tokens})
+    info = DatasetInfo(
+        source_model=model_name or "comfyui MODEL",
+        prediction=host.prediction_kind(model),
+        schedule=f"comfyui {scheduler}",
+        steps=steps,
+        guidance_denoise=config.guidance_denoise,
+        guidance_invert=config.guidance_invert,
+        seed_scheme=SEED_SCHEME,
+        extra={
+            "noise": "ComfyUI RandomNoise draws of the seed on a [1,C,H,W] latent",
+            "sigmas": [round(float(s), 6) for s in sigmas[:2]],
+            "text_tokens": text_tokens,
+        },
+    )
     counts = {"written": 0, "skipped": 0, "rejected": 0}
     total = len(lines) * seeds_per_prompt
     bar, done = host.progress_bar(total), 0
@@ -136,19 +166,27 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
             positive, prior_text = prompt_conditionings(clip, prompt) if todo else (None, None)
             for start in range(0, len(todo), batch_size):
                 host.throw_if_interrupted()
-                chunk = todo[start:start + batch_size]
+                chunk = todo[start : start + batch_size]
                 zeros = torch.zeros(shape)
                 noise = torch.cat([host.prepare_noise(zeros, s, None) for s in chunk]).float()
                 golden = golden_noise(model, positive, negative, noise, sigmas, chunk[0], config, host.throw_if_interrupted)
-                keep = (keep_improved(noise, golden, reward, positive, config.margin) if reward is not None
-                        else torch.ones(len(chunk), dtype=torch.bool))
+                keep = (
+                    keep_improved(noise, golden, reward, positive, config.margin)
+                    if reward is not None
+                    else torch.ones(len(chunk), dtype=torch.bool)
+                )
                 counts["rejected"] += int((~keep).sum())
                 if keep.any():
                     text, mask = fixed_tokens(prior_text, text_tokens)
                     count = int(keep.sum())
-                    writer.append(text.expand(count, -1, -1), golden[keep], [index] * count,
-                                  [s for s, k in zip(chunk, keep.tolist()) if k], mask.expand(count, -1),
-                                  prompts={index: prompt})
+                    writer.append(
+                        text.expand(count, -1, -1),
+                        golden[keep],
+                        [index] * count,
+                        [s for s, k in zip(chunk, keep.tolist()) if k],
+                        mask.expand(count, -1),
+                        prompts={index: prompt},
+                    )
                     counts["written"] += count
                 done += len(chunk)
                 bar.update_absolute(done, total)
@@ -156,11 +194,13 @@ def collect(model: Any, clip: Any, prompts: str, negative: list, latent: dict, s
 
 
 class DatasetCollectorNode:
-    DESCRIPTION = ("Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
-                   "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
-                   "noise repeats across prompts) with the prompt's embedding, written as dataset "
-                   "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
-                   "folder per latent size (aspect-ratio bucket).")
+    DESCRIPTION = (
+        "Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
+        "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
+        "noise repeats across prompts) with the prompt's embedding, written as dataset "
+        "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
+        "folder per latent size (aspect-ratio bucket)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "collect"
     OUTPUT_NODE = True
@@ -170,54 +210,160 @@ class DatasetCollectorNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The diffusion model to collect golden noise for."}),
-            "clip": ("CLIP", {"tooltip": "Its text encoder; each prompt line is encoded like CLIPTextEncode does."}),
-            "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning for the denoising step's guidance."}),
-            "latent_image": ("LATENT", {"tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
-                                                   "EmptyLatentImage; its batch size is ignored."}),
-            "seeds_per_prompt": ("INT", {"default": 4, "min": 1, "max": 100000,
-                                         "tooltip": (
-                "k: starting noises per prompt. Pair (prompt, j) uses its own seed, a hash of (first_seed, prompt, j), "
-                "so no noise repeats across prompts; raising k later adds pairs and keeps the ones written.")}),
-            "first_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 53 - 1, "tooltip": (
-                "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data).")}),
-            **schedule_inputs(),
-            "dataset": ("STRING", {"default": "noisear_dataset/1024x1024", "tooltip": (
-                "Folder of the shards inside ComfyUI's output folder (a relative name, like SaveImage's prefix; "
-                "nothing is written elsewhere). One folder per size.")}),
-            "text_tokens": ("INT", {"default": 77, "min": 1, "max": 4096, "tooltip": (
-                "Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0.")}),
-            "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
-            "shard_size": ("INT", {"default": 256, "min": 1, "max": 4096, "tooltip": (
-                f"Samples per shard file, at most {SHARD_BYTES // 2 ** 20} MiB of them: that is all that is held "
-                f"in memory before a write.")}),
-            "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
-        }, "optional": {
-            "reward": ("NOISEAR_REWARD", {"tooltip": (
-                "Optional filter: keeps a pair only when reward(golden) - reward(noise) > reward_margin. A "
-                "NOISEAR_REWARD is a callable (noise [B,C,H,W], conditioning) -> [B] from a custom node.")}),
-            "reward_margin": ("FLOAT", {"default": 0.0, "min": -1e6, "max": 1e6, "step": 0.01,
-                                        "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper)."}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to collect golden noise for."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder; each prompt line is encoded like CLIPTextEncode does."}),
+                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning for the denoising step's guidance."}),
+                "latent_image": (
+                    "LATENT",
+                    {
+                        "tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
+                        "EmptyLatentImage; its batch size is ignored."
+                    },
+                ),
+                "seeds_per_prompt": (
+                    "INT",
+                    {
+                        "default": 4,
+                        "min": 1,
+                        "max": 100000,
+                        "tooltip": (
+                            "k: starting noises per prompt. Pair (prompt, j) uses its own seed, a hash of (first_seed, prompt, "
+                            "j), so no noise repeats across prompts; raising k later adds pairs and keeps the ones written."
+                        ),
+                    },
+                ),
+                "first_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 2**53 - 1,
+                        "tooltip": (
+                            "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data)."
+                        ),
+                    },
+                ),
+                **schedule_inputs(),
+                "dataset": (
+                    "STRING",
+                    {
+                        "default": "noisear_dataset/1024x1024",
+                        "tooltip": (
+                            "Folder of the shards inside ComfyUI's output folder (a relative name, like SaveImage's prefix; "
+                            "nothing is written elsewhere). One folder per size."
+                        ),
+                    },
+                ),
+                "text_tokens": (
+                    "INT",
+                    {
+                        "default": 77,
+                        "min": 1,
+                        "max": 4096,
+                        "tooltip": ("Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0."),
+                    },
+                ),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
+                "shard_size": (
+                    "INT",
+                    {
+                        "default": 256,
+                        "min": 1,
+                        "max": 4096,
+                        "tooltip": (
+                            f"Samples per shard file, at most {SHARD_BYTES // 2**20} MiB of them: that is all that is held "
+                            f"in memory before a write."
+                        ),
+                    },
+                ),
+                "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
+            },
+            "optional": {
+                "reward": (
+                    "NOISEAR_REWARD",
+                    {
+                        "tooltip": (
+                            "Optional filter: keeps a pair only when reward(golden) - reward(noise) > reward_margin. A "
+                            "NOISEAR_REWARD is a callable (noise [B,C,H,W], conditioning) -> [B] from a custom node."
+                        )
+                    },
+                ),
+                "reward_margin": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": -1e6,
+                        "max": 1e6,
+                        "step": 0.01,
+                        "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper).",
+                    },
+                ),
+            },
+        }
 
     @classmethod
     def IS_CHANGED(cls, **inputs: Any) -> float:
         """Always run when queued: the folder may have changed, and a re-run only adds what is missing."""
         return float("nan")
 
-    def collect(self, model: Any, clip: Any, prompts: str, negative: list, latent_image: dict, seeds_per_prompt: int,
-                first_seed: int, scheduler: str, steps: int, cfg_denoise: float, cfg_invert: float, dataset: str,
-                text_tokens: int, batch_size: int, shard_size: int, model_name: str, reward: Reward | None = None,
-                reward_margin: float = 0.0) -> dict[str, Any]:
-        check_widget_values(self.INPUT_TYPES(), seeds_per_prompt=seeds_per_prompt, first_seed=first_seed, steps=steps,
-                            cfg_denoise=cfg_denoise, cfg_invert=cfg_invert, text_tokens=text_tokens,
-                            batch_size=batch_size, shard_size=shard_size, reward_margin=reward_margin)
+    def collect(
+        self,
+        model: Any,
+        clip: Any,
+        prompts: str,
+        negative: list,
+        latent_image: dict,
+        seeds_per_prompt: int,
+        first_seed: int,
+        scheduler: str,
+        steps: int,
+        cfg_denoise: float,
+        cfg_invert: float,
+        dataset: str,
+        text_tokens: int,
+        batch_size: int,
+        shard_size: int,
+        model_name: str,
+        reward: Reward | None = None,
+        reward_margin: float = 0.0,
+    ) -> dict[str, Any]:
+        check_widget_values(
+            self.INPUT_TYPES(),
+            seeds_per_prompt=seeds_per_prompt,
+            first_seed=first_seed,
+            steps=steps,
+            cfg_denoise=cfg_denoise,
+            cfg_invert=cfg_invert,
+            text_tokens=text_tokens,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            reward_margin=reward_margin,
+        )
         config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
         directory = dataset_directory(dataset)
-        counts = collect(model, clip, prompts, negative, latent_image, seeds_per_prompt, first_seed, scheduler, steps,
-                         config, directory, text_tokens, batch_size, shard_size, model_name, reward)
-        summary = (f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
-                   f"rejected {counts['rejected']} by the reward filter")
+        counts = collect(
+            model,
+            clip,
+            prompts,
+            negative,
+            latent_image,
+            seeds_per_prompt,
+            first_seed,
+            scheduler,
+            steps,
+            config,
+            directory,
+            text_tokens,
+            batch_size,
+            shard_size,
+            model_name,
+            reward,
+        )
+        summary = (
+            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
+            f"rejected {counts['rejected']} by the reward filter"
+        )
         return {"ui": {"text": (summary,)}, "result": (summary,)}

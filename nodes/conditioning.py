@@ -11,6 +11,7 @@ Rules (documented in docs/comfyui.md):
   training embedding (diffusers' tokenization, 77 tokens). Any other conditioning of more than 77
   tokens comes from a prompt over 75 tokens: the result carries a warning saying what the prior reads.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -40,7 +41,8 @@ def check_width(prior: NoiseARPrior, width: int) -> None:
         raise NoiseARNodeError(
             f"the positive conditioning is {width}-d, but the NoiseAR prior '{prior.name}' ({prior.variant}) "
             f"needs {needed_text(prior)}. Encode the prompt with the text encoder of the model this "
-            f"checkpoint was trained for, or load the NoiseAR checkpoint that matches your model.")
+            f"checkpoint was trained for, or load the NoiseAR checkpoint that matches your model."
+        )
 
 
 class PriorText(NamedTuple):
@@ -60,19 +62,20 @@ def text_from_conditioning(conditioning: list, prior: NoiseARPrior) -> PriorText
     if not cond.is_floating_point() or not torch.isfinite(cond).all():
         raise NoiseARNodeError(
             "the positive conditioning holds NaN or infinite values (a text encoder overflowing in fp16?); "
-            "encode the prompt in fp32 or bf16 (e.g. ComfyUI's --fp32-text-enc) and run again")
+            "encode the prompt in fp32 or bf16 (e.g. ComfyUI's --fp32-text-enc) and run again"
+        )
     warning = None if extras.get(EXACT) else long_prompt_warning(cond.shape[1], "attention_mask" in extras, prior)
     if prior.published:
         if cond.shape[1] < PUBLISHED_TOKENS:
             raise NoiseARNodeError(
                 f"the positive conditioning has {cond.shape[1]} tokens; the published {prior.variant} prior "
-                f"reads {PUBLISHED_TOKENS} (ComfyUI's SDXL and Hunyuan-DiT encoders always give at least that)")
+                f"reads {PUBLISHED_TOKENS} (ComfyUI's SDXL and Hunyuan-DiT encoders always give at least that)"
+            )
         return PriorText(cond[:, :PUBLISHED_TOKENS].float(), None, warning)
     mask = extras.get("attention_mask")
     if mask is not None:
         if mask.numel() != cond.shape[0] * cond.shape[1]:
-            raise NoiseARNodeError(
-                f"the conditioning's attention_mask has {mask.numel()} values for {cond.shape[1]} tokens")
+            raise NoiseARNodeError(f"the conditioning's attention_mask has {mask.numel()} values for {cond.shape[1]} tokens")
         mask = mask.reshape(cond.shape[:2]).bool()
     return PriorText(cond.float(), mask, warning)
 
@@ -85,22 +88,27 @@ def long_prompt_warning(tokens: int, one_pass: bool, prior: NoiseARPrior) -> str
     """
     if tokens <= PUBLISHED_TOKENS:
         return None
-    fix = ("Connect NoiseAR Text Encode's prior_text to give the prior exactly the embedding it was trained on "
-           "(diffusers' truncation to 77 tokens).")
+    fix = (
+        "Connect NoiseAR Text Encode's prior_text to give the prior exactly the embedding it was trained on "
+        "(diffusers' truncation to 77 tokens)."
+    )
     if not prior.published:
-        return (f"NoiseAR WARNING: the positive conditioning has {tokens} tokens (the prompt is longer than 75 "
-                f"tokens). This own prior reads all of them, but priors trained with `noisear train` saw only "
-                f"the first 77. {fix}")
+        return (
+            f"NoiseAR WARNING: the positive conditioning has {tokens} tokens (the prompt is longer than 75 "
+            f"tokens). This own prior reads all of them, but priors trained with `noisear train` saw only "
+            f"the first 77. {fix}"
+        )
     cut = f"The published {prior.variant} prior reads only the first 77, so the rest of the prompt does not reach it"
     if one_pass:
-        cut += (", and because ComfyUI encoded the whole prompt in one pass, even those 77 differ from the "
-                "embedding the prior was trained on")
+        cut += (
+            ", and because ComfyUI encoded the whole prompt in one pass, even those 77 differ from the "
+            "embedding the prior was trained on"
+        )
     return f"NoiseAR WARNING: the positive conditioning has {tokens} tokens (the prompt is longer than 75 tokens). {cut}. {fix}"
 
 
 def _first_entry(conditioning: list) -> tuple[torch.Tensor, dict[str, Any]]:
     entry = conditioning[0]
-    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)
-            and entry[0].ndim == 3):
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor) and entry[0].ndim == 3):
         raise NoiseARNodeError("positive is not a CONDITIONING ([[tensor [1, tokens, width], dict], ...])")
     return entry[0], entry[1] or {}

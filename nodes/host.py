@@ -4,6 +4,7 @@ Imports are guarded: outside ComfyUI `AVAILABLE` is False and each function rais
 so the node logic stays importable and testable (tests replace these functions with fakes that
 follow ComfyUI's documented shapes, see tests/fake_comfy.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ try:
     import comfy.utils
     import folder_paths
     import latent_preview  # ComfyUI's top-level module: KSampler's progress bar with latent previews
+
     AVAILABLE = True
 except ImportError:
     AVAILABLE = False
@@ -197,8 +199,9 @@ def prediction_kind(model: Any) -> str:
     raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow")
 
 
-def run_guided(model: Any, positive: list, negative: list, noise: torch.Tensor, sigmas: torch.Tensor, seed: int,
-               work: GuidedWork) -> Any:
+def run_guided(
+    model: Any, positive: list, negative: list, noise: torch.Tensor, sigmas: torch.Tensor, seed: int, work: GuidedWork
+) -> Any:
     """Run ``work`` inside ComfyUI's own sampling set-up (model loaded, conds prepared, model patches on).
 
     A CFGGuider samples ``noise`` [B,C,H,W] (unit variance) from an empty latent over ``sigmas``
@@ -221,8 +224,9 @@ def run_guided(model: Any, positive: list, negative: list, noise: torch.Tensor, 
             return model_k(x_k, ones * sigma, **extra_args)
 
         unit = torch.ones((1,) * x.ndim, dtype=x.dtype, device=x.device)
-        scale = model_sampling(model).noise_scaling(sigmas[0], unit, torch.zeros_like(unit),
-                                                    sampler.max_denoise(model_k.inner_model, sigmas))
+        scale = model_sampling(model).noise_scaling(
+            sigmas[0], unit, torch.zeros_like(unit), sampler.max_denoise(model_k.inner_model, sigmas)
+        )
         results.append(work(denoised, x, float(scale.flatten()[0])))
         return x
 
@@ -276,10 +280,22 @@ def sampler_names() -> list[str]:
     return list(comfy.samplers.KSampler.SAMPLERS)
 
 
-def common_ksampler(model: Any, noise: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                    positive: list, negative: list, latent: dict[str, Any], denoise: float = 1.0,
-                    start_step: int | None = None, last_step: int | None = None,
-                    force_full_denoise: bool = False) -> dict[str, Any]:
+def common_ksampler(
+    model: Any,
+    noise: Any,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: list,
+    negative: list,
+    latent: dict[str, Any],
+    denoise: float = 1.0,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> dict[str, Any]:
     """ComfyUI's nodes.common_ksampler with the noise drawn by a NOISE instead of prepare_noise.
 
     ``noise`` is a NOISE (``.generate_noise(latent)``; it gets the latent after
@@ -295,8 +311,24 @@ def common_ksampler(model: Any, noise: Any, seed: int, steps: int, cfg: float, s
         drawn = noise.generate_noise({**latent, "samples": samples})
     callback = latent_preview.prepare_callback(model, steps)
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    out = comfy.sample.sample(model, drawn, steps, cfg, sampler_name, scheduler, positive, negative, samples,
-                              denoise=denoise, disable_noise=noise is None, start_step=start_step, last_step=last_step,
-                              force_full_denoise=force_full_denoise, noise_mask=latent.get("noise_mask"),
-                              callback=callback, disable_pbar=disable_pbar, seed=seed)
+    out = comfy.sample.sample(
+        model,
+        drawn,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        samples,
+        denoise=denoise,
+        disable_noise=noise is None,
+        start_step=start_step,
+        last_step=last_step,
+        force_full_denoise=force_full_denoise,
+        noise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=disable_pbar,
+        seed=seed,
+    )
     return {**latent, "samples": out}

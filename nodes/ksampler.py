@@ -14,6 +14,7 @@ area with it at every step. The prior was never trained for those, and its std o
 temperature (0.5) leaves such latents under-noised for their sigma. Those runs stop with an error
 naming the way out, rather than quietly doing something the prior does not model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,25 +37,45 @@ def check_text_to_image(latent_image: dict[str, Any], denoise: float, start_at_s
         raise NoiseARNodeError(
             f"NoiseAR KSampler needs denoise 1.0, got {denoise}: the NoiseAR prior learned the noise a "
             "text-to-image run starts from, not the partial noise of image-to-image (denoise < 1). For "
-            "img2img or a hires-fix pass use ComfyUI's KSampler")
+            "img2img or a hires-fix pass use ComfyUI's KSampler"
+        )
     if start_at_step != 0:
         raise NoiseARNodeError(
             f"NoiseAR KSampler (Advanced) with add_noise enable needs start_at_step 0, got {start_at_step}: the "
             "NoiseAR prior learned the noise a run starts from, not noise added part-way down the schedule. "
             "For a later stage (e.g. the refiner of a base + refiner graph) set add_noise to disable, or use "
-            "KSamplerAdvanced")
+            "KSamplerAdvanced"
+        )
     if "noise_mask" in latent_image:
         raise NoiseARNodeError(
             "NoiseAR KSampler is for text-to-image and does not take a latent with a noise_mask (inpainting): "
             "ComfyUI re-noises the kept area with the start noise at every step, which the NoiseAR prior was "
-            "not trained for. Use ComfyUI's KSampler for inpainting")
+            "not trained for. Use ComfyUI's KSampler for inpainting"
+        )
 
 
-def sample(model: Any, noisear_model: NoiseARPrior | None, prior_text: list, seed: int, temperature: float,
-           size_mode: str, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: list, negative: list,
-           latent_image: dict[str, Any], *, add_noise: bool = True, denoise: float = 1.0, start_at_step: int = 0,
-           end_at_step: int | None = None, force_full_denoise: bool = False,
-           node: str = "NoiseAR KSampler") -> dict[str, Any]:
+def sample(
+    model: Any,
+    noisear_model: NoiseARPrior | None,
+    prior_text: list,
+    seed: int,
+    temperature: float,
+    size_mode: str,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: list,
+    negative: list,
+    latent_image: dict[str, Any],
+    *,
+    add_noise: bool = True,
+    denoise: float = 1.0,
+    start_at_step: int = 0,
+    end_at_step: int | None = None,
+    force_full_denoise: bool = False,
+    node: str = "NoiseAR KSampler",
+) -> dict[str, Any]:
     """The sampled LATENT; ``prior_text`` is the conditioning the prior reads (see prior_conditioning).
 
     add_noise False is KSamplerAdvanced's add_noise disable: no noise at all, the prior is not used.
@@ -64,6 +85,19 @@ def sample(model: Any, noisear_model: NoiseARPrior | None, prior_text: list, see
     if add_noise:
         check_text_to_image(latent_image, denoise, start_at_step)
         noise = NoiseARNoise(noisear_model, prior_text, seed, temperature, size_mode, node=node)
-    return host.common_ksampler(model, noise, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                latent_image, denoise=denoise, start_step=start_at_step, last_step=end_at_step,
-                                force_full_denoise=force_full_denoise)
+    return host.common_ksampler(
+        model,
+        noise,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        latent_image,
+        denoise=denoise,
+        start_step=start_at_step,
+        last_step=end_at_step,
+        force_full_denoise=force_full_denoise,
+    )

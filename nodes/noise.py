@@ -3,6 +3,7 @@
 Shapes: latents are [B, C, H, W] (latent cells, 8 pixels each for SDXL-family VAEs); eps are the
 standard-normal draws ComfyUI would have used; noise is in unit-variance space.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,11 @@ def size_mode_note(size_mode: str) -> str | None:
     """The note for a workflow saved with the retired centre mode."""
     if size_mode != RETIRED_SIZE_MODE:
         return None
-    return (f"NoiseAR note: size_mode '{RETIRED_SIZE_MODE}' was retired; the prior now fills the whole latent "
-            f"at every size, so this node runs as '{SIZE_MODES[0]}'. Choose '{SIZE_MODES[0]}' in the widget "
-            f"to keep this behaviour and drop this note.")
+    return (
+        f"NoiseAR note: size_mode '{RETIRED_SIZE_MODE}' was retired; the prior now fills the whole latent "
+        f"at every size, so this node runs as '{SIZE_MODES[0]}'. Choose '{SIZE_MODES[0]}' in the widget "
+        f"to keep this behaviour and drop this note."
+    )
 
 
 def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:
@@ -55,21 +58,24 @@ def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, nod
     inside a NOISE are shown on the sampler that asked for it)."""
     c = prior.config
     if len(shape) != 4:
-        raise NoiseARNodeError(f"{node}: NoiseAR works on image latents [batch, channels, height, width]; "
-                               f"got shape {list(shape)}")
+        raise NoiseARNodeError(
+            f"{node}: NoiseAR works on image latents [batch, channels, height, width]; got shape {list(shape)}"
+        )
     _, channels, height, width = shape
     if channels != c.channels:
         raise NoiseARNodeError(
             f"{node}: the latent ({size_text(height, width)}) has {channels} channels, but the NoiseAR prior "
             f"'{prior.name}' ({prior.variant}) models {c.channels}-channel latents; use it with the model family "
-            f"it was trained for")
+            f"it was trained for"
+        )
     plan = c.plan(height, width)
     if size_mode == "native only" and plan.mode != "native" and c.positions != "2d":
         raise NoiseARNodeError(
             f"{node}: the NoiseAR prior '{prior.name}' ({prior.variant}) is native to "
             f"{size_text(c.latent_height, c.latent_width)}; this latent is {size_text(height, width)} and "
             f"size_mode is 'native only'. Set the latent to the native size, or size_mode to '{SIZE_MODES[0]}' "
-            f"(sliding-window decoding)")
+            f"(sliding-window decoding)"
+        )
     return plan
 
 
@@ -84,8 +90,7 @@ def gaussian_draws(latent: dict[str, Any], seed: int, upstream: Noise | None) ->
     if upstream is not None:
         eps = upstream.generate_noise(latent)
         if tuple(eps.shape) != tuple(samples.shape):
-            raise NoiseARNodeError(
-                f"the upstream NOISE gave shape {list(eps.shape)} for a latent of shape {list(samples.shape)}")
+            raise NoiseARNodeError(f"the upstream NOISE gave shape {list(eps.shape)} for a latent of shape {list(samples.shape)}")
     else:
         eps = host.prepare_noise(samples, seed, latent.get("batch_index"))
     return eps.to("cpu", torch.float32)
@@ -99,8 +104,16 @@ class NoiseARNoise:
     mu + temperature * std * eps per patch, one batch item at a time.
     """
 
-    def __init__(self, prior: NoiseARPrior, conditioning: list, seed: int, temperature: float, size_mode: str,
-                 upstream: Noise | None = None, node: str = "NoiseAR Noise") -> None:
+    def __init__(
+        self,
+        prior: NoiseARPrior,
+        conditioning: list,
+        seed: int,
+        temperature: float,
+        size_mode: str,
+        upstream: Noise | None = None,
+        node: str = "NoiseAR Noise",
+    ) -> None:
         problem = size_mode_problem(size_mode)
         if problem:
             raise NoiseARNodeError(f"{node}: {problem}")
@@ -143,8 +156,7 @@ class NoiseARNoise:
 class BlendedNoise:
     """NOISE mixing a NoiseAR NOISE with a Gaussian NOISE (see noisear.mixing.blend); carries the Gaussian seed."""
 
-    def __init__(self, noisear_noise: Noise, gaussian_noise: Noise, strength: float, mode: str,
-                 renormalize: bool) -> None:
+    def __init__(self, noisear_noise: Noise, gaussian_noise: Noise, strength: float, mode: str, renormalize: bool) -> None:
         self.noisear_noise, self.gaussian_noise = noisear_noise, gaussian_noise
         self.strength = number_in_range("NoiseAR Blend", "strength", strength, 0.0, 1.0)
         self.mode, self.renormalize = mode, renormalize
@@ -171,7 +183,8 @@ def start_latent(model: Any, noise: torch.Tensor, samples: torch.Tensor) -> torc
     if host.is_flow(sampling):
         raise NoiseARNodeError(
             "this MODEL is a flow model (SD3, Flux, ...): it starts from sigma*noise + (1-sigma)*latent with "
-            "sigma = 1, so no start LATENT can carry the noise. Use NoiseAR Noise -> SamplerCustomAdvanced instead")
+            "sigma = 1, so no start LATENT can carry the noise. Use NoiseAR Noise -> SamplerCustomAdvanced instead"
+        )
     channels = getattr(latent_format, "latent_channels", samples.shape[1])
     if channels != samples.shape[1]:
         raise NoiseARNodeError(f"the latent has {samples.shape[1]} channels, the MODEL expects {channels}")

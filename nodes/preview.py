@@ -7,6 +7,7 @@ the square root of their count, so unit-variance noise gives each colour unit va
 (NoiseAR's default temperature) stays between about 0.25 and 0.75. Each latent cell becomes a
 ZOOM x ZOOM block of pixels.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,6 +39,7 @@ def channel_stats(noise: torch.Tensor) -> str:
     noise = noise.detach().to("cpu", torch.float32)
     per_channel = noise.transpose(0, 1).flatten(1)  # [C, B*H*W]
     lines = [f"noise {list(noise.shape)}: mean {noise.mean().item():+.4f}  std {noise.std().item():.4f}"]
-    lines += [f"  channel {c}: mean {values.mean().item():+.4f}  std {values.std().item():.4f}"
-              for c, values in enumerate(per_channel)]
+    lines += [
+        f"  channel {c}: mean {values.mean().item():+.4f}  std {values.std().item():.4f}" for c, values in enumerate(per_channel)
+    ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """NOISEAR_MODEL: a loaded prior that stays on the CPU and visits the compute device only to draw noise."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,7 @@ log = logging.getLogger("NoiseAR")
 
 def size_text(height: int, width: int) -> str:
     """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
-    return (f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), "
-            f"latent {height} x {width} cells (H x W)")
+    return f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), latent {height} x {width} cells (H x W)"
 
 
 class NoiseARNodeError(ValueError):
@@ -44,8 +44,10 @@ def number_in_range(node: str, name: str, value: Any, low: float, high: float) -
     """
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
     if not ok:
-        raise NoiseARNodeError(f"{node}: {name} must be a number from {low:g} to {high:g}, got {quoted(value)}; "
-                               f"set a number in the widget (a shared or API workflow may carry NaN or inf)")
+        raise NoiseARNodeError(
+            f"{node}: {name} must be a number from {low:g} to {high:g}, got {quoted(value)}; "
+            f"set a number in the widget (a shared or API workflow may carry NaN or inf)"
+        )
     return float(value)
 
 
@@ -82,8 +84,14 @@ class NoiseARPrior:
             raise NoiseARNodeError(f"NoiseAR Loader: {problem}")
         return OFFLOAD_DEVICE if self.device == "cpu" else host.torch_device()
 
-    def draw(self, text: torch.Tensor, eps: torch.Tensor, temperature: float, text_mask: torch.Tensor | None,
-             callback: Callable[[int, int], None]) -> torch.Tensor:
+    def draw(
+        self,
+        text: torch.Tensor,
+        eps: torch.Tensor,
+        temperature: float,
+        text_mask: torch.Tensor | None,
+        callback: Callable[[int, int], None],
+    ) -> torch.Tensor:
         """Noise [B,C,H,W] fp32 on the CPU for text [1 or B, T, D], mask [1 or B, T] and draws eps [B,C,H,W].
 
         One batch item at a time, so an item's noise never depends on the rest of the batch;
@@ -95,14 +103,22 @@ class NoiseARPrior:
         try:
             self.model.to(device)
             for item in range(batch):
+
                 def item_callback(done: int, total: int, item: int = item) -> None:
                     callback(item * total + done, batch * total)
 
                 pick = slice(item, item + 1)
                 text_pick = pick if text.shape[0] > 1 else slice(0, 1)
                 mask = None if text_mask is None else text_mask[pick if text_mask.shape[0] > 1 else slice(0, 1)].to(device)
-                noise.append(self.model.sample(text[text_pick].to(device), eps[pick].to(device),
-                                               temperature=temperature, callback=item_callback, text_mask=mask))
+                noise.append(
+                    self.model.sample(
+                        text[text_pick].to(device),
+                        eps[pick].to(device),
+                        temperature=temperature,
+                        callback=item_callback,
+                        text_mask=mask,
+                    )
+                )
             return torch.cat(noise).to(OFFLOAD_DEVICE, torch.float32)
         finally:
             self.model.to(OFFLOAD_DEVICE)
@@ -111,11 +127,12 @@ class NoiseARPrior:
 
     def describe(self) -> str:
         c = self.config
-        sizes = ("any size directly (2-D positions)" if c.positions == "2d"
-                 else "other sizes by sliding-window decoding")
-        return (f"{self.name}: {self.variant} prior, native {size_text(c.latent_height, c.latent_width)}, "
-                f"{c.channels} channels in {c.patch_size} x {c.patch_size}-cell patches, {sizes}; text width "
-                f"{c.text_dim}, {self.dtype} on {self.device}")
+        sizes = "any size directly (2-D positions)" if c.positions == "2d" else "other sizes by sliding-window decoding"
+        return (
+            f"{self.name}: {self.variant} prior, native {size_text(c.latent_height, c.latent_width)}, "
+            f"{c.channels} channels in {c.patch_size} x {c.patch_size}-cell patches, {sizes}; text width "
+            f"{c.text_dim}, {self.dtype} on {self.device}"
+        )
 
 
 def device_problem(device: str, dtype: str) -> str | None:
@@ -134,23 +151,29 @@ def device_problem(device: str, dtype: str) -> str | None:
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 # the authors' published checkpoints and the diffusion models each one fits (github.com/HKUST-SAIL/NoiseAR)
-PUBLISHED = {"sdxl_and_dreamshaper": "SDXL base 1.0 and DreamShaper-XL",
-             "sdxl_and_dreamshaper_dpo": "SDXL base 1.0 and DreamShaper-XL (DPO-tuned)",
-             "dit": "Hunyuan-DiT v1.2", "dit_dpo": "Hunyuan-DiT v1.2 (DPO-tuned)"}
+PUBLISHED = {
+    "sdxl_and_dreamshaper": "SDXL base 1.0 and DreamShaper-XL",
+    "sdxl_and_dreamshaper_dpo": "SDXL base 1.0 and DreamShaper-XL (DPO-tuned)",
+    "dit": "Hunyuan-DiT v1.2",
+    "dit_dpo": "Hunyuan-DiT v1.2 (DPO-tuned)",
+}
 
 
-def missing_checkpoint(name: str, available: list[str], folders: list[str], python: str = sys.executable,
-                       pack_dir: Path = PACK_DIR) -> str:
+def missing_checkpoint(
+    name: str, available: list[str], folders: list[str], python: str = sys.executable, pack_dir: Path = PACK_DIR
+) -> str:
     """The Loader's message when ``name`` is not among the files of ``folders``: where files go, which
     published checkpoint fits which model, and the command that converts one."""
     where = " or ".join(folders) or "models/noisear"
     found = f"{quoted(name)} is not there (found: {listing(available)})" if available else "there is no checkpoint there"
     which = "; ".join(f"{stem} for {model}" for stem, model in PUBLISHED.items())
     target = os.path.join(folders[0] if folders else "models/noisear", "sdxl_and_dreamshaper.safetensors")
-    return (f"NoiseAR Loader: NoiseAR checkpoints go in {where}; {found}. Download the authors' model.pth files "
-            f"by hand (github.com/HKUST-SAIL/NoiseAR): {which}. Convert each once (or put a model.pth in a "
-            f"sub-folder, e.g. dit/model.pth, it loads as it is): cd \"{pack_dir}\" && \"{python}\" -m noisear "
-            f"convert path/to/sdxl_and_dreamshaper/model.pth \"{target}\". Then refresh (R) and pick the file.")
+    return (
+        f"NoiseAR Loader: NoiseAR checkpoints go in {where}; {found}. Download the authors' model.pth files "
+        f"by hand (github.com/HKUST-SAIL/NoiseAR): {which}. Convert each once (or put a model.pth in a "
+        f'sub-folder, e.g. dit/model.pth, it loads as it is): cd "{pack_dir}" && "{python}" -m noisear '
+        f'convert path/to/sdxl_and_dreamshaper/model.pth "{target}". Then refresh (R) and pick the file.'
+    )
 
 
 def checkpoint_problem(name: str) -> str | None:

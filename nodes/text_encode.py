@@ -14,6 +14,7 @@ model's default layer (CLIPSetLastLayer and tokenizer options are not applied to
 
 Its entries carry ``{EXACT: True}``, so the NoiseAR nodes know they need no warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,8 @@ def prior_streams(tokens: host.Tokens) -> tuple[str, tuple[str, ...]]:
         raise NoiseARNodeError(
             f"NoiseAR Text Encode knows the text encoders NoiseAR priors are trained with: SDXL (CLIP-L + CLIP-G) "
             f"and Hunyuan-DiT (BERT + mT5); this CLIP's tokenizer gives the streams {sorted(tokens)}. Load the "
-            f"CLIP of an SDXL or Hunyuan-DiT checkpoint, or feed the NoiseAR node a CLIPTextEncode conditioning")
+            f"CLIP of an SDXL or Hunyuan-DiT checkpoint, or feed the NoiseAR node a CLIPTextEncode conditioning"
+        )
     return family
 
 
@@ -56,11 +58,12 @@ def first_77(chunks: list[list[tuple]], stream: str) -> tuple[list[list[tuple]],
     first = chunks[0]
     cut = len(chunks) > 1 or len(first) > PUBLISHED_TOKENS
     if len(first) > PUBLISHED_TOKENS:
-        first = first[:PUBLISHED_TOKENS - 1] + first[-1:]
+        first = first[: PUBLISHED_TOKENS - 1] + first[-1:]
     if len(first) != PUBLISHED_TOKENS:
         raise NoiseARNodeError(
             f"the CLIP's '{stream}' tokenizer gave {len(first)} tokens where SDXL's and Hunyuan-DiT's give at "
-            f"least {PUBLISHED_TOKENS}; this CLIP is not one NoiseAR priors are trained with")
+            f"least {PUBLISHED_TOKENS}; this CLIP is not one NoiseAR priors are trained with"
+        )
     return [first], cut
 
 
@@ -72,8 +75,10 @@ def has_weights(tokens: host.Tokens) -> bool:
 def encode(clip: Any, text: str) -> tuple[list, list, str]:
     """(conditioning as CLIPTextEncode, prior_text, a note on what the prior reads) of ``text``."""
     if clip is None:
-        raise NoiseARNodeError("the clip input is None: the checkpoint loader gave no text encoder (CLIP); load a "
-                               "checkpoint with one or use a CLIP loader")
+        raise NoiseARNodeError(
+            "the clip input is None: the checkpoint loader gave no text encoder (CLIP); load a "
+            "checkpoint with one or use a CLIP loader"
+        )
     tokens = host.tokenize(clip, text)
     conditioning = host.encode_tokens(clip, tokens)
     prior_clip = host.default_clip(clip)
@@ -87,21 +92,25 @@ def encode(clip: Any, text: str) -> tuple[list, list, str]:
     prior_text = [[cond, {**extras, EXACT: True}] for cond, extras in encoded]
     notes = [f"prior_text: {family}, {PUBLISHED_TOKENS} tokens, exactly the embedding NoiseAR priors are trained on."]
     if cut:
-        notes.append("The prompt is longer than 75 tokens: the prior reads its first 75 (as in training); "
-                     "conditioning has the whole prompt.")
+        notes.append(
+            "The prompt is longer than 75 tokens: the prior reads its first 75 (as in training); "
+            "conditioning has the whole prompt."
+        )
     if has_weights(tokens):
-        notes.append("Weight syntax applies to conditioning only; the prior reads the text without weights "
-                     "(as in training).")
+        notes.append("Weight syntax applies to conditioning only; the prior reads the text without weights (as in training).")
     if prior_clip is not clip:
-        notes.append("CLIPSetLastLayer / tokenizer options apply to conditioning only; the prior reads the "
-                     "model's default layer.")
+        notes.append(
+            "CLIPSetLastLayer / tokenizer options apply to conditioning only; the prior reads the model's default layer."
+        )
     return conditioning, prior_text, "\n".join(notes)
 
 
 class NoiseARTextEncodeNode:
-    DESCRIPTION = ("One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
-                   "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
-                   "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs.")
+    DESCRIPTION = (
+        "One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
+        "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
+        "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
@@ -110,16 +119,27 @@ class NoiseARTextEncodeNode:
         "For the sampler (CFGGuider, KSampler positive): exactly what CLIPTextEncode gives for this text, weight "
         "syntax honoured, the whole prompt.",
         "For the NoiseAR node's positive input: the prompt as the prior was trained on it (CLIP's own tokenizer, "
-        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).")
+        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
-            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": (
-                "The prompt. Weight syntax such as (word:1.2) applies to the sampler's conditioning only; the "
-                "prior reads the first 75 tokens of the plain text, as it was trained.")}),
-        }}
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
+                "text": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": (
+                            "The prompt. Weight syntax such as (word:1.2) applies to the sampler's conditioning only; the "
+                            "prior reads the first 75 tokens of the plain text, as it was trained."
+                        ),
+                    },
+                ),
+            }
+        }
 
     def encode(self, clip: Any, text: str) -> tuple[list, list]:
         conditioning, prior_text, note = encode(clip, text)

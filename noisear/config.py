@@ -1,4 +1,5 @@
 """One dataclass that describes a NoiseAR network, and how to read it back from a state dict."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,8 @@ from typing import Any, Iterable, Mapping
 
 from .patches import DecodingPlan, decoding_plan
 
-
 POSITION_SCHEMES = ("table", "2d")
-INT_FIELDS = ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff", "n_layers", "n_heads",
-              "text_dim")
+INT_FIELDS = ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff", "n_layers", "n_heads", "text_dim")
 
 
 @dataclass(frozen=True)
@@ -24,16 +23,28 @@ class Limits:
     text 2048 or 1024; 32 or 34 tensors, 113M values (432 MiB in fp32), |w| < 10.
     """
 
-    fields: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({  # largest value of each int field
-        "patch_size": 256, "channels": 1024, "latent_height": 16384, "latent_width": 16384,
-        "d_model": 65536, "d_ff": 262144, "n_layers": 64, "n_heads": 4096, "text_dim": 65536}))
-    values: int = 2 ** 33  # parameters + buffers (32 GiB in fp32)
+    fields: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType(
+            {  # largest value of each int field
+                "patch_size": 256,
+                "channels": 1024,
+                "latent_height": 16384,
+                "latent_width": 16384,
+                "d_model": 65536,
+                "d_ff": 262144,
+                "n_layers": 64,
+                "n_heads": 4096,
+                "text_dim": 65536,
+            }
+        )
+    )
+    values: int = 2**33  # parameters + buffers (32 GiB in fp32)
     weight_magnitude: float = 1e4  # largest |w| of any stored value
     tensors: int = 4096  # tensors in one file (64 layers make 1168; a .pth may add wrappers and optimizer state)
     config_bytes: int = 64 * 1024  # the JSON config in a safetensors file's metadata
-    header_bytes: int = 16 * 2 ** 20  # a safetensors header (names, shapes, offsets)
-    pickle_bytes: int = 2 ** 20  # the pickle part of a .pth (without its tensors' data; published: 3 KiB)
-    pickle_ops: int = 2 ** 18  # opcodes in that pickle (about 30 per tensor)
+    header_bytes: int = 16 * 2**20  # a safetensors header (names, shapes, offsets)
+    pickle_bytes: int = 2**20  # the pickle part of a .pth (without its tensors' data; published: 3 KiB)
+    pickle_ops: int = 2**18  # opcodes in that pickle (about 30 per tensor)
     message_items: int = 5  # problems listed in one error message before "... and N more"
 
 
@@ -54,7 +65,7 @@ def listing(items: Iterable[str], limit: int | None = None) -> str:
 def quoted(value: Any, limit: int = 80) -> str:
     """repr of a value from a file, cut to ``limit`` characters (keys and values can be megabytes long)."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,8 @@ class NoiseARConfig:
             raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {quoted(self.positions)}")
         if self.latent_height % self.patch_size or self.latent_width % self.patch_size:
             raise NoiseARConfigError(
-                f"latent {self.latent_height}x{self.latent_width} is not a multiple of patch_size "
-                f"{self.patch_size}")
+                f"latent {self.latent_height}x{self.latent_width} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.d_model % self.n_heads:
             raise NoiseARConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.positions not in POSITION_SCHEMES:
@@ -107,8 +118,8 @@ class NoiseARConfig:
             raise NoiseARConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_values > LIMITS.values:
             raise NoiseARConfigError(
-                f"this config describes {self.num_values:,} values, more than any NoiseAR prior "
-                f"(limit {LIMITS.values:,})")
+                f"this config describes {self.num_values:,} values, more than any NoiseAR prior (limit {LIMITS.values:,})"
+            )
 
     # Derived sizes -------------------------------------------------------------------------
     @property
@@ -129,12 +140,12 @@ class NoiseARConfig:
     @property
     def patch_dim(self) -> int:
         """Values in one patch token, C*P*P."""
-        return self.channels * self.patch_size ** 2
+        return self.channels * self.patch_size**2
 
     @property
     def patch_hidden(self) -> int:
         """Width of the patch encoder's hidden layer, 2*P*P as published."""
-        return 2 * self.patch_size ** 2
+        return 2 * self.patch_size**2
 
     @property
     def has_text_adapter(self) -> bool:
@@ -151,21 +162,44 @@ class NoiseARConfig:
             shapes["pos_encoding"] = (1, self.num_patches + 1, d)
         if self.has_text_adapter:
             shapes.update({"dim_adapter.weight": (d, self.text_dim), "dim_adapter.bias": (d,)})
-        shapes.update({"latent_patch_encoder.0.weight": (hidden, k), "latent_patch_encoder.0.bias": (hidden,),
-                       "latent_patch_encoder.2.weight": (d, hidden), "latent_patch_encoder.2.bias": (d,)})
-        layer = {"self_attn_layers.{}.in_proj_weight": (3 * d, d), "self_attn_layers.{}.in_proj_bias": (3 * d,),
-                 "self_attn_layers.{}.out_proj.weight": (d, d), "self_attn_layers.{}.out_proj.bias": (d,),
-                 "cross_attn_layers.{}.in_proj_weight": (3 * d, d), "cross_attn_layers.{}.in_proj_bias": (3 * d,),
-                 "cross_attn_layers.{}.out_proj.weight": (d, d), "cross_attn_layers.{}.out_proj.bias": (d,),
-                 **{f"{norm}.{{}}.{part}": (d,) for norm in ("self_attn_norm", "cross_attn_norm", "ffn_norm")
-                    for part in ("weight", "bias")},
-                 "ffn_layers.{}.0.weight": (self.d_ff, d), "ffn_layers.{}.0.bias": (self.d_ff,),
-                 "ffn_layers.{}.3.weight": (d, self.d_ff), "ffn_layers.{}.3.bias": (d,)}
+        shapes.update(
+            {
+                "latent_patch_encoder.0.weight": (hidden, k),
+                "latent_patch_encoder.0.bias": (hidden,),
+                "latent_patch_encoder.2.weight": (d, hidden),
+                "latent_patch_encoder.2.bias": (d,),
+            }
+        )
+        layer = {
+            "self_attn_layers.{}.in_proj_weight": (3 * d, d),
+            "self_attn_layers.{}.in_proj_bias": (3 * d,),
+            "self_attn_layers.{}.out_proj.weight": (d, d),
+            "self_attn_layers.{}.out_proj.bias": (d,),
+            "cross_attn_layers.{}.in_proj_weight": (3 * d, d),
+            "cross_attn_layers.{}.in_proj_bias": (3 * d,),
+            "cross_attn_layers.{}.out_proj.weight": (d, d),
+            "cross_attn_layers.{}.out_proj.bias": (d,),
+            **{
+                f"{norm}.{{}}.{part}": (d,)
+                for norm in ("self_attn_norm", "cross_attn_norm", "ffn_norm")
+                for part in ("weight", "bias")
+            },
+            "ffn_layers.{}.0.weight": (self.d_ff, d),
+            "ffn_layers.{}.0.bias": (self.d_ff,),
+            "ffn_layers.{}.3.weight": (d, self.d_ff),
+            "ffn_layers.{}.3.bias": (d,),
+        }
         for index in range(self.n_layers):
             shapes.update({key.format(index): shape for key, shape in layer.items()})
         for head in ("prediction_head_mu", "prediction_head_logvar"):
-            shapes.update({f"{head}.0.weight": (2 * d, d), f"{head}.0.bias": (2 * d,),
-                           f"{head}.2.weight": (k, 2 * d), f"{head}.2.bias": (k,)})
+            shapes.update(
+                {
+                    f"{head}.0.weight": (2 * d, d),
+                    f"{head}.0.bias": (2 * d,),
+                    f"{head}.2.weight": (k, 2 * d),
+                    f"{head}.2.bias": (k,),
+                }
+            )
         return shapes
 
     @property
@@ -176,8 +210,17 @@ class NoiseARConfig:
     @property
     def variant(self) -> str:
         """'SDXL' or 'Hunyuan-DiT' for the published shapes, else 'own'."""
-        published = (self.positions, self.patch_size, self.channels, self.latent_height, self.latent_width,
-                     self.d_model, self.d_ff, self.n_layers, self.n_heads) == ("table", 32, 4, 128, 128, 2048, 4096, 1, 1)
+        published = (
+            self.positions,
+            self.patch_size,
+            self.channels,
+            self.latent_height,
+            self.latent_width,
+            self.d_model,
+            self.d_ff,
+            self.n_layers,
+            self.n_heads,
+        ) == ("table", 32, 4, 128, 128, 2048, 4096, 1, 1)
         if published and self.text_dim == 2048:
             return "SDXL"
         if published and self.text_dim == 1024:
@@ -186,8 +229,9 @@ class NoiseARConfig:
 
     def plan(self, height: int, width: int) -> DecodingPlan:
         """How a latent of height x width cells is decoded: native, sliding window or 2-D (see DecodingPlan)."""
-        return decoding_plan(height, width, self.patch_size,
-                             None if self.positions == "2d" else (self.grid_height, self.grid_width))
+        return decoding_plan(
+            height, width, self.patch_size, None if self.positions == "2d" else (self.grid_height, self.grid_width)
+        )
 
     # Serialisation ---------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -197,8 +241,10 @@ class NoiseARConfig:
     def from_json(cls, text: str) -> "NoiseARConfig":
         """Parse a config written by :meth:`to_json`: one flat JSON object of finite numbers and strings."""
         if not isinstance(text, str) or len(text) > LIMITS.config_bytes:
-            raise NoiseARConfigError(f"config metadata must be a JSON text of at most {LIMITS.config_bytes} "
-                                     f"characters, got {type(text).__name__} of {len(text)}")
+            raise NoiseARConfigError(
+                f"config metadata must be a JSON text of at most {LIMITS.config_bytes} "
+                f"characters, got {type(text).__name__} of {len(text)}"
+            )
 
         def refuse_constant(name: str) -> None:
             raise NoiseARConfigError(f"config metadata holds {name}, not a finite number")
@@ -222,19 +268,22 @@ class NoiseARConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise NoiseARConfigError(f"config metadata has unknown fields {listing(map(quoted, unknown))}; "
-                                     f"known: {', '.join(known)}")
+            raise NoiseARConfigError(
+                f"config metadata has unknown fields {listing(map(quoted, unknown))}; known: {', '.join(known)}"
+            )
         return cls(**values)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], *, n_heads: int = 1,
-                        latent_height: int | None = None, latent_width: int | None = None) -> "NoiseARConfig":
+    def from_state_dict(
+        cls, state: Mapping[str, Any], *, n_heads: int = 1, latent_height: int | None = None, latent_width: int | None = None
+    ) -> "NoiseARConfig":
         """Read the shapes of a published-layout state dict (values: anything with a ``.shape``).
 
         The head count cannot be read from shapes (it is 1 in every published checkpoint). The grid
         is taken as square unless ``latent_height``/``latent_width`` are given. A state dict without
         ``pos_encoding`` can only be described by its config metadata (2-D positions).
         """
+
         def shape(key: str, ndim: int) -> tuple[int, ...]:
             if key not in state:
                 raise NoiseARConfigError(f"not a NoiseAR state dict: missing '{key}'")
@@ -246,17 +295,17 @@ class NoiseARConfig:
         (d_model,) = shape("learnable_start_token_emb", 1)
         hidden, patch_dim = shape("latent_patch_encoder.0.weight", 2)
         patch_size = math.isqrt(hidden // 2)
-        if patch_size < 1 or 2 * patch_size ** 2 != hidden or patch_dim % (patch_size ** 2):
-            raise NoiseARConfigError(
-                f"latent_patch_encoder.0.weight has shape {[hidden, patch_dim]}; expected [2*P*P, C*P*P]")
-        channels = patch_dim // patch_size ** 2
+        if patch_size < 1 or 2 * patch_size**2 != hidden or patch_dim % (patch_size**2):
+            raise NoiseARConfigError(f"latent_patch_encoder.0.weight has shape {[hidden, patch_dim]}; expected [2*P*P, C*P*P]")
+        channels = patch_dim // patch_size**2
         num_patches = shape("pos_encoding", 3)[1] - 1
         if latent_height is None or latent_width is None:
             side = math.isqrt(max(num_patches, 0))
             if side * side != num_patches:
                 raise NoiseARConfigError(
                     f"pos_encoding holds {num_patches} patches, not a square grid; the latent size must "
-                    f"come from the checkpoint's config metadata")
+                    f"come from the checkpoint's config metadata"
+                )
             latent_height = latent_width = side * patch_size
         n_layers = 0
         while f"self_attn_layers.{n_layers}.in_proj_weight" in state:
@@ -265,6 +314,14 @@ class NoiseARConfig:
             raise NoiseARConfigError("not a NoiseAR state dict: missing 'self_attn_layers.0.in_proj_weight'")
         d_ff = shape("ffn_layers.0.0.weight", 2)[0]
         text_dim = shape("dim_adapter.weight", 2)[1] if "dim_adapter.weight" in state else d_model
-        return cls(patch_size=patch_size, channels=channels, latent_height=latent_height,
-                   latent_width=latent_width, d_model=d_model, d_ff=d_ff, n_layers=n_layers,
-                   n_heads=n_heads, text_dim=text_dim)
+        return cls(
+            patch_size=patch_size,
+            channels=channels,
+            latent_height=latent_height,
+            latent_width=latent_width,
+            d_model=d_model,
+            d_ff=d_ff,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            text_dim=text_dim,
+        )

@@ -4,6 +4,7 @@ variance-matched Gaussian with error bars (matplotlib, the optional ``[plot]`` e
 Both are generic: the grid takes rows of (name, images), the plot takes per-metric lists of
 :class:`Comparison` (a source's mean and std over seeds, and those of its matched control).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,14 @@ def _tile(image: torch.Tensor, cell: int) -> Image.Image:
     return tile.resize((width, cell), Image.Resampling.NEAREST if cell >= tile.height else Image.Resampling.LANCZOS)
 
 
-def labelled_grid(rows: Sequence[tuple[str, torch.Tensor]], columns: Sequence[str] | None = None, cell: int = 48,
-                  padding: int = 4, title: str | None = None, font_size: int = 14) -> Image.Image:
+def labelled_grid(
+    rows: Sequence[tuple[str, torch.Tensor]],
+    columns: Sequence[str] | None = None,
+    cell: int = 48,
+    padding: int = 4,
+    title: str | None = None,
+    font_size: int = 14,
+) -> Image.Image:
     """One row per (name, images [N,C,h,w] in [0,1]) with its name written on the left; optional column
     names on top and a title. Rows may hold different numbers of images; every tile is ``cell`` px high."""
     if not rows:
@@ -76,8 +83,13 @@ class Comparison:
     matched_std: float | None = None
 
 
-def comparison_plot(path: str | Path, panels: dict[str, Sequence[Comparison]], lower_is_better: Sequence[str] = (),
-                    title: str = "", note: str = "") -> Path | None:
+def comparison_plot(
+    path: str | Path,
+    panels: dict[str, Sequence[Comparison]],
+    lower_is_better: Sequence[str] = (),
+    title: str = "",
+    note: str = "",
+) -> Path | None:
     """Write a PNG with one panel per metric: each source (filled dot) and its matched Gaussian (open
     square) as mean +- std error bars, joined by a line. Returns the path, or None (nothing written) when
     matplotlib is not installed: the caller then reports :data:`PLOT_SKIPPED`."""
@@ -94,17 +106,37 @@ def comparison_plot(path: str | Path, panels: dict[str, Sequence[Comparison]], l
         for c in comparisons:  # the control a little below its source, so that equal values stay visible
             if c.matched_mean is not None:
                 ax.plot([c.matched_mean, c.mean], [y[c.source] - 0.15, y[c.source] + 0.15], color="0.75", lw=1, zorder=1)
-                ax.errorbar(c.matched_mean, y[c.source] - 0.15, xerr=c.matched_std or 0, fmt="s", mfc="white",
-                            mec="0.35", ecolor="0.35", ms=5, capsize=2, zorder=2)
-            ax.errorbar(c.mean, y[c.source] + (0.15 if c.matched_mean is not None else 0), xerr=c.std, fmt="o",
-                        color="tab:blue", ms=5, capsize=2, zorder=3)
+                ax.errorbar(
+                    c.matched_mean,
+                    y[c.source] - 0.15,
+                    xerr=c.matched_std or 0,
+                    fmt="s",
+                    mfc="white",
+                    mec="0.35",
+                    ecolor="0.35",
+                    ms=5,
+                    capsize=2,
+                    zorder=2,
+                )
+            ax.errorbar(
+                c.mean,
+                y[c.source] + (0.15 if c.matched_mean is not None else 0),
+                xerr=c.std,
+                fmt="o",
+                color="tab:blue",
+                ms=5,
+                capsize=2,
+                zorder=3,
+            )
         ax.set_title(f"{metric} ({'lower' if metric in lower_is_better else 'higher'} is better)", fontsize=10)
         ax.grid(axis="x", color="0.92")
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(range(len(sources)), list(reversed(sources)))
     axes[0].set_ylim(-0.7, len(sources) - 0.3)
-    legend = [Line2D([], [], marker="o", ls="", color="tab:blue", label="source"),
-              Line2D([], [], marker="s", ls="", mfc="white", mec="0.35", label="Gaussian scaled to the source's std")]
+    legend = [
+        Line2D([], [], marker="o", ls="", color="tab:blue", label="source"),
+        Line2D([], [], marker="s", ls="", mfc="white", mec="0.35", label="Gaussian scaled to the source's std"),
+    ]
     figure.legend(handles=legend, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     if title or note:
         figure.suptitle("\n".join(filter(None, [title, note])), fontsize=9)

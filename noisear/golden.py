@@ -15,13 +15,13 @@ diffusers' DDIMInverseScheduler does.
 Host-free: the Golden Noise node adapts a ComfyUI MODEL to :class:`Denoiser`; dataset collection
 (``noisear.train.collect``) runs it over prompts and seeds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
-
 
 PREDICTIONS = ("epsilon", "v", "flow")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -35,7 +35,6 @@ class Denoiser(Protocol):
     """
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor: ...
-
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,14 @@ class Schedule:
             raise ValueError("a schedule needs at least two levels (sampling steps >= 2)")
 
     @classmethod
-    def vp(cls, alphas_cumprod: torch.Tensor, steps: int, prediction: str = "epsilon",
-           spacing: str = "leading", steps_offset: int = 1) -> "Schedule":
+    def vp(
+        cls,
+        alphas_cumprod: torch.Tensor,
+        steps: int,
+        prediction: str = "epsilon",
+        spacing: str = "leading",
+        steps_offset: int = 1,
+    ) -> "Schedule":
         """Epsilon/v model with its training ``alphas_cumprod`` [N], sampled in ``steps`` steps.
 
         Timesteps as diffusers' DDIM: leading (SDXL: steps_offset 1, 50 steps -> 981, 961, ...),
@@ -78,8 +83,7 @@ class Schedule:
         else:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
         acp = alphas_cumprod.double()
-        return cls(prediction, tuple(Level(float(t), float(acp[t].sqrt()), float((1 - acp[t]).sqrt()))
-                                     for t in timesteps))
+        return cls(prediction, tuple(Level(float(t), float(acp[t].sqrt()), float((1 - acp[t]).sqrt())) for t in timesteps))
 
     @classmethod
     def flow(cls, sigmas: Sequence[float]) -> "Schedule":
@@ -92,10 +96,9 @@ class Schedule:
         return self.levels[0].sigma if self.prediction == "flow" else 1.0
 
 
-def scaled_linear_alphas_cumprod(total: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-                                 ) -> torch.Tensor:
+def scaled_linear_alphas_cumprod(total: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
     """The SD/SDXL training schedule ("scaled_linear"), [total] float64."""
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, total, dtype=torch.float64) ** 2
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, total, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -151,12 +154,19 @@ class GoldenConfig:
     margin: float = 0.0
 
 
-def golden_noise(denoiser: Denoiser, schedule: Schedule, noise: torch.Tensor, cond: Any, uncond: Any = None,
-                 config: GoldenConfig = GoldenConfig()) -> torch.Tensor:
+def golden_noise(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    noise: torch.Tensor,
+    cond: Any,
+    uncond: Any = None,
+    config: GoldenConfig = GoldenConfig(),
+) -> torch.Tensor:
     """Unit-variance noise [B,C,H,W] -> golden noise [B,C,H,W] in the same space.
 
     ``uncond`` is only needed when a guidance scale differs from 1.
     """
+
     def predict(x: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         return guided(denoiser, x, timestep, cond, uncond, scale)
 
@@ -168,8 +178,7 @@ def golden_noise(denoiser: Denoiser, schedule: Schedule, noise: torch.Tensor, co
 Predict = Callable[[torch.Tensor, float, float], torch.Tensor]
 
 
-def re_denoise(predict: Predict, x_top: torch.Tensor, schedule: Schedule, config: GoldenConfig = GoldenConfig()
-               ) -> torch.Tensor:
+def re_denoise(predict: Predict, x_top: torch.Tensor, schedule: Schedule, config: GoldenConfig = GoldenConfig()) -> torch.Tensor:
     """x_T (model input at the first level) -> x'_T: the two steps above, in the schedule's space."""
     top, below, kind = schedule.levels[0], schedule.levels[1], schedule.prediction
     with torch.no_grad():

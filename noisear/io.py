@@ -3,6 +3,7 @@
 Nothing here unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`,
 and every tensor is checked against the config (name, shape, dtype, finite values) before use.
 """
+
 from __future__ import annotations
 
 import _compat_pickle  # the Python 2 -> 3 name table pickle itself uses
@@ -33,10 +34,13 @@ WRAPPER_KEYS = ("state_dict", "model")  # training scripts often nest the weight
 KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 # The globals torch.save writes for a state dict (optionally wrapped, with optimizer state); any other is refused.
-STATE_DICT_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-                      "torch._utils._rebuild_parameter_with_state",
-                      *(f"torch.{kind}Storage" for kind in ("Float", "Half", "BFloat16", "Double", "Long", "Int",
-                                                            "Short", "Char", "Byte", "Bool"))}
+STATE_DICT_GLOBALS = {
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    *(f"torch.{kind}Storage" for kind in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")),
+}
 
 
 class NoiseARCheckpointError(ValueError):
@@ -71,7 +75,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     """
     path = Path(path)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # named first: a Ctrl-C at any
-    try:                                                                 # point below removes it
+    try:  # point below removes it
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         write(temporary)
         os.chmod(temporary, file_mode())
@@ -95,8 +99,11 @@ def _reason(err: BaseException) -> str:
     """A reader's exception as one short line, without torch's advice to retry unsafely."""
     text = str(err)
     detail = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", text, re.S)
-    lines = [line for line in (detail.group(1) if detail else text).splitlines()
-             if line.strip() and "weights_only" not in line and "trust" not in line]
+    lines = [
+        line
+        for line in (detail.group(1) if detail else text).splitlines()
+        if line.strip() and "weights_only" not in line and "trust" not in line
+    ]
     text = " ".join(" ".join(lines).split()) or type(err).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -105,7 +112,8 @@ def _refused_globals(path: Path, found: list[str]) -> NoiseARCheckpointError:
     return NoiseARCheckpointError(
         f"refused to load {path.name}: it holds Python objects other than plain tensors ({listing(found)}); "
         f"a state dict never needs them, and such objects could run code when unpickled. Nothing was "
-        f"executed. Get the file from its original source, or a .safetensors version of it.")
+        f"executed. Get the file from its original source, or a .safetensors version of it."
+    )
 
 
 def _scan_pickle(stream: IO[bytes], path: Path, count: int = 1) -> None:
@@ -129,13 +137,15 @@ def _scan_pickle(stream: IO[bytes], path: Path, count: int = 1) -> None:
                 if reduces > 2 * LIMITS.tensors or ops > LIMITS.pickle_ops:
                     raise NoiseARCheckpointError(
                         f"{path.name} holds more than {LIMITS.tensors} tensors or {LIMITS.pickle_ops} pickle "
-                        f"operations; a NoiseAR checkpoint holds at most {LIMITS.tensors}")
+                        f"operations; a NoiseAR checkpoint holds at most {LIMITS.tensors}"
+                    )
     except (ValueError, EOFError) as err:  # genops: unknown opcode, data cut short
         if isinstance(err, NoiseARCheckpointError):
             raise
         if not found:
             raise NoiseARCheckpointError(
-                f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+                f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}"
+            ) from None
     if found:
         raise _refused_globals(path, found)
 
@@ -148,7 +158,8 @@ def _torch_load(path: Path, mmap: bool) -> Any:
             name = re.search(r"GLOBAL ([\w.]+)", str(err))
             raise _refused_globals(path, [name.group(1) if name else "?"]) from None
         raise NoiseARCheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}"
+        ) from None
 
 
 def _open_zip_pickle(path: Path) -> bytes:
@@ -158,24 +169,28 @@ def _open_zip_pickle(path: Path) -> bytes:
             end = zipfile._EndRecData(handle)  # private but stable since Python 2; handles zip64
         count = end[zipfile._ECD_ENTRIES_TOTAL] if end else 0
         if count > LIMITS.tensors + 16:
-            raise NoiseARCheckpointError(f"{path.name} holds {count} records; a NoiseAR checkpoint holds at most "
-                                         f"{LIMITS.tensors} tensors")
+            raise NoiseARCheckpointError(
+                f"{path.name} holds {count} records; a NoiseAR checkpoint holds at most {LIMITS.tensors} tensors"
+            )
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
             if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
-                raise NoiseARCheckpointError(f"{path.name} holds compressed records, which torch.save never "
-                                             f"writes; the file is damaged or crafted")
+                raise NoiseARCheckpointError(
+                    f"{path.name} holds compressed records, which torch.save never writes; the file is damaged or crafted"
+                )
             pickles = [entry for entry in entries if entry.filename.endswith("/data.pkl")]
             if len(pickles) != 1 or pickles[0].file_size > LIMITS.pickle_bytes:
                 raise NoiseARCheckpointError(
                     f"{path.name} is not a readable PyTorch checkpoint: expected one data.pkl of at most "
-                    f"{LIMITS.pickle_bytes} bytes")
+                    f"{LIMITS.pickle_bytes} bytes"
+                )
             return archive.read(pickles[0])
     except Exception as err:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
         if isinstance(err, NoiseARCheckpointError):
             raise
         raise NoiseARCheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}") from None
+            f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(err)}"
+        ) from None
 
 
 def _unwrap(loaded: Any, path: Path) -> dict[str, Any]:
@@ -194,15 +209,13 @@ def _strip_prefixes(entries: dict, path: Path) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in entries.items():
         if not isinstance(key, str):
-            raise NoiseARCheckpointError(f"{path.name}: entry {quoted(key)} is named by a {type(key).__name__}, "
-                                         f"not a string")
+            raise NoiseARCheckpointError(f"{path.name}: entry {quoted(key)} is named by a {type(key).__name__}, not a string")
         name = key
         for prefix in KEY_PREFIXES:
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         if name in clean:
-            raise NoiseARCheckpointError(f"{path.name}: two entries are named {quoted(name)} (with and without "
-                                         f"a wrapper prefix)")
+            raise NoiseARCheckpointError(f"{path.name}: two entries are named {quoted(name)} (with and without a wrapper prefix)")
         clean[name] = value
     return clean
 
@@ -212,22 +225,28 @@ def _tensor_info(key: str, value: Any, path: Path, owners: dict[int, str]) -> Te
     if not isinstance(value, torch.Tensor):
         raise NoiseARCheckpointError(f"{path.name}: entry {quoted(key)} is a {type(value).__name__}, not a tensor")
     if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
-        raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} is not a plain dense tensor ({value.layout}, "
-                                     f"{value.device.type})")
+        raise NoiseARCheckpointError(
+            f"{path.name}: {quoted(key)} is not a plain dense tensor ({value.layout}, {value.device.type})"
+        )
     if value.dtype not in FLOAT_DTYPES.values():
-        raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} has dtype {value.dtype}, expected a floating "
-                                     f"type (float32, float16, bfloat16 or float64)")
+        raise NoiseARCheckpointError(
+            f"{path.name}: {quoted(key)} has dtype {value.dtype}, expected a floating "
+            f"type (float32, float16, bfloat16 or float64)"
+        )
     stored = value.untyped_storage().nbytes()
     if value.storage_offset() or not value.is_contiguous() or stored != value.numel() * value.element_size():
         raise NoiseARCheckpointError(
             f"{path.name}: {quoted(key)} of shape {list(value.shape)} (strides {list(value.stride())}) is a view "
             f"of {stored} stored bytes, not a tensor that owns its {value.numel() * value.element_size()} bytes; "
-            f"re-save the state dict with every tensor .clone()d")
+            f"re-save the state dict with every tensor .clone()d"
+        )
     if value.numel():
         owner = owners.setdefault(value.untyped_storage().data_ptr(), key)
         if owner != key:
-            raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} shares its data with {quoted(owner)}; "
-                                         f"re-save the state dict with every tensor .clone()d")
+            raise NoiseARCheckpointError(
+                f"{path.name}: {quoted(key)} shares its data with {quoted(owner)}; "
+                f"re-save the state dict with every tensor .clone()d"
+            )
     return TensorInfo(tuple(value.shape), value.dtype)
 
 
@@ -246,8 +265,10 @@ class _Reader:
         elif path.suffix in PICKLE_SUFFIXES:
             self.infos = self._pth_header()
         else:
-            raise NoiseARCheckpointError(f"{path.name}: unknown checkpoint type {quoted(path.suffix)}; expected "
-                                         f".safetensors or {', '.join(PICKLE_SUFFIXES)}")
+            raise NoiseARCheckpointError(
+                f"{path.name}: unknown checkpoint type {quoted(path.suffix)}; expected "
+                f".safetensors or {', '.join(PICKLE_SUFFIXES)}"
+            )
 
     # safetensors: 8-byte header length, JSON header {key: {dtype, shape, data_offsets}, __metadata__}, data
     def _safetensors_header(self) -> dict[str, TensorInfo]:
@@ -257,27 +278,32 @@ class _Reader:
             if length > min(LIMITS.header_bytes, size - 8):
                 raise NoiseARCheckpointError(
                     f"{path.name} is not a readable safetensors file (truncated or corrupt?): it declares a "
-                    f"header of {length} bytes in a file of {size} (a NoiseAR header is at most {LIMITS.header_bytes})")
+                    f"header of {length} bytes in a file of {size} (a NoiseAR header is at most {LIMITS.header_bytes})"
+                )
             header = handle.read(length)
         try:
             header = json.loads(header)
             count = len(header) - ("__metadata__" in header) if isinstance(header, dict) else 0
             if count > LIMITS.tensors:  # refused before safetensors walks them all
-                raise NoiseARCheckpointError(f"{path.name} holds {count} tensors; a NoiseAR checkpoint holds at most "
-                                             f"{LIMITS.tensors}")
+                raise NoiseARCheckpointError(
+                    f"{path.name} holds {count} tensors; a NoiseAR checkpoint holds at most {LIMITS.tensors}"
+                )
             with safe_open(str(path), framework="pt", device="cpu"):  # validates offsets and sizes against the file
                 pass
         except Exception as err:  # safetensors raises its own error types for every kind of damage
             if isinstance(err, NoiseARCheckpointError):
                 raise
             raise NoiseARCheckpointError(
-                f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}") from None
+                f"{path.name} is not a readable safetensors file (truncated or corrupt?): {_reason(err)}"
+            ) from None
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start, self.offsets, infos = 8 + length, {}, {}
         for key, entry in _strip_prefixes(header, path).items():
             if entry["dtype"] not in FLOAT_DTYPES:
-                raise NoiseARCheckpointError(f"{path.name}: {quoted(key)} has dtype {quoted(entry['dtype'])}, "
-                                             f"expected a floating type ({', '.join(FLOAT_DTYPES)})")
+                raise NoiseARCheckpointError(
+                    f"{path.name}: {quoted(key)} has dtype {quoted(entry['dtype'])}, "
+                    f"expected a floating type ({', '.join(FLOAT_DTYPES)})"
+                )
             infos[key] = TensorInfo(tuple(entry["shape"]), FLOAT_DTYPES[entry["dtype"]])
             self.offsets[key] = tuple(entry["data_offsets"])
         return infos
@@ -339,11 +365,13 @@ def check_shapes(infos: Mapping[str, Any], config: NoiseARConfig, name: str = "c
     """Every key of ``config.state_shapes()`` present with its shape, no other key (values: anything with
     a ``.shape``). Nothing is allocated."""
     expected = config.state_shapes()
-    problems = [f"missing {quoted(key)} (expected shape {list(shape)})" for key, shape in expected.items()
-                if key not in infos]
+    problems = [f"missing {quoted(key)} (expected shape {list(shape)})" for key, shape in expected.items() if key not in infos]
     problems += [f"unexpected {quoted(key)} (shape {list(infos[key].shape)})" for key in infos if key not in expected]
-    problems += [f"{quoted(key)} has shape {list(infos[key].shape)}, expected {list(shape)}"
-                 for key, shape in expected.items() if key in infos and tuple(infos[key].shape) != shape]
+    problems += [
+        f"{quoted(key)} has shape {list(infos[key].shape)}, expected {list(shape)}"
+        for key, shape in expected.items()
+        if key in infos and tuple(infos[key].shape) != shape
+    ]
     if problems:
         raise NoiseARCheckpointError(f"{name} does not match a NoiseAR {config.variant} network: {listing(problems)}")
 
@@ -359,11 +387,11 @@ def check_values(state: Mapping[str, torch.Tensor], name: str = "checkpoint") ->
         if max(-low, high) > LIMITS.weight_magnitude:
             raise NoiseARCheckpointError(
                 f"{name}: {quoted(key)} holds values up to {max(-low, high):.3g}; a NoiseAR prior's weights stay "
-                f"below {LIMITS.weight_magnitude:g}, so the file is damaged")
+                f"below {LIMITS.weight_magnitude:g}, so the file is damaged"
+            )
 
 
-def _read(path: str | os.PathLike, dtype: torch.dtype | None = None
-          ) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
+def _read(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], NoiseARConfig]:
     path = Path(path)
     if not path.is_file():
         raise NoiseARCheckpointError(f"no such checkpoint file: {path}")
@@ -386,8 +414,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], N
     return _read(path)
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> NoiseAR:
+def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> NoiseAR:
     """Load a NoiseAR checkpoint (.safetensors or published .pth) into an eval-mode model.
 
     The weights are read tensor by tensor into memory the model owns (cast to ``dtype`` one tensor at
@@ -432,5 +459,5 @@ def describe(path: str | os.PathLike) -> dict:
         "config": config,
         "parameters": sum(value.numel() for key, value in state.items() if key not in buffers),
         "dtypes": sorted({str(value.dtype).removeprefix("torch.") for value in state.values()}),
-        "size_mb": Path(path).stat().st_size / 2 ** 20,
+        "size_mb": Path(path).stat().st_size / 2**20,
     }

@@ -13,6 +13,7 @@ Modes (x = NoiseAR noise, eta = Gaussian noise):
   which follows the sphere that high-dimensional Gaussian noise lives on; nearly parallel inputs
   fall back to linear.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ def renormalize_std(noise: torch.Tensor) -> torch.Tensor:
     return (noise - mean.view(shape)) / std.view(shape) + mean.view(shape)
 
 
-def blend(noisear_noise: torch.Tensor, gaussian_noise: torch.Tensor, strength: float, mode: str = "linear",
-          renormalize: bool = False) -> torch.Tensor:
+def blend(
+    noisear_noise: torch.Tensor, gaussian_noise: torch.Tensor, strength: float, mode: str = "linear", renormalize: bool = False
+) -> torch.Tensor:
     """Mix ``noisear_noise`` x and ``gaussian_noise`` eta, both [B, ...] of one shape and dtype.
 
     ``strength`` in [0, 1] is the NoiseAR share (see the module docstring for the modes).
@@ -80,11 +82,13 @@ def blend(noisear_noise: torch.Tensor, gaussian_noise: torch.Tensor, strength: f
     if noisear_noise.shape != gaussian_noise.shape:
         raise NoiseMixingError(
             f"cannot blend noises of different shapes: NoiseAR {list(noisear_noise.shape)}, "
-            f"Gaussian {list(gaussian_noise.shape)}; both must come from the same latent")
+            f"Gaussian {list(gaussian_noise.shape)}; both must come from the same latent"
+        )
     for name, noise in (("NoiseAR", noisear_noise), ("Gaussian", gaussian_noise)):
         if not noise.is_floating_point() or not torch.isfinite(noise).all():
-            raise NoiseMixingError(f"the {name} noise holds NaN or infinite values (or is not floating point); "
-                                   f"check the node that made it")
+            raise NoiseMixingError(
+                f"the {name} noise holds NaN or infinite values (or is not floating point); check the node that made it"
+            )
     gaussian_noise = gaussian_noise.to(device=noisear_noise.device, dtype=noisear_noise.dtype)
     if mode == "slerp":
         mixed = _slerp(noisear_noise, gaussian_noise, strength)

@@ -2,6 +2,7 @@
 
 Shapes: B batch, T text tokens, D text width, d d_model, M patches, K = C*P*P values per patch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,7 @@ class NoiseARInputError(ValueError):
 
 def _sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
     """[L] positions -> [L, dim]: sin on even dims, cos on odd dims, base 10000 (fp64 inside)."""
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=position.device)
-                         * (-math.log(10000.0) / dim))
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=position.device) * (-math.log(10000.0) / dim))
     angle = position.to(torch.float64)[:, None] * inv_freq
     table = torch.zeros(len(position), dim, dtype=torch.float64, device=position.device)
     table[:, 0::2] = torch.sin(angle)
@@ -79,34 +79,41 @@ def standard_normal(shape: Sequence[int], generator: Generator = None) -> torch.
 TEMPERATURE_MAX = 10.0  # published 0.5; 1 samples the prior as trained; far above is no longer noise
 
 
-def check_sampling_inputs(text: torch.Tensor, eps: torch.Tensor | None, temperature: float,
-                          text_mask: torch.Tensor | None) -> None:
+def check_sampling_inputs(
+    text: torch.Tensor, eps: torch.Tensor | None, temperature: float, text_mask: torch.Tensor | None
+) -> None:
     """Refuse inputs that would turn into NaN noise: non-finite text or eps, a temperature that is not a
     number in [0, TEMPERATURE_MAX], a mask that leaves an item no token. Shapes are checked later."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-            or not 0.0 <= temperature <= TEMPERATURE_MAX:
-        raise NoiseARInputError(f"temperature must be a number from 0 to {TEMPERATURE_MAX:g} (0.5 as published), "
-                                f"got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0.0 <= temperature <= TEMPERATURE_MAX:
+        raise NoiseARInputError(
+            f"temperature must be a number from 0 to {TEMPERATURE_MAX:g} (0.5 as published), got {temperature!r}"
+        )
     if not isinstance(text, torch.Tensor) or not text.is_floating_point():
-        raise NoiseARInputError(f"text must be a floating-point tensor [batch, tokens, width], got "
-                                f"{getattr(text, 'dtype', type(text).__name__)}")
+        raise NoiseARInputError(
+            f"text must be a floating-point tensor [batch, tokens, width], got {getattr(text, 'dtype', type(text).__name__)}"
+        )
     if not torch.isfinite(text).all():
         raise NoiseARInputError(
             "the text embedding holds NaN or infinite values (an fp16 text encoder overflowing?); encode the "
-            "prompt again, in fp32 or bf16")
+            "prompt again, in fp32 or bf16"
+        )
     if eps is not None and (not eps.is_floating_point() or not torch.isfinite(eps).all()):
-        raise NoiseARInputError("eps must be finite standard-normal draws; it holds NaN or infinite values "
-                                "(or is not floating point)")
+        raise NoiseARInputError(
+            "eps must be finite standard-normal draws; it holds NaN or infinite values (or is not floating point)"
+        )
     if text_mask is not None and text_mask.ndim == 2 and not text_mask.bool().any(dim=1).all():
-        raise NoiseARInputError("text_mask leaves an item without any token to attend to; every item needs at "
-                                "least one True (attend) entry")
+        raise NoiseARInputError(
+            "text_mask leaves an item without any token to attend to; every item needs at least one True (attend) entry"
+        )
 
 
 def _finite_noise(noise: torch.Tensor) -> torch.Tensor:
     """The sampled noise, refused if not finite (finite but huge text or weights can still overflow)."""
     if not torch.isfinite(noise).all():
-        raise NoiseARInputError("the prior produced NaN or infinite noise from these inputs (text embedding "
-                                "values too large for its dtype?); check the conditioning, or use fp32")
+        raise NoiseARInputError(
+            "the prior produced NaN or infinite noise from these inputs (text embedding "
+            "values too large for its dtype?); check the conditioning, or use fp32"
+        )
     return noise
 
 
@@ -137,7 +144,8 @@ class NoiseAR(nn.Module):
         if c.has_text_adapter:
             self.dim_adapter = nn.Linear(c.text_dim, c.d_model)
         self.latent_patch_encoder = nn.Sequential(
-            nn.Linear(c.patch_dim, c.patch_hidden), nn.SiLU(), nn.Linear(c.patch_hidden, c.d_model))
+            nn.Linear(c.patch_dim, c.patch_hidden), nn.SiLU(), nn.Linear(c.patch_hidden, c.d_model)
+        )
 
         def attention() -> nn.MultiheadAttention:
             return nn.MultiheadAttention(c.d_model, c.n_heads, dropout=c.dropout, batch_first=True)
@@ -149,9 +157,15 @@ class NoiseAR(nn.Module):
         self.cross_attn_layers = nn.ModuleList(attention() for _ in range(c.n_layers))
         self.self_attn_norm, self.cross_attn_norm, self.ffn_norm = norms(), norms(), norms()
         self.ffn_layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(c.d_model, c.d_ff), nn.GELU(), nn.Dropout(c.dropout),
-                          nn.Linear(c.d_ff, c.d_model), nn.Dropout(c.dropout))
-            for _ in range(c.n_layers))
+            nn.Sequential(
+                nn.Linear(c.d_model, c.d_ff),
+                nn.GELU(),
+                nn.Dropout(c.dropout),
+                nn.Linear(c.d_ff, c.d_model),
+                nn.Dropout(c.dropout),
+            )
+            for _ in range(c.n_layers)
+        )
         self.prediction_head_mu = self._head()
         self.prediction_head_logvar = self._head()
         self.reset_parameters()
@@ -193,7 +207,8 @@ class NoiseAR(nn.Module):
         if grid[1] != c.grid_width or not 1 <= grid[0] <= c.grid_height:
             raise NoiseARInputError(
                 f"this prior's position table covers a {c.grid_height} x {c.grid_width} patch grid "
-                f"(latent {c.latent_height} x {c.latent_width} cells) and its top rows; got a {grid[0]} x {grid[1]} grid")
+                f"(latent {c.latent_height} x {c.latent_width} cells) and its top rows; got a {grid[0]} x {grid[1]} grid"
+            )
         return self.pos_encoding[:, : grid[0] * grid[1]]
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -201,8 +216,8 @@ class NoiseAR(nn.Module):
         c = self.config
         if text.ndim != 3 or text.shape[-1] != c.text_dim:
             raise NoiseARInputError(
-                f"text embedding has shape {list(text.shape)}; this {c.variant} prior expects "
-                f"[batch, tokens, {c.text_dim}]")
+                f"text embedding has shape {list(text.shape)}; this {c.variant} prior expects [batch, tokens, {c.text_dim}]"
+            )
         text = text.to(device=self._anchor.device, dtype=self._anchor.dtype)
         return self.dim_adapter(text) if c.has_text_adapter else text
 
@@ -222,8 +237,9 @@ class NoiseAR(nn.Module):
         raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
 
     # Teacher forcing (the published forward pass) --------------------------------------------------
-    def forward(self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None,
-                grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict patches 0..L from text [B,T,D] and the first L patch tokens ``prefix`` [B,L,K].
 
         ``grid`` (patch rows, columns) defaults to the config's. Returns (mu, logvar), each
@@ -232,8 +248,7 @@ class NoiseAR(nn.Module):
         grid = grid or (self.config.grid_height, self.config.grid_width)
         batch, length = prefix.shape[0], prefix.shape[1] + 1
         memory = self._expand_text(self.encode_text(text), batch)
-        ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
-                                        memory)
+        ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None, memory)
         start = self.learnable_start_token_emb.expand(batch, 1, -1)
         x = torch.cat([start, self.latent_patch_encoder(prefix.to(start.dtype))], dim=1)
         x = x + self.positions(grid)[:, :length]
@@ -247,8 +262,13 @@ class NoiseAR(nn.Module):
             x = self.ffn_layers[k](x) + x
         return self.prediction_head_mu(x), self.prediction_head_logvar(x)
 
-    def log_prob(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None,
-                 mean_target: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(
+        self,
+        text: torch.Tensor,
+        noise: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        mean_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density.
 
         Defined on the grids training sees: the native latent for a 1-D position table (the published
@@ -268,8 +288,9 @@ class NoiseAR(nn.Module):
         density = -0.5 * ((tokens - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
         if mean_target is not None:
             target = patchify(self._check_noise(mean_target).to(tokens.dtype), self.config.patch_size)
-            surrogate = -0.5 * ((target - mu) ** 2 * torch.exp(-logvar.detach())
-                                + (tokens - mu.detach()) ** 2 * torch.exp(-logvar) + logvar)
+            surrogate = -0.5 * (
+                (target - mu) ** 2 * torch.exp(-logvar.detach()) + (tokens - mu.detach()) ** 2 * torch.exp(-logvar) + logvar
+            )
             density = density.detach() + surrogate - surrogate.detach()  # value: density; gradient: surrogate's
         return density.float().sum(dim=(1, 2))
 
@@ -277,8 +298,14 @@ class NoiseAR(nn.Module):
         """Refuse a noise that log_prob cannot score: channels, and size (native only for "table")."""
         c = self.config
         if c.positions == "2d":
-            fits = (noise.ndim == 4 and noise.shape[1] == c.channels and noise.shape[2] % c.patch_size == 0
-                    and noise.shape[3] % c.patch_size == 0 and noise.shape[2] > 0 and noise.shape[3] > 0)
+            fits = (
+                noise.ndim == 4
+                and noise.shape[1] == c.channels
+                and noise.shape[2] % c.patch_size == 0
+                and noise.shape[3] % c.patch_size == 0
+                and noise.shape[2] > 0
+                and noise.shape[3] > 0
+            )
             expected = f"[batch, {c.channels}, H, W] with H and W multiples of {c.patch_size}"
         else:
             fits = noise.ndim == 4 and tuple(noise.shape[1:]) == (c.channels, c.latent_height, c.latent_width)
@@ -292,22 +319,23 @@ class NoiseAR(nn.Module):
         return noise.shape[2] // self.config.patch_size, noise.shape[3] // self.config.patch_size
 
     # Sampling ----------------------------------------------------------------------------------------
-    def _prepare_sampling(self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
-                          ) -> tuple[torch.Tensor, DecodingPlan]:
+    def _prepare_sampling(
+        self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
+    ) -> tuple[torch.Tensor, DecodingPlan]:
         """Check the sampling inputs; eps [B,C,H,W] (drawn at the config's size when not given) ->
         patch tokens [B, rows*cols, K] of the padded eps on the model's device and dtype, and the plan."""
         c = self.config
         if eps is None:
             eps = standard_normal((text.shape[0], c.channels, c.latent_height, c.latent_width), generator)
         if eps.ndim != 4 or eps.shape[1] != c.channels or eps.shape[2] < 1 or eps.shape[3] < 1:
-            raise NoiseARInputError(f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, H, W] "
-                                    f"(any H, W >= 1 latent cells)")
+            raise NoiseARInputError(
+                f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, H, W] (any H, W >= 1 latent cells)"
+            )
         plan = c.plan(eps.shape[2], eps.shape[3])
         eps = pad_eps(eps.to(self._anchor.device), plan)
         return patchify(eps.to(self._anchor.dtype), c.patch_size), plan
 
-    def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float
-                    ) -> torch.Tensor:
+    def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
         """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
         return mu + eps * (temperature * torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)))
 
@@ -315,12 +343,19 @@ class NoiseAR(nn.Module):
         """The decoded patch tokens (each [B,1,K], raster order) -> fp32 noise [B,C,height,width]."""
         p, missing = plan.patch_size, plan.rows * plan.cols - len(tokens)
         tokens = torch.cat(tokens + [torch.zeros_like(tokens[0]).expand(-1, missing, -1)], dim=1)
-        return unpatchify(tokens, p, plan.rows * p, plan.cols * p)[:, :, :plan.height, :plan.width].float()
+        return unpatchify(tokens, p, plan.rows * p, plan.cols * p)[:, :, : plan.height, : plan.width].float()
 
     @torch.no_grad()
-    def sample(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
-               temperature: float = 0.5, text_mask: torch.Tensor | None = None,
-               callback: StepCallback | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        text: torch.Tensor,
+        eps: torch.Tensor | None = None,
+        *,
+        generator: Generator = None,
+        temperature: float = 0.5,
+        text_mask: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
         """Draw noise [B,C,H,W] (fp32, model's device) given text [B or 1, T, D] with cached decoding.
 
         ``eps`` are the standard-normal draws, shape of the output: any latent size H, W >= 1 cell.
@@ -342,8 +377,7 @@ class NoiseAR(nn.Module):
             eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             batch = eps_tokens.shape[0]
             memory = self._expand_text(self.encode_text(text), batch)
-            ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None,
-                                            memory)
+            ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None, memory)
             text_kv = _TextKV(self, memory, ignore)
             positions, start = self.positions(plan.window), self.learnable_start_token_emb.expand(batch, 1, -1)
             decoders: dict[tuple[int, int], _CachedDecoder] = {}
@@ -354,8 +388,8 @@ class NoiseAR(nn.Module):
                 decoder = decoders.setdefault(origin, _CachedDecoder(self, text_kv, plan.window_length))
                 new = range(decoder.position, local + 1)  # window positions not yet in its cache
                 x = torch.cat([start if t == 0 else inputs[plan.member(origin, t - 1)] for t in new], dim=1)
-                mu, logvar = decoder.step(x + positions[:, new.start:new.stop])
-                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, index:index + 1], temperature))
+                mu, logvar = decoder.step(x + positions[:, new.start : new.stop])
+                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, index : index + 1], temperature))
                 if callback is not None:
                     callback(index + 1, plan.patches)
                 if index + 1 < plan.patches:
@@ -363,9 +397,16 @@ class NoiseAR(nn.Module):
             return _finite_noise(self._finish(tokens, plan))
 
     @torch.no_grad()
-    def sample_naive(self, text: torch.Tensor, eps: torch.Tensor | None = None, *, generator: Generator = None,
-                     temperature: float = 0.5, text_mask: torch.Tensor | None = None,
-                     callback: StepCallback | None = None) -> torch.Tensor:
+    def sample_naive(
+        self,
+        text: torch.Tensor,
+        eps: torch.Tensor | None = None,
+        *,
+        generator: Generator = None,
+        temperature: float = 0.5,
+        text_mask: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
         """The published algorithm, per window: the window's whole prefix recomputed for every patch.
 
         Same plan and result as :meth:`sample` (at the native size: the published sampler). Reference for tests.
@@ -379,8 +420,7 @@ class NoiseAR(nn.Module):
                 prefix = [tokens[plan.member(origin, t)] for t in range(local)]
                 prefix = torch.cat(prefix, dim=1) if prefix else eps_tokens[:, :0]
                 mu, logvar = self(text, prefix, text_mask, plan.window)
-                tokens.append(self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, index:index + 1],
-                                               temperature))
+                tokens.append(self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, index : index + 1], temperature))
                 if callback is not None:
                     callback(index + 1, plan.patches)
             return _finite_noise(self._finish(tokens, plan))
@@ -443,26 +483,29 @@ class _CachedDecoder:
         """x [B, n, d] (embeddings + positions of the next n tokens) -> (mu, logvar) [B, 1, K] of the last."""
         m, t, n = self.model, self.position, x.shape[1]
         # new token i (at t + i) attends to positions <= t + i; a single new token attends to all
-        causal = None if n == 1 else (torch.arange(t + n, device=x.device)[None, :]
-                                      <= torch.arange(t, t + n, device=x.device)[:, None])
+        causal = (
+            None
+            if n == 1
+            else (torch.arange(t + n, device=x.device)[None, :] <= torch.arange(t, t + n, device=x.device)[:, None])
+        )
         last = m.config.n_layers - 1
         for k in range(m.config.n_layers):
             attn, keys, values = m.self_attn_layers[k], *self.cache[k]
             x = m.self_attn_norm[k](x)
             q, key, value = _few_rows_linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-            keys[:, :, t:t + n], values[:, :, t:t + n] = split_heads(key, self.heads), split_heads(value, self.heads)
+            keys[:, :, t : t + n], values[:, :, t : t + n] = split_heads(key, self.heads), split_heads(value, self.heads)
             if k == last and n > 1:  # only the last position's output is read: the rest of the block for it alone
                 x, q, causal = x[:, -1:], q[:, -1:], None
-            out = F.scaled_dot_product_attention(split_heads(q, self.heads), keys[:, :, :t + n],
-                                                 values[:, :, :t + n], attn_mask=causal)
+            out = F.scaled_dot_product_attention(
+                split_heads(q, self.heads), keys[:, :, : t + n], values[:, :, : t + n], attn_mask=causal
+            )
             x = _few_rows_linear(merge_heads(out), attn.out_proj.weight, attn.out_proj.bias) + x
 
             cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text.layers[k]
             x = m.cross_attn_norm[k](x)
             d = m.config.d_model
             q = _few_rows_linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
-            out = F.scaled_dot_product_attention(split_heads(q, self.heads), text_keys, text_values,
-                                                 attn_mask=self.text.attend)
+            out = F.scaled_dot_product_attention(split_heads(q, self.heads), text_keys, text_values, attn_mask=self.text.attend)
             x = _few_rows_linear(merge_heads(out), cross.out_proj.weight, cross.out_proj.bias) + x
 
             x = m.ffn_norm[k](x)

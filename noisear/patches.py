@@ -1,4 +1,5 @@
 """Noise tensor <-> sequence of patch tokens in the published raster order, and the decoding plan of a latent size."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,14 @@ def patchify(noise: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def unpatchify(tokens: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
     """[B, M, C*P*P] -> [B, C, H, W], the inverse of :func:`patchify`."""
-    return rearrange(tokens, "b (gh gw) (c p q) -> b c (gh p) (gw q)",
-                     gh=height // patch_size, gw=width // patch_size, p=patch_size, q=patch_size)
+    return rearrange(
+        tokens,
+        "b (gh gw) (c p q) -> b c (gh p) (gw q)",
+        gh=height // patch_size,
+        gw=width // patch_size,
+        p=patch_size,
+        q=patch_size,
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ The key names and shapes come from the published checkpoint table in
 /work/shared/reference/official-noisear.md, not from `noisear.model`, so a model that loads these
 state dicts strictly has the published layout.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,7 +15,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import save_file
 
 from noisear import NoiseAR, NoiseARConfig
@@ -25,30 +25,55 @@ PUBLISHED = {"SDXL": SDXL, "Hunyuan-DiT": HUNYUAN_DIT}
 PUBLISHED_TEXT_TOKENS = 77
 
 # 3 channels, 3x3 grid of 2x2 patches, 16-d model: the published layout at toy size.
-TINY = NoiseARConfig(patch_size=2, channels=3, latent_height=6, latent_width=6, d_model=16, d_ff=24,
-                     n_layers=1, n_heads=1, text_dim=16)
+TINY = NoiseARConfig(
+    patch_size=2, channels=3, latent_height=6, latent_width=6, d_model=16, d_ff=24, n_layers=1, n_heads=1, text_dim=16
+)
 
 
 def published_shapes(config: NoiseARConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a published-layout state dict for ``config`` (layer index .0 becomes .k)."""
-    d, patch_dim, hidden = config.d_model, config.channels * config.patch_size ** 2, 2 * config.patch_size ** 2
+    d, patch_dim, hidden = config.d_model, config.channels * config.patch_size**2, 2 * config.patch_size**2
     patches = (config.latent_height // config.patch_size) * (config.latent_width // config.patch_size)
     shapes: dict[str, tuple[int, ...]] = {"learnable_start_token_emb": (d,), "pos_encoding": (1, patches + 1, d)}
     if config.text_dim != d:
         shapes.update({"dim_adapter.weight": (d, config.text_dim), "dim_adapter.bias": (d,)})
-    shapes.update({"latent_patch_encoder.0.weight": (hidden, patch_dim), "latent_patch_encoder.0.bias": (hidden,),
-                   "latent_patch_encoder.2.weight": (d, hidden), "latent_patch_encoder.2.bias": (d,)})
+    shapes.update(
+        {
+            "latent_patch_encoder.0.weight": (hidden, patch_dim),
+            "latent_patch_encoder.0.bias": (hidden,),
+            "latent_patch_encoder.2.weight": (d, hidden),
+            "latent_patch_encoder.2.bias": (d,),
+        }
+    )
     for k in range(config.n_layers):
         for attention in ("self_attn_layers", "cross_attn_layers"):
-            shapes.update({f"{attention}.{k}.in_proj_weight": (3 * d, d), f"{attention}.{k}.in_proj_bias": (3 * d,),
-                           f"{attention}.{k}.out_proj.weight": (d, d), f"{attention}.{k}.out_proj.bias": (d,)})
+            shapes.update(
+                {
+                    f"{attention}.{k}.in_proj_weight": (3 * d, d),
+                    f"{attention}.{k}.in_proj_bias": (3 * d,),
+                    f"{attention}.{k}.out_proj.weight": (d, d),
+                    f"{attention}.{k}.out_proj.bias": (d,),
+                }
+            )
         for norm in ("self_attn_norm", "cross_attn_norm", "ffn_norm"):
             shapes.update({f"{norm}.{k}.weight": (d,), f"{norm}.{k}.bias": (d,)})
-        shapes.update({f"ffn_layers.{k}.0.weight": (config.d_ff, d), f"ffn_layers.{k}.0.bias": (config.d_ff,),
-                       f"ffn_layers.{k}.3.weight": (d, config.d_ff), f"ffn_layers.{k}.3.bias": (d,)})
+        shapes.update(
+            {
+                f"ffn_layers.{k}.0.weight": (config.d_ff, d),
+                f"ffn_layers.{k}.0.bias": (config.d_ff,),
+                f"ffn_layers.{k}.3.weight": (d, config.d_ff),
+                f"ffn_layers.{k}.3.bias": (d,),
+            }
+        )
     for head in ("prediction_head_mu", "prediction_head_logvar"):
-        shapes.update({f"{head}.0.weight": (2 * d, d), f"{head}.0.bias": (2 * d,),
-                       f"{head}.2.weight": (patch_dim, 2 * d), f"{head}.2.bias": (patch_dim,)})
+        shapes.update(
+            {
+                f"{head}.0.weight": (2 * d, d),
+                f"{head}.0.bias": (2 * d,),
+                f"{head}.2.weight": (patch_dim, 2 * d),
+                f"{head}.2.bias": (patch_dim,),
+            }
+        )
     return shapes
 
 
@@ -88,8 +113,7 @@ def random_model(config: NoiseARConfig, seed: int = 0) -> NoiseAR:
     return model_from_state(config, random_state_dict(config, seed))
 
 
-def random_text(config: NoiseARConfig, batch: int = 1, tokens: int = PUBLISHED_TEXT_TOKENS,
-                seed: int = 1) -> torch.Tensor:
+def random_text(config: NoiseARConfig, batch: int = 1, tokens: int = PUBLISHED_TEXT_TOKENS, seed: int = 1) -> torch.Tensor:
     """[batch, tokens, text_dim] standard-normal stand-in for a prompt embedding."""
     return torch.randn(batch, tokens, config.text_dim, generator=torch.Generator().manual_seed(seed))
 
@@ -109,8 +133,9 @@ def write_pth(state: dict[str, torch.Tensor], path: Path, *, wrapper: str | None
     return path
 
 
-def write_safetensors(state: dict[str, torch.Tensor], path: Path, config: NoiseARConfig | None = None,
-                      metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+    state: dict[str, torch.Tensor], path: Path, config: NoiseARConfig | None = None, metadata: dict[str, str] | None = None
+) -> Path:
     """A .safetensors file as `noisear.save` writes it (config in the metadata) or with given metadata."""
     if metadata is None:
         metadata = {} if config is None else {"noisear_config": config.to_json()}
@@ -153,20 +178,24 @@ class _CraftedTensor:
         return torch._utils._rebuild_tensor_v2, self.args
 
 
-def write_crafted_pth(path: Path, tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]],
-                      record_bytes: int = 16) -> Path:
+def write_crafted_pth(
+    path: Path, tensors: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]], record_bytes: int = 16
+) -> Path:
     """A zip .pth whose pickle declares what the caller says, not what torch.save would write.
 
     ``tensors``: key -> (size, stride, claimed storage numel) of float32 tensors, each on its own
     record of ``record_bytes`` zero bytes. Lets tests declare stride-0 views or storages bigger
     than their records, as a hostile file can.
     """
+
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
             return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel) if isinstance(obj, _FakeStorage) else None
 
-    state = {key: _CraftedTensor(_FakeStorage(str(i), numel), size, stride)
-             for i, (key, (size, stride, numel)) in enumerate(tensors.items())}
+    state = {
+        key: _CraftedTensor(_FakeStorage(str(i), numel), size, stride)
+        for i, (key, (size, stride, numel)) in enumerate(tensors.items())
+    }
     buffer = io.BytesIO()
     Pickler(buffer, protocol=2).dump(state)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:

@@ -4,6 +4,7 @@ The published-size fixtures are session-scoped (113M parameters take a second or
 every test module that asks for them shares one state dict, model and .pth file per variant.
 Reusable builders live in tests/builders.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from builders import PUBLISHED, TINY, model_from_state, random_state_dict, write_pth
+
 from noisear import NoiseAR, NoiseARConfig
 
 

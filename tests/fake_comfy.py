@@ -25,6 +25,7 @@ real host.py code runs against them. Facts mirrored here (see /work/shared/refer
   device (so a test sees which noise went in); latent_preview.prepare_callback(model, steps) makes a
   ProgressBar(steps) as ComfyUI's does.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,7 @@ def prepare_noise(latent: torch.Tensor, seed: int, noise_inds: list[int] | None 
     generator = torch.Generator().manual_seed(seed)
     if noise_inds is None:
         return torch.randn(latent.shape, generator=generator, dtype=latent.dtype)
-    draws = [torch.randn((1, *latent.shape[1:]), generator=generator, dtype=latent.dtype)
-             for _ in range(max(noise_inds) + 1)]
+    draws = [torch.randn((1, *latent.shape[1:]), generator=generator, dtype=latent.dtype) for _ in range(max(noise_inds) + 1)]
     return torch.cat([draws[i] for i in noise_inds])
 
 
@@ -57,7 +57,7 @@ class EPS:
 
     def noise_scaling(self, sigma: float, noise: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """Start of sampling at sigma_max (max_denoise): noise*sqrt(1+sigma^2) + latent."""
-        return noise * (1.0 + sigma ** 2) ** 0.5 + latent
+        return noise * (1.0 + sigma**2) ** 0.5 + latent
 
 
 class CONST:
@@ -105,9 +105,20 @@ class Sampling:
         self.calls: list[dict] = []
 
     def sample(self, model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, **kwargs):
-        self.calls.append(dict(model=model, noise=noise, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                               scheduler=scheduler, positive=positive, negative=negative, latent_image=latent_image,
-                               **kwargs))
+        self.calls.append(
+            dict(
+                model=model,
+                noise=noise,
+                steps=steps,
+                cfg=cfg,
+                sampler_name=sampler_name,
+                scheduler=scheduler,
+                positive=positive,
+                negative=negative,
+                latent_image=latent_image,
+                **kwargs,
+            )
+        )
         return noise + latent_image
 
 
@@ -156,6 +167,7 @@ def prepare_callback(model: Model, steps: int):
 
     def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
         bar.update_absolute(step + 1, total_steps)
+
     return callback
 
 
@@ -173,8 +185,9 @@ class FolderPaths:
         names = set()
         for directory in paths:
             if os.path.isdir(directory):
-                names.update(name for name in os.listdir(directory)
-                             if not extensions or os.path.splitext(name)[1].lower() in extensions)
+                names.update(
+                    name for name in os.listdir(directory) if not extensions or os.path.splitext(name)[1].lower() in extensions
+                )
         return sorted(names)
 
     def get_folder_paths(self, folder: str) -> list[str]:
@@ -234,7 +247,7 @@ class CLIP:
         words, tokens = self._words(text, disable_weights), {}
         for stream, (start, end, pad, chunk, minimum) in self.streams.items():
             size = (chunk - 2) if chunk else max(len(words), 1)
-            pieces = [words[i:i + size] for i in range(0, max(len(words), 1), size)] if chunk else [words]
+            pieces = [words[i : i + size] for i in range(0, max(len(words), 1), size)] if chunk else [words]
             chunks = []
             for piece in pieces:
                 body = ([(start, 1.0)] if start is not None else []) + piece + [(end, 1.0)]
@@ -276,11 +289,14 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     comfy = SimpleNamespace(
         model_management=ModelManagement(),
         utils=SimpleNamespace(ProgressBar=ProgressBar, PROGRESS_BAR_ENABLED=True),
-        sample=SimpleNamespace(prepare_noise=prepare_noise, fix_empty_latent_channels=fix_empty_latent_channels,
-                               sample=sampling.sample),
+        sample=SimpleNamespace(
+            prepare_noise=prepare_noise, fix_empty_latent_channels=fix_empty_latent_channels, sample=sampling.sample
+        ),
         model_sampling=SimpleNamespace(CONST=CONST, EPS=EPS),
-        samplers=SimpleNamespace(SCHEDULER_NAMES=schedulers, KSampler=SimpleNamespace(
-            SAMPLERS=["euler", "euler_ancestral", "dpmpp_2m"], SCHEDULERS=schedulers)),
+        samplers=SimpleNamespace(
+            SCHEDULER_NAMES=schedulers,
+            KSampler=SimpleNamespace(SAMPLERS=["euler", "euler_ancestral", "dpmpp_2m"], SCHEDULERS=schedulers),
+        ),
     )
     latent_preview = SimpleNamespace(prepare_callback=prepare_callback)
     folder_paths = FolderPaths(tmp_path)
@@ -293,5 +309,10 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     monkeypatch.setattr(host, "comfy", comfy, raising=False)
     monkeypatch.setattr(host, "folder_paths", folder_paths, raising=False)
     monkeypatch.setattr(host, "latent_preview", latent_preview, raising=False)
-    return SimpleNamespace(comfy=comfy, folder_paths=folder_paths, progress_bars=ProgressBar.instances,
-                           node_texts=server.texts, sample_calls=sampling.calls)
+    return SimpleNamespace(
+        comfy=comfy,
+        folder_paths=folder_paths,
+        progress_bars=ProgressBar.instances,
+        node_texts=server.texts,
+        sample_calls=sampling.calls,
+    )

@@ -5,6 +5,7 @@ math, hand-written LayerNorm and GELU, no torch.nn modules) and samples the publ
 whole prefix is recomputed at every step and the last position is read. Sizes are read from the
 tensors; nothing is imported from `noisear`. Used only to check `noisear.model`.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,14 @@ def linear(x: torch.Tensor, state: dict[str, torch.Tensor], name: str) -> torch.
     return x @ state[f"{name}.weight"].T + state[f"{name}.bias"]
 
 
-def attention(queries_from: torch.Tensor, keys_from: torch.Tensor, state: dict[str, torch.Tensor], name: str,
-              n_heads: int, score_bias: torch.Tensor) -> torch.Tensor:
+def attention(
+    queries_from: torch.Tensor,
+    keys_from: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    name: str,
+    n_heads: int,
+    score_bias: torch.Tensor,
+) -> torch.Tensor:
     """Multi-head attention with the packed in_proj of nn.MultiheadAttention, written out.
 
     queries_from [B, Lq, d], keys_from [B, Lk, d]; score_bias broadcasts to [B, h, Lq, Lk] (0 or -inf).
@@ -43,8 +50,8 @@ def attention(queries_from: torch.Tensor, keys_from: torch.Tensor, state: dict[s
     weight, bias = state[f"{name}.in_proj_weight"], state[f"{name}.in_proj_bias"]
     d = weight.shape[1]
     q = queries_from @ weight[:d].T + bias[:d]
-    k = keys_from @ weight[d:2 * d].T + bias[d:2 * d]
-    v = keys_from @ weight[2 * d:].T + bias[2 * d:]
+    k = keys_from @ weight[d : 2 * d].T + bias[d : 2 * d]
+    v = keys_from @ weight[2 * d :].T + bias[2 * d :]
 
     def heads(x: torch.Tensor) -> torch.Tensor:  # [B, L, d] -> [B, h, L, d/h]
         return x.reshape(x.shape[0], x.shape[1], n_heads, d // n_heads).permute(0, 2, 1, 3)
@@ -75,8 +82,13 @@ def from_tokens(tokens: torch.Tensor, patch: int, channels: int, height: int, wi
     return x.reshape(b, channels, height, width)
 
 
-def forward(state: dict[str, torch.Tensor], text: torch.Tensor, prefix: torch.Tensor, n_heads: int = 1,
-            text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(
+    state: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    prefix: torch.Tensor,
+    n_heads: int = 1,
+    text_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher forcing: text [B,T,D], prefix tokens [B,L,K] -> (mu, logvar) [B, L+1, K], unclamped."""
     if "dim_adapter.weight" in state:
         text = linear(text, state, "dim_adapter")
@@ -108,29 +120,47 @@ def std_of(logvar: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.5 * torch.clamp(logvar, -20.0, 10.0))
 
 
-def sample(state: dict[str, torch.Tensor], text: torch.Tensor, eps: torch.Tensor, temperature: float = 0.5,
-           n_heads: int = 1, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    state: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    eps: torch.Tensor,
+    temperature: float = 0.5,
+    n_heads: int = 1,
+    text_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Published sampler: eps [B,C,H,W] -> noise [B,C,H,W]; patch j = mu_j + eps_j * temperature * std_j."""
     patch = patch_size_of(state)
     eps_tokens = to_tokens(eps, patch)
     tokens = eps_tokens[:, :0]
     for j in range(eps_tokens.shape[1]):
         mu, logvar = forward(state, text, tokens, n_heads, text_mask)
-        new = mu[:, -1:] + eps_tokens[:, j:j + 1] * (temperature * std_of(logvar[:, -1:]))
+        new = mu[:, -1:] + eps_tokens[:, j : j + 1] * (temperature * std_of(logvar[:, -1:]))
         tokens = torch.cat([tokens, new], dim=1)
     return from_tokens(tokens, patch, *eps.shape[1:])
 
 
-def patch_log_probs(state: dict[str, torch.Tensor], text: torch.Tensor, noise: torch.Tensor, n_heads: int = 1,
-                    text_mask: torch.Tensor | None = None) -> torch.Tensor:
+def patch_log_probs(
+    state: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    noise: torch.Tensor,
+    n_heads: int = 1,
+    text_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[B, M]: log N(patch_j; mu_j, std_j^2) summed over the patch's values, via torch.distributions."""
     tokens = to_tokens(noise, patch_size_of(state))
     mu, logvar = forward(state, text, tokens[:, :-1], n_heads, text_mask)
     return Normal(mu, std_of(logvar)).log_prob(tokens).sum(dim=-1)
 
 
-def sample_windows(state: dict[str, torch.Tensor], text: torch.Tensor, eps: torch.Tensor, window_rows: int,
-                   window_cols: int, temperature: float = 0.5, n_heads: int = 1) -> torch.Tensor:
+def sample_windows(
+    state: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    eps: torch.Tensor,
+    window_rows: int,
+    window_cols: int,
+    temperature: float = 0.5,
+    n_heads: int = 1,
+) -> torch.Tensor:
     """Sliding-window sampling, written plainly: eps [B,C,H,W] of whole patches, at least window_cols wide.
 
     Patches are drawn in raster order; patch (r, c) is the published sampler's next patch for the
@@ -150,7 +180,7 @@ def sample_windows(state: dict[str, torch.Tensor], text: torch.Tensor, eps: torc
             top, left = max(0, r - window_rows + 1), max(0, c - window_cols + 1)
             window = [(i, j) for i in range(top, top + window_rows) for j in range(left, left + window_cols)]
             prefix = [drawn[cell] for cell in window if cell < (r, c)]
-            assert all(cell in drawn for cell in window[:len(prefix)])  # the window's prefix, in its order
+            assert all(cell in drawn for cell in window[: len(prefix)])  # the window's prefix, in its order
             tokens = torch.stack(prefix, dim=1) if prefix else eps_grid[:, 0, :0]
             mu, logvar = forward(state, text, tokens, n_heads)
             drawn[r, c] = mu[:, -1] + eps_grid[:, r, c] * (temperature * std_of(logvar[:, -1]))

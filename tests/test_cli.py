@@ -1,4 +1,5 @@
 """`python -m noisear inspect / convert`: what a user sees, and one-line errors (exit code 2) for bad files."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import TINY, hostile_pth, random_state_dict, write_pth, write_safetensors
 
 import noisear
-from builders import TINY, hostile_pth, random_state_dict, write_pth, write_safetensors
 from noisear.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,8 +112,14 @@ def test_usage_errors_exit_with_code_2(capsys):
 def test_python_m_noisear_refuses_a_hostile_file_without_traceback(tmp_path):
     path, marker = hostile_pth(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "noisear", "inspect", str(path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "noisear", "inspect", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: refused to load model.pth") and done.stderr.count("\n") == 1

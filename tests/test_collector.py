@@ -1,12 +1,14 @@
 """NoiseAR Dataset Collector without ComfyUI: what it writes, resuming, the reward filter, and the trainer reading it."""
+
 from __future__ import annotations
 
 import math
 
+import fake_comfy
 import pytest
 import torch
+from test_golden_node import Net, comfy_denoised
 
-import fake_comfy
 from nodes import host, text_encode
 from nodes.collector import DatasetCollectorNode, fixed_tokens, prompt_index
 from nodes.golden import GoldenNoiseNode
@@ -14,7 +16,6 @@ from noisear import NoiseARConfig
 from noisear.train.collect import SEED_SCHEME, pair_seed
 from noisear.train.data import Batch, ShardDataset
 from noisear.train.trainer import TrainConfig, train_likelihood
-from test_golden_node import Net, comfy_denoised
 
 WIDTH = 8
 SIGMAS = torch.tensor([14.6146, 10.0, 5.0, 0.0])
@@ -54,11 +55,11 @@ def fakes(monkeypatch, tmp_path):
 NEGATIVE = [[torch.zeros(1, 5, WIDTH), {}]]
 
 
-def run(prompts: str, k: int = 3, dataset: str = "set", reward=None, margin: float = 0.0, height: int = 8,
-        width: int = 8) -> str:
+def run(prompts: str, k: int = 3, dataset: str = "set", reward=None, margin: float = 0.0, height: int = 8, width: int = 8) -> str:
     latent = {"samples": torch.zeros(1, 4, height, width)}
-    return DatasetCollectorNode().collect(object(), Clip(), prompts, NEGATIVE, latent, k, 10, "normal", 3, 5.5, 1.0,
-                                          dataset, 12, 2, 4, "tiny", reward, margin)["result"][0]
+    return DatasetCollectorNode().collect(
+        object(), Clip(), prompts, NEGATIVE, latent, k, 10, "normal", 3, 5.5, 1.0, dataset, 12, 2, 4, "tiny", reward, margin
+    )["result"][0]
 
 
 def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fakes, tmp_path):
@@ -71,10 +72,10 @@ def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fak
     assert data.info.seed_scheme == SEED_SCHEME and data.seed_counts()["distinct_seeds"] == 6  # no noise repeats
     batch = Batch.concat(list(data.iterate()))
     seed = pair_seed(10, prompt_index("a blue sphere on grass"), 1)  # first_seed 10, j = 1
-    row = [i for i in range(6) if batch.prompt_index[i] == prompt_index("a blue sphere on grass")
-           and batch.seed[i] == seed][0]
-    node_noise = GoldenNoiseNode().make(object(), Clip().encode_from_tokens_scheduled("a blue sphere on grass"),
-                                        NEGATIVE, seed, "normal", 3, 5.5, 1.0)[0]
+    row = [i for i in range(6) if batch.prompt_index[i] == prompt_index("a blue sphere on grass") and batch.seed[i] == seed][0]
+    node_noise = GoldenNoiseNode().make(
+        object(), Clip().encode_from_tokens_scheduled("a blue sphere on grass"), NEGATIVE, seed, "normal", 3, 5.5, 1.0
+    )[0]
     expected = node_noise.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
     torch.testing.assert_close(batch.noise[row], expected[0])  # the node's golden noise for that seed
     text, mask = fixed_tokens(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), 12)
@@ -86,8 +87,9 @@ def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fak
 def test_the_prior_is_trained_on_what_noisear_text_encode_gives_at_inference(fakes, tmp_path, family):
     clip, prompt = fake_comfy.CLIP(family), "a (red:1.3) car " + "word " * 90  # weighted and over 75 tokens
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    DatasetCollectorNode().collect(object(), clip, prompt, NEGATIVE, latent, 2, 10, "normal", 3, 5.5, 1.0,
-                                   "exact", 77, 2, 4, "tiny")
+    DatasetCollectorNode().collect(
+        object(), clip, prompt, NEGATIVE, latent, 2, 10, "normal", 3, 5.5, 1.0, "exact", 77, 2, 4, "tiny"
+    )
     stored = Batch.concat(list(ShardDataset(tmp_path / "output" / "exact").iterate())).text
     conditioning, prior_text, _ = text_encode.encode(clip, prompt)
     assert torch.equal(stored[0], fixed_tokens(prior_text, 77)[0])  # the prompt-exact route's embedding
@@ -139,10 +141,16 @@ def test_the_reward_filter_keeps_pairs_that_improve_by_more_than_the_margin(fake
 
 def test_the_trainer_reads_the_collected_set(fakes, tmp_path):
     run("\n".join(f"prompt number {i}" for i in range(8)), k=4)
-    config = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32,
-                           text_dim=WIDTH, positions="2d")
-    prior = train_likelihood(tmp_path / "output" / "set", TrainConfig(out_dir=str(tmp_path / "run"), steps=3,
-                             batch_size=8, warmup_steps=1, progress=False, validation_fraction=0.25), config)
+    config = NoiseARConfig(
+        patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32, text_dim=WIDTH, positions="2d"
+    )
+    prior = train_likelihood(
+        tmp_path / "output" / "set",
+        TrainConfig(
+            out_dir=str(tmp_path / "run"), steps=3, batch_size=8, warmup_steps=1, progress=False, validation_fraction=0.25
+        ),
+        config,
+    )
     assert (tmp_path / "run" / "prior.safetensors").exists()
     assert prior.sample(torch.zeros(1, 12, WIDTH), torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
 

@@ -2,18 +2,19 @@
 
 Paths go through the real nodes.host and a folder_paths fake that, like ComfyUI's, checks nothing
 itself: every refusal below is the node's own."""
+
 import json
 import os
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-import torch
+from test_collector import fakes, run  # noqa: F401  (the fixture, used by every test)
 
 from nodes.collector import DatasetCollectorNode, dataset_directory
 from nodes.prior import NoiseARNodeError
 from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardDataset, ShardWriter
-from test_collector import fakes, run  # noqa: F401  (the fixture, used by every test)
 
 pytestmark = pytest.mark.usefixtures("fakes")
 
@@ -22,8 +23,7 @@ def files_under(path):
     return sorted(os.path.relpath(os.path.join(root, name), path) for root, _, names in os.walk(path) for name in names)
 
 
-ESCAPES = ["../outside", "../../../../tmp/noisear_escape", "a/../../outside", "./../outside", "a/b/../../../outside",
-           ".."]
+ESCAPES = ["../outside", "../../../../tmp/noisear_escape", "a/../../outside", "./../outside", "a/b/../../../outside", ".."]
 
 
 @pytest.mark.parametrize("name", ESCAPES)
@@ -118,14 +118,40 @@ def test_hostile_metadata_in_the_dataset_folder_is_a_clear_error(tmp_path):
         run("one")
 
 
-@pytest.mark.parametrize("name, value", [("seeds_per_prompt", 0), ("steps", 1), ("text_tokens", 0), ("batch_size", -3),
-                                         ("shard_size", 0), ("first_seed", -1), ("cfg_denoise", float("nan")),
-                                         ("cfg_invert", float("inf")), ("reward_margin", float("nan"))])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("seeds_per_prompt", 0),
+        ("steps", 1),
+        ("text_tokens", 0),
+        ("batch_size", -3),
+        ("shard_size", 0),
+        ("first_seed", -1),
+        ("cfg_denoise", float("nan")),
+        ("cfg_invert", float("inf")),
+        ("reward_margin", float("nan")),
+    ],
+)
 def test_widget_values_outside_their_range_or_not_finite_are_refused_before_any_work(tmp_path, name, value):
     """An API-format workflow can carry any number (ComfyUI's min/max checks let NaN through)."""
-    values = dict(model=object(), clip=object(), prompts="one", negative=[], seeds_per_prompt=2, first_seed=0,
-                  scheduler="normal", steps=3, cfg_denoise=5.5, cfg_invert=1.0, dataset="set", text_tokens=12,
-                  batch_size=2, shard_size=4, model_name="", latent_image={"samples": torch.zeros(1, 4, 8, 8)})
+    values = dict(
+        model=object(),
+        clip=object(),
+        prompts="one",
+        negative=[],
+        seeds_per_prompt=2,
+        first_seed=0,
+        scheduler="normal",
+        steps=3,
+        cfg_denoise=5.5,
+        cfg_invert=1.0,
+        dataset="set",
+        text_tokens=12,
+        batch_size=2,
+        shard_size=4,
+        model_name="",
+        latent_image={"samples": torch.zeros(1, 4, 8, 8)},
+    )
     with pytest.raises(NoiseARNodeError, match=f"{name} must be a number from"):
         DatasetCollectorNode().collect(**{**values, name: value})
     assert not (tmp_path / "output").exists()
@@ -134,5 +160,4 @@ def test_widget_values_outside_their_range_or_not_finite_are_refused_before_any_
 @pytest.mark.parametrize("latent", [{"samples": torch.zeros(1, 4, 8)}, {"samples": torch.zeros(1, 4, 0, 8)}, {}, None])
 def test_a_latent_that_is_not_an_image_latent_is_refused(latent):
     with pytest.raises(NoiseARNodeError, match=r"image latents \[batch, C, H, W\]"):
-        DatasetCollectorNode().collect(object(), object(), "one", [], latent, 2, 0, "normal", 3, 5.5, 1.0, "set", 12, 2,
-                                       4, "")
+        DatasetCollectorNode().collect(object(), object(), "one", [], latent, 2, 0, "normal", 3, 5.5, 1.0, "set", 12, 2, 4, "")

@@ -1,5 +1,6 @@
 """Figures: the labelled grid puts each image, enlarged pixel for pixel, in its row and column with the row's
 name written beside it; the comparison plot is a PNG, or nothing (with a note) when matplotlib is absent."""
+
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ def tile_at(canvas: Image.Image, rows: int, columns: int, r: int, c: int) -> np.
     pixels = np.asarray(canvas)
     top = canvas.height - (rows - r) * (CELL + PAD)
     left = canvas.width - (columns - c) * (CELL + PAD)
-    return pixels[top:top + CELL, left:left + CELL]
+    return pixels[top : top + CELL, left : left + CELL]
 
 
 def test_every_image_is_in_its_cell_enlarged_pixel_for_pixel():
@@ -35,10 +36,12 @@ def test_each_row_name_is_written_left_of_its_row():
     canvas = labelled_grid([("Gaussian", images), ("", images)], cell=CELL, padding=PAD)
     pixels = np.asarray(canvas.convert("L"))
     label_width = canvas.width - 2 * (CELL + PAD)
-    bands = [pixels[canvas.height - (2 - r) * (CELL + PAD):canvas.height - (2 - r) * (CELL + PAD) + CELL, :label_width]
-             for r in range(2)]
-    assert (bands[0] < 128).sum() > 10   # ink where the name is
-    assert (bands[1] == 255).all()       # an empty name leaves the margin blank
+    bands = [
+        pixels[canvas.height - (2 - r) * (CELL + PAD) : canvas.height - (2 - r) * (CELL + PAD) + CELL, :label_width]
+        for r in range(2)
+    ]
+    assert (bands[0] < 128).sum() > 10  # ink where the name is
+    assert (bands[1] == 255).all()  # an empty name leaves the margin blank
 
 
 def test_column_names_and_title_add_lines_above_the_rows():
@@ -46,7 +49,7 @@ def test_column_names_and_title_add_lines_above_the_rows():
     plain = labelled_grid(rows, cell=CELL, padding=PAD)
     named = labelled_grid(rows, columns=["0", "1", "2"], title="seed 1", cell=CELL, padding=PAD)
     assert named.height > plain.height and named.width == plain.width
-    above = np.asarray(named.convert("L"))[:named.height - (CELL + PAD), named.width - 3 * (CELL + PAD):]
+    above = np.asarray(named.convert("L"))[: named.height - (CELL + PAD), named.width - 3 * (CELL + PAD) :]
     assert (above < 128).any()
 
 
@@ -57,8 +60,10 @@ def test_bad_image_shapes_are_refused_with_the_expected_shape():
         labelled_grid([])
 
 
-PANELS = {"FD": [Comparison("Gaussian", 17.4, 1.1), Comparison("NoiseAR T=1", 14.8, 1.0, 14.7, 0.7)],
-          "alignment": [Comparison("Gaussian", 0.94, 0.02), Comparison("NoiseAR T=1", 0.96, 0.01, 0.97, 0.01)]}
+PANELS = {
+    "FD": [Comparison("Gaussian", 17.4, 1.1), Comparison("NoiseAR T=1", 14.8, 1.0, 14.7, 0.7)],
+    "alignment": [Comparison("Gaussian", 0.94, 0.02), Comparison("NoiseAR T=1", 0.96, 0.01, 0.97, 0.01)],
+}
 
 
 def test_comparison_plot_writes_a_png(tmp_path):

@@ -1,4 +1,5 @@
 """Golden noise against closed forms: a Gaussian-data denoiser, an oracle denoiser, guidance."""
+
 import math
 
 import pytest
@@ -22,8 +23,12 @@ def levels(schedule):
 
 
 def schedules():
-    return [Schedule.vp(ACP, 50, "epsilon"), Schedule.vp(ACP, 30, "v", spacing="trailing"),
-            Schedule.flow([1.0, 0.9, 0.5, 0.0]), Schedule.flow([0.8, 0.7, 0.0])]
+    return [
+        Schedule.vp(ACP, 50, "epsilon"),
+        Schedule.vp(ACP, 30, "v", spacing="trailing"),
+        Schedule.flow([1.0, 0.9, 0.5, 0.0]),
+        Schedule.flow([0.8, 0.7, 0.0]),
+    ]
 
 
 class GaussianData:
@@ -39,7 +44,7 @@ class GaussianData:
         return math.sqrt(a), math.sqrt(1 - a)
 
     def x0(self, x, alpha, sigma):
-        return self.m + alpha * self.s ** 2 * (x - alpha * self.m) / (alpha ** 2 * self.s ** 2 + sigma ** 2)
+        return self.m + alpha * self.s**2 * (x - alpha * self.m) / (alpha**2 * self.s**2 + sigma**2)
 
     def __call__(self, x, timestep, cond):
         self.calls += 1
@@ -79,7 +84,7 @@ def test_denoise_then_invert_matches_the_gaussian_closed_form(schedule):
     w_l, w_w = 4.0, 1.5
     x0 = denoiser.x0(x_t, a, s) + w_l * cond
     x_down = a1 * x0 + s1 * (x_t - a * x0) / s
-    x0_up = denoiser.x0(x_down, a, s) + w_w * cond           # model queried at t_T on x_{T-1}
+    x0_up = denoiser.x0(x_down, a, s) + w_w * cond  # model queried at t_T on x_{T-1}
     pred_eps = (x_down - a * x0_up) / s
     if schedule.prediction == "epsilon":
         x0_re, eps_re = (x_down - s1 * pred_eps) / a1, pred_eps
@@ -90,15 +95,15 @@ def test_denoise_then_invert_matches_the_gaussian_closed_form(schedule):
         u = pred_eps - x0_up
         x0_re, eps_re = x_down - s1 * u, x_down + a1 * u
     expected = (a * x0_re + s * eps_re) / scale
-    result = golden_noise(denoiser, schedule, noise, cond, torch.zeros((), dtype=torch.float64),
-                          GoldenConfig(w_l, w_w))
+    result = golden_noise(denoiser, schedule, noise, cond, torch.zeros((), dtype=torch.float64), GoldenConfig(w_l, w_w))
     torch.testing.assert_close(result, expected, rtol=1e-9, atol=1e-9)
     assert denoiser.calls == 4
     assert not torch.allclose(result, noise)
 
 
-@pytest.mark.parametrize("schedule", [s for s in schedules() if s.prediction != "v"],
-                         ids=lambda s: f"{s.prediction}-{s.levels[0].timestep}")
+@pytest.mark.parametrize(
+    "schedule", [s for s in schedules() if s.prediction != "v"], ids=lambda s: f"{s.prediction}-{s.levels[0].timestep}"
+)
 def test_equal_guidance_and_a_perfect_model_return_the_start_noise(schedule):
     (a, s), _ = levels(schedule)
     x0, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 8, 8, dtype=torch.float64)

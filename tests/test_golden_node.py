@@ -5,19 +5,19 @@ A "ComfyUI model" is simulated from a golden.py Denoiser exactly as ComfyUI wrap
 x = (1-s)*x0 + s*eps; the guider returns the CFG-combined denoised x0). The node path must give
 what golden.golden_noise gives for the Denoiser on the same levels.
 """
+
 from __future__ import annotations
 
 import math
 
+import fake_comfy
 import pytest
 import torch
 
-import fake_comfy
 from nodes import host
 from nodes.golden import GoldenNoise, GoldenNoiseNode, golden_from_denoised
 from nodes.prior import NoiseARNodeError
-from noisear.golden import (GoldenConfig, Level, Schedule, compose, decompose, golden_noise,
-                            scaled_linear_alphas_cumprod)
+from noisear.golden import GoldenConfig, Level, Schedule, compose, decompose, golden_noise, scaled_linear_alphas_cumprod
 
 SHAPE = (3, 4, 8, 6)
 
@@ -35,14 +35,15 @@ class Net:
 
 def comfy_denoised(net: Net, kind: str, timestep_of, cond: float, uncond: float):
     """ComfyUI's view of ``net``: denoised(x_k, sigma, cfg), CFG on x0 (uncond + cfg * (cond - uncond))."""
+
     def x0(x_k: torch.Tensor, sigma: float, c: float) -> torch.Tensor:
         t = torch.full((x_k.shape[0],), timestep_of(sigma), dtype=x_k.dtype)
         if kind == "flow":
             return x_k - sigma * net(x_k, t, c)  # CONST.calculate_denoised
-        out = net(x_k / math.sqrt(1 + sigma ** 2), t, c)  # EPS.calculate_input
+        out = net(x_k / math.sqrt(1 + sigma**2), t, c)  # EPS.calculate_input
         if kind == "epsilon":
             return x_k - out * sigma
-        return x_k / (sigma ** 2 + 1) - out * sigma / math.sqrt(sigma ** 2 + 1)  # V_PREDICTION
+        return x_k / (sigma**2 + 1) - out * sigma / math.sqrt(sigma**2 + 1)  # V_PREDICTION
 
     def denoised(x_k: torch.Tensor, sigma: float, cfg: float) -> torch.Tensor:
         conditional = x0(x_k, sigma, cond)
@@ -73,8 +74,9 @@ def test_node_path_equals_golden_noise_of_the_same_network(kind, guidance):
         timestep_of, start_scale = (lambda s: table[round(s, 9)]), math.sqrt(1 + float(sigmas[0]) ** 2)
     expected = golden_noise(net, schedule, noise, 0.3, -0.2, config)
 
-    got = golden_from_denoised(comfy_denoised(net, kind, timestep_of, 0.3, -0.2), noise * start_scale, start_scale,
-                               sigmas, kind, config)
+    got = golden_from_denoised(
+        comfy_denoised(net, kind, timestep_of, 0.3, -0.2), noise * start_scale, start_scale, sigmas, kind, config
+    )
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     assert (got - noise).abs().max() > 1e-3  # the step does change the noise
 

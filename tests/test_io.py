@@ -1,4 +1,5 @@
 """Checkpoint I/O: the published model.pth layout loads strictly, conversion is bit-exact, bad files are refused."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import TINY, hostile_pth, random_eps, random_model, random_state_dict, random_text, write_pth, write_safetensors
 
 import noisear
-from builders import (TINY, hostile_pth, random_eps, random_model, random_state_dict, random_text, write_pth,
-                      write_safetensors)
 from noisear import NoiseARCheckpointError, NoiseARConfig
 from noisear.io import write_atomically
 
@@ -23,6 +23,7 @@ def assert_same_tensors(state: dict[str, torch.Tensor], expected: dict[str, torc
 
 
 # The published layout --------------------------------------------------------------------------------
+
 
 def test_published_pth_loads_strictly_and_samples_like_the_same_weights(published, published_pth):
     model = noisear.load(published_pth)
@@ -42,8 +43,10 @@ def test_round_trip_pth_convert_safetensors_is_bit_identical(published, publishe
     assert_same_tensors(noisear.load(target).state_dict(), published.state)
 
 
-@pytest.mark.parametrize("wrapper, prefix", [
-    (None, ""), ("state_dict", ""), ("model", ""), (None, "module."), ("state_dict", "module."), (None, "_orig_mod.")])
+@pytest.mark.parametrize(
+    "wrapper, prefix",
+    [(None, ""), ("state_dict", ""), ("model", ""), (None, "module."), ("state_dict", "module."), (None, "_orig_mod.")],
+)
 def test_training_script_wrappers_and_prefixes_are_tolerated(tmp_path, wrapper, prefix):
     state = random_state_dict(TINY)
     model = noisear.load(write_pth(state, tmp_path / "model.pth", wrapper=wrapper, prefix=prefix))
@@ -67,8 +70,18 @@ def test_conversion_keeps_the_stored_dtype_bit_for_bit(tmp_path, dtype):
 
 
 def test_save_and_load_keep_an_own_non_square_config(tmp_path):
-    config = NoiseARConfig(patch_size=2, channels=4, latent_height=4, latent_width=8, d_model=24, d_ff=32,
-                           n_layers=2, n_heads=2, text_dim=12, dropout=0.1)
+    config = NoiseARConfig(
+        patch_size=2,
+        channels=4,
+        latent_height=4,
+        latent_width=8,
+        d_model=24,
+        d_ff=32,
+        n_layers=2,
+        n_heads=2,
+        text_dim=12,
+        dropout=0.1,
+    )
     model = random_model(config)
     noisear.save(model, tmp_path / "own.safetensors")
     loaded = noisear.load(tmp_path / "own.safetensors")
@@ -122,8 +135,7 @@ def test_extra_key_is_named(tmp_path, suffix):
 def test_misshaped_tensor_names_key_expected_and_found_shape(tmp_path, suffix):
     state = random_state_dict(TINY)
     state["ffn_layers.0.3.weight"] = torch.zeros(16, 25)
-    with pytest.raises(NoiseARCheckpointError,
-                       match=r"'ffn_layers\.0\.3\.weight' has shape \[16, 25\], expected \[16, 24\]"):
+    with pytest.raises(NoiseARCheckpointError, match=r"'ffn_layers\.0\.3\.weight' has shape \[16, 25\], expected \[16, 24\]"):
         noisear.load(write_state(state, tmp_path / f"model{suffix}"))
 
 
@@ -138,8 +150,7 @@ def test_pth_of_a_non_square_grid_needs_the_config_metadata(tmp_path):
 def test_non_finite_weights_are_refused(tmp_path, suffix, bad):
     state = random_state_dict(TINY)
     state["cross_attn_layers.0.out_proj.weight"][3, 5] = bad
-    with pytest.raises(NoiseARCheckpointError,
-                       match=r"'cross_attn_layers\.0\.out_proj\.weight' contains NaN or infinite values"):
+    with pytest.raises(NoiseARCheckpointError, match=r"'cross_attn_layers\.0\.out_proj\.weight' contains NaN or infinite values"):
         noisear.load(write_state(state, tmp_path / f"model{suffix}"))
 
 
@@ -167,10 +178,14 @@ def test_a_pickled_non_dict_is_refused(tmp_path):
 
 # Refusals: not a checkpoint at all -------------------------------------------------------------------
 
+
 def test_pickle_carrying_code_is_refused_and_nothing_runs(tmp_path):
     path, marker = hostile_pth(tmp_path)
-    with pytest.raises(NoiseARCheckpointError, match=r"refused to load model\.pth: it holds Python objects other "
-                                                     r"than plain tensors \(io\.open\); .* could run code"):
+    with pytest.raises(
+        NoiseARCheckpointError,
+        match=r"refused to load model\.pth: it holds Python objects other "
+        r"than plain tensors \(io\.open\); .* could run code",
+    ):
         noisear.load(path)
     assert not marker.exists()
     with pytest.raises(NoiseARCheckpointError, match="refused"):
@@ -195,8 +210,9 @@ def test_truncated_files_are_refused(tmp_path, suffix, keep):
 @pytest.mark.parametrize("size", [0, 1000])
 def test_random_bytes_are_refused(tmp_path, suffix, size):
     path = tmp_path / f"model{suffix}"
-    path.write_bytes(torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(size),
-                                   dtype=torch.uint8).numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(size), dtype=torch.uint8).numpy().tobytes()
+    )
     with pytest.raises(NoiseARCheckpointError, match=r"is not a readable .*\(truncated or corrupt\?\)"):
         noisear.load(path)
 
@@ -216,12 +232,16 @@ def test_missing_file_and_directory_are_refused(tmp_path):
         noisear.load(tmp_path / "folder.pth")
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ({"noisear_config": "{not json"}, r"config metadata is not valid JSON"),
-    ({"noisear_config": json.dumps({"patch_size": 2, "colour": "red"})}, r"unknown fields 'colour'; known: patch_size, "),
-    ({"noisear_config": json.dumps([1, 2])}, r"must be a JSON object"),
-    ({"noisear_config": json.dumps({"patch_size": 5})}, r"latent 128x128 is not a multiple of patch_size 5"),
-], ids=["bad-json", "unknown-field", "not-object", "impossible"])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"noisear_config": "{not json"}, r"config metadata is not valid JSON"),
+        ({"noisear_config": json.dumps({"patch_size": 2, "colour": "red"})}, r"unknown fields 'colour'; known: patch_size, "),
+        ({"noisear_config": json.dumps([1, 2])}, r"must be a JSON object"),
+        ({"noisear_config": json.dumps({"patch_size": 5})}, r"latent 128x128 is not a multiple of patch_size 5"),
+    ],
+    ids=["bad-json", "unknown-field", "not-object", "impossible"],
+)
 def test_bad_config_metadata_is_refused(tmp_path, metadata, message):
     path = write_safetensors(random_state_dict(TINY), tmp_path / "model.safetensors", metadata=metadata)
     with pytest.raises(NoiseARCheckpointError, match=rf"model\.safetensors: .*{message}"):
@@ -233,7 +253,6 @@ def test_metadata_config_that_disagrees_with_the_tensors_is_refused(tmp_path):
     path = write_safetensors(random_state_dict(TINY), tmp_path / "model.safetensors", config)
     with pytest.raises(NoiseARCheckpointError, match=r"'ffn_layers\.0\.0\.weight' has shape \[24, 16\], expected \[32, 16\]"):
         noisear.load(path)
-
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -250,6 +269,7 @@ def test_changing_a_loaded_model_never_writes_to_its_file(tmp_path, suffix):
 
 
 # Written files ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def umask():

@@ -3,25 +3,47 @@
 fake_comfy's comfy.sample.sample records its arguments and returns noise + latent_image; the real
 sampler's agreement with SamplerCustomAdvanced / KSamplerAdvanced is checked in tests/host.
 """
+
 from __future__ import annotations
 
+import fake_comfy
 import pytest
 import torch
+from test_nodes import SMALL, conditioning, empty_latent, load, recording_prior, small_ckpt  # noqa: F401 (fixture)
 
-import fake_comfy
 from nodes.definitions import NoiseARKSamplerAdvancedNode, NoiseARKSamplerNode, NoiseARNoiseNode
 from nodes.noise import SIZE_MODES
 from nodes.prior import NoiseARNodeError
-from test_nodes import SMALL, conditioning, empty_latent, load, recording_prior, small_ckpt  # noqa: F401 (fixture)
 
 SEED = 11
 # ComfyUI v0.3.64 nodes.py: KSampler's and KSamplerAdvanced's inputs in order, with their defaults.
-KSAMPLER = [("model", None), ("seed", 0), ("steps", 20), ("cfg", 8.0), ("sampler_name", None),
-            ("scheduler", None), ("positive", None), ("negative", None), ("latent_image", None), ("denoise", 1.0)]
-KSAMPLER_ADVANCED = [("model", None), ("add_noise", None), ("noise_seed", 0), ("steps", 20), ("cfg", 8.0),
-                     ("sampler_name", None), ("scheduler", None), ("positive", None), ("negative", None),
-                     ("latent_image", None), ("start_at_step", 0), ("end_at_step", 10000),
-                     ("return_with_leftover_noise", None)]
+KSAMPLER = [
+    ("model", None),
+    ("seed", 0),
+    ("steps", 20),
+    ("cfg", 8.0),
+    ("sampler_name", None),
+    ("scheduler", None),
+    ("positive", None),
+    ("negative", None),
+    ("latent_image", None),
+    ("denoise", 1.0),
+]
+KSAMPLER_ADVANCED = [
+    ("model", None),
+    ("add_noise", None),
+    ("noise_seed", 0),
+    ("steps", 20),
+    ("cfg", 8.0),
+    ("sampler_name", None),
+    ("scheduler", None),
+    ("positive", None),
+    ("negative", None),
+    ("latent_image", None),
+    ("start_at_step", 0),
+    ("end_at_step", 10000),
+    ("return_with_leftover_noise", None),
+]
 PRIOR_INPUTS = ["noisear_model", "temperature", "size_mode"]
 
 
@@ -32,14 +54,43 @@ def host_fakes(monkeypatch, tmp_path):
 
 def ksampler(prior, latent, *, cond=None, prior_text=None, denoise=1.0, sampler="euler_ancestral"):
     cond = cond if cond is not None else conditioning(width=prior.config.text_dim)
-    return NoiseARKSamplerNode().sample(fake_comfy.Model(), SEED, 4, 5.5, sampler, "karras", cond, conditioning(seed=6),
-                                        latent, denoise, prior, 0.5, SIZE_MODES[0], prior_text)[0]
+    return NoiseARKSamplerNode().sample(
+        fake_comfy.Model(),
+        SEED,
+        4,
+        5.5,
+        sampler,
+        "karras",
+        cond,
+        conditioning(seed=6),
+        latent,
+        denoise,
+        prior,
+        0.5,
+        SIZE_MODES[0],
+        prior_text,
+    )[0]
 
 
 def advanced(prior, latent, *, add_noise="enable", start=0, end=3, leftover="enable"):
-    return NoiseARKSamplerAdvancedNode().sample(fake_comfy.Model(), add_noise, SEED, 4, 5.5, "euler", "normal",
-                                                conditioning(width=prior.config.text_dim), conditioning(seed=6), latent,
-                                                start, end, leftover, prior, 0.5, SIZE_MODES[0])[0]
+    return NoiseARKSamplerAdvancedNode().sample(
+        fake_comfy.Model(),
+        add_noise,
+        SEED,
+        4,
+        5.5,
+        "euler",
+        "normal",
+        conditioning(width=prior.config.text_dim),
+        conditioning(seed=6),
+        latent,
+        start,
+        end,
+        leftover,
+        prior,
+        0.5,
+        SIZE_MODES[0],
+    )[0]
 
 
 def test_inputs_are_ksamplers_in_its_order_with_its_defaults_then_the_priors():
@@ -67,7 +118,12 @@ def test_ksampler_samples_with_noisear_noises_draw_for_the_seed_and_batch_index(
     assert torch.equal(call["noise"], expected)
     assert not torch.equal(expected, fake_comfy.prepare_noise(latent["samples"], SEED, [3, 5]))  # not plain noise
     assert (call["seed"], call["steps"], call["cfg"], call["sampler_name"], call["scheduler"]) == (
-        SEED, 4, 5.5, "euler_ancestral", "karras")
+        SEED,
+        4,
+        5.5,
+        "euler_ancestral",
+        "karras",
+    )
     assert call["positive"] is cond and call["denoise"] == 1.0 and call["disable_noise"] is False
     assert call["noise_mask"] is None and call["callback"] is not None
     assert out["batch_index"] == [3, 5] and torch.equal(out["samples"], expected + latent["samples"])

@@ -1,4 +1,5 @@
 """noisear.mixing: endpoint identities, variance behaviour of each mode, slerp against a scalar reference."""
+
 import math
 
 import pytest
@@ -34,7 +35,7 @@ def test_linear_is_the_plain_weighted_sum():
 @pytest.mark.parametrize("strength", [0.0, 0.2, 0.5, 0.9, 1.0])
 def test_variance_preserving_weights_have_unit_square_sum(strength):
     w_x, w_eta = mix_weights(strength, "variance-preserving")
-    assert w_x ** 2 + w_eta ** 2 == pytest.approx(1.0, abs=1e-15)
+    assert w_x**2 + w_eta**2 == pytest.approx(1.0, abs=1e-15)
 
 
 def test_variance_preserving_keeps_unit_variance_where_linear_shrinks_it():

@@ -1,25 +1,37 @@
 """The network and its samplers, checked against an independent plain implementation (reference_noisear)."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
-
 import reference_noisear as reference
-from builders import (HUNYUAN_DIT, SDXL, TINY, model_from_state, published_shapes, random_eps, random_model,
-                      random_state_dict, random_text)
+import torch
+from builders import (
+    HUNYUAN_DIT,
+    SDXL,
+    TINY,
+    model_from_state,
+    published_shapes,
+    random_eps,
+    random_model,
+    random_state_dict,
+    random_text,
+)
+
 from noisear import NoiseAR, NoiseARConfig, NoiseARInputError, standard_normal
 from noisear.patches import patchify
 
 TINY_CONFIGS = {
     "tiny": TINY,
     # 2 layers, 2 heads, 12-d text through dim_adapter, 2x4 grid of 2x2 patches
-    "deep-nonsquare-adapter": NoiseARConfig(patch_size=2, channels=4, latent_height=4, latent_width=8, d_model=24,
-                                            d_ff=32, n_layers=2, n_heads=2, text_dim=12),
+    "deep-nonsquare-adapter": NoiseARConfig(
+        patch_size=2, channels=4, latent_height=4, latent_width=8, d_model=24, d_ff=32, n_layers=2, n_heads=2, text_dim=12
+    ),
     # 1x1 patches on a 3x2 grid, 4 heads, 3 layers
-    "pixel-patches": NoiseARConfig(patch_size=1, channels=2, latent_height=3, latent_width=2, d_model=32, d_ff=16,
-                                   n_layers=3, n_heads=4, text_dim=32),
+    "pixel-patches": NoiseARConfig(
+        patch_size=1, channels=2, latent_height=3, latent_width=2, d_model=32, d_ff=16, n_layers=3, n_heads=4, text_dim=32
+    ),
 }
 
 
@@ -36,24 +48,41 @@ def as_double(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # The published layout ----------------------------------------------------------------------------
 
 DOC_TABLE_SDXL = {  # the state-dict table of official-noisear.md, written out for SDXL
-    "learnable_start_token_emb": (2048,), "pos_encoding": (1, 17, 2048),
-    "latent_patch_encoder.0.weight": (2048, 4096), "latent_patch_encoder.0.bias": (2048,),
-    "latent_patch_encoder.2.weight": (2048, 2048), "latent_patch_encoder.2.bias": (2048,),
-    **{f"{a}.0.{p}": s for a in ("self_attn_layers", "cross_attn_layers")
-       for p, s in (("in_proj_weight", (6144, 2048)), ("in_proj_bias", (6144,)),
-                    ("out_proj.weight", (2048, 2048)), ("out_proj.bias", (2048,)))},
+    "learnable_start_token_emb": (2048,),
+    "pos_encoding": (1, 17, 2048),
+    "latent_patch_encoder.0.weight": (2048, 4096),
+    "latent_patch_encoder.0.bias": (2048,),
+    "latent_patch_encoder.2.weight": (2048, 2048),
+    "latent_patch_encoder.2.bias": (2048,),
+    **{
+        f"{a}.0.{p}": s
+        for a in ("self_attn_layers", "cross_attn_layers")
+        for p, s in (
+            ("in_proj_weight", (6144, 2048)),
+            ("in_proj_bias", (6144,)),
+            ("out_proj.weight", (2048, 2048)),
+            ("out_proj.bias", (2048,)),
+        )
+    },
     **{f"{n}.0.{p}": (2048,) for n in ("self_attn_norm", "cross_attn_norm", "ffn_norm") for p in ("weight", "bias")},
-    "ffn_layers.0.0.weight": (4096, 2048), "ffn_layers.0.0.bias": (4096,),
-    "ffn_layers.0.3.weight": (2048, 4096), "ffn_layers.0.3.bias": (2048,),
-    **{f"{h}.{p}": s for h in ("prediction_head_mu", "prediction_head_logvar")
-       for p, s in (("0.weight", (4096, 2048)), ("0.bias", (4096,)), ("2.weight", (4096, 4096)), ("2.bias", (4096,)))},
+    "ffn_layers.0.0.weight": (4096, 2048),
+    "ffn_layers.0.0.bias": (4096,),
+    "ffn_layers.0.3.weight": (2048, 4096),
+    "ffn_layers.0.3.bias": (2048,),
+    **{
+        f"{h}.{p}": s
+        for h in ("prediction_head_mu", "prediction_head_logvar")
+        for p, s in (("0.weight", (4096, 2048)), ("0.bias", (4096,)), ("2.weight", (4096, 4096)), ("2.bias", (4096,)))
+    },
 }
 DOC_TABLE_HUNYUAN = {**DOC_TABLE_SDXL, "dim_adapter.weight": (2048, 1024), "dim_adapter.bias": (2048,)}
 
 
-@pytest.mark.parametrize("config, table, n_keys, n_parameters", [
-    (SDXL, DOC_TABLE_SDXL, 32, 113_301_504), (HUNYUAN_DIT, DOC_TABLE_HUNYUAN, 34, 115_400_704)],
-    ids=["SDXL", "Hunyuan-DiT"])
+@pytest.mark.parametrize(
+    "config, table, n_keys, n_parameters",
+    [(SDXL, DOC_TABLE_SDXL, 32, 113_301_504), (HUNYUAN_DIT, DOC_TABLE_HUNYUAN, 34, 115_400_704)],
+    ids=["SDXL", "Hunyuan-DiT"],
+)
 def test_network_has_the_published_keys_shapes_and_parameter_count(config, table, n_keys, n_parameters):
     with torch.device("meta"):
         model = NoiseAR(config)
@@ -65,6 +94,7 @@ def test_network_has_the_published_keys_shapes_and_parameter_count(config, table
 
 
 # Cached decoding == the published full-prefix algorithm -------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(TINY_CONFIGS))
 @pytest.mark.parametrize("masked", [False, True], ids=["all-tokens", "text-mask"])
@@ -95,6 +125,7 @@ def test_one_text_embedding_serves_a_whole_batch():
 
 # Against the independent reference ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(TINY_CONFIGS))
 @pytest.mark.parametrize("masked", [False, True], ids=["all-tokens", "text-mask"])
 def test_model_matches_reference_on_tiny_configs(name, masked):
@@ -110,8 +141,7 @@ def test_model_matches_reference_on_tiny_configs(name, masked):
         torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
     expected = reference.sample(state, text, eps, 0.7, config.n_heads, mask).float()
     torch.testing.assert_close(model.sample(text, eps, temperature=0.7, text_mask=mask), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(model.sample_naive(text, eps, temperature=0.7, text_mask=mask), expected,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.sample_naive(text, eps, temperature=0.7, text_mask=mask), expected, atol=1e-6, rtol=0)
     expected_log_prob = reference.patch_log_probs(state, text, eps, config.n_heads, mask).sum(dim=1)
     torch.testing.assert_close(model.log_prob(text, eps, mask), expected_log_prob.float(), atol=1e-4, rtol=1e-6)
 
@@ -135,6 +165,7 @@ def test_published_size_log_prob_matches_reference(published):
 
 
 # Log-probability and training ------------------------------------------------------------------------
+
 
 def test_log_prob_is_the_sum_of_per_patch_gaussian_densities():
     """Changing only the last patch changes log_prob by exactly that patch's density difference."""
@@ -170,6 +201,7 @@ def test_gradient_of_log_prob_reaches_every_parameter_and_a_step_improves_it():
 
 # Determinism ----------------------------------------------------------------------------------------
 
+
 def test_repeated_calls_are_identical():
     model, text = random_model(TINY), random_text(TINY, 2)
     assert torch.equal(model.sample(text, generator=[3, 4]), model.sample(text, generator=[3, 4]))
@@ -185,11 +217,11 @@ def test_item_of_a_batch_equals_it_sampled_alone_with_eps_and_with_seed_lists():
     batch_eps, batch_seeds = model.sample(text, eps), model.sample(text, generator=[10, 20, 30])
     # same draws; the arithmetic may round differently at another batch size (BLAS blocking), hence 1e-6
     for i, seed in enumerate([10, 20, 30]):
-        alone_eps = model.sample(text[i:i + 1], eps[i:i + 1])
-        alone_seed = model.sample(text[i:i + 1], generator=[seed])
-        torch.testing.assert_close(batch_eps[i:i + 1], alone_eps, atol=1e-6, rtol=0)
-        torch.testing.assert_close(batch_seeds[i:i + 1], alone_seed, atol=1e-6, rtol=0)
-        assert torch.equal(alone_seed, model.sample(text[i:i + 1], generator=torch.Generator().manual_seed(seed)))
+        alone_eps = model.sample(text[i : i + 1], eps[i : i + 1])
+        alone_seed = model.sample(text[i : i + 1], generator=[seed])
+        torch.testing.assert_close(batch_eps[i : i + 1], alone_eps, atol=1e-6, rtol=0)
+        torch.testing.assert_close(batch_seeds[i : i + 1], alone_seed, atol=1e-6, rtol=0)
+        assert torch.equal(alone_seed, model.sample(text[i : i + 1], generator=torch.Generator().manual_seed(seed)))
 
 
 def test_int_seed_draws_item_i_as_the_ith_draw_of_one_cpu_generator():
@@ -203,8 +235,7 @@ def test_int_seed_draws_item_i_as_the_ith_draw_of_one_cpu_generator():
     assert torch.equal(standard_normal((2, *shape[1:]), 42), eps[:2])
     model, text = random_model(TINY), random_text(TINY, 3)
     assert torch.equal(model.sample(text, generator=42), model.sample(text, eps))
-    torch.testing.assert_close(model.sample(text[2:], eps[2:]), model.sample(text, generator=42)[2:],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.sample(text[2:], eps[2:]), model.sample(text, generator=42)[2:], atol=1e-6, rtol=0)
 
 
 def test_temperature_scales_the_deviation_from_mu():
@@ -212,8 +243,9 @@ def test_temperature_scales_the_deviation_from_mu():
     from the mu its own prefix gives by exactly T * std * eps."""
     model, text, eps = random_model(TINY), random_text(TINY, 2), random_eps(TINY, 2)
     tokens = {t: patchify(model.sample(text, eps, temperature=t), 2) for t in (0.0, 0.5, 1.0)}
-    torch.testing.assert_close(tokens[1.0][:, 0] - tokens[0.0][:, 0], 2 * (tokens[0.5][:, 0] - tokens[0.0][:, 0]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        tokens[1.0][:, 0] - tokens[0.0][:, 0], 2 * (tokens[0.5][:, 0] - tokens[0.0][:, 0]), atol=1e-6, rtol=0
+    )
     eps_tokens = patchify(eps, 2)
     for t, sampled in tokens.items():
         mu, logvar = model(text, sampled[:, :-1])
@@ -260,34 +292,60 @@ def test_callback_reports_progress_and_may_interrupt():
 
 # Refused inputs -------------------------------------------------------------------------------------
 
+
 def test_wrong_text_width_names_the_expected_width_and_variant(published):
     wrong_width = 1024 if published.variant == "SDXL" else 2048
-    with pytest.raises(NoiseARInputError, match=rf"{published.variant} prior expects \[batch, tokens, "
-                                                  rf"{published.config.text_dim}\]"):
+    with pytest.raises(
+        NoiseARInputError,
+        match=rf"{published.variant} prior expects \[batch, tokens, "
+        rf"{published.config.text_dim}\]",
+    ):
         published.model.sample(torch.zeros(1, 77, wrong_width), generator=[0])
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 4, 6, 4)), r"eps has shape \[1, 4, 6, 4\].*\[batch, 3, H, W\]"),
-    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(3, 6, 6)), r"eps has shape \[3, 6, 6\]"),
-    (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 3, 0, 6)), r"eps has shape \[1, 3, 0, 6\].*H, W >= 1"),
-    (lambda m: m.sample(torch.zeros(2, 4, 16), torch.zeros(3, 3, 6, 6)), r"text batch 2 does not match noise batch 3"),
-    (lambda m: m.sample(torch.zeros(4, 16), torch.zeros(4, 3, 6, 6)), r"text embedding has shape \[4, 16\]"),
-    (lambda m: m.sample(torch.zeros(2, 4, 16), generator=[0]), r"got 1 seeds/generators for a batch of 2"),
-    (lambda m: m.sample(torch.zeros(1, 4, 16), generator=[0], text_mask=torch.ones(1, 5)),
-     r"text_mask has shape \[1, 5\]; expected \[1, 4\]"),
-    (lambda m: m.log_prob(torch.zeros(1, 4, 16), torch.zeros(1, 3, 4, 4)), r"noise has shape \[1, 3, 4, 4\]"),
-], ids=["eps-channels", "eps-ndim", "eps-empty", "text-batch", "text-ndim", "seed-count", "mask-shape", "log-prob-noise"])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 4, 6, 4)), r"eps has shape \[1, 4, 6, 4\].*\[batch, 3, H, W\]"),
+        (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(3, 6, 6)), r"eps has shape \[3, 6, 6\]"),
+        (lambda m: m.sample(torch.zeros(1, 4, 16), torch.zeros(1, 3, 0, 6)), r"eps has shape \[1, 3, 0, 6\].*H, W >= 1"),
+        (lambda m: m.sample(torch.zeros(2, 4, 16), torch.zeros(3, 3, 6, 6)), r"text batch 2 does not match noise batch 3"),
+        (lambda m: m.sample(torch.zeros(4, 16), torch.zeros(4, 3, 6, 6)), r"text embedding has shape \[4, 16\]"),
+        (lambda m: m.sample(torch.zeros(2, 4, 16), generator=[0]), r"got 1 seeds/generators for a batch of 2"),
+        (
+            lambda m: m.sample(torch.zeros(1, 4, 16), generator=[0], text_mask=torch.ones(1, 5)),
+            r"text_mask has shape \[1, 5\]; expected \[1, 4\]",
+        ),
+        (lambda m: m.log_prob(torch.zeros(1, 4, 16), torch.zeros(1, 3, 4, 4)), r"noise has shape \[1, 3, 4, 4\]"),
+    ],
+    ids=["eps-channels", "eps-ndim", "eps-empty", "text-batch", "text-ndim", "seed-count", "mask-shape", "log-prob-noise"],
+)
 def test_bad_inputs_are_refused_with_what_was_expected(call, message):
     with pytest.raises(NoiseARInputError, match=message):
         call(random_model(TINY))
 
 
-
-@pytest.mark.parametrize("config", [
-    TINY, NoiseARConfig(), NoiseARConfig(text_dim=1024),
-    NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=8, d_model=24, d_ff=40, n_layers=3,
-                  n_heads=2, text_dim=12, positions="2d")], ids=["tiny", "sdxl", "hunyuan", "own-2d"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        NoiseARConfig(),
+        NoiseARConfig(text_dim=1024),
+        NoiseARConfig(
+            patch_size=2,
+            channels=3,
+            latent_height=4,
+            latent_width=8,
+            d_model=24,
+            d_ff=40,
+            n_layers=3,
+            n_heads=2,
+            text_dim=12,
+            positions="2d",
+        ),
+    ],
+    ids=["tiny", "sdxl", "hunyuan", "own-2d"],
+)
 def test_state_shapes_are_the_networks_without_building_it(config):
     """What checkpoints are checked against before loading equals the state dict the network has."""
     with torch.device("meta"):

@@ -3,6 +3,7 @@
 A real tiny prior checks the numbers (against noisear's own sampler fed ComfyUI's eps); a recording
 stand-in with the published SDXL / Hunyuan-DiT config checks what the nodes hand to the prior.
 """
+
 from __future__ import annotations
 
 import gc
@@ -14,21 +15,26 @@ import sys
 import weakref
 from pathlib import Path
 
+import fake_comfy
 import pytest
 import torch
+from builders import HUNYUAN_DIT, SDXL, random_model
 
-import fake_comfy
 import nodes
 from nodes import host
 from nodes import prior as prior_module
-from nodes.definitions import (NODE_CLASS_MAPPINGS, NoiseARBlendNode, NoiseARLatentNode, NoiseARLoader,
-                               NoiseARNoiseNode, NoiseARPreviewNode)
+from nodes.definitions import (
+    NODE_CLASS_MAPPINGS,
+    NoiseARBlendNode,
+    NoiseARLatentNode,
+    NoiseARLoader,
+    NoiseARNoiseNode,
+    NoiseARPreviewNode,
+)
 from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES
-from nodes.prior import size_text
-from nodes.prior import NoiseARNodeError, NoiseARPrior
 from nodes.preview import colour_matrix, noise_to_image
+from nodes.prior import NoiseARNodeError, NoiseARPrior, size_text
 from noisear import NoiseARConfig, save
-from builders import HUNYUAN_DIT, SDXL, random_model
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 channels like SDXL latents, 8x8 latent in 4x4 patches, 2x2 grid, 24-d text
@@ -146,10 +152,15 @@ def test_the_missing_checkpoint_message_lists_a_bounded_number_of_files(host_fak
 
 def guidance_for(folder: str) -> list[str]:
     """What a user with no weights must be told: the folder, which checkpoint fits which model, the command."""
-    return [folder, "sdxl_and_dreamshaper for SDXL base 1.0 and DreamShaper-XL",
-            "sdxl_and_dreamshaper_dpo for SDXL", "dit for Hunyuan-DiT v1.2", "dit_dpo for Hunyuan-DiT v1.2",
-            f"-m noisear convert path/to/sdxl_and_dreamshaper/model.pth \"{folder}/sdxl_and_dreamshaper.safetensors\"",
-            f"cd \"{REPO}\""]
+    return [
+        folder,
+        "sdxl_and_dreamshaper for SDXL base 1.0 and DreamShaper-XL",
+        "sdxl_and_dreamshaper_dpo for SDXL",
+        "dit for Hunyuan-DiT v1.2",
+        "dit_dpo for Hunyuan-DiT v1.2",
+        f'-m noisear convert path/to/sdxl_and_dreamshaper/model.pth "{folder}/sdxl_and_dreamshaper.safetensors"',
+        f'cd "{REPO}"',
+    ]
 
 
 def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fakes):
@@ -202,8 +213,8 @@ def test_noise_is_the_prior_sample_of_comfyuis_eps_for_the_seed(small_ckpt):
     noise = noise_for(prior, latent, cond, seed=11, temperature=0.7)
     eps = fake_comfy.prepare_noise(latent["samples"], 11)
     for i in range(2):
-        expected = prior.model.sample(cond[0][0], eps[i:i + 1], temperature=0.7)
-        assert torch.equal(noise[i:i + 1], expected)
+        expected = prior.model.sample(cond[0][0], eps[i : i + 1], temperature=0.7)
+        assert torch.equal(noise[i : i + 1], expected)
     assert noise.shape == latent["samples"].shape and noise.dtype == torch.float32
 
 
@@ -262,8 +273,11 @@ def test_own_priors_read_all_tokens_and_the_mask_and_one_conditioning_serves_the
         assert torch.equal(call["text"], cond[0][0]) and torch.equal(call["mask"], mask.bool())
 
 
-@pytest.mark.parametrize("config, width, needs", [(SDXL, 768, "SDXL / DreamShaper-XL"), (HUNYUAN_DIT, 2048, "Hunyuan-DiT")],
-                         ids=["SD1.5-into-SDXL", "SDXL-into-Hunyuan"])
+@pytest.mark.parametrize(
+    "config, width, needs",
+    [(SDXL, 768, "SDXL / DreamShaper-XL"), (HUNYUAN_DIT, 2048, "Hunyuan-DiT")],
+    ids=["SD1.5-into-SDXL", "SDXL-into-Hunyuan"],
+)
 def test_wrong_conditioning_width_names_the_model_the_prior_needs(config, width, needs):
     with pytest.raises(NoiseARNodeError, match=f"{width}-d.*{needs}"):
         NoiseARNoiseNode().make(recording_prior(config), conditioning(width=width), 0, 0.5, SIZE_MODES[0])
@@ -277,17 +291,29 @@ def test_any_size_is_the_default_and_draws_the_prior_sample_of_the_whole_latent(
     noise = node_noise.generate_noise(latent)
     eps = fake_comfy.prepare_noise(latent["samples"], 11)
     for i in range(2):
-        assert torch.equal(noise[i:i + 1], prior.model.sample(cond[0][0], eps[i:i + 1], temperature=0.7))
-    assert node_noise.info == ("NoiseAR decoding: sliding window over 2 x 3 patches for 80 x 40 px (W x H), "
-                               "latent 5 x 10 cells (H x W)")
+        assert torch.equal(noise[i : i + 1], prior.model.sample(cond[0][0], eps[i : i + 1], temperature=0.7))
+    assert node_noise.info == (
+        "NoiseAR decoding: sliding window over 2 x 3 patches for 80 x 40 px (W x H), latent 5 x 10 cells (H x W)"
+    )
     assert noise_for(prior, empty_latent()) is not None
 
 
-@pytest.mark.parametrize("config, shape, decoding", [
-    (SDXL, (128, 128), "native"), (SDXL, (152, 104), "sliding window over 5 x 4 patches"),
-    (HUNYUAN_DIT, (96, 160), "sliding window over 3 x 5 patches"),
-    (NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=24, text_dim=24,
-                   positions="2d"), (12, 6), "2-D prior")], ids=["native", "sdxl-832x1216", "hunyuan-1280x768", "2d"])
+@pytest.mark.parametrize(
+    "config, shape, decoding",
+    [
+        (SDXL, (128, 128), "native"),
+        (SDXL, (152, 104), "sliding window over 5 x 4 patches"),
+        (HUNYUAN_DIT, (96, 160), "sliding window over 3 x 5 patches"),
+        (
+            NoiseARConfig(
+                patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=24, text_dim=24, positions="2d"
+            ),
+            (12, 6),
+            "2-D prior",
+        ),
+    ],
+    ids=["native", "sdxl-832x1216", "hunyuan-1280x768", "2d"],
+)
 def test_info_says_which_decoding_was_used(config, shape, decoding):
     prior = recording_prior(config)
     node_noise = NoiseARNoiseNode().make(prior, conditioning(width=config.text_dim), 0, 0.5, "any size")[0]
@@ -301,13 +327,16 @@ def test_size_text_labels_pixels_and_latent_cells():
 
 
 def test_native_only_refuses_other_sizes_naming_both_sizes_and_the_way_out():
-    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Noise: .*native to 1024 x 1024 px \(W x H\), latent 128 x 128 "
-                                               r"cells \(H x W\); this latent is 832 x 1216 px \(W x H\), latent 152 x 104 "
-                                               r"cells \(H x W\).*'any size'"):
-        noise_for(recording_prior(SDXL), empty_latent(height=152, width=104), conditioning(width=2048),
-                  size_mode="native only")
-    assert noise_for(recording_prior(SDXL), empty_latent(height=128, width=128), conditioning(width=2048),
-                     size_mode="native only").shape == (1, 4, 128, 128)
+    with pytest.raises(
+        NoiseARNodeError,
+        match=r"NoiseAR Noise: .*native to 1024 x 1024 px \(W x H\), latent 128 x 128 "
+        r"cells \(H x W\); this latent is 832 x 1216 px \(W x H\), latent 152 x 104 "
+        r"cells \(H x W\).*'any size'",
+    ):
+        noise_for(recording_prior(SDXL), empty_latent(height=152, width=104), conditioning(width=2048), size_mode="native only")
+    assert noise_for(
+        recording_prior(SDXL), empty_latent(height=128, width=128), conditioning(width=2048), size_mode="native only"
+    ).shape == (1, 4, 128, 128)
 
 
 def test_the_retired_centre_mode_runs_as_any_size_with_a_note(caplog):
@@ -325,15 +354,19 @@ def test_the_retired_centre_mode_runs_as_any_size_with_a_note(caplog):
 
 
 def test_channel_mismatch_is_refused_naming_the_node_and_the_size():
-    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Noise: the latent \(64 x 64 px \(W x H\), latent 8 x 8 cells "
-                                               r"\(H x W\)\) has 16 channels.*4-channel"):
+    with pytest.raises(
+        NoiseARNodeError,
+        match=r"NoiseAR Noise: the latent \(64 x 64 px \(W x H\), latent 8 x 8 cells "
+        r"\(H x W\)\) has 16 channels.*4-channel",
+    ):
         noise_for(recording_prior(SMALL), empty_latent(channels=16))
 
 
 # NoiseAR Latent -------------------------------------------------------------------------------------------
 def latent_node(prior, model, latent, seed=11, **kwargs):
-    return NoiseARLatentNode().make(model, prior, conditioning(width=prior.config.text_dim), seed, 0.5,
-                                    SIZE_MODES[0], latent, **kwargs)["result"]
+    return NoiseARLatentNode().make(
+        model, prior, conditioning(width=prior.config.text_dim), seed, 0.5, SIZE_MODES[0], latent, **kwargs
+    )["result"]
 
 
 @pytest.mark.parametrize("filled", [False, True], ids=["empty-latent", "non-zero-latent"])
@@ -350,7 +383,7 @@ def test_latent_path_starts_where_the_noise_path_starts(small_ckpt, filled):
     ksampler_path = fmt.process_in(start_latent["samples"])  # add_noise disable: process_in(LATENT) is x
     torch.testing.assert_close(ksampler_path, noise_path, rtol=1e-5, atol=1e-5)
     if not filled:
-        torch.testing.assert_close(start_latent["samples"], noise * math.sqrt(1 + 14.6146 ** 2) / 0.13025)
+        torch.testing.assert_close(start_latent["samples"], noise * math.sqrt(1 + 14.6146**2) / 0.13025)
     assert start_latent["batch_index"] == [4, 7] and "channel 3" in info
 
 
@@ -428,10 +461,12 @@ def test_every_node_is_described_and_every_input_and_output_has_a_tooltip(name, 
 
 
 def test_the_pack_imports_outside_comfyui():
-    code = ("import importlib.util, sys; "
-            f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}); "
-            "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; "
-            "spec.loader.exec_module(module); print(sorted(module.NODE_CLASS_MAPPINGS))")
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}); "
+        "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; "
+        "spec.loader.exec_module(module); print(sorted(module.NODE_CLASS_MAPPINGS))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "NoiseARNoise" in result.stdout

@@ -1,11 +1,12 @@
 """Non-finite or absurd inputs are errors that name the input, in the library and in the nodes; never NaN noise."""
+
 from __future__ import annotations
 
+import fake_comfy
 import pytest
 import torch
+from builders import TINY, model_from_state, random_eps, random_model, random_state_dict, random_text
 
-import fake_comfy
-from builders import TINY, random_eps, random_model, random_state_dict, random_text, model_from_state
 from nodes.definitions import NoiseARBlendNode, NoiseARNoiseNode
 from nodes.golden import GoldenNoiseNode
 from nodes.noise import SIZE_MODES
@@ -29,6 +30,7 @@ def with_value(tensor: torch.Tensor, value: float) -> torch.Tensor:
 
 # The library ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sampler", ["sample", "sample_naive"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_text_is_refused(model, sampler, bad):
@@ -43,8 +45,7 @@ def test_non_finite_eps_is_refused(model, sampler, bad):
         getattr(model, sampler)(random_text(TINY), with_value(random_eps(TINY), bad))
 
 
-@pytest.mark.parametrize("temperature", [*BAD_NUMBERS, -0.1, 10.5, 1e30, torch.tensor(0.5)],
-                         ids=lambda value: repr(value)[:20])
+@pytest.mark.parametrize("temperature", [*BAD_NUMBERS, -0.1, 10.5, 1e30, torch.tensor(0.5)], ids=lambda value: repr(value)[:20])
 def test_temperature_must_be_a_number_in_range(model, temperature):
     with pytest.raises(NoiseARInputError, match=r"temperature must be a number from 0 to 10 \(0\.5 as published\), got"):
         model.sample(random_text(TINY), random_eps(TINY), temperature=temperature)
@@ -91,6 +92,7 @@ def test_blend_overflow_is_an_error():
 
 # The nodes (ComfyUI's min/max check lets NaN through in API workflows) -------------------------------------
 
+
 @pytest.fixture
 def host_fakes(monkeypatch, tmp_path):
     return fake_comfy.install(monkeypatch, tmp_path)
@@ -107,8 +109,11 @@ def cond(value: float | None = None) -> list:
 
 @pytest.mark.parametrize("temperature", BAD_NUMBERS + [2.5, -1.0], ids=repr)
 def test_noise_node_checks_its_temperature(host_fakes, temperature):
-    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Noise: temperature must be a number from 0 to 2, got "
-                                               r".*set a number in the widget"):
+    with pytest.raises(
+        NoiseARNodeError,
+        match=r"NoiseAR Noise: temperature must be a number from 0 to 2, got "
+        r".*set a number in the widget",
+    ):
         NoiseARNoiseNode().make(prior(), cond(), 0, temperature, SIZE_MODES[0])
 
 
@@ -127,8 +132,11 @@ def test_blend_node_checks_its_strength(host_fakes, strength):
 
 @pytest.mark.parametrize("cfgs", [(float("nan"), 1.0), (5.5, float("inf")), (5.5, -1.0)], ids=repr)
 def test_golden_node_checks_its_guidance(host_fakes, cfgs):
-    with pytest.raises(NoiseARNodeError, match=r"NoiseAR Golden Noise: cfg_(denoise|invert) must be a number from 0 "
-                                               r"to 100"):
+    with pytest.raises(
+        NoiseARNodeError,
+        match=r"NoiseAR Golden Noise: cfg_(denoise|invert) must be a number from 0 "
+        r"to 100",
+    ):
         GoldenNoiseNode().make(object(), [], [], 0, "normal", 3, *cfgs)
 
 

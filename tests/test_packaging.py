@@ -4,6 +4,7 @@ checkpoints, a `noisear` command, and never a top-level `nodes` (it would shadow
 The wheel is built from a copy of the checkout (setuptools writes build/ and *.egg-info next to the sources),
 without build isolation, so no network is needed: setuptools comes from requirements-dev.txt.
 """
+
 import re
 import shutil
 import subprocess
@@ -25,8 +26,22 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools (pip install -r requirements-dev.txt)")
     source, dist = tmp_path_factory.mktemp("checkout") / "repo", tmp_path_factory.mktemp("dist")
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-                    "--quiet", "-w", str(dist), str(source)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--quiet",
+            "-w",
+            str(dist),
+            str(source),
+        ],
+        check=True,
+    )
     (path,) = dist.glob("*.whl")
     with zipfile.ZipFile(path) as archive:
         yield archive
@@ -62,6 +77,7 @@ def test_torch_is_a_lower_bound_at_most_and_requirements_txt_is_the_rest(wheel):
     required = [spec.replace(" ", "") for spec in re.findall(r"^Requires-Dist: ([^;\n]+)$", metadata, re.M)]
     torch = [spec for spec in required if re.match(r"torch\b", spec)]
     assert torch and all(re.fullmatch(r"torch(>=[\d.]+)?", spec) for spec in torch)
-    requirements = [line.split("#")[0].replace(" ", "") for line in
-                    (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()]
+    requirements = [
+        line.split("#")[0].replace(" ", "") for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    ]
     assert sorted(filter(None, requirements)) == sorted(set(required) - set(torch))

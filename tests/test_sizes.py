@@ -3,30 +3,36 @@
 The sliding window is checked against tests/reference_noisear.py's plain version (each window's
 whole prefix recomputed with the independent network), in fp64 on small configs.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
-import torch
-
 import reference_noisear as reference
+import torch
 from builders import TINY, model_from_state, random_model, random_state_dict, random_text
+
 from noisear import NoiseAR, NoiseARConfig, NoiseARInputError
 from noisear import model as model_module
 from noisear.patches import decoding_plan, pad_eps
 
 # 2x2 window of 2x2 patches; the same at 2 layers, 2 heads, a 2x3 window and 12-d text through dim_adapter
-WINDOW_2X2 = NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=16, d_ff=24,
-                           text_dim=16)
-DEEP_2X3 = NoiseARConfig(patch_size=2, channels=4, latent_height=4, latent_width=6, d_model=24, d_ff=32,
-                         n_layers=2, n_heads=2, text_dim=12)
+WINDOW_2X2 = NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=16, d_ff=24, text_dim=16)
+DEEP_2X3 = NoiseARConfig(
+    patch_size=2, channels=4, latent_height=4, latent_width=6, d_model=24, d_ff=32, n_layers=2, n_heads=2, text_dim=12
+)
 CONFIGS = {"window-2x2": WINDOW_2X2, "tiny-3x3": TINY, "deep-2x3": DEEP_2X3}
 SIZES = {  # latent (height, width) in cells, for patches of 2
-    "wider-and-taller": (10, 8), "taller": (8, 6), "non-multiples": (9, 7), "shorter-than-native": (2, 10),
-    "narrower-than-native": (10, 2), "one-cell": (1, 1), "one-row": (1, 9)}
-TWO_D = NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=16, d_ff=24, text_dim=16,
-                      positions="2d")
+    "wider-and-taller": (10, 8),
+    "taller": (8, 6),
+    "non-multiples": (9, 7),
+    "shorter-than-native": (2, 10),
+    "narrower-than-native": (10, 2),
+    "one-cell": (1, 1),
+    "one-row": (1, 9),
+}
+TWO_D = NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=16, d_ff=24, text_dim=16, positions="2d")
 
 
 def two_d_model(seed: int = 0) -> NoiseAR:
@@ -44,6 +50,7 @@ def draws(batch: int, channels: int, height: int, width: int, seed: int = 2) -> 
 
 # Against the independent reference -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_sliding_window_matches_the_plain_reference(name, size):
@@ -53,8 +60,9 @@ def test_sliding_window_matches_the_plain_reference(name, size):
     model = model_from_state(config, state)
     text, eps = random_text(config, 2, tokens=5).double(), draws(2, config.channels, *SIZES[size]).double()
     padded = pad_eps(eps, config.plan(*eps.shape[2:]))
-    expected = reference.sample_windows(state, text, padded, config.grid_height, config.grid_width, 0.7,
-                                        config.n_heads)[:, :, :eps.shape[2], :eps.shape[3]].float()
+    expected = reference.sample_windows(state, text, padded, config.grid_height, config.grid_width, 0.7, config.n_heads)[
+        :, :, : eps.shape[2], : eps.shape[3]
+    ].float()
     cached = model.sample(text, eps, temperature=0.7)
     assert cached.shape == eps.shape and cached.dtype == torch.float32
     torch.testing.assert_close(cached, expected, atol=1e-6, rtol=0)
@@ -68,11 +76,11 @@ def test_cached_equals_naive_in_float32_with_a_text_mask(size):
     eps = draws(3, 3, *SIZES[size])
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] + [False] * 5])
     cached = model.sample(text, eps, temperature=0.9, text_mask=mask)
-    torch.testing.assert_close(cached, model.sample_naive(text, eps, temperature=0.9, text_mask=mask),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached, model.sample_naive(text, eps, temperature=0.9, text_mask=mask), atol=1e-5, rtol=0)
 
 
 # Properties users rely on ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_top_left_native_window_is_the_native_sample_of_the_cropped_eps(name):
@@ -100,10 +108,10 @@ def test_a_shorter_latent_is_the_top_of_a_native_sample(name):
     config = CONFIGS[name]
     model, text = random_model(config, seed=6), random_text(config, 1, tokens=5)
     eps = draws(1, config.channels, config.patch_size, config.latent_width)
-    full = torch.cat([eps, draws(1, config.channels, config.latent_height - config.patch_size,
-                                 config.latent_width, seed=9)], dim=2)
-    torch.testing.assert_close(model.sample(text, eps), model.sample(text, full)[:, :, :config.patch_size],
-                               atol=1e-6, rtol=0)
+    full = torch.cat(
+        [eps, draws(1, config.channels, config.latent_height - config.patch_size, config.latent_width, seed=9)], dim=2
+    )
+    torch.testing.assert_close(model.sample(text, eps), model.sample(text, full)[:, :, : config.patch_size], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -114,7 +122,7 @@ def test_every_size_gives_that_shape_deterministically_and_item_by_item(size):
     assert noise.shape == eps.shape and torch.isfinite(noise).all()
     assert torch.equal(model.sample(text, eps), noise)
     for i in range(3):  # the same draws; another batch size may round differently (BLAS blocking), hence 1e-6
-        torch.testing.assert_close(model.sample(text[i:i + 1], eps[i:i + 1]), noise[i:i + 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.sample(text[i : i + 1], eps[i : i + 1]), noise[i : i + 1], atol=1e-6, rtol=0)
 
 
 def test_native_size_uses_one_window_and_other_sizes_cost_at_most_a_window_per_patch(monkeypatch):
@@ -144,6 +152,7 @@ def test_callback_counts_the_decoded_patches():
 
 # Padding ----------------------------------------------------------------------------------------------------
 
+
 def test_padding_keeps_eps_and_adds_gaussian_draws_seeded_by_each_items_eps():
     plan = decoding_plan(9, 7, 4, (2, 2))  # 3 x 2 patches of 4 cells
     eps = draws(3, 4, 9, 7)
@@ -166,6 +175,7 @@ def test_a_non_multiple_latent_is_the_crop_of_the_sample_of_its_padded_eps():
 
 # 2-D priors ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("height, width", [(4, 4), (6, 10), (10, 2), (5, 3), (1, 1)])
 def test_two_d_priors_decode_any_grid_as_one_sequence(height, width):
     model, text = two_d_model(), random_text(TWO_D, 2)
@@ -178,6 +188,7 @@ def test_two_d_priors_decode_any_grid_as_one_sequence(height, width):
 
 
 # The plan and what stays native ---------------------------------------------------------------------------
+
 
 def test_plan_names_the_decoding_and_anchors_windows_as_far_up_and_left_as_possible():
     native = decoding_plan(128, 128, 32, (4, 4))

@@ -4,22 +4,23 @@ The fake CLIP encodes token t with weight w as w * t in every channel, so the te
 tokens and weights reached the sampler's conditioning and the prior's prior_text. The numbers of the
 real encoders are checked in tests/host/test_text_parity.py.
 """
+
 from __future__ import annotations
 
 import logging
 
+import fake_comfy
 import pytest
 import torch
-
-import fake_comfy
 from builders import HUNYUAN_DIT, SDXL
+from test_nodes import SMALL, empty_latent, recording_prior
+
 from nodes import host
 from nodes.conditioning import EXACT
 from nodes.definitions import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, NoiseARLatentNode, NoiseARPreviewNode
 from nodes.noise import SIZE_MODES
 from nodes.prior import NoiseARNodeError
 from nodes.text_encode import NoiseARTextEncodeNode
-from test_nodes import SMALL, empty_latent, recording_prior
 
 PROMPT = "a lighthouse on a cliff at sunset"
 LONG = " ".join(f"word{i}" for i in range(80))  # 80 tokens: more than the 75 a 77-token window holds
@@ -67,7 +68,7 @@ def test_a_long_sdxl_prompt_reaches_the_prior_cut_like_diffusers(host_fakes):
     conditioning, prior_text = text_encode(clip, LONG)
     assert conditioning[0][0].shape[1] == 154  # the sampler gets the whole prompt, in two chunks
     for stream in ("l", "g"):
-        chunk, = clip.calls[-1][0][stream]
+        (chunk,) = clip.calls[-1][0][stream]
         assert [t for t, _ in chunk] == [49406] + [1000 + i for i in range(75)] + [49407]  # end token at 76
     assert token_ids(prior_text) == [49406] + [1000 + i for i in range(75)] + [49407]
     assert "longer than 75 tokens" in host_fakes.node_texts[-1][1]
@@ -128,8 +129,7 @@ def test_prior_text_of_a_long_prompt_gives_no_warning(family, host_fakes):
 
 
 @pytest.mark.parametrize("family, one_pass", [("sdxl", False), ("hunyuan", True)])
-def test_a_long_conditioning_warns_on_the_node_in_the_console_and_in_the_stats(family, one_pass, host_fakes,
-                                                                               caplog):
+def test_a_long_conditioning_warns_on_the_node_in_the_console_and_in_the_stats(family, one_pass, host_fakes, caplog):
     prior = recording_prior(FAMILIES[family])
     conditioning = host.encode_text(fake_comfy.CLIP(family), LONG)
     with caplog.at_level(logging.WARNING, logger="NoiseAR"):

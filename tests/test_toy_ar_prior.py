@@ -1,4 +1,5 @@
 """The pixel prior is autoregressive: a pixel's distribution never depends on itself or later pixels."""
+
 import torch
 
 from noisear.toy.ar_prior import PixelPrior, PixelPriorConfig
@@ -16,7 +17,7 @@ def test_pixel_logits_depend_on_earlier_pixels_only():
         before, after = model(image, labels)[0], model(changed, labels)[0]
         assert torch.equal(before[: j + 1], after[: j + 1])  # pixels 0..j unaffected
         if j < 63:
-            assert not torch.equal(before[j + 1:], after[j + 1:])
+            assert not torch.equal(before[j + 1 :], after[j + 1 :])
 
 
 def test_single_pixel_logits_equal_the_full_forward_and_sampling_is_seeded():

@@ -4,14 +4,25 @@ on golden noise from starting noises they never saw.
 
 The full table (10 seeds x 1,000 samples, per-seed signs, p-values) is `python -m noisear demo`; see docs/demo.md.
 """
+
 import pytest
 import torch
 
 from noisear.toy.checkpoints import DEFAULT_DIR, FILES, ToyCheckpointError, load_models, load_net
 from noisear.toy.classifier import DigitClassifier, accuracy
 from noisear.toy.data import load_split
-from noisear.toy.demo import (GOLDEN_ROW, PRIOR_LABELS, PROMPT_MEAN, SEED1, SOURCES, comparisons, evaluate, grid,
-                               held_out_nll, table)
+from noisear.toy.demo import (
+    GOLDEN_ROW,
+    PRIOR_LABELS,
+    PROMPT_MEAN,
+    SEED1,
+    SOURCES,
+    comparisons,
+    evaluate,
+    grid,
+    held_out_nll,
+    table,
+)
 
 # ΔFD against the matched Gaussian is about -3.8 at T=1 and -0.45 at T=0.5 here (seeds 7-9, 500 samples)
 MARGIN = {"NoiseAR T=1": 2.0, "NoiseAR T=0.5": 0.2}
@@ -27,8 +38,7 @@ def models():
 @pytest.fixture(scope="module")
 def result(models):
     names = {"Gaussian", PROMPT_MEAN, GOLDEN_ROW, *PRIOR_ROWS}
-    return evaluate(models, seeds=[7, 8, 9], samples=500, permutations=0,
-                    sources=[s for s in SOURCES if s.name in names])
+    return evaluate(models, seeds=[7, 8, 9], samples=500, permutations=0, sources=[s for s in SOURCES if s.name in names])
 
 
 def mean(result, name, metric):

@@ -1,10 +1,10 @@
 """The toy diffusion model's samplers, checked against an oracle denoiser whose answer is known."""
+
 import math
 
 import torch
 
-from noisear.toy.diffusion import (ALPHAS_CUMPROD, NULL_LABEL, Denoiser, ddim_invert, ddim_sample, schedule,
-                                   unconditional)
+from noisear.toy.diffusion import ALPHAS_CUMPROD, NULL_LABEL, Denoiser, ddim_invert, ddim_sample, schedule, unconditional
 
 
 class Oracle(torch.nn.Module):

@@ -1,4 +1,5 @@
 """Metrics of the toy demo against closed forms, and the permutation test's behaviour."""
+
 import math
 
 import torch

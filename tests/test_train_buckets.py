@@ -1,4 +1,5 @@
 """Aspect-ratio buckets: one dataset of several latent sizes, batches of one size, a 2-D prior trained on both."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from noisear.train.data import BatchPlan, DatasetError, DatasetInfo, ShardDatase
 from noisear.train.trainer import TrainConfig, train_likelihood
 
 SIZES = {"8x8": (8, 8), "8x16": (8, 16)}
-CONFIG = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32, text_dim=6,
-                       positions="2d")
+CONFIG = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32, text_dim=6, positions="2d")
 
 
 def write_buckets(root, samples: int = 24, shard_size: int = 5) -> None:
@@ -42,9 +42,13 @@ def test_batches_never_mix_sizes_and_an_epoch_visits_every_full_batch_of_both(tm
 
 def test_a_2d_prior_trains_on_both_sizes_and_samples_both(tmp_path):
     write_buckets(tmp_path / "data")
-    prior = train_likelihood(tmp_path / "data", TrainConfig(out_dir=str(tmp_path / "run"), steps=4, batch_size=4,
-                                                            warmup_steps=1, progress=False, validation_fraction=0.25),
-                             CONFIG)
+    prior = train_likelihood(
+        tmp_path / "data",
+        TrainConfig(
+            out_dir=str(tmp_path / "run"), steps=4, batch_size=4, warmup_steps=1, progress=False, validation_fraction=0.25
+        ),
+        CONFIG,
+    )
     text = torch.randn(1, 3, 6)
     for h, w in SIZES.values():
         assert prior.sample(text, torch.randn(1, 4, h, w)).shape == (1, 4, h, w)
@@ -56,8 +60,9 @@ def test_a_native_only_prior_refuses_a_bucketed_dataset(tmp_path):
     write_buckets(tmp_path / "data")
     table = NoiseARConfig(**{**CONFIG.__dict__, "positions": "table"})
     with pytest.raises(DatasetError, match="positions='2d'"):
-        train_likelihood(tmp_path / "data", TrainConfig(out_dir=str(tmp_path / "run"), steps=1, batch_size=4,
-                                                        progress=False), table)
+        train_likelihood(
+            tmp_path / "data", TrainConfig(out_dir=str(tmp_path / "run"), steps=1, batch_size=4, progress=False), table
+        )
 
 
 def test_sizes_may_not_differ_inside_one_directory(tmp_path):

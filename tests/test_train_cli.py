@@ -1,13 +1,33 @@
 """The train, dpo, eval and data commands, run through python -m noisear's parser."""
+
 import argparse
 
 import torch
-
-from noisear.cli import build_parser, main
 from test_train_trainer import make_dataset, one_thread  # noqa: F401  (fixture)
 
-TINY = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0", "--device", "cpu", "--no-progress",
-        "--batch-size", "8", "--warmup-steps", "1", "--log-every", "1", "--validation-fraction", "0.2"]
+from noisear.cli import build_parser, main
+
+TINY = [
+    "--patch-size",
+    "2",
+    "--d-model",
+    "16",
+    "--d-ff",
+    "32",
+    "--dropout",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "1",
+    "--log-every",
+    "1",
+    "--validation-fraction",
+    "0.2",
+]
 
 
 def first_channel_mean(noise, prompts):
@@ -55,22 +75,88 @@ def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "NLL nats/dim: prior" in out and "vs N(0,I) " in out  # held-out figures, no train loss
     assert "calibration: sample std at T=1" in out
-    assert main(["dpo", str(tmp_path / "sft/prior.safetensors"), "--prompts", str(tmp_path / "data"),
-                 "--scorer", "test_train_cli:first_channel_mean", "--out", str(tmp_path / "dpo"), "--steps", "2",
-                 "--prompts-per-round", "4", "--rollouts", "4", "--device", "cpu", "--no-progress",
-                 "--batch-size", "4"]) == 0
-    eval_args = ["eval", "--prompts", str(tmp_path / "data"), "--backend", "test_train_cli:backend",
-                 "--scorer", "bright=test_train_cli:brightness", "--out", str(tmp_path / "eval")]
+    assert (
+        main(
+            [
+                "dpo",
+                str(tmp_path / "sft/prior.safetensors"),
+                "--prompts",
+                str(tmp_path / "data"),
+                "--scorer",
+                "test_train_cli:first_channel_mean",
+                "--out",
+                str(tmp_path / "dpo"),
+                "--steps",
+                "2",
+                "--prompts-per-round",
+                "4",
+                "--rollouts",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    eval_args = [
+        "eval",
+        "--prompts",
+        str(tmp_path / "data"),
+        "--backend",
+        "test_train_cli:backend",
+        "--scorer",
+        "bright=test_train_cli:brightness",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert main([*eval_args, "--seeds", "2"]) == 2  # seeds 0, 1 started training pairs of this dataset
     assert "starting seeds" in capsys.readouterr().err
-    assert main(["eval", "--prompts", str(tmp_path / "data"), "--split", "all", "--max-prompts", "3", "--seeds", "2",
-                 "--first-seed", "1000", "--prompt-mean-shift", "--validation-fraction", "0.2",
-                 "--backend", "test_train_cli:backend", "--scorer", "bright=test_train_cli:brightness",
-                 "--prior", f"sft={tmp_path / 'sft/prior.safetensors'}",
-                 "--prior", f"dpo={tmp_path / 'dpo/prior.safetensors'}", "--temperature", "1.0",
-                 "--blend", "0.5", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--prompts",
+                str(tmp_path / "data"),
+                "--split",
+                "all",
+                "--max-prompts",
+                "3",
+                "--seeds",
+                "2",
+                "--first-seed",
+                "1000",
+                "--prompt-mean-shift",
+                "--validation-fraction",
+                "0.2",
+                "--backend",
+                "test_train_cli:backend",
+                "--scorer",
+                "bright=test_train_cli:brightness",
+                "--prior",
+                f"sft={tmp_path / 'sft/prior.safetensors'}",
+                "--prior",
+                f"dpo={tmp_path / 'dpo/prior.safetensors'}",
+                "--temperature",
+                "1.0",
+                "--blend",
+                "0.5",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "eval/results.md").read_text()
-    for row in ("| gaussian |", "| sft@T=1 |", "| dpo@T=1 blend 0.5 |", "| gaussian@std(dpo@T=1) |",
-                "| gaussian+prompt-mean |", "| gaussian@std(gaussian+prompt-mean) |"):
+    for row in (
+        "| gaussian |",
+        "| sft@T=1 |",
+        "| dpo@T=1 blend 0.5 |",
+        "| gaussian@std(dpo@T=1) |",
+        "| gaussian+prompt-mean |",
+        "| gaussian@std(gaussian+prompt-mean) |",
+    ):
         assert row in table
     assert (tmp_path / "eval/grid.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,14 +1,15 @@
 """Dataset collection: distinct seeds per (prompt, j), the reward filter, golden pairs written to shards, resume."""
+
 import hashlib
 
 import pytest
 import torch
+from test_golden import GaussianData
 
 from noisear import standard_normal
 from noisear.golden import GoldenConfig, Schedule, golden_noise, scaled_linear_alphas_cumprod
 from noisear.train.collect import SEED_SCHEME, PromptItem, collect, keep_improved, pair_seed, prompt_seeds
 from noisear.train.data import DatasetError, DatasetInfo, ShardDataset, ShardWriter
-from test_golden import GaussianData
 
 ACP = scaled_linear_alphas_cumprod()
 
@@ -24,7 +25,7 @@ def test_pair_seed_is_the_documented_hash_and_distinct_for_every_prompt_and_j():
     digest = hashlib.sha256(b"pair-sha256-v1:7:123456789:3").digest()
     assert pair_seed(7, 123456789, 3) == int.from_bytes(digest[:8], "big") >> 11
     seeds = [pair_seed(0, p, j) for p in range(200) for j in range(50)]
-    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 53 for s in seeds)
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**53 for s in seeds)
     assert prompt_seeds(0, 5, 3) == [pair_seed(0, 5, j) for j in range(3)]
     assert pair_seed(1, 5, 0) != pair_seed(0, 5, 0)  # first_seed gives other noises for the same prompts
 
@@ -32,14 +33,22 @@ def test_pair_seed_is_the_documented_hash_and_distinct_for_every_prompt_and_j():
 def test_collect_writes_golden_noise_of_distinct_seeds_and_resumes(tmp_path):
     schedule = Schedule.vp(ACP, 10)
     denoiser = GaussianData(schedule)
-    info = DatasetInfo(source_model="gaussian", prediction="epsilon", steps=10, guidance_denoise=5.5,
-                       seed_scheme=SEED_SCHEME)
+    info = DatasetInfo(source_model="gaussian", prediction="epsilon", steps=10, guidance_denoise=5.5, seed_scheme=SEED_SCHEME)
     items = [PromptItem(p, torch.full((3, 4), float(p)), cond=0.1 * p, uncond=0.0, prompt=f"p{p}") for p in range(3)]
     with ShardWriter(tmp_path, info, shard_size=4) as writer:
         assert collect(denoiser, schedule, writer, items[:2], 3, (2, 4, 4), progress=False)["written"] == 6
     writer = ShardWriter(tmp_path, info, shard_size=4)
-    counts = collect(denoiser, schedule, writer, items, 3, (2, 4, 4), progress=False,
-                     reward=lambda z, c: -z.abs().mean(dim=(1, 2, 3)), config=GoldenConfig(margin=-1e9))
+    counts = collect(
+        denoiser,
+        schedule,
+        writer,
+        items,
+        3,
+        (2, 4, 4),
+        progress=False,
+        reward=lambda z, c: -z.abs().mean(dim=(1, 2, 3)),
+        config=GoldenConfig(margin=-1e9),
+    )
     assert counts == {"written": 3, "skipped": 6, "rejected": 0}
     dataset = ShardDataset(tmp_path)
     assert dataset.pairs() == {(p, pair_seed(0, p, j)) for p in range(3) for j in range(3)}

@@ -1,4 +1,5 @@
 """Evaluation contrasts: each source against its std-matched Gaussian, per seed; the prompt-mean shift source."""
+
 import numpy as np
 import torch
 
@@ -56,6 +57,11 @@ def test_prompt_mean_source_adds_the_baselines_predicted_shift_to_the_seeds_gaus
     noise = prompt_mean_source(Baseline(), SHAPE)(prompts(), [7] * 4)
     expected = standard_normal((4, *SHAPE), [7] * 4) + 0.25 * torch.arange(4.0)[:, None, None, None]
     torch.testing.assert_close(noise, expected)
-    result = evaluate({"gaussian": gaussian_source(SHAPE), "shift": prompt_mean_source(Baseline(), SHAPE)},
-                      identity, {"mean": mean_value}, prompts(), seeds=range(10))
+    result = evaluate(
+        {"gaussian": gaussian_source(SHAPE), "shift": prompt_mean_source(Baseline(), SHAPE)},
+        identity,
+        {"mean": mean_value},
+        prompts(),
+        seeds=range(10),
+    )
     assert result.matched["mean"]["shift"]["seeds_better"] == 10  # the shift wins on every seed

@@ -1,12 +1,21 @@
 """Dataset shards: writer (incremental, resumable), row reader, prompt and seed split, mixed batch plan, inspect."""
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from noisear.train import data as data_module
-from noisear.train.data import (BatchPlan, DatasetError, DatasetInfo, ShardDataset, ShardWriter,
-                                inspect_dataset, validation_prompt, validation_seed)
+from noisear.train.data import (
+    BatchPlan,
+    DatasetError,
+    DatasetInfo,
+    ShardDataset,
+    ShardWriter,
+    inspect_dataset,
+    validation_prompt,
+    validation_seed,
+)
 
 INFO = DatasetInfo(source_model="test", prediction="epsilon", steps=10)
 
@@ -68,11 +77,13 @@ def test_split_holds_out_seeds_as_well_and_validation_noises_are_never_trained_o
     pairs = {}
     for split in ("train", "validation"):
         rows = dataset.rows(split, 0.2, 0.25)
-        pairs[split] = {(int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r]))
-                        for s, rs in enumerate(rows) for r in rs}
+        pairs[split] = {
+            (int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r])) for s, rs in enumerate(rows) for r in rs
+        }
     assert pairs["train"] | pairs["validation"] == dataset.pairs() and not pairs["train"] & pairs["validation"]
-    assert pairs["train"] == {(p, s) for p, s in dataset.pairs()
-                              if not validation_prompt(p, 0.2) and not validation_seed(s, 0.25)}
+    assert pairs["train"] == {
+        (p, s) for p, s in dataset.pairs() if not validation_prompt(p, 0.2) and not validation_seed(s, 0.25)
+    }
     unseen_prompt = {(p, s) for p, s in pairs["validation"] if validation_prompt(p, 0.2)}
     assert unseen_prompt and pairs["validation"] - unseen_prompt  # both kinds: unseen prompts, unseen seeds only
     assert {p for p, _ in pairs["validation"] - unseen_prompt} <= {p for p, _ in pairs["train"]}
@@ -83,8 +94,11 @@ def test_with_seeds_shared_by_prompts_validation_keeps_only_unseen_noises(tmp_pa
     assert dataset.seed_counts() == {"distinct_seeds": 8, "shared_seeds": 8, "samples_with_shared_seed": 320}
     assert sum(map(len, dataset.rows("validation", 0.2))) == 0  # held-out prompts, but every noise was trained on
     train_seeds = {int(dataset.shards[s].seed[r]) for s, rs in enumerate(dataset.rows("train", 0.2, 0.3)) for r in rs}
-    validation = [(int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r]))
-                  for s, rs in enumerate(dataset.rows("validation", 0.2, 0.3)) for r in rs]
+    validation = [
+        (int(dataset.shards[s].prompt_index[r]), int(dataset.shards[s].seed[r]))
+        for s, rs in enumerate(dataset.rows("validation", 0.2, 0.3))
+        for r in rs
+    ]
     assert validation and not train_seeds & {s for _, s in validation}
 
 
@@ -124,8 +138,10 @@ def test_batch_plan_is_deterministic_and_ranks_partition_the_global_batch(tmp_pa
 def test_inspect_reports_counts_and_channel_statistics(tmp_path):
     generator = torch.Generator().manual_seed(0)
     with ShardWriter(tmp_path, INFO, shard_size=50) as writer:
-        noise = torch.randn(120, 2, 4, 4, generator=generator) * torch.tensor([1.0, 3.0])[:, None, None] + \
-            torch.tensor([0.5, -2.0])[:, None, None]
+        noise = (
+            torch.randn(120, 2, 4, 4, generator=generator) * torch.tensor([1.0, 3.0])[:, None, None]
+            + torch.tensor([0.5, -2.0])[:, None, None]
+        )
         writer.append(torch.zeros(120, 3, 5), noise, torch.arange(120) // 4, torch.arange(120) % 4)
     report = inspect_dataset(tmp_path)
     assert report["samples"] == 120 and report["prompts"] == 30 and report["shards"] == 3
@@ -153,12 +169,21 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_a_shard_written_before_seed_schemes_is_read_with_an_unknown_scheme(tmp_path):
-    old_info = '{"extra": {}, "guidance_denoise": 5.5, "guidance_invert": 1.0, "prediction": "epsilon", ' \
-               '"schedule": "unknown", "source_model": "old", "steps": 10}'  # what version 1 wrote
-    save_file({"text": torch.zeros(4, 3, 5), "text_mask": torch.ones(4, 3, dtype=torch.uint8),
-               "noise": torch.zeros(4, 2, 4, 4), "prompt_index": torch.tensor([0, 0, 1, 1]),
-               "seed": torch.tensor([0, 1, 0, 1])}, str(tmp_path / "shard-00000.safetensors"),
-              metadata={"format": "noisear-dataset", "format_version": "1", "info": old_info, "prompts": "{}"})
+    old_info = (
+        '{"extra": {}, "guidance_denoise": 5.5, "guidance_invert": 1.0, "prediction": "epsilon", '
+        '"schedule": "unknown", "source_model": "old", "steps": 10}'
+    )  # what version 1 wrote
+    save_file(
+        {
+            "text": torch.zeros(4, 3, 5),
+            "text_mask": torch.ones(4, 3, dtype=torch.uint8),
+            "noise": torch.zeros(4, 2, 4, 4),
+            "prompt_index": torch.tensor([0, 0, 1, 1]),
+            "seed": torch.tensor([0, 1, 0, 1]),
+        },
+        str(tmp_path / "shard-00000.safetensors"),
+        metadata={"format": "noisear-dataset", "format_version": "1", "info": old_info, "prompts": "{}"},
+    )
     dataset = ShardDataset(tmp_path)
     assert dataset.info.seed_scheme == "unknown" and dataset.info.source_model == "old" and len(dataset) == 4
     assert dataset.seed_counts() == {"distinct_seeds": 2, "shared_seeds": 2, "samples_with_shared_seed": 4}

@@ -1,5 +1,6 @@
 """Dataset shards under stress: hostile metadata and headers, byte-bounded buffering, killed writers,
 numeric shard order past shard 99999."""
+
 import json
 import os
 import stat
@@ -8,21 +9,23 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from noisear.train.data import (FORMAT_NAME, FORMAT_VERSION, DatasetError, DatasetInfo, ShardDataset, ShardWriter,
-                                shard_paths)
+from noisear.train.data import FORMAT_NAME, FORMAT_VERSION, DatasetError, DatasetInfo, ShardDataset, ShardWriter, shard_paths
 
 INFO = DatasetInfo(source_model="test", prediction="epsilon", steps=10)
 
 
 def tensors(count=2, tokens=3, width=5, shape=(2, 4, 4)):
-    return {"text": torch.zeros(count, tokens, width), "text_mask": torch.ones(count, tokens, dtype=torch.uint8),
-            "noise": torch.zeros(count, *shape), "prompt_index": torch.arange(count), "seed": torch.zeros(count,
-                                                                                                       dtype=torch.int64)}
+    return {
+        "text": torch.zeros(count, tokens, width),
+        "text_mask": torch.ones(count, tokens, dtype=torch.uint8),
+        "noise": torch.zeros(count, *shape),
+        "prompt_index": torch.arange(count),
+        "seed": torch.zeros(count, dtype=torch.int64),
+    }
 
 
 def metadata(**changes):
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": INFO.to_json(), "prompts": "{}",
-            **changes}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": INFO.to_json(), "prompts": "{}", **changes}
 
 
 def shard(directory, number=0, tensor_changes=None, **metadata_changes):
@@ -63,8 +66,13 @@ def test_hostile_info_metadata_is_a_clear_dataset_error(tmp_path, case):
         ShardWriter(tmp_path, INFO)
 
 
-HOSTILE_PROMPTS = {"not JSON": "{", "a list": '["a"]', "a non-numeric key": '{"a": "b"}',
-                   "a numeric value": '{"1": 2}', "a huge key": '{"' + "1" * 400 + '": "x"}'}
+HOSTILE_PROMPTS = {
+    "not JSON": "{",
+    "a list": '["a"]',
+    "a non-numeric key": '{"a": "b"}',
+    "a numeric value": '{"1": 2}',
+    "a huge key": '{"' + "1" * 400 + '": "x"}',
+}
 
 
 @pytest.mark.parametrize("case", HOSTILE_PROMPTS)
@@ -104,8 +112,12 @@ def test_non_finite_samples_are_refused_when_read(tmp_path):
 def test_shards_are_ordered_numerically_past_99999_and_numbering_continues(tmp_path):
     for number in (99998, 99999, 100000, 7):
         shard(tmp_path, number)
-    assert [p.name for p in shard_paths(tmp_path)] == ["shard-00007.safetensors", "shard-99998.safetensors",
-                                                       "shard-99999.safetensors", "shard-100000.safetensors"]
+    assert [p.name for p in shard_paths(tmp_path)] == [
+        "shard-00007.safetensors",
+        "shard-99998.safetensors",
+        "shard-99999.safetensors",
+        "shard-100000.safetensors",
+    ]
     with ShardWriter(tmp_path, INFO, shard_size=1) as writer:
         writer.append(torch.zeros(1, 3, 5), torch.zeros(1, 2, 4, 4), [9], [9])
     assert shard_paths(tmp_path)[-1].name == "shard-100001.safetensors"

@@ -1,17 +1,17 @@
 """DPO: the loss on fixed numbers, pairing, reward going up on a toy, exact resume."""
+
 import json
 import math
 
 import pytest
 import torch
+from test_train_trainer import one_thread  # noqa: F401  (fixture)
 
 from noisear import NoiseARConfig
 from noisear.train.dpo import DPOConfig, DPOObjective, PromptSet, dpo_loss, make_pairs, train_dpo
 from noisear.train.trainer import TrainConfig, initial_model, train
-from test_train_trainer import one_thread  # noqa: F401  (fixture)
 
-MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
-                      text_dim=4, dropout=0.1)
+MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.1)
 
 
 def first_channel_mean(noise, prompts):
@@ -21,8 +21,7 @@ def first_channel_mean(noise, prompts):
 
 def prompts(count=8):
     generator = torch.Generator().manual_seed(5)
-    return PromptSet(torch.randn(count, 3, 4, generator=generator), torch.ones(count, 3, dtype=torch.bool),
-                     torch.arange(count))
+    return PromptSet(torch.randn(count, 3, 4, generator=generator), torch.ones(count, 3, dtype=torch.bool), torch.arange(count))
 
 
 def test_loss_equals_a_hand_computation():
@@ -43,8 +42,18 @@ def test_pairs_best_against_worst_or_all_above_a_margin():
 
 
 def test_dpo_raises_the_toy_reward_over_rounds(tmp_path):
-    config = TrainConfig(out_dir=str(tmp_path), steps=60, batch_size=8, lr=1e-2, warmup_steps=4, log_every=4,
-                         checkpoint_every=0, progress=False, device="cpu", grad_clip=1.0)
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        steps=60,
+        batch_size=8,
+        lr=1e-2,
+        warmup_steps=4,
+        log_every=4,
+        checkpoint_every=0,
+        progress=False,
+        device="cpu",
+        grad_clip=1.0,
+    )
     dpo = DPOConfig(beta=0.5, rollouts=8, prompts_per_round=8, steps_per_round=2, temperature=1.0)
     start = initial_model(MODEL, seed=0)
     reference = PromptSet(*[t.clone() for t in (prompts().text, prompts().text_mask, prompts().index)])
@@ -69,18 +78,26 @@ def test_killed_dpo_run_resumes_to_the_same_weights(tmp_path):
     dpo = DPOConfig(beta=0.5, rollouts=4, prompts_per_round=4, steps_per_round=4)
 
     def run(out, crash_at=None, seed=0):
-        config = TrainConfig(out_dir=str(tmp_path / out), steps=7, batch_size=4, lr=1e-2, warmup_steps=1,
-                             checkpoint_every=2, progress=False, device="cpu", ema_decay=0.8)
+        config = TrainConfig(
+            out_dir=str(tmp_path / out),
+            steps=7,
+            batch_size=4,
+            lr=1e-2,
+            warmup_steps=1,
+            checkpoint_every=2,
+            progress=False,
+            device="cpu",
+            ema_decay=0.8,
+        )
         objective = DPOObjective(initial_model(MODEL, seed=seed), prompts(), first_channel_mean, dpo, config)
         if crash_at is not None:
             plain = objective.batch
-            objective.batch = lambda step, runtime: (_ for _ in ()).throw(Crash()) if step == crash_at \
-                else plain(step, runtime)
+            objective.batch = lambda step, runtime: (_ for _ in ()).throw(Crash()) if step == crash_at else plain(step, runtime)
         return train(initial_model(MODEL, seed=seed), objective, config)
 
     whole = run("whole")
     with pytest.raises(Crash):
-        run("killed", crash_at=3)   # the checkpoint at step 2 is in the middle of round 0
+        run("killed", crash_at=3)  # the checkpoint at step 2 is in the middle of round 0
     resumed = run("killed", seed=7)  # another start; everything comes from the checkpoint
     for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key

@@ -1,4 +1,5 @@
 """Evaluation harness with stand-in backend and scorer: std-matched controls, paired test, table, figures."""
+
 import importlib.util
 import itertools
 import math
@@ -9,17 +10,29 @@ import torch
 from PIL import Image
 
 from noisear import NoiseAR, NoiseARConfig
-from noisear.train.dpo import PromptSet
 from noisear.figures import PLOT_SKIPPED
-from noisear.train.evaluate import (BLEND_SEED_OFFSET, blend_source, comparisons, evaluate, gaussian_source, noisear_source,
-                                    paired_test, save_report)
+from noisear.train.dpo import PromptSet
+from noisear.train.evaluate import (
+    BLEND_SEED_OFFSET,
+    blend_source,
+    comparisons,
+    evaluate,
+    gaussian_source,
+    noisear_source,
+    paired_test,
+    save_report,
+)
 
 SHAPE = (3, 4, 4)
 
 
 def prompts(count=6):
-    return PromptSet(torch.randn(count, 2, 4), torch.ones(count, 2, dtype=torch.bool), torch.arange(count),
-                     tuple(f"prompt {i}" for i in range(count)))
+    return PromptSet(
+        torch.randn(count, 2, 4),
+        torch.ones(count, 2, dtype=torch.bool),
+        torch.arange(count),
+        tuple(f"prompt {i}" for i in range(count)),
+    )
 
 
 def backend(noise, prompts):
@@ -44,8 +57,11 @@ def test_paired_test_exact_and_monte_carlo_agree_with_direct_computations():
 
 
 def test_harness_scores_sources_on_the_same_seeds_with_std_matched_controls(tmp_path):
-    sources = {"gaussian": gaussian_source(SHAPE), "shifted": lambda p, s: gaussian_source(SHAPE)(p, s) + 0.5,
-               "shrunk": gaussian_source(SHAPE, std=0.5)}
+    sources = {
+        "gaussian": gaussian_source(SHAPE),
+        "shifted": lambda p, s: gaussian_source(SHAPE)(p, s) + 0.5,
+        "shrunk": gaussian_source(SHAPE, std=0.5),
+    }
     result = evaluate(sources, backend, {"brightness": brightness}, prompts(), seeds=range(5))
     scores = result.scores["brightness"]
     assert set(scores) == {"gaussian", "shifted", "shrunk", "gaussian@std(shifted)", "gaussian@std(shrunk)"}
@@ -65,13 +81,13 @@ def test_harness_scores_sources_on_the_same_seeds_with_std_matched_controls(tmp_
     # 5 labelled rows x 6 prompts of 8x8 images in 48 px cells (each pixel a 6x6 block), 4 px apart, ending the picture
     top, left = grid.shape[0] - 4 * (48 + 4), grid.shape[1] - 6 * (48 + 4)  # row 2 = shifted, first prompt
     expected = (backend(sources["shifted"](prompts(), [0] * 6), None)[0].permute(1, 2, 0).numpy() * 255).round()
-    np.testing.assert_array_equal(grid[top:top + 48, left:left + 48], expected.astype(np.uint8).repeat(6, 0).repeat(6, 1))
+    np.testing.assert_array_equal(grid[top : top + 48, left : left + 48], expected.astype(np.uint8).repeat(6, 0).repeat(6, 1))
 
 
 def test_the_plot_compares_each_source_with_its_std_matched_control(tmp_path, monkeypatch):
     sources = {"gaussian": gaussian_source(SHAPE), "shrunk": gaussian_source(SHAPE, std=0.5)}
     result = evaluate(sources, backend, {"brightness": brightness}, prompts(), seeds=range(3))
-    (baseline, shrunk), = [comparisons(result)["brightness"]]
+    ((baseline, shrunk),) = [comparisons(result)["brightness"]]
     per_seed = result.scores["brightness"]["gaussian@std(shrunk)"].mean(axis=1)
     assert (baseline.source, baseline.matched_mean) == ("gaussian", None)
     assert shrunk.source == "shrunk" and math.isclose(shrunk.matched_mean, per_seed.mean())
@@ -85,8 +101,9 @@ def test_the_plot_compares_each_source_with_its_std_matched_control(tmp_path, mo
 
 def test_noisear_and_blend_sources_use_the_seeds_gaussian_noise():
     torch.manual_seed(0)
-    model = NoiseAR(NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=8, d_ff=16,
-                                  text_dim=4, dropout=0.0))
+    model = NoiseAR(
+        NoiseARConfig(patch_size=2, channels=3, latent_height=4, latent_width=4, d_model=8, d_ff=16, text_dim=4, dropout=0.0)
+    )
     plain = gaussian_source(SHAPE)(prompts(), [3] * 6)
     sampled = noisear_source(model, temperature=1.0)(prompts(), [3] * 6)
     assert torch.allclose(sampled, plain, atol=0.05)  # an untrained prior is about N(0, I) with eps = the seed's noise

@@ -1,6 +1,7 @@
 """Interrupted training: Ctrl-C stops at a step boundary so resume is bitwise exact (likelihood and
 DPO), a second Ctrl-C stops at once without saving, log.jsonl never repeats records after a resume,
 and run files get normal permissions."""
+
 import json
 import os
 import signal
@@ -11,14 +12,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_train_dpo import MODEL as DPO_MODEL
+from test_train_dpo import first_channel_mean, prompts
+from test_train_trainer import MODEL, REPO, config, make_dataset
 
 from noisear import io
 from noisear.toy.checkpoints import save_net
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
-from test_train_dpo import MODEL as DPO_MODEL, first_channel_mean, prompts
-from test_train_trainer import MODEL, REPO, config, make_dataset
 
 DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
 
@@ -69,8 +71,14 @@ def test_sigint_mid_step_stops_at_the_step_boundary_and_resumes_to_the_same_weig
     out = tmp_path / "interrupted"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "data"), str(out)], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "data"), str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout.readline() == "mid-step\n", child.stderr.read()  # five steps done, the sixth half done
     child.send_signal(signal.SIGINT)
     (out / "sent").touch()
@@ -187,8 +195,7 @@ def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir()}
-    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644,
-                     "toy_net.safetensors": 0o644}
+    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644, "toy_net.safetensors": 0o644}
 
 
 def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(tmp_path):
@@ -202,8 +209,17 @@ def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(t
         return first_channel_mean(noise, prompt_set)
 
     def run(out, reward, seed=0):
-        c = TrainConfig(out_dir=str(tmp_path / out), steps=7, batch_size=4, lr=1e-2, warmup_steps=1,
-                        checkpoint_every=0, progress=False, device="cpu", ema_decay=0.8)
+        c = TrainConfig(
+            out_dir=str(tmp_path / out),
+            steps=7,
+            batch_size=4,
+            lr=1e-2,
+            warmup_steps=1,
+            checkpoint_every=0,
+            progress=False,
+            device="cpu",
+            ema_decay=0.8,
+        )
         objective = DPOObjective(initial_model(DPO_MODEL, seed=seed), prompts(), reward, dpo, c)
         return train(initial_model(DPO_MODEL, seed=seed), objective, c)
 
@@ -222,6 +238,7 @@ def test_ctrl_c_at_any_point_of_an_atomic_write_leaves_no_temporary_file(tmp_pat
         def call(*args, **kwargs):
             real[name](*args, **kwargs)  # the step happens, then Ctrl-C arrives
             raise KeyboardInterrupt
+
         return call
 
     def write(temporary):

@@ -1,16 +1,17 @@
 """CLIP score / PickScore adapter with a tiny random CLIPModel, tokenizer and preprocessor settings built here
 (nothing downloaded; no imaging library needed)."""
+
 import json
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from test_train_text_encoders import clip_tokenizer  # noqa: E402
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer  # noqa: E402
 
 from noisear.train.dpo import PromptSet  # noqa: E402
 from noisear.train.evaluate import clip_pixels, clip_scorer  # noqa: E402
-from test_train_text_encoders import clip_tokenizer  # noqa: E402
 
 SIZE = 32
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -24,17 +25,36 @@ def clip_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tokenizer = clip_tokenizer(tmp_path / "clip")
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=SIZE, patch_size=8),
-        projection_dim=16, logit_scale_init_value=2.0)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=8
+        ),
+        projection_dim=16,
+        logit_scale_init_value=2.0,
+    )
     torch.manual_seed(5)  # weights whose cosines on these images and prompts have both signs
     CLIPModel(config).save_pretrained(tmp_path / "clip")
-    settings = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": SIZE},
-                "crop_size": {"height": SIZE, "width": SIZE}, "do_rescale": True, "rescale_factor": 1 / 255,
-                "do_normalize": True, "image_mean": MEAN, "image_std": STD, "resample": 3}
+    settings = {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": SIZE},
+        "crop_size": {"height": SIZE, "width": SIZE},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": MEAN,
+        "image_std": STD,
+        "resample": 3,
+    }
     (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps(settings))
     return tmp_path / "clip"
 
@@ -88,10 +108,14 @@ def test_prompts_without_strings_are_refused(clip_folder, images):
 
 
 def test_clip_pixels_crops_the_centre_and_resizes_the_shortest_edge():
-    settings = {"size": {"shortest_edge": SIZE}, "crop_size": {"height": SIZE, "width": SIZE},
-                "image_mean": MEAN, "image_std": STD}
+    settings = {
+        "size": {"shortest_edge": SIZE},
+        "crop_size": {"height": SIZE, "width": SIZE},
+        "image_mean": MEAN,
+        "image_std": STD,
+    }
     mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
     wide = torch.rand(2, 3, SIZE, SIZE + 16, generator=torch.Generator().manual_seed(2))  # no resize, crop 8 | 8
-    torch.testing.assert_close(clip_pixels(wide, settings), (wide[..., 8:8 + SIZE] - mean) / std)
+    torch.testing.assert_close(clip_pixels(wide, settings), (wide[..., 8 : 8 + SIZE] - mean) / std)
     flat = torch.full((1, 3, 2 * SIZE, 3 * SIZE), 0.25)  # resized to 32 x 48, cropped to 32 x 32
     torch.testing.assert_close(clip_pixels(flat, settings), ((0.25 - mean) / std).expand(1, 3, SIZE, SIZE))

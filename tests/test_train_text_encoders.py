@@ -1,4 +1,5 @@
 """Prompt encoders with tiny random CLIP/BERT models and tokenizers built here (nothing downloaded)."""
+
 import json
 import os
 
@@ -7,8 +8,15 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
-from transformers import (BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel,  # noqa: E402
-                          CLIPTextModelWithProjection, CLIPTokenizer)
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from noisear.train.text_encoders import load_prompt_encoder  # noqa: E402
 
@@ -27,9 +35,18 @@ def clip_tokenizer(folder):
 
 
 def clip_config(width, tokenizer):
-    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                          num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77, projection_dim=width,
-                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=width,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
 
 
 def test_sdxl_encoder_concatenates_penultimate_states_of_both_clips(tmp_path):
@@ -45,8 +62,13 @@ def test_sdxl_encoder_concatenates_penultimate_states_of_both_clips(tmp_path):
     assert text.shape == (2, 77, 20) and mask.shape == (2, 77) and mask.all()
     ids = tokenizer(["a cat", "dog on a mat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
-        expected = torch.cat([first(ids, output_hidden_states=True).hidden_states[2],      # 3 layers: index 2 of 0..3
-                              second(ids, output_hidden_states=True).hidden_states[2]], dim=-1)
+        expected = torch.cat(
+            [
+                first(ids, output_hidden_states=True).hidden_states[2],  # 3 layers: index 2 of 0..3
+                second(ids, output_hidden_states=True).hidden_states[2],
+            ],
+            dim=-1,
+        )
     torch.testing.assert_close(text, expected)
 
 
@@ -57,8 +79,17 @@ def test_hunyuan_dit_encoder_returns_bert_states_padded_to_77_with_mask(tmp_path
     (tmp_path / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(tmp_path / "tokenizer" / "vocab.txt"))
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=32, max_position_embeddings=80), add_pooling_layer=False).eval()
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=80,
+        ),
+        add_pooling_layer=False,
+    ).eval()
     model.save_pretrained(tmp_path / "text_encoder")
     text, mask = load_prompt_encoder(tmp_path)(["a cat", "dog on a mat"])
     assert text.shape == (2, 77, 16)

@@ -1,4 +1,5 @@
 """Likelihood training: schedule, N(0,I) start, mean recovery, exact resume, DDP equals one process."""
+
 import json
 import math
 import os
@@ -14,12 +15,22 @@ from noisear import NoiseARConfig
 from noisear.patches import patchify
 from noisear.train.collect import SEED_SCHEME, prompt_seeds, start_noise
 from noisear.train.data import Batch, DatasetError, DatasetInfo, ShardDataset, ShardWriter, validation_prompt
-from noisear.train.trainer import (LikelihoodObjective, PromptMeanBaseline, TrainConfig, held_out_metrics, initial_model,
-                                   learning_rate, standard_normal_nll_per_dim, train, train_likelihood)
+from noisear.train.trainer import (
+    LikelihoodObjective,
+    PromptMeanBaseline,
+    TrainConfig,
+    held_out_metrics,
+    initial_model,
+    learning_rate,
+    standard_normal_nll_per_dim,
+    train,
+    train_likelihood,
+)
 
-MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32,
-                      text_dim=4, dropout=0.0)
+MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.0)
 SHAPE = (2, 4, 4)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread (and the test machine is shared)."""
@@ -41,14 +52,25 @@ def make_dataset(directory, prompts=64, per_prompt=16, scale=0.8, seed=0):
     with ShardWriter(directory, DatasetInfo(source_model="known-mean toy"), shard_size=100) as writer:
         for p in range(prompts):
             noise = means[p] + torch.randn(per_prompt, *SHAPE, generator=generator)
-            writer.append(text[p].expand(per_prompt, -1, -1), noise, [p] * per_prompt,
-                          range(p * per_prompt, (p + 1) * per_prompt))  # a distinct seed per sample
+            writer.append(
+                text[p].expand(per_prompt, -1, -1), noise, [p] * per_prompt, range(p * per_prompt, (p + 1) * per_prompt)
+            )  # a distinct seed per sample
     return text, means
 
 
 def config(tmp_path, **changes):
-    base = TrainConfig(out_dir=str(tmp_path / "run"), steps=8, batch_size=8, lr=3e-3, warmup_steps=2,
-                       log_every=2, checkpoint_every=4, validation_fraction=0.2, progress=False, device="cpu")
+    base = TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        steps=8,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=2,
+        checkpoint_every=4,
+        validation_fraction=0.2,
+        progress=False,
+        device="cpu",
+    )
     return replace(base, **changes)
 
 
@@ -65,8 +87,10 @@ def test_untrained_prior_is_standard_normal_and_init_is_seeded():
     noise = torch.randn(16, *SHAPE)
     nll = -model.eval().log_prob(torch.randn(16, 2, 4), noise) / noise[0].numel()
     assert torch.allclose(nll.double(), standard_normal_nll_per_dim(noise), atol=2e-3)
-    assert torch.equal(initial_model(MODEL, seed=3).state_dict()["prediction_head_mu.2.weight"],
-                       model.state_dict()["prediction_head_mu.2.weight"])
+    assert torch.equal(
+        initial_model(MODEL, seed=3).state_dict()["prediction_head_mu.2.weight"],
+        model.state_dict()["prediction_head_mu.2.weight"],
+    )
 
 
 def test_training_recovers_a_prompt_dependent_mean_and_beats_standard_normal(tmp_path):
@@ -110,7 +134,7 @@ class KnownPrior(torch.nn.Module):
 
     def log_prob(self, text, noise, text_mask=None):
         z = (noise - self.mean(text)) / self.std
-        return (-0.5 * z ** 2 - math.log(self.std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+        return (-0.5 * z**2 - math.log(self.std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
     def sample(self, text, eps, temperature=1.0, text_mask=None):
         return self.mean(text) + temperature * self.std * eps
@@ -127,8 +151,9 @@ def write_known_shift(directory, prompts=48, per_prompt=6, scale=0.3):
         for p in range(prompts):
             seeds = prompt_seeds(0, p, per_prompt)
             shift = (text[p].mean(0) @ mapping.T).reshape(SHAPE)
-            writer.append(text[p].expand(per_prompt, -1, -1), start_noise(seeds, (per_prompt, *SHAPE)) + shift,
-                          [p] * per_prompt, seeds)
+            writer.append(
+                text[p].expand(per_prompt, -1, -1), start_noise(seeds, (per_prompt, *SHAPE)) + shift, [p] * per_prompt, seeds
+            )
     return mapping
 
 
@@ -175,8 +200,9 @@ def test_a_mean_target_keeps_the_value_and_gives_the_control_variate_gradient():
         torch.testing.assert_close(a, b)  # the target = the noise: plain likelihood
     tokens, target = patchify(noise, 2), patchify(noise - start, 2)  # the surrogate written out
     mu, logvar = model(text, tokens[:, :-1])
-    surrogate = -0.5 * ((target - mu) ** 2 * torch.exp(-logvar.detach()) + (tokens - mu.detach()) ** 2
-                        * torch.exp(-logvar) + logvar)
+    surrogate = -0.5 * (
+        (target - mu) ** 2 * torch.exp(-logvar.detach()) + (tokens - mu.detach()) ** 2 * torch.exp(-logvar) + logvar
+    )
     for a, b in zip(gradients(model.log_prob(text, noise, mean_target=noise - start)), gradients(surrogate)):
         torch.testing.assert_close(a, b)
 
@@ -185,8 +211,17 @@ def test_the_control_variate_finds_a_small_prompt_shift_that_plain_likelihood_mi
     write_known_shift(tmp_path / "data", prompts=64, per_prompt=16, scale=0.05)  # shift ~0.05 per dimension
     cosines = {}
     for control_variate in (None, False):  # None: auto, on since the seeds say what the starting noise was
-        c = config(tmp_path, steps=150, batch_size=64, lr=3e-3, warmup_steps=10, checkpoint_every=0, log_every=50,
-                   validation_fraction=0.2, out_dir=str(tmp_path / f"run-{control_variate}"))
+        c = config(
+            tmp_path,
+            steps=150,
+            batch_size=64,
+            lr=3e-3,
+            warmup_steps=10,
+            checkpoint_every=0,
+            log_every=50,
+            validation_fraction=0.2,
+            out_dir=str(tmp_path / f"run-{control_variate}"),
+        )
         train_likelihood(tmp_path / "data", c, model_config=MODEL, control_variate=control_variate)
         final = json.loads((tmp_path / f"run-{control_variate}/log.jsonl").read_text().splitlines()[-1])
         cosines[control_variate] = final["mean_shift_cosine"]  # on unseen prompts
@@ -228,10 +263,39 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         train(initial_model(model_config), LikelihoodObjective(dataset, replace(c, batch_size=4)), replace(c, batch_size=4))
 
 
-DDP_ARGS = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0", "--steps", "6",
-            "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "2", "--grad-clip", "0.5", "--ema-decay", "0.5",
-            "--adam-eps", "1e-6", "--log-every", "2", "--checkpoint-every", "3", "--validation-fraction", "0.2",
-            "--no-progress", "--device", "cpu"]
+DDP_ARGS = [
+    "--patch-size",
+    "2",
+    "--d-model",
+    "16",
+    "--d-ff",
+    "32",
+    "--dropout",
+    "0",
+    "--steps",
+    "6",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "2",
+    "--grad-clip",
+    "0.5",
+    "--ema-decay",
+    "0.5",
+    "--adam-eps",
+    "1e-6",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--validation-fraction",
+    "0.2",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
@@ -240,10 +304,26 @@ def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
     write_known_shift(tmp_path / "data", prompts=12, per_prompt=4)  # known seeds: the control variate is on
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     command = ["-m", "noisear", "train", str(tmp_path / "data"), *DDP_ARGS]
-    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")], check=True, env=env, timeout=120,
-                   capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command,
-                    "--out", str(tmp_path / "two")], check=True, env=env, timeout=120, capture_output=True)
+    subprocess.run(
+        [sys.executable, *command, "--out", str(tmp_path / "one")], check=True, env=env, timeout=120, capture_output=True
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *command,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+        capture_output=True,
+    )
     one = noisear.load(tmp_path / "one/prior.safetensors").state_dict()
     two = noisear.load(tmp_path / "two/prior.safetensors").state_dict()
     start = initial_model(MODEL).state_dict()

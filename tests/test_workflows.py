@@ -1,6 +1,7 @@
 """The workflow files are exactly what the generators in workflows/ write, every widget value is named (the
 browser test compares the UI against these names), and every workflow has a thumbnail.
 The host suite checks them against a live ComfyUI (test_comfyui_host.py) and its real frontend (test_browser.py)."""
+
 import importlib
 import json
 import sys

@@ -1,8 +1,9 @@
 """Writes the golden-noise and dataset-collector example workflows with make_workflows.py's helpers.
 
-    python workflows/make_issue3_workflows.py               # the .json files
-    python workflows/make_issue3_workflows.py --pictures SHOTS  # also <name>.jpg thumbnails (see make_workflows.py)
+python workflows/make_issue3_workflows.py               # the .json files
+python workflows/make_issue3_workflows.py --pictures SHOTS  # also <name>.jpg thumbnails (see make_workflows.py)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,24 +15,52 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_workflows as base  # noqa: E402
 
-base.SOCKETS.update({
-    "NoiseARGoldenNoise": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                            ("noise", "NOISE")], [("noise", "NOISE")]),
-    "NoiseARDatasetCollector": ([("model", "MODEL"), ("clip", "CLIP"), ("negative", "CONDITIONING"),
-                                 ("latent_image", "LATENT"), ("reward", "NOISEAR_REWARD")], [("summary", "STRING")]),
-})
-base.WIDGET_NAMES.update({
-    "NoiseARGoldenNoise": [*base.SEED_NAMES, "scheduler", "steps", "cfg_denoise", "cfg_invert"],
-    "NoiseARDatasetCollector": ["prompts", "seeds_per_prompt", "first_seed", "scheduler", "steps", "cfg_denoise",
-                                "cfg_invert", "dataset", "text_tokens", "batch_size", "shard_size", "model_name",
-                                "reward_margin"],
-})
-PROMPTS = "\n".join([
-    "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
-    "a red panda reading a book under a tree, watercolor",
-    "a bowl of ramen on a wooden table, studio lighting",
-    "an astronaut riding a horse on the moon, digital art",
-])
+base.SOCKETS.update(
+    {
+        "NoiseARGoldenNoise": (
+            [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("noise", "NOISE")],
+            [("noise", "NOISE")],
+        ),
+        "NoiseARDatasetCollector": (
+            [
+                ("model", "MODEL"),
+                ("clip", "CLIP"),
+                ("negative", "CONDITIONING"),
+                ("latent_image", "LATENT"),
+                ("reward", "NOISEAR_REWARD"),
+            ],
+            [("summary", "STRING")],
+        ),
+    }
+)
+base.WIDGET_NAMES.update(
+    {
+        "NoiseARGoldenNoise": [*base.SEED_NAMES, "scheduler", "steps", "cfg_denoise", "cfg_invert"],
+        "NoiseARDatasetCollector": [
+            "prompts",
+            "seeds_per_prompt",
+            "first_seed",
+            "scheduler",
+            "steps",
+            "cfg_denoise",
+            "cfg_invert",
+            "dataset",
+            "text_tokens",
+            "batch_size",
+            "shard_size",
+            "model_name",
+            "reward_margin",
+        ],
+    }
+)
+PROMPTS = "\n".join(
+    [
+        "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
+        "a red panda reading a book under a tree, watercolor",
+        "a bowl of ramen on a wooden table, studio lighting",
+        "an astronaut riding a horse on the moon, digital art",
+    ]
+)
 
 
 def graphs() -> list:
@@ -44,8 +73,10 @@ def graphs() -> list:
         "step with the model, about 3 evaluations) -> SamplerCustomAdvanced. Keep scheduler and steps equal to "
         "BasicScheduler's.",
         base.sdxl_base(golden, prior_reads_prompt=False) + custom,
-        base.PROMPT_LINKS + [("ckpt", 0, "golden", "model"), ("pos", 0, "golden", "positive"),
-                             ("neg", 0, "golden", "negative")] + custom_links)
+        base.PROMPT_LINKS
+        + [("ckpt", 0, "golden", "model"), ("pos", 0, "golden", "positive"), ("neg", 0, "golden", "negative")]
+        + custom_links,
+    )
 
     collect = Graph(
         "noisear_collect_dataset",
@@ -55,23 +86,40 @@ def graphs() -> list:
         "size (aspect-ratio bucket), check with `python -m noisear data inspect output/noisear_dataset`, then "
         "train with `python -m noisear train output/noisear_dataset --positions 2d ...`; judge it by the held-out "
         "figures it prints (see docs/train-your-prior.md).",
-        [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
-         Node("neg", "CLIPTextEncode", 1, 0, [base.NEGATIVE], "Negative prompt", 140),
-         Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], "Bucket size", 110),
-         Node("collect", "NoiseARDatasetCollector", 2, 0,
-              [PROMPTS, 4, 0, "normal", 50, 5.5, 1.0, "noisear_dataset/1024x1024", 77, 4, 256, "sd_xl_base_1.0",
-               0.0], height=520),
-         Node("summary", "PreviewAny", 3, 0, [], "Summary", 120)],
-        [("ckpt", 1, "neg", "clip"), ("ckpt", 0, "collect", "model"), ("ckpt", 1, "collect", "clip"),
-         ("neg", 0, "collect", "negative"), ("latent", 0, "collect", "latent_image"),
-         ("collect", 0, "summary", "source")])
+        [
+            Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
+            Node("neg", "CLIPTextEncode", 1, 0, [base.NEGATIVE], "Negative prompt", 140),
+            Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], "Bucket size", 110),
+            Node(
+                "collect",
+                "NoiseARDatasetCollector",
+                2,
+                0,
+                [PROMPTS, 4, 0, "normal", 50, 5.5, 1.0, "noisear_dataset/1024x1024", 77, 4, 256, "sd_xl_base_1.0", 0.0],
+                height=520,
+            ),
+            Node("summary", "PreviewAny", 3, 0, [], "Summary", 120),
+        ],
+        [
+            ("ckpt", 1, "neg", "clip"),
+            ("ckpt", 0, "collect", "model"),
+            ("ckpt", 1, "collect", "clip"),
+            ("neg", 0, "collect", "negative"),
+            ("latent", 0, "collect", "latent_image"),
+            ("collect", 0, "summary", "source"),
+        ],
+    )
     return [golden_graph, collect]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pictures", metavar="SHOTS", type=Path,
-                        help="also make thumbnails from the browser test's screenshots in SHOTS (see make_workflows.py)")
+    parser.add_argument(
+        "--pictures",
+        metavar="SHOTS",
+        type=Path,
+        help="also make thumbnails from the browser test's screenshots in SHOTS (see make_workflows.py)",
+    )
     args = parser.parse_args()
     for graph in graphs():
         (HERE / f"{graph.name}.json").write_text(json.dumps(base.to_ui(graph), indent=1) + "\n")

@@ -13,6 +13,7 @@ input name. WIDGET_NAMES names those values (`intended_widgets`): the host suite
 every file against a live ComfyUI's /object_info and, in a real browser, that the UI shows each value
 against the intended input name.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DOCS_PICTURES = {"noisear_sdxl_custom_sampler": HERE.parent / "docs" / "comfyui-wiring.png",
-                 "noisear_sdxl_ksampler": HERE.parent / "docs" / "comfyui-ksampler.png"}  # the README's
+DOCS_PICTURES = {
+    "noisear_sdxl_custom_sampler": HERE.parent / "docs" / "comfyui-wiring.png",
+    "noisear_sdxl_ksampler": HERE.parent / "docs" / "comfyui-ksampler.png",
+}  # the README's
 SEED = 20250601
 NEGATIVE = "blurry, low quality, distorted"
 
@@ -35,26 +38,47 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
     "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")]),
     "BasicScheduler": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")]),
-    "CFGGuider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
-                  [("GUIDER", "GUIDER")]),
-    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
-                               ("latent_image", "LATENT")], [("output", "LATENT"), ("denoised_output", "LATENT")]),
-    "KSamplerAdvanced": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                          ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "CFGGuider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")], [("GUIDER", "GUIDER")]),
+    "SamplerCustomAdvanced": (
+        [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+        [("output", "LATENT"), ("denoised_output", "LATENT")],
+    ),
+    "KSamplerAdvanced": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+    ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "RandomNoise": ([], [("NOISE", "NOISE")]),
     "PreviewAny": ([("source", "*")], []),
     "NoiseARLoader": ([], [("noisear_model", "NOISEAR_MODEL"), ("info", "STRING")]),
-    "NoiseARNoise": ([("noisear_model", "NOISEAR_MODEL"), ("positive", "CONDITIONING"), ("noise", "NOISE")],
-                     [("noise", "NOISE")]),
-    "NoiseARLatent": ([("model", "MODEL"), ("noisear_model", "NOISEAR_MODEL"), ("positive", "CONDITIONING"),
-                       ("latent_image", "LATENT"), ("noise", "NOISE")], [("latent", "LATENT"), ("info", "STRING")]),
+    "NoiseARNoise": (
+        [("noisear_model", "NOISEAR_MODEL"), ("positive", "CONDITIONING"), ("noise", "NOISE")],
+        [("noise", "NOISE")],
+    ),
+    "NoiseARLatent": (
+        [
+            ("model", "MODEL"),
+            ("noisear_model", "NOISEAR_MODEL"),
+            ("positive", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+            ("noise", "NOISE"),
+        ],
+        [("latent", "LATENT"), ("info", "STRING")],
+    ),
     "NoiseARBlend": ([("noisear_noise", "NOISE"), ("gaussian_noise", "NOISE")], [("noise", "NOISE")]),
     "NoiseARPreview": ([("noise", "NOISE"), ("latent_image", "LATENT")], [("image", "IMAGE"), ("stats", "STRING")]),
-    "NoiseARKSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                         ("latent_image", "LATENT"), ("noisear_model", "NOISEAR_MODEL"), ("prior_text", "CONDITIONING")],
-                        [("LATENT", "LATENT")]),
+    "NoiseARKSampler": (
+        [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+            ("noisear_model", "NOISEAR_MODEL"),
+            ("prior_text", "CONDITIONING"),
+        ],
+        [("LATENT", "LATENT")],
+    ),
     "NoiseARTextEncode": ([("clip", "CLIP")], [("conditioning", "CONDITIONING"), ("prior_text", "CONDITIONING")]),
     "Note": ([], []),  # the UI's own note node (not in /object_info)
 }
@@ -71,8 +95,17 @@ WIDGET_NAMES: dict[str, list[str]] = {
     "BasicScheduler": ["scheduler", "steps", "denoise"],
     "CFGGuider": ["cfg"],
     "SamplerCustomAdvanced": [],
-    "KSamplerAdvanced": ["add_noise", *SEED_NAMES, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
-                         "end_at_step", "return_with_leftover_noise"],
+    "KSamplerAdvanced": [
+        "add_noise",
+        *SEED_NAMES,
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "start_at_step",
+        "end_at_step",
+        "return_with_leftover_noise",
+    ],
     "VAEDecode": [],
     "SaveImage": ["filename_prefix"],
     "RandomNoise": SEED_NAMES,
@@ -83,8 +116,17 @@ WIDGET_NAMES: dict[str, list[str]] = {
     "NoiseARBlend": ["strength", "mode", "renormalize"],
     "NoiseARPreview": [],
     "NoiseARTextEncode": ["text"],
-    "NoiseARKSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
-                        "temperature", "size_mode"],
+    "NoiseARKSampler": [
+        "seed",
+        "control_after_generate",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+        "temperature",
+        "size_mode",
+    ],
     "Note": ["text"],
 }
 
@@ -117,7 +159,8 @@ PRIOR_TEXT_NOTE = (
     "gives, weight syntax included) goes to the sampler; 'prior_text' goes to the NoiseAR node: exactly the "
     "embedding the prior was trained on (diffusers: first 75 tokens, no weight syntax).\n\n"
     "A CLIPTextEncode into the NoiseAR node also works and equals prior_text for plain prompts up to 75 tokens, "
-    "but (word:1.2) weights and longer prompts change what the prior sees (docs/comfyui.md, Conditioning rules).")
+    "but (word:1.2) weights and longer prompts change what the prior sees (docs/comfyui.md, Conditioning rules)."
+)
 
 
 def positive_prompt(text: str) -> Node:
@@ -128,8 +171,13 @@ def prompt_note(column: float, row: float) -> Node:
     return Node("note", "Note", column, row, [PRIOR_TEXT_NOTE], "Why NoiseAR Text Encode", 200)
 
 
-def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors",
-              size: tuple[int, int] = (1024, 1024), prior_reads_prompt: bool = True) -> list[Node]:
+def sdxl_base(
+    prior_node: Node,
+    *,
+    checkpoint: str = "sd_xl_base_1.0.safetensors",
+    size: tuple[int, int] = (1024, 1024),
+    prior_reads_prompt: bool = True,
+) -> list[Node]:
     """Checkpoint, prompts, empty latent of ``size`` (width, height px) and ``prior_node``: what every SDXL graph
     starts with. With a prior reading the prompt, the positive prompt is NoiseAR Text Encode with its note;
     otherwise (golden noise, no prior) a CLIPTextEncode."""
@@ -143,8 +191,7 @@ def sdxl_base(prior_node: Node, *, checkpoint: str = "sd_xl_base_1.0.safetensors
     ] + ([prompt_note(0, 3.3)] if prior_reads_prompt else [])
 
 
-LOADER_SDXL = Node("loader", "NoiseARLoader", 0, 2.2, ["sdxl_and_dreamshaper.safetensors", "auto", "fp32"],
-                   height=110)
+LOADER_SDXL = Node("loader", "NoiseARLoader", 0, 2.2, ["sdxl_and_dreamshaper.safetensors", "auto", "fp32"], height=110)
 LOADER_DIT = Node("loader", "NoiseARLoader", 0, 2.2, ["dit.safetensors", "auto", "fp32"], height=110)
 NOISE_WIDGETS = [SEED, "fixed", 0.5, "any size"]
 
@@ -159,11 +206,20 @@ def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, i
         Node("decode", "VAEDecode", 4, 0, [], height=50),
         Node("save", "SaveImage", 4, 0.5, ["NoiseAR"], height=270),
     ]
-    links = [("ckpt", 0, "guider", "model"), ("pos", CONDITIONING, "guider", "positive"), ("neg", 0, "guider", "negative"),
-             ("ckpt", 0, "sched", "model"), (noise_key, 0, "sample", "noise"), ("guider", 0, "sample", "guider"),
-             ("select", 0, "sample", "sampler"), ("sched", 0, "sample", "sigmas"),
-             ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
-             ("decode", 0, "save", "images")]
+    links = [
+        ("ckpt", 0, "guider", "model"),
+        ("pos", CONDITIONING, "guider", "positive"),
+        ("neg", 0, "guider", "negative"),
+        ("ckpt", 0, "sched", "model"),
+        (noise_key, 0, "sample", "noise"),
+        ("guider", 0, "sample", "guider"),
+        ("select", 0, "sample", "sampler"),
+        ("sched", 0, "sample", "sigmas"),
+        ("latent", 0, "sample", "latent_image"),
+        ("sample", 0, "decode", "samples"),
+        ("ckpt", 2, "decode", "vae"),
+        ("decode", 0, "save", "images"),
+    ]
     return nodes, links
 
 
@@ -175,13 +231,25 @@ def sdxl_custom_graph(name: str, description: str, size: tuple[int, int]) -> Gra
     noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
     custom, custom_links = custom_sampling_nodes("noise")
     return Graph(
-        name, description,
-        sdxl_base(LOADER_SDXL, size=size) + [noise] + custom + [
+        name,
+        description,
+        sdxl_base(LOADER_SDXL, size=size)
+        + [noise]
+        + custom
+        + [
             Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
-            Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90)],
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive"),
-                        ("noise", 0, "preview", "noise"), ("latent", 0, "preview", "latent_image"),
-                        ("loader", 1, "info", "source")] + custom_links)
+            Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90),
+        ],
+        PROMPT_LINKS
+        + [
+            ("loader", 0, "noise", "noisear_model"),
+            ("pos", PRIOR_TEXT, "noise", "positive"),
+            ("noise", 0, "preview", "noise"),
+            ("latent", 0, "preview", "latent_image"),
+            ("loader", 1, "info", "source"),
+        ]
+        + custom_links,
+    )
 
 
 def graphs() -> list[Graph]:
@@ -189,37 +257,70 @@ def graphs() -> list[Graph]:
     sdxl_custom = sdxl_custom_graph(
         "noisear_sdxl_custom_sampler",
         "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
-        (1024, 1024))
+        (1024, 1024),
+    )
     sdxl_portrait = sdxl_custom_graph(
         "noisear_sdxl_832x1216",
         "SDXL at 832 x 1216 px (portrait bucket): the published prior decodes the latent with a sliding window "
         "(NoiseAR Preview says so); otherwise as the 1024 x 1024 custom-sampler workflow.",
-        (832, 1216))
+        (832, 1216),
+    )
 
     start = Node("start", "NoiseARLatent", 1.0, 2.4, NOISE_WIDGETS, height=170)
-    ksampler = Node("ksampler", "KSamplerAdvanced", 2, 0,
-                    ["disable", SEED, "fixed", 50, 5.5, "dpmpp_2m", "normal", 0, 10000, "disable"], height=330)
+    ksampler = Node(
+        "ksampler",
+        "KSamplerAdvanced",
+        2,
+        0,
+        ["disable", SEED, "fixed", 50, 5.5, "dpmpp_2m", "normal", 0, 10000, "disable"],
+        height=330,
+    )
     sdxl_ksampler = Graph(
         "noisear_sdxl_ksampler_advanced",
         "SDXL: NoiseAR Latent -> KSamplerAdvanced with add_noise = disable and start_at_step = 0.",
-        sdxl_base(LOADER_SDXL) + [start, ksampler, Node("decode", "VAEDecode", 3, 0, [], height=50),
-                                  Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270)],
-        PROMPT_LINKS + [("ckpt", 0, "start", "model"), ("loader", 0, "start", "noisear_model"),
-                        ("pos", PRIOR_TEXT, "start", "positive"), ("latent", 0, "start", "latent_image"),
-                        ("ckpt", 0, "ksampler", "model"), ("pos", CONDITIONING, "ksampler", "positive"),
-                        ("neg", 0, "ksampler", "negative"), ("start", 0, "ksampler", "latent_image"),
-                        ("ksampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
-                        ("decode", 0, "save", "images")])
+        sdxl_base(LOADER_SDXL)
+        + [
+            start,
+            ksampler,
+            Node("decode", "VAEDecode", 3, 0, [], height=50),
+            Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270),
+        ],
+        PROMPT_LINKS
+        + [
+            ("ckpt", 0, "start", "model"),
+            ("loader", 0, "start", "noisear_model"),
+            ("pos", PRIOR_TEXT, "start", "positive"),
+            ("latent", 0, "start", "latent_image"),
+            ("ckpt", 0, "ksampler", "model"),
+            ("pos", CONDITIONING, "ksampler", "positive"),
+            ("neg", 0, "ksampler", "negative"),
+            ("start", 0, "ksampler", "latent_image"),
+            ("ksampler", 0, "decode", "samples"),
+            ("ckpt", 2, "decode", "vae"),
+            ("decode", 0, "save", "images"),
+        ],
+    )
 
     blend_nodes, blend_links = custom_sampling_nodes("blend")
     sdxl_blend = Graph(
         "noisear_sdxl_blend",
         "SDXL: NoiseAR noise mixed with RandomNoise by NoiseAR Blend (training-free), then SamplerCustomAdvanced.",
-        sdxl_base(LOADER_SDXL) + [noise, Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
-                                  Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130)]
+        sdxl_base(LOADER_SDXL)
+        + [
+            noise,
+            Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
+            Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130),
+        ]
         + blend_nodes,
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive"),
-                        ("noise", 0, "blend", "noisear_noise"), ("gauss", 0, "blend", "gaussian_noise")] + blend_links)
+        PROMPT_LINKS
+        + [
+            ("loader", 0, "noise", "noisear_model"),
+            ("pos", PRIOR_TEXT, "noise", "positive"),
+            ("noise", 0, "blend", "noisear_noise"),
+            ("gauss", 0, "blend", "gaussian_noise"),
+        ]
+        + blend_links,
+    )
 
     dit_nodes, dit_links = custom_sampling_nodes("noise")
     hunyuan = Graph(
@@ -227,15 +328,27 @@ def graphs() -> list[Graph]:
         "Hunyuan-DiT v1.2 at 1280 x 768 px: NoiseAR Text Encode (one text for BERT and mT5, as "
         "CLIPTextEncodeHunyuanDiT with both texts equal) -> NoiseAR Noise (dit prior, sliding-window decoding at "
         "this size) -> SamplerCustomAdvanced.",
-        [Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
-         positive_prompt("a red panda reading a book under a tree, watercolor"),
-         Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
-         Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110), LOADER_DIT, noise,
-         prompt_note(0, 3.3)] + dit_nodes,
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive")] + dit_links)
-    return [one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
-            one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
-            sdxl_custom, sdxl_portrait, sdxl_ksampler, sdxl_blend, hunyuan]
+        [
+            Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
+            positive_prompt("a red panda reading a book under a tree, watercolor"),
+            Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
+            Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110),
+            LOADER_DIT,
+            noise,
+            prompt_note(0, 3.3),
+        ]
+        + dit_nodes,
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive")] + dit_links,
+    )
+    return [
+        one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
+        one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
+        sdxl_custom,
+        sdxl_portrait,
+        sdxl_ksampler,
+        sdxl_blend,
+        hunyuan,
+    ]
 
 
 # ComfyUI's default graph (comfyui-workflow-templates default.json, ComfyUI v0.3.64) and its widget values,
@@ -243,11 +356,13 @@ def graphs() -> list[Graph]:
 DEFAULT_PROMPT = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
 DEFAULT_NEGATIVE = "text, watermark"
 DEFAULT_KSAMPLER = [156680208700286, "randomize", 20, 8, "euler", "normal", 1]
-SWAP_NOTE = ("One node swapped: KSampler -> NoiseAR KSampler (+ NoiseAR Loader). Same widgets; the seed's "
-             "noise is drawn by the prior, which reads the positive prompt.\n\n"
-             "The prior reads the first 77 tokens of this CLIPTextEncode: right for plain prompts. For long "
-             "or weighted prompts, the prompt-exact route is NoiseAR Text Encode -> prior_text.\n\n"
-             "denoise must stay 1 (text-to-image).")
+SWAP_NOTE = (
+    "One node swapped: KSampler -> NoiseAR KSampler (+ NoiseAR Loader). Same widgets; the seed's "
+    "noise is drawn by the prior, which reads the positive prompt.\n\n"
+    "The prior reads the first 77 tokens of this CLIPTextEncode: right for plain prompts. For long "
+    "or weighted prompts, the prompt-exact route is NoiseAR Text Encode -> prior_text.\n\n"
+    "denoise must stay 1 (text-to-image)."
+)
 
 
 def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
@@ -256,27 +371,39 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
         name,
         f"ComfyUI's default graph ({checkpoint}) with one node swapped: KSampler -> NoiseAR KSampler, plus the "
         "NoiseAR Loader. Same widgets and defaults; the seed's noise comes from the prior.",
-        [Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
-         Node("pos", "CLIPTextEncode", 1, 0, [DEFAULT_PROMPT], height=140),
-         Node("neg", "CLIPTextEncode", 1, 0.65, [DEFAULT_NEGATIVE], height=140),
-         Node("latent", "EmptyLatentImage", 1, 1.3, [1024, 1024, 1], height=110),
-         Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "any size"], height=360),
-         Node("decode", "VAEDecode", 3, 0, [], height=50),
-         Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=270),
-         replace(loader, column=0, row=0.6),
-         Node("note", "Note", 0, 1.35, [SWAP_NOTE], "About this graph", 220)],
-        PROMPT_LINKS + [("ckpt", 0, "ksampler", "model"), ("pos", 0, "ksampler", "positive"),
-                        ("neg", 0, "ksampler", "negative"), ("latent", 0, "ksampler", "latent_image"),
-                        ("loader", 0, "ksampler", "noisear_model"), ("ksampler", 0, "decode", "samples"),
-                        ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")])
+        [
+            Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
+            Node("pos", "CLIPTextEncode", 1, 0, [DEFAULT_PROMPT], height=140),
+            Node("neg", "CLIPTextEncode", 1, 0.65, [DEFAULT_NEGATIVE], height=140),
+            Node("latent", "EmptyLatentImage", 1, 1.3, [1024, 1024, 1], height=110),
+            Node("ksampler", "NoiseARKSampler", 2, 0, DEFAULT_KSAMPLER + [0.5, "any size"], height=360),
+            Node("decode", "VAEDecode", 3, 0, [], height=50),
+            Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=270),
+            replace(loader, column=0, row=0.6),
+            Node("note", "Note", 0, 1.35, [SWAP_NOTE], "About this graph", 220),
+        ],
+        PROMPT_LINKS
+        + [
+            ("ckpt", 0, "ksampler", "model"),
+            ("pos", 0, "ksampler", "positive"),
+            ("neg", 0, "ksampler", "negative"),
+            ("latent", 0, "ksampler", "latent_image"),
+            ("loader", 0, "ksampler", "noisear_model"),
+            ("ksampler", 0, "decode", "samples"),
+            ("ckpt", 2, "decode", "vae"),
+            ("decode", 0, "save", "images"),
+        ],
+    )
 
 
 def widget_values(node: Node) -> dict[str, object]:
     """The node's widget values by input name."""
     names = WIDGET_NAMES.get(node.type)
     if names is None or len(names) != len(node.widgets):
-        raise ValueError(f"{node.key} ({node.type}): {len(node.widgets)} widget values, but WIDGET_NAMES lists "
-                         f"{names}; name them in WIDGET_NAMES in ComfyUI's order")
+        raise ValueError(
+            f"{node.key} ({node.type}): {len(node.widgets)} widget values, but WIDGET_NAMES lists "
+            f"{names}; name them in WIDGET_NAMES in ComfyUI's order"
+        )
     return dict(zip(names, node.widgets))
 
 
@@ -301,12 +428,17 @@ def to_ui(graph: Graph) -> dict:
     for node in graph.nodes:
         inputs, outputs = SOCKETS[node.type]
         ui_nodes[node.key] = {
-            "id": ids[node.key], "type": node.type,
+            "id": ids[node.key],
+            "type": node.type,
             "pos": [round(node.column * COLUMN_WIDTH), round(node.row * ROW_HEIGHT)],
-            "size": [NODE_WIDTH, node.height], "flags": {}, "order": ids[node.key] - 1, "mode": 0,
+            "size": [NODE_WIDTH, node.height],
+            "flags": {},
+            "order": ids[node.key] - 1,
+            "mode": 0,
             "inputs": [{"name": name, "type": kind, "link": None} for name, kind in inputs],
-            "outputs": [{"name": name, "type": kind, "links": [], "slot_index": slot}
-                        for slot, (name, kind) in enumerate(outputs)],
+            "outputs": [
+                {"name": name, "type": kind, "links": [], "slot_index": slot} for slot, (name, kind) in enumerate(outputs)
+            ],
             "properties": {"Node name for S&R": node.type} if node.type != "Note" else {"text": ""},
             "widgets_values": list(widget_values(node).values()),
         }
@@ -319,11 +451,18 @@ def to_ui(graph: Graph) -> dict:
         ui_nodes[target]["inputs"][target_slot]["link"] = link_id
         ui_nodes[source]["outputs"][slot]["links"].append(link_id)
         links.append([link_id, ids[source], slot, ids[target], target_slot, kind])
-    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "noisear/" + graph.name)), "revision": 0,
-            "last_node_id": len(graph.nodes), "last_link_id": len(links), "nodes": list(ui_nodes.values()),
-            "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "info": {"description": graph.description}},
-            "version": 0.4}
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "noisear/" + graph.name)),
+        "revision": 0,
+        "last_node_id": len(graph.nodes),
+        "last_link_id": len(links),
+        "nodes": list(ui_nodes.values()),
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "info": {"description": graph.description}},
+        "version": 0.4,
+    }
 
 
 # Pictures -----------------------------------------------------------------------------------------
@@ -346,8 +485,12 @@ def pictures(screenshots: Path, names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pictures", metavar="SHOTS", type=Path,
-                        help="also make thumbnails and docs pictures from the browser test's screenshots in SHOTS")
+    parser.add_argument(
+        "--pictures",
+        metavar="SHOTS",
+        type=Path,
+        help="also make thumbnails and docs pictures from the browser test's screenshots in SHOTS",
+    )
     args = parser.parse_args()
     for graph in graphs():
         (HERE / f"{graph.name}.json").write_text(json.dumps(to_ui(graph), indent=1) + "\n")

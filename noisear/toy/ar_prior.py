@@ -4,6 +4,7 @@ A MADE-style masked MLP (the dense form of PixelCNN's masked convolutions): each
 categorical over the levels 0..16 sees only the pixels before it and the class. Sampling takes 64
 passes; ``sample`` returns images in [-1, 1] like the dataset.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,7 @@ class PixelPrior(nn.Module):
         """Logits [B, 17] of pixel ``index`` only (what sampling needs; same values as forward)."""
         rows = slice(index * PIXEL_LEVELS, (index + 1) * PIXEL_LEVELS)
         weight = self.output.weight[rows] * self.output.mask[rows]
-        return (F.linear(self.hidden(pixels, labels), weight, self.output.bias[rows])
-                + self.class_output(labels)[:, rows])
+        return F.linear(self.hidden(pixels, labels), weight, self.output.bias[rows]) + self.class_output(labels)[:, rows]
 
     def nll(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood per pixel in nats, [B]."""
@@ -96,8 +96,9 @@ class PixelPrior(nn.Module):
         return levels_to_pixels(levels).view(-1, *IMAGE_SHAPE)
 
 
-def train_pixel_prior(train: Digits, config: PixelPriorTraining = PixelPriorTraining(),
-                      model_config: PixelPriorConfig = PixelPriorConfig()) -> PixelPrior:
+def train_pixel_prior(
+    train: Digits, config: PixelPriorTraining = PixelPriorTraining(), model_config: PixelPriorConfig = PixelPriorConfig()
+) -> PixelPrior:
     """Maximum likelihood with one-pixel random shifts as augmentation."""
     torch.manual_seed(config.seed)
     model = PixelPrior(model_config)
@@ -106,6 +107,15 @@ def train_pixel_prior(train: Digits, config: PixelPriorTraining = PixelPriorTrai
         images, labels = batch
         return model.nll(random_shift(images, generator), labels).mean()
 
-    fit(model, [train.images, train.labels], loss, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, seed=config.seed, desc="pixel prior", weight_decay=config.weight_decay)
+    fit(
+        model,
+        [train.images, train.labels],
+        loss,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        desc="pixel prior",
+        weight_decay=config.weight_decay,
+    )
     return model

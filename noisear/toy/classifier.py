@@ -1,5 +1,6 @@
 """The digit classifier that scores samples: a small CNN whose 64-wide penultimate layer gives the
 features for the Frechet distance."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,10 +30,18 @@ class DigitClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Dropout(0.3), nn.Linear(32 * 16, FEATURE_DIM), nn.ReLU())
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(32 * 16, FEATURE_DIM),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -51,8 +60,17 @@ def train_classifier(train: Digits, config: ClassifierTraining = ClassifierTrain
         images, labels = batch
         return F.cross_entropy(model(random_shift(images, generator)), labels)
 
-    fit(model, [train.images, train.labels], loss, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, seed=config.seed, desc="classifier", weight_decay=config.weight_decay)
+    fit(
+        model,
+        [train.images, train.labels],
+        loss,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        desc="classifier",
+        weight_decay=config.weight_decay,
+    )
     return model
 
 

@@ -1,4 +1,5 @@
 """`python -m noisear demo`: the embedded CPU demo on scikit-learn's digits (see docs/demo.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,27 +10,40 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="NoiseAR end to end on 8x8 digits on the CPU: markdown table, labelled grid, plot",
+        "demo",
+        help="NoiseAR end to end on 8x8 digits on the CPU: markdown table, labelled grid, plot",
         description="Score every noise source (Gaussian, Gaussian + prompt-mean shift, golden re-denoise, two "
-                    "NoiseAR priors at temperature 1 and 0.5, blends, the blog's Methods 1 and 2, the DPO prior) "
-                    "against the Gaussian of matched std, on a class-conditional diffusion model of scikit-learn's "
-                    "digits, with the shipped checkpoints (or --retrain them first).")
+        "NoiseAR priors at temperature 1 and 0.5, blends, the blog's Methods 1 and 2, the DPO prior) "
+        "against the Gaussian of matched std, on a class-conditional diffusion model of scikit-learn's "
+        "digits, with the shipped checkpoints (or --retrain them first).",
+    )
     demo.add_argument("--out", default="demo-out", help="folder for table.md, grid.png and plot.png (default: demo-out)")
-    demo.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)),
-                      help="evaluation seeds (default: 1 to 10)")
-    demo.add_argument("--samples", type=int, default=1000,
-                      help="samples per seed, a multiple of 10 (100 per class at the default 1000)")
-    demo.add_argument("--permutations", type=int, default=100,
-                      help="permutations of the paired significance test (default 100: smallest p 0.01)")
-    demo.add_argument("--checkpoints", default=None,
-                      help="checkpoint folder (default: the shipped noisear/toy/checkpoints)")
-    demo.add_argument("--retrain", action="store_true",
-                      help="rebuild every checkpoint from scratch into --checkpoints first (< 15 min on 2 cores)")
-    demo.add_argument("--resume", action="store_true",
-                      help="with --retrain: keep checkpoints that already exist (continue an interrupted run)")
-    demo.add_argument("--threads", type=int, default=1,
-                      help="torch CPU threads (default 1: these networks are too small to gain from more, and "
-                           "extra threads stall badly when the cores are shared)")
+    demo.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)), help="evaluation seeds (default: 1 to 10)")
+    demo.add_argument(
+        "--samples", type=int, default=1000, help="samples per seed, a multiple of 10 (100 per class at the default 1000)"
+    )
+    demo.add_argument(
+        "--permutations",
+        type=int,
+        default=100,
+        help="permutations of the paired significance test (default 100: smallest p 0.01)",
+    )
+    demo.add_argument("--checkpoints", default=None, help="checkpoint folder (default: the shipped noisear/toy/checkpoints)")
+    demo.add_argument(
+        "--retrain",
+        action="store_true",
+        help="rebuild every checkpoint from scratch into --checkpoints first (< 15 min on 2 cores)",
+    )
+    demo.add_argument(
+        "--resume", action="store_true", help="with --retrain: keep checkpoints that already exist (continue an interrupted run)"
+    )
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these networks are too small to gain from more, and "
+        "extra threads stall badly when the cores are shared)",
+    )
     demo.set_defaults(run=run_demo)
 
 

@@ -3,6 +3,7 @@
 The dataset ships inside scikit-learn, so nothing is downloaded. One fixed stratified split:
 TRAIN is used to fit every model, TEST only to score (classifier accuracy, Frechet distance).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,17 +44,22 @@ def load_split() -> tuple[Digits, Digits]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise ImportError("the demo's digits come from scikit-learn, which is not installed: "
-                          "pip install scikit-learn (or the [demo] extra, or requirements-dev.txt in a checkout)") from None
+        raise ImportError(
+            "the demo's digits come from scikit-learn, which is not installed: "
+            "pip install scikit-learn (or the [demo] extra, or requirements-dev.txt in a checkout)"
+        ) from None
 
     bunch = load_digits()
     levels = torch.as_tensor(bunch.data, dtype=torch.int64).reshape(-1, *IMAGE_SHAPE)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=TEST_FRACTION,
-                                           stratify=labels.numpy(), random_state=SPLIT_SEED)
+    train_idx, test_idx = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=TEST_FRACTION, stratify=labels.numpy(), random_state=SPLIT_SEED
+    )
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
-    return (Digits(levels_to_pixels(levels[train_idx]), labels[train_idx]),
-            Digits(levels_to_pixels(levels[test_idx]), labels[test_idx]))
+    return (
+        Digits(levels_to_pixels(levels[train_idx]), labels[train_idx]),
+        Digits(levels_to_pixels(levels[test_idx]), labels[test_idx]),
+    )
 
 
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:

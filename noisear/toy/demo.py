@@ -8,6 +8,7 @@ alignment of each source against its matched-std Gaussian (noisear.figures).
 Item i of seed s asks for class i mod 10 and starts from the Gaussian draw eta_i of that seed; every
 source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -41,22 +42,25 @@ MakeNoise = Callable[[ToyModels, torch.Tensor, torch.Tensor, int], torch.Tensor]
 class Source:
     name: str
     make: MakeNoise
-    denoiser: str = "denoiser"   # the ToyModels attribute that renders it
-    controlled: bool = True      # compared with the Gaussian of matched std
+    denoiser: str = "denoiser"  # the ToyModels attribute that renders it
+    controlled: bool = True  # compared with the Gaussian of matched std
 
 
 def _noisear(attribute: str, temperature: float) -> MakeNoise:
     def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
         return getattr(m, attribute).sample(class_text(labels), eta, temperature=temperature)
+
     return make
 
 
 def _blended(inner: MakeNoise) -> MakeNoise:
     """Variance-preserving blend with a second, independent Gaussian draw. (Blending with eta itself, which
     is also the prior's eps, would add correlated noise: std 1.38 instead of 1 at strength 0.5.)"""
+
     def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
         other = torch.randn(eta.shape, generator=torch.Generator().manual_seed(20_000 + seed))
         return blend(inner(m, labels, eta, seed), other, BLEND_STRENGTH, mode="variance-preserving")
+
     return make
 
 
@@ -70,8 +74,10 @@ def _method2(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -
 
 def _shifted(scale: float) -> MakeNoise:
     """scale * eta + the per-class mean of golden minus starting noise: the prompt-mean bar (no AR model)."""
+
     def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
         return scale * eta + m.prompt_mean_shift[labels]
+
     return make
 
 
@@ -110,7 +116,7 @@ class Row:
     name: str
     noise_std: float
     sets: list[Scored]
-    images: torch.Tensor                       # first seed's images [N,1,8,8]
+    images: torch.Tensor  # first seed's images [N,1,8,8]
     control: "Row | None" = None
     tests: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -118,7 +124,7 @@ class Row:
 @dataclass
 class DemoResult:
     rows: list[Row]
-    reference: Reference                       # the test digits' features
+    reference: Reference  # the test digits' features
     seeds: list[int]
     samples: int
     permutations: int
@@ -136,8 +142,7 @@ class DemoResult:
         fn = METRICS[metric]
         per_seed = [fn(x, self.reference) - fn(y, self.reference) for x, y in zip(a.sets, b.sets)]
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed,
-                  "better": sum(sign * d > 0 for d in per_seed)}
+        result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed, "better": sum(sign * d > 0 for d in per_seed)}
         if p_value is None and self.permutations:
             p_value = swap_test(fn, a.sets, b.sets, self.reference, self.permutations)["p_value"]
         if p_value is not None:
@@ -155,8 +160,14 @@ class DemoResult:
 
 
 @torch.no_grad()
-def evaluate(models: ToyModels, seeds: Sequence[int], samples: int, permutations: int,
-             sources: Sequence[Source] = SOURCES, controls: bool = True) -> DemoResult:
+def evaluate(
+    models: ToyModels,
+    seeds: Sequence[int],
+    samples: int,
+    permutations: int,
+    sources: Sequence[Source] = SOURCES,
+    controls: bool = True,
+) -> DemoResult:
     """Render and score every source for every seed; with ``controls`` also its matched-std Gaussian (eta scaled
     to the source's std, same draws) and, with ``permutations`` > 0, the paired tests against it."""
     _, test = load_split()
@@ -178,13 +189,17 @@ def evaluate(models: ToyModels, seeds: Sequence[int], samples: int, permutations
     for source in tqdm(sources, desc="demo sources", leave=False):
         row = render(source.name, source.make, source.denoiser)
         if source.controlled and controls:
-            def matched(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int, std: float = row.noise_std
-                        ) -> torch.Tensor:
+
+            def matched(
+                m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int, std: float = row.noise_std
+            ) -> torch.Tensor:
                 return eta * (std / float(eta.double().std()))
+
             row.control = render(f"Gaussian x{row.noise_std:.3f}", matched, "denoiser")
             if permutations:
-                row.tests = {metric: swap_test(fn, row.sets, row.control.sets, reference, permutations)
-                             for metric, fn in METRICS.items()}
+                row.tests = {
+                    metric: swap_test(fn, row.sets, row.control.sets, reference, permutations) for metric, fn in METRICS.items()
+                }
         rows.append(row)
     return DemoResult(rows, reference, list(seeds), samples, permutations)
 
@@ -199,8 +214,14 @@ def table(result: DemoResult) -> str:
     """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
     seeds the source's FD is below its control's."""
     metrics = list(METRICS)
-    header = ["source", "noise std", *metrics, "matched Gaussian FD", "FD below matched (seeds)",
-              *(f"Δ{m} vs matched (p)" for m in metrics)]
+    header = [
+        "source",
+        "noise std",
+        *metrics,
+        "matched Gaussian FD",
+        "FD below matched (seeds)",
+        *(f"Δ{m} vs matched (p)" for m in metrics),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result.rows:
         values = [_cell([METRICS[m](s, result.reference) for s in row.sets]) for m in metrics]
@@ -209,12 +230,15 @@ def table(result: DemoResult) -> str:
         tests = [f"{row.tests[m]['diff']:+.3f} ({row.tests[m]['p_value']:.3f})" if row.tests else "—" for m in metrics]
         lines.append("| " + " | ".join([row.name, f"{row.noise_std:.3f}", *values, control, wins, *tests]) + " |")
     better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
-    lines += ["", f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.samples} samples "
-                  f"({result.samples // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
-                  f"Better: {better}. Mean ± std over seeds. Δ = source minus the Gaussian noise scaled to the "
-                  f"source's std (same draws); p: two-sided paired permutation test swapping the two images of "
-                  f"each item ({result.permutations} permutations), which treats the trained networks and the "
-                  f"draws as fixed; the seed counts show how often the sign holds on fresh draws."]
+    lines += [
+        "",
+        f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.samples} samples "
+        f"({result.samples // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
+        f"Better: {better}. Mean ± std over seeds. Δ = source minus the Gaussian noise scaled to the "
+        f"source's std (same draws); p: two-sided paired permutation test swapping the two images of "
+        f"each item ({result.permutations} permutations), which treats the trained networks and the "
+        f"draws as fixed; the seed counts show how often the sign holds on fresh draws.",
+    ]
     return "\n".join(lines)
 
 
@@ -237,20 +261,21 @@ def contrasts(result: DemoResult) -> str:
     priors = [name for name in ("NoiseAR T=1", "NoiseAR T=1" + SEED1, "NoiseAR DPO T=1") if name in names]
     if PROMPT_MEAN in names and result.row(PROMPT_MEAN).control is not None:
         bar = result.vs_matched(PROMPT_MEAN)["diff"]
-        lines += ["", "Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets "
-                      f"(bar: {bar:+.3f} FD):"]
+        lines += ["", f"Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets (bar: {bar:+.3f} FD):"]
         for name in priors:
             if result.row(name).control is not None:
                 lines.append(f"- {name}: {result.vs_matched(name)['diff'] / bar:.0%}")
     lines += ["", "Gaps to the bars (ΔFD > 0: the prior is behind):"]
-    bars = [(PROMPT_MEAN, "NoiseAR T=1"), (GOLDEN_ROW, "NoiseAR T=1"),
-            ("Gaussian x0.5 + prompt-mean shift", "NoiseAR T=0.5")]
+    bars = [(PROMPT_MEAN, "NoiseAR T=1"), (GOLDEN_ROW, "NoiseAR T=1"), ("Gaussian x0.5 + prompt-mean shift", "NoiseAR T=0.5")]
     for bar_name, prior in bars:
         for name in (prior, prior + SEED1):
             if bar_name in names and name in names:
                 lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name), seeds))
-    dpo = [(name, bar) for name, bar in (("NoiseAR DPO T=1", "NoiseAR T=1"), ("NoiseAR DPO T=1", GOLDEN_ROW))
-           if name in names and bar in names]
+    dpo = [
+        (name, bar)
+        for name, bar in (("NoiseAR DPO T=1", "NoiseAR T=1"), ("NoiseAR DPO T=1", GOLDEN_ROW))
+        if name in names and bar in names
+    ]
     if dpo:
         lines += ["", "DPO (its reward is the classifier that also scores this table):"]
         lines += [_line(f"{name} − {bar}", result.contrast(name, bar), seeds) for name, bar in dpo]
@@ -260,8 +285,11 @@ def contrasts(result: DemoResult) -> str:
 HELD_OUT_FIRST_SEED = 1  # training pairs come from pair_seed(0, class, j): these starting noises are unseen
 
 
-PRIOR_LABELS = {"prior": "NoiseAR prior (training seed 0)", "prior_seed1": "NoiseAR prior" + SEED1,
-                "prior_dpo": "NoiseAR DPO (from training seed 0)"}
+PRIOR_LABELS = {
+    "prior": "NoiseAR prior (training seed 0)",
+    "prior_seed1": "NoiseAR prior" + SEED1,
+    "prior_dpo": "NoiseAR DPO (from training seed 0)",
+}
 
 
 @torch.no_grad()
@@ -273,8 +301,10 @@ def held_out_nll(models: ToyModels, per_class: int = 500) -> tuple[dict[str, flo
         collect_golden_pairs(models.denoiser, models.classifier, directory, per_class, first_seed=HELD_OUT_FIRST_SEED)
         batch = Batch.concat(list(ShardDataset(directory).iterate(batch_size=NUM_CLASSES * per_class)))
     dims = batch.noise[0].numel()
-    nll = {"N(0,I)": standard_normal_nll_per_dim(batch.noise),
-           PROMPT_MEAN: standard_normal_nll_per_dim(batch.noise - models.prompt_mean_shift[batch.prompt_index])}
+    nll = {
+        "N(0,I)": standard_normal_nll_per_dim(batch.noise),
+        PROMPT_MEAN: standard_normal_nll_per_dim(batch.noise - models.prompt_mean_shift[batch.prompt_index]),
+    }
     for name, label in PRIOR_LABELS.items():
         nll[label] = nll_per_dim(getattr(models, name).log_prob(batch.text, batch.noise), dims)
     return {name: float(values.double().mean()) for name, values in nll.items()}, len(batch)
@@ -284,34 +314,62 @@ def held_out_section(models: ToyModels, checkpoints: Path) -> str:
     """Markdown: the held-out likelihood computed now on fresh pairs, and the figures recorded by --retrain."""
     nll, pairs = held_out_nll(models)
     rows = "\n".join(f"| {name} | {value:.5f} | {nll['N(0,I)'] - value:+.5f} |" for name, value in nll.items())
-    return (f"Held-out likelihood, computed now on {pairs} golden pairs of the 10 classes from starting noises never "
-            f"trained on (first_seed {HELD_OUT_FIRST_SEED}; training used first_seed 0):\n\n"
-            f"| model | NLL nats/dim | gain over N(0,I) |\n|---|---|---|\n{rows}\n\n"
-            f"Held-out figures recorded by --retrain (its validation split: the {HELD_OUT_SEEDS:.0%} of the starting "
-            f"noises never trained on):\n\n{held_out_table(load_held_out(checkpoints))}")
+    return (
+        f"Held-out likelihood, computed now on {pairs} golden pairs of the 10 classes from starting noises never "
+        f"trained on (first_seed {HELD_OUT_FIRST_SEED}; training used first_seed 0):\n\n"
+        f"| model | NLL nats/dim | gain over N(0,I) |\n|---|---|---|\n{rows}\n\n"
+        f"Held-out figures recorded by --retrain (its validation split: the {HELD_OUT_SEEDS:.0%} of the starting "
+        f"noises never trained on):\n\n{held_out_table(load_held_out(checkpoints))}"
+    )
 
 
 def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
     """The priors' held-out figures (recorded by --retrain on pairs whose starting noise was never trained on)."""
     if not held_out:
         return "(no held_out.json next to the checkpoints: run --retrain to record the held-out figures)"
-    header = ["prior (training seed)", "held-out pairs", "NLL prior", "NLL N(0,I)", "NLL prompt-mean baseline",
-              "gap vs N(0,I)", "gap vs prompt-mean", "sample std T=1", "data std", "cosine mean vs shift",
-              "cosine prompt-mean baseline vs shift"]
+    header = [
+        "prior (training seed)",
+        "held-out pairs",
+        "NLL prior",
+        "NLL N(0,I)",
+        "NLL prompt-mean baseline",
+        "gap vs N(0,I)",
+        "gap vs prompt-mean",
+        "sample std T=1",
+        "data std",
+        "cosine mean vs shift",
+        "cosine prompt-mean baseline vs shift",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in held_out.items():
-        lines.append("| " + " | ".join([
-            f"{name} ({PRIORS.get(name, '?')})", f"{int(m['val_pairs'])}", f"{m['val_nll']:.5f}",
-            f"{m['nll_standard_normal']:.5f}", f"{m.get('nll_prompt_mean', float('nan')):.5f}",
-            f"{m['gap_vs_standard_normal']:+.5f}", f"{m.get('gap_vs_prompt_mean', float('nan')):+.5f}",
-            f"{m['sample_std_t1']:.4f}", f"{m['data_std']:.4f}", f"{m.get('mean_shift_cosine', float('nan')):+.3f}",
-            f"{m.get('mean_shift_cosine_prompt_mean', float('nan')):+.3f}"]) + " |")
-    lines += ["", "NLL in nats/dim on golden pairs of every class whose starting noise was held out from training "
-                  "(unseen noises; the 10 classes are the only prompts, so no prompt is unseen). Gap = baseline "
-                  "minus prior (> 0: the prior is better). Prompt-mean baseline: noisear.train's, a Gaussian whose "
-                  "mean is a ridge regression on the class of golden minus starting noise on the training pairs. "
-                  "Cosine: the prior's T=0 noise against the class's mean of golden minus starting noise on the "
-                  "held-out pairs."]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{name} ({PRIORS.get(name, '?')})",
+                    f"{int(m['val_pairs'])}",
+                    f"{m['val_nll']:.5f}",
+                    f"{m['nll_standard_normal']:.5f}",
+                    f"{m.get('nll_prompt_mean', float('nan')):.5f}",
+                    f"{m['gap_vs_standard_normal']:+.5f}",
+                    f"{m.get('gap_vs_prompt_mean', float('nan')):+.5f}",
+                    f"{m['sample_std_t1']:.4f}",
+                    f"{m['data_std']:.4f}",
+                    f"{m.get('mean_shift_cosine', float('nan')):+.3f}",
+                    f"{m.get('mean_shift_cosine_prompt_mean', float('nan')):+.3f}",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "NLL in nats/dim on golden pairs of every class whose starting noise was held out from training "
+        "(unseen noises; the 10 classes are the only prompts, so no prompt is unseen). Gap = baseline "
+        "minus prior (> 0: the prior is better). Prompt-mean baseline: noisear.train's, a Gaussian whose "
+        "mean is a ridge regression on the class of golden minus starting noise on the training pairs. "
+        "Cosine: the prior's T=0 noise against the class's mean of golden minus starting noise on the "
+        "held-out pairs.",
+    ]
     return "\n".join(lines)
 
 
@@ -322,29 +380,36 @@ def grid(result: DemoResult, cell: int = 40) -> "PIL.Image.Image":  # noqa: F821
         labels = torch.arange(len(row.images)) % NUM_CLASSES
         picks = torch.stack([row.images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8] in [-1,1]
         rows.append((row.name, (picks + 1) / 2))
-    return labelled_grid(rows, columns=[str(k) for k in range(NUM_CLASSES)], cell=cell,
-                         title=f"seed {result.seeds[0]}: first sample of each requested digit")
+    return labelled_grid(
+        rows,
+        columns=[str(k) for k in range(NUM_CLASSES)],
+        cell=cell,
+        title=f"seed {result.seeds[0]}: first sample of each requested digit",
+    )
 
 
 def comparisons(result: DemoResult, metrics: Sequence[str] = ("FD", "alignment")) -> dict[str, list[Comparison]]:
     """Per metric, each source's mean and std over seeds and those of its matched-std Gaussian control."""
+
     def stats(sets: list[Scored], metric: str) -> tuple[float, float]:
         values = torch.tensor([METRICS[metric](s, result.reference) for s in sets], dtype=torch.float64)
         return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
 
     panels = {}
     for metric in metrics:
-        panels[metric] = [Comparison(row.name, *stats(row.sets, metric), *(stats(row.control.sets, metric)
-                                                                         if row.control else (None, None)))
-                          for row in result.rows]
+        panels[metric] = [
+            Comparison(row.name, *stats(row.sets, metric), *(stats(row.control.sets, metric) if row.control else (None, None)))
+            for row in result.rows
+        ]
     return panels
 
 
 DEFAULT_SEEDS = tuple(range(1, 11))
 
 
-def run(checkpoints: Path, out: Path, seeds: Sequence[int] = DEFAULT_SEEDS, samples: int = 1000,
-        permutations: int = 100) -> dict[str, Path]:
+def run(
+    checkpoints: Path, out: Path, seeds: Sequence[int] = DEFAULT_SEEDS, samples: int = 1000, permutations: int = 100
+) -> dict[str, Path]:
     """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md, out/grid.png and out/plot.png
     (the plot only with matplotlib; without it the table says it was skipped)."""
     torch.manual_seed(0)
@@ -353,12 +418,17 @@ def run(checkpoints: Path, out: Path, seeds: Sequence[int] = DEFAULT_SEEDS, samp
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "table.md", "grid": out / "grid.png"}
     grid(result).save(paths["grid"])
-    plot = comparison_plot(out / "plot.png", comparisons(result), lower_is_better=sorted(LOWER_IS_BETTER),
-                           title="Toy demo: each source vs the Gaussian scaled to its std",
-                           note=f"mean ± std over {len(result.seeds)} seeds x {result.samples} samples")
+    plot = comparison_plot(
+        out / "plot.png",
+        comparisons(result),
+        lower_is_better=sorted(LOWER_IS_BETTER),
+        title="Toy demo: each source vs the Gaussian scaled to its std",
+        note=f"mean ± std over {len(result.seeds)} seeds x {result.samples} samples",
+    )
     if plot:
         paths["plot"] = plot
     figures = "plot.png: FD and alignment of each source and its matched Gaussian" if plot else PLOT_SKIPPED
-    paths["table"].write_text(f"{table(result)}\n\n{contrasts(result)}\n\n{held_out_section(models, checkpoints)}"
-                              f"\n\n{figures}\n", encoding="utf-8")
+    paths["table"].write_text(
+        f"{table(result)}\n\n{contrasts(result)}\n\n{held_out_section(models, checkpoints)}\n\n{figures}\n", encoding="utf-8"
+    )
     return paths

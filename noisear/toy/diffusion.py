@@ -5,6 +5,7 @@ DDIM inversion.
 Shapes: images and noise [B, 1, 8, 8]; labels [B] int64 in 0..9 (NULL_LABEL = unconditional);
 timesteps are integers in 0..999. Noise lives in unit-variance space, like an SD latent.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,9 @@ class Denoiser(nn.Module):
         self.label_embedding = nn.Embedding(NUM_CLASSES + 1, c.hidden)
         self.input = nn.Linear(pixels, c.hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, 2 * c.hidden), nn.SiLU(),
-                          nn.Linear(2 * c.hidden, c.hidden))
-            for _ in range(c.blocks))
+            nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, 2 * c.hidden), nn.SiLU(), nn.Linear(2 * c.hidden, c.hidden))
+            for _ in range(c.blocks)
+        )
         self.modulation = nn.ModuleList(nn.Linear(c.hidden, c.hidden) for _ in range(c.blocks))
         self.output = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, pixels))
         nn.init.zeros_(self.output[1].weight)
@@ -80,8 +81,9 @@ def unconditional(labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddim_sample(model: Denoiser, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 25,
-                guidance: float = 1.0) -> torch.Tensor:
+def ddim_sample(
+    model: Denoiser, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 25, guidance: float = 1.0
+) -> torch.Tensor:
     """Initial noise [B,1,8,8] -> images [B,1,8,8] clamped to [-1, 1] with ``steps`` DDIM steps."""
     levels = schedule(steps).levels
     x = noise
@@ -92,8 +94,9 @@ def ddim_sample(model: Denoiser, noise: torch.Tensor, labels: torch.Tensor, *, s
 
 
 @torch.no_grad()
-def ddim_invert(model: Denoiser, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 25,
-                guidance: float = 1.0) -> torch.Tensor:
+def ddim_invert(
+    model: Denoiser, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 25, guidance: float = 1.0
+) -> torch.Tensor:
     """Images [B,1,8,8] -> the initial noise that DDIM sampling maps back to them (approximately).
 
     Walks the sampling levels upwards, querying the model at the current point and its level's
@@ -120,9 +123,12 @@ class DenoiserTraining:
     seed: int = 0
 
 
-def train_denoiser(train: Digits, config: DenoiserTraining = DenoiserTraining(),
-                   model_config: DenoiserConfig = DenoiserConfig(), extra_loss: ExtraLoss | None = None
-                   ) -> Denoiser:
+def train_denoiser(
+    train: Digits,
+    config: DenoiserTraining = DenoiserTraining(),
+    model_config: DenoiserConfig = DenoiserConfig(),
+    extra_loss: ExtraLoss | None = None,
+) -> Denoiser:
     """Epsilon-prediction MSE with uniform timesteps and label dropout (for classifier-free guidance).
 
     ``extra_loss(x0_pred, labels, alpha_bar, generator)`` is added to the loss when given (Method 1);
@@ -145,6 +151,14 @@ def train_denoiser(train: Digits, config: DenoiserTraining = DenoiserTraining(),
             total = total + extra_loss(x0_pred, labels, a, generator)
         return total
 
-    fit(model, [train.images, train.labels], loss, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, seed=config.seed, desc="denoiser")
+    fit(
+        model,
+        [train.images, train.labels],
+        loss,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        desc="denoiser",
+    )
     return model

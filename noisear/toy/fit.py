@@ -2,6 +2,7 @@
 
 NoiseAR priors are trained by noisear.train; this loop is only for the toy's own models.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -13,8 +14,18 @@ from tqdm import tqdm
 LossFn = Callable[[Sequence[torch.Tensor], torch.Generator], torch.Tensor]
 
 
-def fit(model: nn.Module, tensors: Sequence[torch.Tensor], loss_fn: LossFn, *, steps: int, batch_size: int,
-        lr: float, seed: int, desc: str, weight_decay: float = 0.0) -> list[float]:
+def fit(
+    model: nn.Module,
+    tensors: Sequence[torch.Tensor],
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    desc: str,
+    weight_decay: float = 0.0,
+) -> list[float]:
     """Minimise ``loss_fn(batch, generator)`` with AdamW and a cosine schedule; returns the loss per step.
 
     ``tensors`` share their first dimension; each step draws ``batch_size`` rows with replacement

@@ -10,6 +10,7 @@ same x0 mismatch causes at that noise level.
 Method 2, AR prior blending at inference: x_T = alpha * x0_AR + (1 - alpha) * eta, the "linear" mode of
 noisear.mixing.blend.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ from .diffusion import Denoiser, DenoiserTraining, ExtraLoss, train_denoiser
 
 @dataclass(frozen=True)
 class ConsistencyConfig:
-    weight: float = 0.1          # lambda
-    bank_per_class: int = 200    # pixel-prior samples drawn once per class before training
+    weight: float = 0.1  # lambda
+    bank_per_class: int = 200  # pixel-prior samples drawn once per class before training
     seed: int = 0
 
 
@@ -41,22 +42,27 @@ def consistency_loss(bank: torch.Tensor, bank_labels: torch.Tensor, weight: floa
     per_class = min(len(images) for images in by_class)
     table = torch.stack([images[:per_class] for images in by_class])  # [10, n, 1, 8, 8]
 
-    def loss(x0_pred: torch.Tensor, labels: torch.Tensor, alpha_bar: torch.Tensor,
-             generator: torch.Generator) -> torch.Tensor:
+    def loss(x0_pred: torch.Tensor, labels: torch.Tensor, alpha_bar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         pick = torch.randint(0, per_class, labels.shape, generator=generator)
         x0_ar = table[labels, pick]
         return weight * (alpha_bar * (x0_pred - x0_ar).square()).mean()
+
     return loss
 
 
-def train_consistent_denoiser(train: Digits, prior: PixelPrior, config: ConsistencyConfig = ConsistencyConfig(),
-                              training: DenoiserTraining = DenoiserTraining()) -> Denoiser:
+def train_consistent_denoiser(
+    train: Digits,
+    prior: PixelPrior,
+    config: ConsistencyConfig = ConsistencyConfig(),
+    training: DenoiserTraining = DenoiserTraining(),
+) -> Denoiser:
     """Method 1: the same denoiser and training as the baseline, plus the AR consistency term."""
     bank, bank_labels = sample_bank(prior, config.bank_per_class, config.seed)
     return train_denoiser(train, training, extra_loss=consistency_loss(bank, bank_labels, config.weight))
 
 
-def ar_blend_noise(prior: PixelPrior, labels: torch.Tensor, eta: torch.Tensor, alpha: float,
-                   generator: torch.Generator) -> torch.Tensor:
+def ar_blend_noise(
+    prior: PixelPrior, labels: torch.Tensor, eta: torch.Tensor, alpha: float, generator: torch.Generator
+) -> torch.Tensor:
     """Method 2: x_T = alpha * x0_AR + (1 - alpha) * eta for eta [B,1,8,8] and a fresh x0_AR per item."""
     return blend(prior.sample(labels, generator), eta, alpha, mode="linear")

@@ -4,6 +4,7 @@ A :class:`Scored` set holds, per item, the requested label and what the classifi
 image. Metrics are functions of a whole set (the Frechet distance and diversity are not means of
 per-item values), so significance comes from swapping the two sources' images of the same item.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,10 +30,13 @@ class Scored:
 
     def take(self, mask: torch.Tensor, other: "Scored") -> "Scored":
         """Items from ``self`` where mask [N] is True, else from ``other`` (same labels)."""
+
         def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), a, b)
-        return Scored(self.labels, pick(self.probs, other.probs), pick(self.features, other.features),
-                      pick(self.pixels, other.pixels))
+
+        return Scored(
+            self.labels, pick(self.probs, other.probs), pick(self.features, other.features), pick(self.pixels, other.pixels)
+        )
 
 
 @torch.no_grad()
@@ -94,19 +98,20 @@ def diversity(s: Scored, reference: Reference) -> float:
 
 
 Metric = Callable[[Scored, Reference], float]
-METRICS: dict[str, Metric] = {"alignment": alignment, "confidence": confidence, "FD": frechet_distance,
-                              "diversity": diversity}
+METRICS: dict[str, Metric] = {"alignment": alignment, "confidence": confidence, "FD": frechet_distance, "diversity": diversity}
 LOWER_IS_BETTER = {"FD"}
 
 
-def swap_test(metric: Metric, a: Sequence[Scored], b: Sequence[Scored], reference: Reference,
-              permutations: int = 200, seed: int = 0) -> dict[str, float]:
+def swap_test(
+    metric: Metric, a: Sequence[Scored], b: Sequence[Scored], reference: Reference, permutations: int = 200, seed: int = 0
+) -> dict[str, float]:
     """Paired permutation test of mean over seeds of metric(a_s) - metric(b_s).
 
     ``a`` and ``b`` are per-seed sets whose item i shares its label and initial draw. Under the null
     hypothesis each item's two images are exchangeable, so the null distribution comes from swapping
     them at random (for a mean metric this is the sign-flip test). Two-sided p with the +1 correction.
     """
+
     def statistic(pairs: Sequence[tuple[Scored, Scored]]) -> float:
         return sum(metric(x, reference) - metric(y, reference) for x, y in pairs) / len(pairs)
 

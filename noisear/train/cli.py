@@ -4,6 +4,7 @@ Multi-process training: ``torchrun --nproc_per_node N -m noisear train ...`` (sa
 Pluggable Python pieces (a DPO scorer, an evaluation backend, scorers, extra noise sources) are
 given as ``package.module:attribute`` and must be importable; the attribute is used as is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ TRAIN_HELP = {
     "seed": "seed of the data order, initialisation and rollouts",
     "validation_fraction": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index",
     "validation_seed_fraction": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
-                                "validation pairs never share a noise with training pairs",
+    "validation pairs never share a noise with training pairs",
     "bf16": "bf16 autocast on CUDA (never used on the CPU)",
     "log_every": "write averaged training metrics to log.jsonl every this many steps",
     "val_every": "validate every this many steps (0: at the end only)",
@@ -58,8 +59,7 @@ DPO_HELP = {
 }
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
-                           skip: tuple[str, ...] = ()) -> None:
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: tuple[str, ...] = ()) -> None:
     """One --option per dataclass field (booleans get --x / --no-x); defaults shown in --help."""
     for item in fields(cls):
         if item.name in skip or item.name not in helps:
@@ -101,102 +101,168 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from .trainer import TrainConfig
 
     train = subparsers.add_parser(
-        "train", help="likelihood training of a prior on a shard dataset (torchrun-ready)",
+        "train",
+        help="likelihood training of a prior on a shard dataset (torchrun-ready)",
         description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch "
-                    "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
-                    "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation on held-out pairs "
-                    "(unseen prompts and/or unseen seeds, never a noise that was trained on) reports NLL in "
-                    "nats/dim next to N(0,I) and a prompt-mean-only Gaussian (ridge regression from the pooled "
-                    "prompt embedding, fitted per-dimension variance), the std of T=1 samples against the data's "
-                    "and the cosine of the prior's mean with the data's prompt-mean shift. The training loss is "
-                    "logged as train_loss and is not a result. A dataset whose starting noises repeat across "
-                    "prompts is refused. Run under torchrun --nproc_per_node N for DDP.")
+        "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
+        "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation on held-out pairs "
+        "(unseen prompts and/or unseen seeds, never a noise that was trained on) reports NLL in "
+        "nats/dim next to N(0,I) and a prompt-mean-only Gaussian (ridge regression from the pooled "
+        "prompt embedding, fitted per-dimension variance), the std of T=1 samples against the data's "
+        "and the cosine of the prior's mean with the data's prompt-mean shift. The training loss is "
+        "logged as train_loss and is not a result. A dataset whose starting noises repeat across "
+        "prompts is refused. Run under torchrun --nproc_per_node N for DDP.",
+    )
     train.add_argument("data", help="dataset directory (shard-*.safetensors)")
     train.add_argument("--out", required=True, dest="out_dir", help="output directory (checkpoints, log, prior)")
-    train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) "
-                                      "instead of from scratch")
-    train.add_argument("--baseline-ridge", type=float, default=0.1,
-                       help="relative ridge of the prompt-mean baseline (default: 0.1)")
-    train.add_argument("--control-variate", choices=("auto", "on", "off"), default="auto",
-                       help="the means learn from noise minus its starting noise (same expected gradient, far less "
-                            "variance; the loss is still the NLL); auto: when the dataset's seeds say what the "
-                            "starting noises were (default: auto)")
-    train.add_argument("--allow-repeated-noises", action="store_true",
-                       help="train even when starting noises repeat across prompts (refused by default: a prior "
-                            "memorises such noises; use with --validation-seed-fraction)")
+    train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) instead of from scratch")
+    train.add_argument(
+        "--baseline-ridge", type=float, default=0.1, help="relative ridge of the prompt-mean baseline (default: 0.1)"
+    )
+    train.add_argument(
+        "--control-variate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the means learn from noise minus its starting noise (same expected gradient, far less "
+        "variance; the loss is still the NLL); auto: when the dataset's seeds say what the "
+        "starting noises were (default: auto)",
+    )
+    train.add_argument(
+        "--allow-repeated-noises",
+        action="store_true",
+        help="train even when starting noises repeat across prompts (refused by default: a prior "
+        "memorises such noises; use with --validation-seed-fraction)",
+    )
     _add_dataclass_options(train, NoiseARConfig, MODEL_HELP, skip=FROM_DATA)
     _add_dataclass_options(train, TrainConfig, TRAIN_HELP)
     train.set_defaults(run=run_train)
 
     dpo = subparsers.add_parser(
-        "dpo", help="DPO fine-tuning of a prior with a pluggable reward (torchrun-ready)",
+        "dpo",
+        help="DPO fine-tuning of a prior with a pluggable reward (torchrun-ready)",
         description="Rollouts of k noises per prompt from the current prior, rewards from --scorer, pairs, and "
-                    "the DPO loss against the frozen starting prior. Writes OUT/checkpoint.pt, OUT/log.jsonl "
-                    "(round_reward_mean per step) and OUT/prior.safetensors.")
+        "the DPO loss against the frozen starting prior. Writes OUT/checkpoint.pt, OUT/log.jsonl "
+        "(round_reward_mean per step) and OUT/prior.safetensors.",
+    )
     dpo.add_argument("init", help="the prior to fine-tune (also the frozen reference)")
-    dpo.add_argument("--prompts", required=True,
-                     help="dataset directory whose prompt embeddings are rolled out (one embedding per prompt)")
-    dpo.add_argument("--scorer", required=True,
-                     help="package.module:callable (noise [B,C,H,W], PromptSet) -> reward [B], higher is better")
+    dpo.add_argument(
+        "--prompts", required=True, help="dataset directory whose prompt embeddings are rolled out (one embedding per prompt)"
+    )
+    dpo.add_argument(
+        "--scorer", required=True, help="package.module:callable (noise [B,C,H,W], PromptSet) -> reward [B], higher is better"
+    )
     dpo.add_argument("--out", required=True, dest="out_dir", help="output directory")
     _add_dataclass_options(dpo, DPOConfig, DPO_HELP)
     _add_dataclass_options(dpo, TrainConfig, TRAIN_HELP)
     dpo.set_defaults(run=run_dpo)
 
     evaluate = subparsers.add_parser(
-        "eval", help="compare noise sources on the same prompts and seeds: table, labelled grid, plot",
+        "eval",
+        help="compare noise sources on the same prompts and seeds: table, labelled grid, plot",
         description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
-                    "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
-                    "OUT/results.md (mean ± std over seeds; each source against its std-matched Gaussian: "
-                    "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian) "
-                    ", OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
-                    "Gaussian; needs matplotlib). The evaluation seeds must not be starting seeds of the dataset.")
+        "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
+        "OUT/results.md (mean ± std over seeds; each source against its std-matched Gaussian: "
+        "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian) "
+        ", OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
+        "Gaussian; needs matplotlib). The evaluation seeds must not be starting seeds of the dataset.",
+    )
     evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
-    evaluate.add_argument("--split", default="validation", choices=("train", "validation", "all"),
-                          help="which prompts of that dataset (default: validation)")
+    evaluate.add_argument(
+        "--split",
+        default="validation",
+        choices=("train", "validation", "all"),
+        help="which prompts of that dataset (default: validation)",
+    )
     evaluate.add_argument("--validation-fraction", type=float, default=0.1, help="as used for training (default: 0.1)")
     evaluate.add_argument("--max-prompts", type=int, default=16, help="use at most this many prompts (default: 16)")
-    evaluate.add_argument("--seeds", type=int, default=10,
-                          help="evaluation seeds per prompt, first-seed .. first-seed+N-1; the per-seed view needs "
-                               "about 10 or more (default: 10)")
-    evaluate.add_argument("--first-seed", type=int, default=0,
-                          help="first evaluation seed; refused when a seed is a starting seed of the dataset (default: 0)")
-    evaluate.add_argument("--backend", required=True,
-                          help="package.module:callable (noise [B,C,H,W], PromptSet) -> images [B,3,h,w] in [0,1]")
-    evaluate.add_argument("--scorer", action="append", required=True, metavar="NAME=MODULE:CALLABLE",
-                          help="repeatable; callable (images, PromptSet) -> score [B], higher is better")
-    evaluate.add_argument("--prior", action="append", default=[], metavar="NAME=CHECKPOINT",
-                          help="repeatable; a NoiseAR prior evaluated at every --temperature (and blended with --blend)")
-    evaluate.add_argument("--temperature", type=float, action="append", metavar="T",
-                          help="repeatable sampling temperature for each prior (default: 0.5 and 1.0)")
-    evaluate.add_argument("--blend", type=float, action="append", default=[], metavar="STRENGTH",
-                          help="repeatable; variance-preserving blend of each prior (first temperature) with the "
-                               "Gaussian noise independent of the prior's draws, STRENGTH = NoiseAR share in [0,1]")
-    evaluate.add_argument("--prompt-mean-shift", action="store_true",
-                          help="add the source 'gaussian+prompt-mean': the seed's Gaussian noise plus the prompt's mean "
-                               "shift predicted by the prompt-mean baseline fitted on the dataset's training split (the "
-                               "bar a learned prior must clear; single-size datasets)")
-    evaluate.add_argument("--validation-seed-fraction", type=float, default=0.0,
-                          help="as used for training: the prompt-mean baseline is fitted on the same training split "
-                               "(default: 0)")
-    evaluate.add_argument("--source", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
-                          help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise")
+    evaluate.add_argument(
+        "--seeds",
+        type=int,
+        default=10,
+        help="evaluation seeds per prompt, first-seed .. first-seed+N-1; the per-seed view needs about 10 or more (default: 10)",
+    )
+    evaluate.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="first evaluation seed; refused when a seed is a starting seed of the dataset (default: 0)",
+    )
+    evaluate.add_argument(
+        "--backend", required=True, help="package.module:callable (noise [B,C,H,W], PromptSet) -> images [B,3,h,w] in [0,1]"
+    )
+    evaluate.add_argument(
+        "--scorer",
+        action="append",
+        required=True,
+        metavar="NAME=MODULE:CALLABLE",
+        help="repeatable; callable (images, PromptSet) -> score [B], higher is better",
+    )
+    evaluate.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="repeatable; a NoiseAR prior evaluated at every --temperature (and blended with --blend)",
+    )
+    evaluate.add_argument(
+        "--temperature",
+        type=float,
+        action="append",
+        metavar="T",
+        help="repeatable sampling temperature for each prior (default: 0.5 and 1.0)",
+    )
+    evaluate.add_argument(
+        "--blend",
+        type=float,
+        action="append",
+        default=[],
+        metavar="STRENGTH",
+        help="repeatable; variance-preserving blend of each prior (first temperature) with the "
+        "Gaussian noise independent of the prior's draws, STRENGTH = NoiseAR share in [0,1]",
+    )
+    evaluate.add_argument(
+        "--prompt-mean-shift",
+        action="store_true",
+        help="add the source 'gaussian+prompt-mean': the seed's Gaussian noise plus the prompt's mean "
+        "shift predicted by the prompt-mean baseline fitted on the dataset's training split (the "
+        "bar a learned prior must clear; single-size datasets)",
+    )
+    evaluate.add_argument(
+        "--validation-seed-fraction",
+        type=float,
+        default=0.0,
+        help="as used for training: the prompt-mean baseline is fitted on the same training split (default: 0)",
+    )
+    evaluate.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CALLABLE",
+        help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise",
+    )
     evaluate.add_argument("--out", required=True, help="output directory for results.md, grid.png and plot.png")
     evaluate.set_defaults(run=run_eval)
 
     data = subparsers.add_parser("data", help="dataset tools", description="Tools for dataset directories.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     inspect = data_commands.add_parser(
-        "inspect", help="counts, shapes, split sizes and per-channel noise statistics",
+        "inspect",
+        help="counts, shapes, split sizes and per-channel noise statistics",
         description="Read every shard of a dataset directory (one at a time) and print the number of shards, "
-                    "samples and prompts, tensor shapes, train/validation split sizes, the number of distinct "
-                    "starting seeds (with a warning when noises repeat across prompts), the generation metadata "
-                    "and the per-channel mean and std of the target noise.")
+        "samples and prompts, tensor shapes, train/validation split sizes, the number of distinct "
+        "starting seeds (with a warning when noises repeat across prompts), the generation metadata "
+        "and the per-channel mean and std of the target noise.",
+    )
     inspect.add_argument("directory", help="dataset directory (shard-*.safetensors)")
-    inspect.add_argument("--validation-fraction", type=float, default=0.1,
-                         help="share of prompts in the validation split (default: 0.1)")
-    inspect.add_argument("--validation-seed-fraction", type=float, default=0.0,
-                         help="share of seeds held out as well, as for training (default: 0)")
+    inspect.add_argument(
+        "--validation-fraction", type=float, default=0.1, help="share of prompts in the validation split (default: 0.1)"
+    )
+    inspect.add_argument(
+        "--validation-seed-fraction",
+        type=float,
+        default=0.0,
+        help="share of seeds held out as well, as for training (default: 0)",
+    )
     inspect.set_defaults(run=run_data_inspect)
 
 
@@ -210,12 +276,22 @@ def run_train(args: argparse.Namespace) -> int:
     if args.init is None:
         dataset = ShardDataset(args.data)
         channels, height, width = dataset.item_shapes["noise"]
-        model_config = NoiseARConfig(**{k: v for k, v in _values(args, NoiseARConfig).items() if k not in FROM_DATA},
-                                     channels=channels, latent_height=height, latent_width=width,
-                                     text_dim=dataset.item_shapes["text"][1])
-    train_likelihood(args.data, config, model_config=model_config, init=args.init, baseline_ridge=args.baseline_ridge,
-                     allow_repeated_noises=args.allow_repeated_noises,
-                     control_variate={"auto": None, "on": True, "off": False}[args.control_variate])
+        model_config = NoiseARConfig(
+            **{k: v for k, v in _values(args, NoiseARConfig).items() if k not in FROM_DATA},
+            channels=channels,
+            latent_height=height,
+            latent_width=width,
+            text_dim=dataset.item_shapes["text"][1],
+        )
+    train_likelihood(
+        args.data,
+        config,
+        model_config=model_config,
+        init=args.init,
+        baseline_ridge=args.baseline_ridge,
+        allow_repeated_noises=args.allow_repeated_noises,
+        control_variate={"auto": None, "on": True, "off": False}[args.control_variate],
+    )
     log = Path(config.out_dir) / "log.jsonl"
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
     final = [r for r in records if r.get("kind") == "validation" and r.get("step") == config.steps]
@@ -231,8 +307,7 @@ def run_dpo(args: argparse.Namespace) -> int:
 
     config = TrainConfig(**_values(args, TrainConfig))
     prompts = PromptSet.from_dataset(ShardDataset(args.prompts), "train", config.validation_fraction)
-    train_dpo(initial_model(init=args.init), prompts, _resolve(args.scorer), config,
-              DPOConfig(**_values(args, DPOConfig)))
+    train_dpo(initial_model(init=args.init), prompts, _resolve(args.scorer), config, DPOConfig(**_values(args, DPOConfig)))
     print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
     return 0
 
@@ -251,12 +326,15 @@ def run_eval(args: argparse.Namespace) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     trained = sorted(set(seeds) & {int(s) for shard in dataset.shards for s in shard.seed})
     if trained:
-        raise ValueError(f"evaluation seeds {trained[:5]} are starting seeds of {dataset.directory}, so the noises "
-                         f"would not be unseen; choose another --first-seed")
+        raise ValueError(
+            f"evaluation seeds {trained[:5]} are starting seeds of {dataset.directory}, so the noises "
+            f"would not be unseen; choose another --first-seed"
+        )
     sources = {"gaussian": gaussian_source(shape)}
     if args.prompt_mean_shift:
         sources["gaussian+prompt-mean"] = prompt_mean_source(
-            PromptMeanBaseline(dataset, args.validation_fraction, seed_fraction=args.validation_seed_fraction), shape)
+            PromptMeanBaseline(dataset, args.validation_fraction, seed_fraction=args.validation_seed_fraction), shape
+        )
     temperatures = args.temperature or [0.5, 1.0]
     for name, path in _named(args.prior, "--prior").items():
         model = load(path)
@@ -264,7 +342,8 @@ def run_eval(args: argparse.Namespace) -> int:
             sources[f"{name}@T={temperature:g}"] = noisear_source(model, temperature)
         for strength in args.blend:
             sources[f"{name}@T={temperatures[0]:g} blend {strength:g}"] = blend_source(
-                noisear_source(model, temperatures[0]), shape, strength)
+                noisear_source(model, temperatures[0]), shape, strength
+            )
     sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
     scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
     result = evaluate(sources, _resolve(args.backend), scorers, prompts, seeds)
@@ -280,15 +359,18 @@ def run_data_inspect(args: argparse.Namespace) -> int:
     report = inspect_dataset(args.directory, args.validation_fraction, args.validation_seed_fraction)
     print(f"directory    {report['directory']}")
     print(f"shards       {report['shards']}")
-    print(f"samples      {report['samples']}  (train {report['split_samples']['train']}, "
-          f"validation {report['split_samples']['validation']})")
-    print(f"prompts      {report['prompts']}  (train {report['split_prompts']['train']}, "
-          f"validation {report['split_prompts']['validation']})")
+    print(
+        f"samples      {report['samples']}  (train {report['split_samples']['train']}, "
+        f"validation {report['split_samples']['validation']})"
+    )
+    print(
+        f"prompts      {report['prompts']}  (train {report['split_prompts']['train']}, "
+        f"validation {report['split_prompts']['validation']})"
+    )
     print(f"text         {list(report['text_shape'])} per sample")
     print(f"noise        {list(report['noise_shape'])} per sample")
     seeds = report["seeds"]
-    print(f"seeds        {seeds['distinct_seeds']} distinct starting seeds; {seeds['shared_seeds']} used by more than "
-          f"one prompt")
+    print(f"seeds        {seeds['distinct_seeds']} distinct starting seeds; {seeds['shared_seeds']} used by more than one prompt")
     print(f"info         {json.dumps(vars(report['info']), sort_keys=True)}")
     for channel, (mean, std) in enumerate(zip(report["channel_mean"], report["channel_std"])):
         print(f"channel {channel:<4} mean {mean:+.5f}  std {std:.5f}")

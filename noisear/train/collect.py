@@ -5,6 +5,7 @@ Using the same seeds for every prompt would give a dataset of only k distinct no
 repeated for every prompt with near-identical targets, which a prior memorises instead of
 learning the prompt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,12 +55,12 @@ def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
     """The seeds of j = 0 .. count-1 for one prompt."""
     return [pair_seed(first_seed, prompt_key, j) for j in range(count)]
 
+
 # (noise [B,C,H,W], conditioning) -> reward [B]; for real models: noise -> image -> score
 Reward = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
-def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, cond: Any, margin: float = 0.0
-                  ) -> torch.Tensor:
+def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, cond: Any, margin: float = 0.0) -> torch.Tensor:
     """[B] bool: True where reward(golden) - reward(noise) > margin (the paper's filter, margin 0)."""
     return (reward(golden, cond) - reward(noise, cond)) > margin
 
@@ -77,10 +78,19 @@ class PromptItem:
     prompt: str = ""
 
 
-def collect(denoiser: Denoiser, schedule: Schedule, writer: ShardWriter, prompts: Iterable[PromptItem],
-            seeds_per_prompt: int, shape: Sequence[int], config: GoldenConfig = GoldenConfig(),
-            reward: Reward | None = None, batch_size: int = 8, progress: bool = True, first_seed: int = 0
-            ) -> dict[str, int]:
+def collect(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    writer: ShardWriter,
+    prompts: Iterable[PromptItem],
+    seeds_per_prompt: int,
+    shape: Sequence[int],
+    config: GoldenConfig = GoldenConfig(),
+    reward: Reward | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    first_seed: int = 0,
+) -> dict[str, int]:
     """Write golden noise for every (prompt, j < seeds_per_prompt) not yet in ``writer`` (so it resumes after a kill).
 
     Pair (prompt, j) starts from seed ``pair_seed(first_seed, prompt.index, j)``, whose noise is
@@ -90,8 +100,10 @@ def collect(denoiser: Denoiser, schedule: Schedule, writer: ShardWriter, prompts
     rejected pairs are not recorded, so a resumed run computes them again and rejects them again).
     """
     if writer.info.seed_scheme != SEED_SCHEME:
-        raise DatasetError(f"collect draws seeds with pair_seed; make the writer with DatasetInfo(..., "
-                           f"seed_scheme={SEED_SCHEME!r}), got {writer.info.seed_scheme!r}")
+        raise DatasetError(
+            f"collect draws seeds with pair_seed; make the writer with DatasetInfo(..., "
+            f"seed_scheme={SEED_SCHEME!r}), got {writer.info.seed_scheme!r}"
+        )
     counts = {"written": 0, "skipped": 0, "rejected": 0}
     prompts = list(prompts)
     bar = tqdm(total=len(prompts) * seeds_per_prompt, disable=not progress, desc="golden noise", dynamic_ncols=True)
@@ -101,18 +113,27 @@ def collect(denoiser: Denoiser, schedule: Schedule, writer: ShardWriter, prompts
         counts["skipped"] += len(seeds) - len(todo)
         bar.update(len(seeds) - len(todo))
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+            chunk = todo[start : start + batch_size]
             noise = start_noise(chunk, (len(chunk), *shape))
             golden = golden_noise(denoiser, schedule, noise, item.cond, item.uncond, config).float().cpu()
-            keep = (keep_improved(noise, golden, reward, item.cond, config.margin).cpu() if reward is not None
-                    else torch.ones(len(chunk), dtype=torch.bool))
+            keep = (
+                keep_improved(noise, golden, reward, item.cond, config.margin).cpu()
+                if reward is not None
+                else torch.ones(len(chunk), dtype=torch.bool)
+            )
             counts["rejected"] += int((~keep).sum())
             if keep.any():
                 picked = [s for s, k in zip(chunk, keep.tolist()) if k]
                 count = len(picked)
                 mask = None if item.text_mask is None else item.text_mask.expand(count, -1)
-                writer.append(item.text.expand(count, -1, -1), golden[keep], [item.index] * count, picked,
-                              mask, prompts={item.index: item.prompt} if item.prompt else None)
+                writer.append(
+                    item.text.expand(count, -1, -1),
+                    golden[keep],
+                    [item.index] * count,
+                    picked,
+                    mask,
+                    prompts={item.index: item.prompt} if item.prompt else None,
+                )
                 counts["written"] += count
             bar.update(len(chunk))
     bar.close()

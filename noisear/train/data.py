@@ -31,6 +31,7 @@ A seed identifies a starting noise. The collectors draw a distinct seed for ever
 repeat across prompts holds the same noises many times, and the trainer refuses it
 (:meth:`ShardDataset.seed_counts`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,10 +57,15 @@ SHARD_GLOB = "shard-*.safetensors"
 SHARD_NAME = re.compile(r"shard-(\d{1,18})\.safetensors")
 # a shard being written (io.write_atomically; older versions wrote shard-N.tmp): left only by a killed writer
 TEMP_GLOBS = (".shard-*.tmp", "shard-*.tmp")
-SHARD_BYTES = 256 * 2 ** 20           # default byte budget of a shard (and of the writer's buffer)
+SHARD_BYTES = 256 * 2**20  # default byte budget of a shard (and of the writer's buffer)
 # tensor -> (number of dimensions, safetensors dtypes accepted)
-TENSOR_LAYOUT = {"text": (3, ("F32", "F16", "BF16")), "text_mask": (2, ("U8", "BOOL")),
-                 "noise": (4, ("F32", "F16", "BF16")), "prompt_index": (1, ("I64",)), "seed": (1, ("I64",))}
+TENSOR_LAYOUT = {
+    "text": (3, ("F32", "F16", "BF16")),
+    "text_mask": (2, ("U8", "BOOL")),
+    "noise": (4, ("F32", "F16", "BF16")),
+    "prompt_index": (1, ("I64",)),
+    "seed": (1, ("I64",)),
+}
 TENSOR_NAMES = ("text", "text_mask", "noise", "prompt_index", "seed")
 SPLITS = ("train", "validation")
 
@@ -73,13 +79,13 @@ class DatasetInfo:
     """How the target noises were made. Stored in every shard; must match across a directory."""
 
     source_model: str = "unknown"
-    prediction: str = "unknown"      # epsilon, v or flow
-    schedule: str = "unknown"        # e.g. "sdxl scaled_linear, leading spacing"
-    steps: int = 0                   # sampling steps the noise is meant for
-    guidance_denoise: float = 0.0    # golden noise: w_l
-    guidance_invert: float = 0.0     # golden noise: w_w
+    prediction: str = "unknown"  # epsilon, v or flow
+    schedule: str = "unknown"  # e.g. "sdxl scaled_linear, leading spacing"
+    steps: int = 0  # sampling steps the noise is meant for
+    guidance_denoise: float = 0.0  # golden noise: w_l
+    guidance_invert: float = 0.0  # golden noise: w_w
     extra: dict = field(default_factory=dict)
-    seed_scheme: str = "unknown"     # how the seeds were made, e.g. "pair-sha256-v1" (noisear.train.collect)
+    seed_scheme: str = "unknown"  # how the seeds were made, e.g. "pair-sha256-v1" (noisear.train.collect)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,15 +94,26 @@ class DatasetInfo:
     def from_json(cls, text: str) -> "DatasetInfo":
         """Parse and type-check; DatasetError for anything that is not what to_json writes."""
         values = _json_object(text, "info")
-        kinds = {"source_model": str, "prediction": str, "schedule": str, "steps": int,
-                 "guidance_denoise": float, "guidance_invert": float, "extra": dict, "seed_scheme": str}
+        kinds = {
+            "source_model": str,
+            "prediction": str,
+            "schedule": str,
+            "steps": int,
+            "guidance_denoise": float,
+            "guidance_invert": float,
+            "extra": dict,
+            "seed_scheme": str,
+        }
         unknown = sorted(set(values) - set(kinds))
         if unknown:
             raise DatasetError(f"dataset info has unknown fields {unknown[:5]}; expected some of {sorted(kinds)}")
         for key, value in values.items():
             kind = kinds[key]
-            fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    if kind is float else isinstance(value, kind) and not isinstance(value, bool))
+            fits = (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if kind is float
+                else isinstance(value, kind) and not isinstance(value, bool)
+            )
             if not fits:
                 noun = {str: "a string", int: "an integer", float: "a finite number", dict: "an object"}[kind]
                 raise DatasetError(f"dataset info field {key!r} must be {noun}, got {quoted(value)}")
@@ -119,8 +136,7 @@ def _prompts_from_json(text: str) -> dict[int, str]:
     prompts = {}
     for key, value in _json_object(text, "prompts").items():
         if not (re.fullmatch(r"-?\d{1,19}", key) and isinstance(value, str)):
-            raise DatasetError(f"shard metadata 'prompts' must map prompt indices to texts, got "
-                               f"{quoted(key)}: {quoted(value)}")
+            raise DatasetError(f"shard metadata 'prompts' must map prompt indices to texts, got {quoted(key)}: {quoted(value)}")
         prompts[int(key)] = value
     return prompts
 
@@ -161,7 +177,7 @@ class Batch:
 def validation_prompt(prompt_index: int, fraction: float, salt: str = "noisear") -> bool:
     """Deterministic split: True when the prompt belongs to the validation set (about ``fraction``)."""
     digest = hashlib.sha256(f"{salt}:{int(prompt_index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def validation_seed(seed: int, fraction: float) -> bool:
@@ -178,25 +194,36 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
             shapes = {name: tuple(part.get_shape()) for name, part in slices.items()}
             dtypes = {name: part.get_dtype() for name, part in slices.items()}
     except Exception as err:
-        raise DatasetError(f"{path.name} is not a readable safetensors shard (truncated or corrupt?): "
-                           f"{quoted(str(err), 200)}") from None
+        raise DatasetError(
+            f"{path.name} is not a readable safetensors shard (truncated or corrupt?): {quoted(str(err), 200)}"
+        ) from None
     if metadata.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path.name} is not a NoiseAR dataset shard (metadata format={metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path.name} has dataset format version {metadata.get('format_version')!r}; "
-                           f"this library reads version {FORMAT_VERSION}")
+        raise DatasetError(
+            f"{path.name} has dataset format version {metadata.get('format_version')!r}; "
+            f"this library reads version {FORMAT_VERSION}"
+        )
     missing = [name for name in TENSOR_NAMES if name not in shapes]
     if missing:
         raise DatasetError(f"{path.name} lacks tensors {missing}; a shard holds {list(TENSOR_NAMES)}")
     for name, (ndim, accepted) in TENSOR_LAYOUT.items():
         if len(shapes[name]) != ndim or dtypes[name] not in accepted:
-            raise DatasetError(f"{path.name}: tensor {name!r} is {dtypes[name]} {list(shapes[name])}; expected "
-                               f"{ndim} dimensions of {'/'.join(accepted)} (see noisear.train.data)")
+            raise DatasetError(
+                f"{path.name}: tensor {name!r} is {dtypes[name]} {list(shapes[name])}; expected "
+                f"{ndim} dimensions of {'/'.join(accepted)} (see noisear.train.data)"
+            )
     count, tokens = shapes["text"][:2]
-    if (any(shapes[name][0] != count for name in TENSOR_NAMES) or shapes["text_mask"][1] != tokens
-            or 0 in shapes["text"][1:] or 0 in shapes["noise"][1:]):
-        raise DatasetError(f"{path.name}: tensor shapes {[list(shapes[n]) for n in TENSOR_NAMES]} do not fit "
-                           f"text [N,T,D], text_mask [N,T], noise [N,C,H,W], prompt_index [N], seed [N]")
+    if (
+        any(shapes[name][0] != count for name in TENSOR_NAMES)
+        or shapes["text_mask"][1] != tokens
+        or 0 in shapes["text"][1:]
+        or 0 in shapes["noise"][1:]
+    ):
+        raise DatasetError(
+            f"{path.name}: tensor shapes {[list(shapes[n]) for n in TENSOR_NAMES]} do not fit "
+            f"text [N,T,D], text_mask [N,T], noise [N,C,H,W], prompt_index [N], seed [N]"
+        )
     return metadata, shapes
 
 
@@ -225,8 +252,8 @@ def _read_rows(path: Path, rows: np.ndarray) -> dict[str, torch.Tensor]:
 class ShardInfo:
     path: Path
     count: int
-    prompt_index: np.ndarray   # [count] int64
-    seed: np.ndarray           # [count] int64
+    prompt_index: np.ndarray  # [count] int64
+    seed: np.ndarray  # [count] int64
     prompts: dict[int, str]
     noise_shape: tuple[int, ...] = ()  # (C, H, W)
 
@@ -246,11 +273,14 @@ class ShardDataset:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise DatasetError(f"no {SHARD_GLOB} files in {self.directory}: it is not a directory")
-        paths = shard_paths(self.directory) or [path for sub in sorted(self.directory.iterdir()) if sub.is_dir()
-                                                 for path in shard_paths(sub)]
+        paths = shard_paths(self.directory) or [
+            path for sub in sorted(self.directory.iterdir()) if sub.is_dir() for path in shard_paths(sub)
+        ]
         if not paths:
-            raise DatasetError(f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
-                               f"with ShardWriter (or a collector) first")
+            raise DatasetError(
+                f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
+                f"with ShardWriter (or a collector) first"
+            )
         self.shards: list[ShardInfo] = []
         self.info: DatasetInfo | None = None
         self.item_shapes: dict[str, tuple[int, ...]] = {}
@@ -260,21 +290,35 @@ class ShardDataset:
                 info = DatasetInfo.from_json(metadata.get("info", "{}"))
                 prompts = _prompts_from_json(metadata.get("prompts", "{}"))
             except DatasetError as err:
-                raise DatasetError(f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or "
-                                   f"use another folder") from None
+                raise DatasetError(
+                    f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
+                ) from None
             item_shapes = {"text": shapes["text"][1:], "noise": shapes["noise"][1:]}
-            bucket_shape = next((s.noise_shape for s in self.shards if s.path.parent == path.parent),
-                                item_shapes["noise"])
+            bucket_shape = next((s.noise_shape for s in self.shards if s.path.parent == path.parent), item_shapes["noise"])
             if self.info is None:
                 self.info, self.item_shapes = info, item_shapes
-            elif (info != self.info or item_shapes["text"] != self.item_shapes["text"]
-                  or item_shapes["noise"][0] != self.item_shapes["noise"][0] or item_shapes["noise"] != bucket_shape):
-                raise DatasetError(f"{path.name} does not match the other shards of {self.directory} "
-                                   f"(info or tensor shapes differ); keep one dataset per directory (one latent "
-                                   f"size per bucket subdirectory)")
+            elif (
+                info != self.info
+                or item_shapes["text"] != self.item_shapes["text"]
+                or item_shapes["noise"][0] != self.item_shapes["noise"][0]
+                or item_shapes["noise"] != bucket_shape
+            ):
+                raise DatasetError(
+                    f"{path.name} does not match the other shards of {self.directory} "
+                    f"(info or tensor shapes differ); keep one dataset per directory (one latent "
+                    f"size per bucket subdirectory)"
+                )
             columns = _read_tensors(path, ("prompt_index", "seed"))
-            self.shards.append(ShardInfo(path, shapes["noise"][0], columns["prompt_index"].numpy(),
-                                         columns["seed"].numpy(), prompts, item_shapes["noise"]))
+            self.shards.append(
+                ShardInfo(
+                    path,
+                    shapes["noise"][0],
+                    columns["prompt_index"].numpy(),
+                    columns["seed"].numpy(),
+                    prompts,
+                    item_shapes["noise"],
+                )
+            )
         self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
 
     @property
@@ -305,8 +349,11 @@ class ShardDataset:
         pairs = np.unique(np.stack([seeds, prompts], axis=1), axis=0)
         unique, prompts_per_seed = np.unique(pairs[:, 0], return_counts=True)
         shared = unique[prompts_per_seed > 1]
-        return {"distinct_seeds": len(unique), "shared_seeds": len(shared),
-                "samples_with_shared_seed": int(np.isin(seeds, shared).sum())}
+        return {
+            "distinct_seeds": len(unique),
+            "shared_seeds": len(shared),
+            "samples_with_shared_seed": int(np.isin(seeds, shared).sum()),
+        }
 
     def rows(self, split: str | None, validation_fraction: float, seed_fraction: float = 0.0) -> list[np.ndarray]:
         """Per shard, the row numbers that belong to ``split`` ('train', 'validation' or None = all).
@@ -333,7 +380,8 @@ class ShardDataset:
             train_seeds = np.unique(np.concatenate([shard.seed[~h] for shard, h in zip(self.shards, held)]))
             self._splits[key] = {
                 "train": [np.flatnonzero(~h) for h in held],
-                "validation": [np.flatnonzero(h & ~np.isin(shard.seed, train_seeds)) for shard, h in zip(self.shards, held)]}
+                "validation": [np.flatnonzero(h & ~np.isin(shard.seed, train_seeds)) for shard, h in zip(self.shards, held)],
+            }
         return self._splits[key][split]
 
     def load_rows(self, shard_id: int, rows: np.ndarray) -> Batch:
@@ -343,18 +391,24 @@ class ShardDataset:
             tensors = _read_rows(path, rows)
         except Exception as err:  # changed or damaged since it was opened
             raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
-        batch = Batch(tensors["text"].float(), tensors["text_mask"].bool(), tensors["noise"].float(),
-                      tensors["prompt_index"].long(), tensors["seed"].long())
+        batch = Batch(
+            tensors["text"].float(),
+            tensors["text_mask"].bool(),
+            tensors["noise"].float(),
+            tensors["prompt_index"].long(),
+            tensors["seed"].long(),
+        )
         if not (torch.isfinite(batch.text).all() and torch.isfinite(batch.noise).all()):
             raise DatasetError(f"{path} holds NaN or infinite values; remove that shard (the writer never writes them)")
         return batch
 
-    def iterate(self, split: str | None = None, validation_fraction: float = 0.1, batch_size: int = 64,
-                seed_fraction: float = 0.0) -> Iterator[Batch]:
+    def iterate(
+        self, split: str | None = None, validation_fraction: float = 0.1, batch_size: int = 64, seed_fraction: float = 0.0
+    ) -> Iterator[Batch]:
         """Stream the split in file order, one batch in memory; a batch never spans shards (may be short)."""
         for shard_id, rows in enumerate(self.rows(split, validation_fraction, seed_fraction)):
             for start in range(0, len(rows), batch_size):
-                yield self.load_rows(shard_id, rows[start:start + batch_size])
+                yield self.load_rows(shard_id, rows[start : start + batch_size])
 
 
 class BatchPlan:
@@ -370,8 +424,15 @@ class BatchPlan:
     so any number of processes sees the same global batches.
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, seed: int, validation_fraction: float,
-                 split: str = "train", seed_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        seed: int,
+        validation_fraction: float,
+        split: str = "train",
+        seed_fraction: float = 0.0,
+    ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         rows = dataset.rows(split, validation_fraction, seed_fraction)
         samples = np.concatenate([np.stack([np.full(len(r), s), r], axis=1) for s, r in enumerate(rows)])
@@ -379,8 +440,10 @@ class BatchPlan:
         self.buckets = [samples[bucket_of_shard[samples[:, 0]] == b] for b in range(len(dataset.noise_shapes))]
         self.batches_per_epoch = sum(len(bucket) // batch_size for bucket in self.buckets)
         if self.batches_per_epoch == 0:
-            raise DatasetError(f"the {split} split holds {len(samples)} samples, fewer than one global batch of "
-                               f"{batch_size}; lower the batch size or add data")
+            raise DatasetError(
+                f"the {split} split holds {len(samples)} samples, fewer than one global batch of "
+                f"{batch_size}; lower the batch size or add data"
+            )
         self._epoch, self._order = -1, np.empty((0, batch_size, 2), dtype=np.int64)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -401,7 +464,7 @@ class BatchPlan:
             raise DatasetError(f"global batch {self.batch_size} is not divisible by {world} processes")
         epoch, index = divmod(step, self.batches_per_epoch)
         share = self.batch_size // world
-        picked = self._epoch_order(epoch)[index, rank * share:(rank + 1) * share]
+        picked = self._epoch_order(epoch)[index, rank * share : (rank + 1) * share]
         parts, positions = [], []
         for shard_id in np.unique(picked[:, 0]):
             where = np.flatnonzero(picked[:, 0] == shard_id)
@@ -422,8 +485,9 @@ class ShardWriter:
     Use as a context manager (or call ``close()``) so the last partial shard is written.
     """
 
-    def __init__(self, directory: str | os.PathLike, info: DatasetInfo, shard_size: int = 1024,
-                 shard_bytes: int = SHARD_BYTES) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, info: DatasetInfo, shard_size: int = 1024, shard_bytes: int = SHARD_BYTES
+    ) -> None:
         if shard_size < 1 or shard_bytes < 1:
             raise DatasetError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
         self.directory = Path(directory)
@@ -444,12 +508,16 @@ class ShardWriter:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
                 old_seeds = dataset.info.seed_scheme != info.seed_scheme
-                differ = "; ".join(f"{key} {quoted(getattr(dataset.info, key), 60)} there, {quoted(value, 60)} here"
-                                   for key, value in asdict(info).items() if getattr(dataset.info, key) != value)
-                raise DatasetError(f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
-                                   f"append these samples. Use a new directory"
-                                   + (" (its seeds were made another way, e.g. the same seeds for every prompt)."
-                                      if old_seeds else "."))
+                differ = "; ".join(
+                    f"{key} {quoted(getattr(dataset.info, key), 60)} there, {quoted(value, 60)} here"
+                    for key, value in asdict(info).items()
+                    if getattr(dataset.info, key) != value
+                )
+                raise DatasetError(
+                    f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
+                    f"append these samples. Use a new directory"
+                    + (" (its seeds were made another way, e.g. the same seeds for every prompt)." if old_seeds else ".")
+                )
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
             self._next_shard = int(SHARD_NAME.fullmatch(existing[-1].name).group(1)) + 1
 
@@ -461,9 +529,15 @@ class ShardWriter:
     def pending(self) -> int:
         return sum(len(batch) for batch in self._buffer)
 
-    def append(self, text: torch.Tensor, noise: torch.Tensor, prompt_index: torch.Tensor | list[int],
-               seed: torch.Tensor | list[int], text_mask: torch.Tensor | None = None,
-               prompts: dict[int, str] | None = None) -> None:
+    def append(
+        self,
+        text: torch.Tensor,
+        noise: torch.Tensor,
+        prompt_index: torch.Tensor | list[int],
+        seed: torch.Tensor | list[int],
+        text_mask: torch.Tensor | None = None,
+        prompts: dict[int, str] | None = None,
+    ) -> None:
         """Add a batch: text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B], text_mask [B,T] (1 = token).
 
         ``prompts`` optionally maps prompt index -> prompt text.
@@ -472,8 +546,10 @@ class ShardWriter:
         seed = torch.as_tensor(seed, dtype=torch.int64).reshape(-1)
         size = noise.shape[0]
         if text.ndim != 3 or noise.ndim != 4 or text.shape[0] != size or len(prompt_index) != size or len(seed) != size:
-            raise DatasetError(f"append expects text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B]; got "
-                               f"{list(text.shape)}, {list(noise.shape)}, {list(prompt_index.shape)}, {list(seed.shape)}")
+            raise DatasetError(
+                f"append expects text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B]; got "
+                f"{list(text.shape)}, {list(noise.shape)}, {list(prompt_index.shape)}, {list(seed.shape)}"
+            )
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool)
         if tuple(text_mask.shape) != tuple(text.shape[:2]):
@@ -485,8 +561,9 @@ class ShardWriter:
             raise DatasetError(f"sample shapes {shapes} differ from this dataset's {self.item_shapes}")
         if not torch.isfinite(noise).all() or not torch.isfinite(text).all():
             raise DatasetError("append got NaN or infinite values; refusing to write them")
-        self._buffer.append(Batch(text.detach().float().cpu(), text_mask.detach().bool().cpu(),
-                                  noise.detach().float().cpu(), prompt_index, seed))
+        self._buffer.append(
+            Batch(text.detach().float().cpu(), text_mask.detach().bool().cpu(), noise.detach().float().cpu(), prompt_index, seed)
+        )
         self._pairs.update(zip(prompt_index.tolist(), seed.tolist()))
         self._prompts.update({int(k): str(v) for k, v in (prompts or {}).items()})
         while self.pending >= self.capacity:
@@ -506,11 +583,19 @@ class ShardWriter:
         rest = Batch(*(getattr(merged, name)[count:] for name in TENSOR_NAMES))
         self._buffer = [rest] if len(rest) else []
         shard_prompts = {p: self._prompts[p] for p in set(head.prompt_index.tolist()) if p in self._prompts}
-        tensors = {"text": head.text.contiguous(), "text_mask": head.text_mask.to(torch.uint8).contiguous(),
-                   "noise": head.noise.contiguous(), "prompt_index": head.prompt_index.contiguous(),
-                   "seed": head.seed.contiguous()}
-        metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": self.info.to_json(),
-                    "prompts": json.dumps(shard_prompts, sort_keys=True)}
+        tensors = {
+            "text": head.text.contiguous(),
+            "text_mask": head.text_mask.to(torch.uint8).contiguous(),
+            "noise": head.noise.contiguous(),
+            "prompt_index": head.prompt_index.contiguous(),
+            "seed": head.seed.contiguous(),
+        }
+        metadata = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "info": self.info.to_json(),
+            "prompts": json.dumps(shard_prompts, sort_keys=True),
+        }
         path = self.directory / f"shard-{self._next_shard:05d}.safetensors"
         # readers never see a half-written shard; normal file permissions (not safetensors' 0600)
         write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
@@ -531,8 +616,7 @@ class ShardWriter:
         self.close()
 
 
-def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0
-                    ) -> dict:
+def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0) -> dict:
     """Counts, shapes, split sizes, distinct starting seeds and per-channel mean/std of the noise (streamed,
     float64). ``warnings``: what makes the dataset unfit for training (noises repeated across prompts)."""
     dataset = ShardDataset(directory)
@@ -543,27 +627,38 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
     for batch in dataset.iterate(batch_size=4096):
         noise = batch.noise.double()
         total += noise.sum(dim=(0, 2, 3)).numpy()
-        squares += (noise ** 2).sum(dim=(0, 2, 3)).numpy()
+        squares += (noise**2).sum(dim=(0, 2, 3)).numpy()
         values += noise[:, 0].numel()
     mean = total / values
-    std = np.sqrt(np.maximum(squares / values - mean ** 2, 0.0))
-    split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction)))
-                   for split in SPLITS}
+    std = np.sqrt(np.maximum(squares / values - mean**2, 0.0))
+    split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction))) for split in SPLITS}
     prompts = dataset.prompt_indices()
     split_prompts = {"validation": int(sum(validation_prompt(int(p), validation_fraction) for p in prompts))}
     split_prompts["train"] = len(prompts) - split_prompts["validation"]
     seeds = dataset.seed_counts()
     warnings = [repeated_noises_message(seeds)] if seeds["shared_seeds"] else []
-    return {"directory": str(dataset.directory), "shards": len(dataset.shards), "samples": len(dataset),
-            "prompts": len(prompts), "text_shape": dataset.item_shapes["text"],
-            "noise_shape": dataset.item_shapes["noise"], "split_samples": split_sizes,
-            "split_prompts": split_prompts, "channel_mean": mean.tolist(), "channel_std": std.tolist(),
-            "info": dataset.info, "seeds": seeds, "warnings": warnings}
+    return {
+        "directory": str(dataset.directory),
+        "shards": len(dataset.shards),
+        "samples": len(dataset),
+        "prompts": len(prompts),
+        "text_shape": dataset.item_shapes["text"],
+        "noise_shape": dataset.item_shapes["noise"],
+        "split_samples": split_sizes,
+        "split_prompts": split_prompts,
+        "channel_mean": mean.tolist(),
+        "channel_std": std.tolist(),
+        "info": dataset.info,
+        "seeds": seeds,
+        "warnings": warnings,
+    }
 
 
 def repeated_noises_message(seeds: dict[str, int]) -> str:
     """What :meth:`ShardDataset.seed_counts` means when seeds repeat across prompts, and what to do."""
-    return (f"{seeds['shared_seeds']} of {seeds['distinct_seeds']} starting seeds are used by more than one prompt "
-            f"({seeds['samples_with_shared_seed']} samples): the same noises repeat across prompts, so a prior can "
-            f"memorise them instead of learning the prompt. Collect again with distinct seeds per (prompt, j) (the "
-            f"current collectors do this).")
+    return (
+        f"{seeds['shared_seeds']} of {seeds['distinct_seeds']} starting seeds are used by more than one prompt "
+        f"({seeds['samples_with_shared_seed']} samples): the same noises repeat across prompts, so a prior can "
+        f"memorise them instead of learning the prompt. Collect again with distinct seeds per (prompt, j) (the "
+        f"current collectors do this)."
+    )

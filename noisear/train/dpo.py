@@ -12,6 +12,7 @@ Under DDP each rank rolls out its share of the round's prompts and the rollouts 
 the pairs (and the updates) do not depend on the number of processes. The round's pairs are part
 of the checkpoint, so a killed run resumes exactly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,7 @@ class PromptSet:
         return PromptSet(self.text[rows], self.text_mask[rows], self.index[rows], strings)
 
     @classmethod
-    def from_dataset(cls, dataset: ShardDataset, split: str | None = "train",
-                     validation_fraction: float = 0.1) -> "PromptSet":
+    def from_dataset(cls, dataset: ShardDataset, split: str | None = "train", validation_fraction: float = 0.1) -> "PromptSet":
         """One embedding per prompt (its first sample): the prompts of ``split`` ('train': not held out by
         the prompt hash, 'validation': held out, None: all), whatever their noises."""
         first: dict[int, tuple[int, int]] = {}  # prompt -> (shard, row) of its first sample
@@ -70,8 +70,12 @@ class PromptSet:
             rows.update({i: (batch.text[k], batch.text_mask[k]) for k, i in enumerate(wanted)})
         names = dataset.prompts()
         strings = tuple(names.get(i, "") for i in order) if names else ()
-        return cls(torch.stack([rows[i][0] for i in order]), torch.stack([rows[i][1] for i in order]),
-                   torch.tensor(order, dtype=torch.long), strings)
+        return cls(
+            torch.stack([rows[i][0] for i in order]),
+            torch.stack([rows[i][1] for i in order]),
+            torch.tensor(order, dtype=torch.long),
+            strings,
+        )
 
 
 # (noise [B,C,H,W], the B prompts) -> reward [B]; higher is better. For real models: noise -> image -> score.
@@ -83,11 +87,11 @@ class DPOConfig:
     """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats)."""
 
     beta: float = 0.1
-    rollouts: int = 8                 # k noises per prompt
+    rollouts: int = 8  # k noises per prompt
     prompts_per_round: int = 16
-    steps_per_round: int = 4          # optimiser steps on each round's pairs
-    temperature: float = 1.0          # sampling temperature of the rollouts
-    pairing: str = "best_worst"       # or "margin": every pair whose rewards differ by more than margin
+    steps_per_round: int = 4  # optimiser steps on each round's pairs
+    temperature: float = 1.0  # sampling temperature of the rollouts
+    pairing: str = "best_worst"  # or "margin": every pair whose rewards differ by more than margin
     margin: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,8 +101,13 @@ class DPOConfig:
             raise ValueError(f"rollouts must be at least 2 to form pairs, got {self.rollouts}")
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """Per-pair DPO loss [B] from log-probabilities [B] (nats)."""
     return -F.logsigmoid(beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)))
 
@@ -119,7 +128,7 @@ def make_pairs(rewards: torch.Tensor, pairing: str = "best_worst", margin: float
 def rollout_seed(seed: int, round_index: int, prompt_index: int, draw: int) -> int:
     """Seed of one rollout noise; independent of the process count."""
     digest = hashlib.sha256(f"dpo:{seed}:{round_index}:{prompt_index}:{draw}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2 ** 63
+    return int.from_bytes(digest[:8], "big") % 2**63
 
 
 class DPOObjective:
@@ -127,8 +136,15 @@ class DPOObjective:
 
     uses_dropout = False
 
-    def __init__(self, reference: NoiseAR, prompts: PromptSet, scorer: Scorer, config: DPOConfig,
-                 train_config: TrainConfig, validation_prompts: PromptSet | None = None) -> None:
+    def __init__(
+        self,
+        reference: NoiseAR,
+        prompts: PromptSet,
+        scorer: Scorer,
+        config: DPOConfig,
+        train_config: TrainConfig,
+        validation_prompts: PromptSet | None = None,
+    ) -> None:
         self.reference = copy.deepcopy(reference).float().eval().requires_grad_(False)
         self.prompts, self.scorer, self.config = prompts, scorer, config
         self.batch_size, self.seed = train_config.batch_size, train_config.seed
@@ -161,9 +177,9 @@ class DPOObjective:
         if config.prompts_per_round % world:
             raise ValueError(f"prompts_per_round {config.prompts_per_round} is not divisible by {world} processes")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + round_index)
-        rows = torch.randperm(len(self.prompts), generator=generator)[:config.prompts_per_round]
+        rows = torch.randperm(len(self.prompts), generator=generator)[: config.prompts_per_round]
         share = config.prompts_per_round // world
-        mine = self.prompts.select(rows[runtime.rank * share:(runtime.rank + 1) * share])
+        mine = self.prompts.select(rows[runtime.rank * share : (runtime.rank + 1) * share])
         noise = self._sample(runtime.model, mine, round_index, runtime.device)
         rewards = self._score(noise, mine).to(runtime.device)
         if world > 1:
@@ -171,8 +187,10 @@ class DPOObjective:
             rewards = _gather(rewards)
         pairs = make_pairs(rewards.cpu(), config.pairing, config.margin)
         if len(pairs) == 0:
-            raise ValueError(f"DPO round {round_index}: no pair of rollouts differs in reward by more than "
-                             f"{config.margin}; lower the margin or raise rollouts")
+            raise ValueError(
+                f"DPO round {round_index}: no pair of rollouts differs in reward by more than "
+                f"{config.margin}; lower the margin or raise rollouts"
+            )
         chosen = noise[pairs[:, 0], pairs[:, 1]]
         rejected = noise[pairs[:, 0], pairs[:, 2]]
         round_prompts = self.prompts.select(rows[pairs[:, 0]])
@@ -183,14 +201,22 @@ class DPOObjective:
             reference_rejected = self.reference.log_prob(text, rejected, mask)
         order = torch.randperm(len(pairs), generator=generator)
         self.round = round_index
-        self.pairs = {"text": round_prompts.text.cpu(), "text_mask": round_prompts.text_mask.cpu(),
-                      "chosen": chosen.cpu(), "rejected": rejected.cpu(), "order": order,
-                      "reference_chosen": reference_chosen.cpu(), "reference_rejected": reference_rejected.cpu()}
-        self.round_metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                              "pairs": float(len(pairs))}
+        self.pairs = {
+            "text": round_prompts.text.cpu(),
+            "text_mask": round_prompts.text_mask.cpu(),
+            "chosen": chosen.cpu(),
+            "rejected": rejected.cpu(),
+            "order": order,
+            "reference_chosen": reference_chosen.cpu(),
+            "reference_rejected": reference_rejected.cpu(),
+        }
+        self.round_metrics = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
+            "pairs": float(len(pairs)),
+        }
         if runtime.rank == 0:
-            tqdm.write(f"DPO round {round_index}: reward mean {self.round_metrics['reward_mean']:.5f}, "
-                       f"{len(pairs)} pairs")
+            tqdm.write(f"DPO round {round_index}: reward mean {self.round_metrics['reward_mean']:.5f}, {len(pairs)} pairs")
 
     # Objective -------------------------------------------------------------------------------------
     def batch(self, step: int, runtime: Runtime) -> dict[str, torch.Tensor]:
@@ -201,8 +227,10 @@ class DPOObjective:
             raise ValueError(f"global batch {self.batch_size} is not divisible by {runtime.world} processes")
         share = self.batch_size // runtime.world
         count = len(self.pairs["order"])
-        positions = torch.arange(within * self.batch_size + runtime.rank * share,
-                                 within * self.batch_size + (runtime.rank + 1) * share) % count
+        positions = (
+            torch.arange(within * self.batch_size + runtime.rank * share, within * self.batch_size + (runtime.rank + 1) * share)
+            % count
+        )
         picked = self.pairs["order"][positions]
         return {key: value[picked].to(runtime.device) for key, value in self.pairs.items() if key != "order"}
 
@@ -211,12 +239,16 @@ class DPOObjective:
         mask = torch.cat([batch["text_mask"], batch["text_mask"]])
         policy = log_prob(text, torch.cat([batch["chosen"], batch["rejected"]]), mask)
         policy_chosen, policy_rejected = policy.chunk(2)
-        losses = dpo_loss(policy_chosen, policy_rejected, batch["reference_chosen"], batch["reference_rejected"],
-                          self.config.beta)
+        losses = dpo_loss(
+            policy_chosen, policy_rejected, batch["reference_chosen"], batch["reference_rejected"], self.config.beta
+        )
         margin = ((policy_chosen - batch["reference_chosen"]) - (policy_rejected - batch["reference_rejected"])).detach()
         loss = losses.mean()
-        return loss, {"dpo_loss": loss.item(), "implicit_accuracy": float((margin > 0).double().mean()),
-                      **{f"round_{k}": v for k, v in self.round_metrics.items()}}
+        return loss, {
+            "dpo_loss": loss.item(),
+            "implicit_accuracy": float((margin > 0).double().mean()),
+            **{f"round_{k}": v for k, v in self.round_metrics.items()},
+        }
 
     def validate(self, model: NoiseAR) -> dict[str, float]:
         """Mean reward of fixed-seed rollouts on the validation prompts (empty without them)."""
@@ -227,8 +259,12 @@ class DPOObjective:
         return {"val_reward_mean": float(self._score(noise, self.validation_prompts).mean())}
 
     def state_dict(self) -> dict:
-        return {"round": self.round, "pairs": self.pairs, "round_metrics": self.round_metrics,
-                "reference": {k: v.cpu() for k, v in self.reference.state_dict().items()}}
+        return {
+            "round": self.round,
+            "pairs": self.pairs,
+            "round_metrics": self.round_metrics,
+            "reference": {k: v.cpu() for k, v in self.reference.state_dict().items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.round, self.pairs = int(state["round"]), dict(state["pairs"])
@@ -243,8 +279,14 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def train_dpo(model: NoiseAR, prompts: PromptSet, scorer: Scorer, config: TrainConfig,
-              dpo: DPOConfig = DPOConfig(), validation_prompts: PromptSet | None = None) -> NoiseAR:
+def train_dpo(
+    model: NoiseAR,
+    prompts: PromptSet,
+    scorer: Scorer,
+    config: TrainConfig,
+    dpo: DPOConfig = DPOConfig(),
+    validation_prompts: PromptSet | None = None,
+) -> NoiseAR:
     """DPO from ``model`` (also the frozen reference) on the shared loop; returns the fine-tuned prior."""
     if math.isclose(dpo.beta, 0.0):
         raise ValueError("beta must be positive")

@@ -17,6 +17,7 @@ clear: it adds the prompt's mean shift to the seed's Gaussian noise, with no AR 
 Real-model scorers (HPSv2, ImageReward, PickScore, CLIP score) are lazy adapters that take local
 weight paths and never download.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,44 +55,57 @@ def noisear_source(model: NoiseAR, temperature: float) -> NoiseSource:
 
     def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
         eps = standard_normal((len(seeds), *shape), list(seeds))
-        return model.sample(prompts.text.to(device), eps.to(device), temperature=temperature,
-                            text_mask=prompts.text_mask.to(device)).detach().cpu()
+        return (
+            model.sample(prompts.text.to(device), eps.to(device), temperature=temperature, text_mask=prompts.text_mask.to(device))
+            .detach()
+            .cpu()
+        )
+
     return source
 
 
-def golden_source(denoiser: Denoiser, schedule: Schedule, conditioning: Callable[[PromptSet], tuple[Any, Any]],
-                  shape: Sequence[int], config: GoldenConfig = GoldenConfig()) -> NoiseSource:
+def golden_source(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    conditioning: Callable[[PromptSet], tuple[Any, Any]],
+    shape: Sequence[int],
+    config: GoldenConfig = GoldenConfig(),
+) -> NoiseSource:
     """Golden re-denoise of the Gaussian noise of the same seeds; conditioning(prompts) -> (cond, uncond)."""
+
     def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
         cond, uncond = conditioning(prompts)
-        return golden_noise(denoiser, schedule, standard_normal((len(seeds), *shape), list(seeds)), cond, uncond,
-                            config).cpu()
+        return golden_noise(denoiser, schedule, standard_normal((len(seeds), *shape), list(seeds)), cond, uncond, config).cpu()
+
     return source
 
 
 def prompt_mean_source(baseline: "PromptMeanBaseline", shape: Sequence[int]) -> NoiseSource:
     """Gaussian noise of the seeds plus the prompt-mean baseline's predicted mean shift for each prompt (the
     ridge regression of noise - starting noise on the pooled prompt embedding; no AR model)."""
+
     def source(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
         shift = baseline.mean(prompts.text, prompts.text_mask).float().reshape(len(prompts), *shape)
         return standard_normal((len(seeds), *shape), list(seeds)) + shift
+
     return source
 
 
 BLEND_SEED_OFFSET = 1_000_003  # the blend's Gaussian partner is drawn from seed + this offset
 
 
-def blend_source(source: NoiseSource, shape: Sequence[int], strength: float, mode: str = "variance-preserving"
-                 ) -> NoiseSource:
+def blend_source(source: NoiseSource, shape: Sequence[int], strength: float, mode: str = "variance-preserving") -> NoiseSource:
     """noisear.mixing.blend of ``source`` with Gaussian noise independent of it.
 
     The partner is drawn from ``seed + BLEND_SEED_OFFSET``, not from the seed itself: a NoiseAR source
     uses the seed's draws as its eps, and blending with those same draws would correlate the two
     inputs (a variance-preserving blend of correlated inputs no longer has their variance).
     """
+
     def mixed(prompts: PromptSet, seeds: Sequence[int]) -> torch.Tensor:
         partner = standard_normal((len(seeds), *shape), [seed + BLEND_SEED_OFFSET for seed in seeds])
         return blend(source(prompts, seeds), partner, strength, mode)
+
     return mixed
 
 
@@ -107,7 +121,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: i
     t = diff.mean() / (sd / math.sqrt(n)) if sd > 0 else (0.0 if diff.mean() == 0 else math.copysign(math.inf, diff.mean()))
     exact = n <= 16
     if exact:  # every sign pattern
-        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
     else:
         signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, n))
     extreme = int((np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12).sum())
@@ -119,8 +133,12 @@ def contrast(a: np.ndarray, b: np.ndarray, permutations: int = 10000) -> dict[st
     """Scores a and b [seeds, prompts] on the same items: :func:`paired_test` on the items, plus the per-seed
     view: ``seed_diffs`` (mean over prompts of a - b per seed), ``seeds_better`` (how many are > 0) and ``seeds``."""
     per_seed = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean(axis=1)
-    return {**paired_test(a, b, permutations), "seed_diffs": per_seed.tolist(),
-            "seeds_better": int((per_seed > 0).sum()), "seeds": len(per_seed)}
+    return {
+        **paired_test(a, b, permutations),
+        "seed_diffs": per_seed.tolist(),
+        "seeds_better": int((per_seed > 0).sum()),
+        "seeds": len(per_seed),
+    }
 
 
 @dataclass
@@ -141,9 +159,13 @@ class EvalResult:
         """Markdown: one row per source; per scorer mean +- std over seeds, the contrast with the source's
         std-matched Gaussian (difference, p, seeds where the source is better) and the paired test vs baseline."""
         scorers = list(self.scores)
-        header = "| source | noise std | " + " | ".join(
-            f"{s} (mean ± std over seeds) | Δ vs matched Gaussian, p, seeds better | Δ vs {self.baseline}, p"
-            for s in scorers) + " |"
+        header = (
+            "| source | noise std | "
+            + " | ".join(
+                f"{s} (mean ± std over seeds) | Δ vs matched Gaussian, p, seeds better | Δ vs {self.baseline}, p" for s in scorers
+            )
+            + " |"
+        )
         lines = [header, "|" + "---|" * (2 + 3 * len(scorers))]
         for source in self.noise_std:
             cells = [source, f"{self.noise_std[source]:.4f}"]
@@ -151,21 +173,33 @@ class EvalResult:
                 per_seed = self.scores[scorer][source].mean(axis=1)
                 cells.append(f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.4f}")
                 matched = self.matched.get(scorer, {}).get(source)
-                cells.append("—" if matched is None else f"{matched['mean_diff']:+.4f}, p={matched['p_value']:.3g}, "
-                                                         f"{matched['seeds_better']}/{matched['seeds']}")
+                cells.append(
+                    "—"
+                    if matched is None
+                    else f"{matched['mean_diff']:+.4f}, p={matched['p_value']:.3g}, {matched['seeds_better']}/{matched['seeds']}"
+                )
                 test = self.tests[scorer].get(source)
                 cells.append("—" if test is None else f"{test['mean_diff']:+.4f}, p={test['p_value']:.3g}")
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"\n{len(self.seeds)} seeds x {self.prompts} prompts. Matched Gaussian: the `{self.baseline}` "
-                     f"draws of the same seeds scaled to the source's std. p: two-sided paired sign-flip permutation "
-                     f"test on the (seed, prompt) pairs; seeds better: evaluation seeds on which the source's mean "
-                     f"over prompts beats its matched Gaussian's.")
+        lines.append(
+            f"\n{len(self.seeds)} seeds x {self.prompts} prompts. Matched Gaussian: the `{self.baseline}` "
+            f"draws of the same seeds scaled to the source's std. p: two-sided paired sign-flip permutation "
+            f"test on the (seed, prompt) pairs; seeds better: evaluation seeds on which the source's mean "
+            f"over prompts beats its matched Gaussian's."
+        )
         return "\n".join(lines)
 
 
-def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[str, ImageScorer], prompts: PromptSet,
-             seeds: Sequence[int], baseline: str = "gaussian", std_matched: bool = True,
-             permutations: int = 10000) -> EvalResult:
+def evaluate(
+    sources: dict[str, NoiseSource],
+    backend: Backend,
+    scorers: dict[str, ImageScorer],
+    prompts: PromptSet,
+    seeds: Sequence[int],
+    baseline: str = "gaussian",
+    std_matched: bool = True,
+    permutations: int = 10000,
+) -> EvalResult:
     """Render and score every source on every (seed, prompt); add std-matched Gaussian controls.
 
     Item (seed s, prompt p) uses seed s for every source, so all sources start from the same draws.
@@ -195,11 +229,16 @@ def evaluate(sources: dict[str, NoiseSource], backend: Backend, scorers: dict[st
                 values = scorer(images, prompts).detach().double().cpu().numpy()
                 result.scores[scorer_name].setdefault(name, np.zeros((len(seeds), len(prompts))))[seed_position] = values
     for scorer_name, per_source in result.scores.items():
-        result.tests[scorer_name] = {name: paired_test(values, per_source[baseline], permutations)
-                                     for name, values in per_source.items() if name != baseline}
-        result.matched[scorer_name] = {name: contrast(per_source[name], per_source[control_name(baseline, name)],
-                                                      permutations)
-                                       for name in sources if control_name(baseline, name) in per_source}
+        result.tests[scorer_name] = {
+            name: paired_test(values, per_source[baseline], permutations)
+            for name, values in per_source.items()
+            if name != baseline
+        }
+        result.matched[scorer_name] = {
+            name: contrast(per_source[name], per_source[control_name(baseline, name)], permutations)
+            for name in sources
+            if control_name(baseline, name) in per_source
+        }
     return result
 
 
@@ -211,6 +250,7 @@ def control_name(baseline: str, source: str) -> str:
 
 def comparisons(result: EvalResult) -> dict[str, list[Comparison]]:
     """Per scorer, each source (controls excepted) with mean and std over seeds, and those of its control."""
+
     def stats(values: np.ndarray) -> tuple[float, float]:
         per_seed = values.mean(axis=1)
         return float(per_seed.mean()), float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
@@ -233,9 +273,12 @@ def save_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"table": out_dir / "results.md", "grid": out_dir / "grid.png"}
     labelled_grid(list(result.images.items()), title=f"seed {result.seeds[0]}: one image per prompt").save(paths["grid"])
-    plot = comparison_plot(out_dir / "plot.png", comparisons(result),
-                           title=f"Each source vs {result.baseline} noise scaled to its std",
-                           note=f"mean ± std over {len(result.seeds)} seeds of the mean over {result.prompts} prompts")
+    plot = comparison_plot(
+        out_dir / "plot.png",
+        comparisons(result),
+        title=f"Each source vs {result.baseline} noise scaled to its std",
+        note=f"mean ± std over {len(result.seeds)} seeds of the mean over {result.prompts} prompts",
+    )
     if plot:
         paths["plot"] = plot
     figures = "plot.png: each scorer per source against its std-matched Gaussian" if plot else PLOT_SKIPPED
@@ -257,7 +300,7 @@ def clip_pixels(images: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
     pixels = torch.nn.functional.interpolate(images.clamp(0, 1), size=resized, mode="bicubic", antialias=True).clamp(0, 1)
     crop_height, crop_width = (crop, crop) if isinstance(crop, int) else (crop["height"], crop["width"])
     top, left = (resized[0] - crop_height) // 2, (resized[1] - crop_width) // 2
-    pixels = pixels[..., top:top + crop_height, left:left + crop_width]
+    pixels = pixels[..., top : top + crop_height, left : left + crop_width]
     mean = torch.tensor(settings.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))[:, None, None]
     std = torch.tensor(settings.get("image_std", (0.26862954, 0.26130258, 0.27577711)))[:, None, None]
     return (pixels - mean.to(pixels)) / std.to(pixels)
@@ -273,21 +316,29 @@ def clip_scorer(model_dir: str | Path, scale: float | None = None, device: str =
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     settings_path = Path(model_dir) / "preprocessor_config.json"
     if not settings_path.is_file():
-        raise FileNotFoundError(f"{settings_path} is missing: the CLIP folder needs the image preprocessor settings "
-                                "(copy preprocessor_config.json from the model's processor)")
+        raise FileNotFoundError(
+            f"{settings_path} is missing: the CLIP folder needs the image preprocessor settings "
+            "(copy preprocessor_config.json from the model's processor)"
+        )
     settings = json.loads(settings_path.read_text(encoding="utf-8"))
 
     @torch.no_grad()
     def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
         if not prompts.strings:
             raise ValueError("CLIP-based scorers need the prompt texts (PromptSet.strings)")
-        tokens = tokenizer(list(prompts.strings), padding=True, truncation=True, return_tensors="pt",
-                           max_length=model.config.text_config.max_position_embeddings).to(device)
+        tokens = tokenizer(
+            list(prompts.strings),
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+            max_length=model.config.text_config.max_position_embeddings,
+        ).to(device)
         image = model.get_image_features(pixel_values=clip_pixels(images.float().to(device), settings))
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         image, text = (getattr(x, "pooler_output", x) for x in (image, text))  # transformers 5 may return outputs
         cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
         return (scale * cosine.clamp_min(0) if scale is not None else model.logit_scale.exp() * cosine).cpu()
+
     return score
 
 
@@ -312,6 +363,7 @@ def hpsv2_scorer(checkpoint: str | Path, device: str = "cpu") -> ImageScorer:
         image = model.encode_image(((pixels - mean) / std).to(device), normalize=True)
         text = model.encode_text(tokenizer(list(prompts.strings)).to(device), normalize=True)
         return (100 * (image * text).sum(-1)).cpu()
+
     return score
 
 
@@ -326,7 +378,9 @@ def image_reward_scorer(checkpoint: str | Path, med_config: str | Path, device: 
 
     @torch.no_grad()
     def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        pictures = [Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-                    for image in images.cpu()]
+        pictures = [
+            Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for image in images.cpu()
+        ]
         return torch.tensor([float(model.score(text, [picture])) for text, picture in zip(prompts.strings, pictures)])
+
     return score

@@ -21,6 +21,7 @@ loss is the mean over its share and DDP averages the gradients, so one update eq
 one-process update on the same global batch (exactly in exact arithmetic; with dropout > 0 the
 ranks draw different dropout masks).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,7 @@ from ..config import NoiseARConfig
 from ..io import load, save, write_atomically
 from ..model import NoiseAR, eval_mode, standard_normal
 from .collect import known_start_noise, shift_from_start
-from .data import (Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message,
-                   validation_prompt)
+from .data import Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message, validation_prompt
 
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
 # A resumed run must not change these (they decide the data order and the updates).
@@ -64,25 +64,25 @@ class TrainConfig:
 
     out_dir: str = "runs/noisear"
     steps: int = 1000
-    batch_size: int = 64                 # global batch (all processes together)
-    lr: float = 1e-4                     # peak learning rate
-    min_lr_ratio: float = 0.1            # cosine decays to lr * min_lr_ratio at the last step
+    batch_size: int = 64  # global batch (all processes together)
+    lr: float = 1e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     warmup_steps: int = 100
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0               # max global gradient norm; 0 = off
-    ema_decay: float = 0.0               # 0 = off; e.g. 0.999
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.999
     seed: int = 0
-    validation_fraction: float = 0.1     # share of prompts held out (likelihood training)
+    validation_fraction: float = 0.1  # share of prompts held out (likelihood training)
     validation_seed_fraction: float = 0.0  # share of seeds (starting noises) held out as well
-    bf16: bool = True                    # bf16 autocast, used on CUDA only
+    bf16: bool = True  # bf16 autocast, used on CUDA only
     log_every: int = 10
-    val_every: int = 0                   # 0 = validate at the end only
+    val_every: int = 0  # 0 = validate at the end only
     checkpoint_every: int = 100
-    resume: bool = True                  # continue from out_dir/checkpoint.pt when it exists
-    device: str | None = None            # None: cuda:LOCAL_RANK when available, else cpu
+    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
+    device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -162,8 +162,7 @@ class Objective(Protocol):
     def state_dict(self) -> dict:
         """Plain tensors/numbers needed to resume exactly (e.g. the current DPO round)."""
 
-    def load_state_dict(self, state: dict) -> None:
-        ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class _LogProbModule(nn.Module):
@@ -173,8 +172,13 @@ class _LogProbModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, text: torch.Tensor, noise: torch.Tensor, text_mask: torch.Tensor | None = None,
-                mean_target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        noise: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        mean_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.model.log_prob(text, noise, text_mask, mean_target)
 
 
@@ -201,11 +205,16 @@ class EMA:
 def _rng_state(device: torch.device) -> dict[str, Any]:
     _, keys, position, has_gauss, cached = np.random.get_state()
     version, python_state, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
-                        "gauss_next": gauss_next}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -214,8 +223,7 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached"]))
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"]))
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
     if device.type == "cuda" and "cuda" in state:
@@ -224,7 +232,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
@@ -281,9 +289,18 @@ class _StopOnInterrupt:
         return bool(flag.item())
 
 
-def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                     objective: Objective, config: TrainConfig, runtime: Runtime, log: _Log,
-                     pending: list[dict[str, float]]) -> None:
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    model: NoiseAR,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    objective: Objective,
+    config: TrainConfig,
+    runtime: Runtime,
+    log: _Log,
+    pending: list[dict[str, float]],
+) -> None:
     rng = _rng_state(runtime.device)
     if runtime.world > 1:
         gathered: list[Any] = [None] * runtime.world
@@ -292,33 +309,52 @@ def _save_checkpoint(path: Path, step: int, model: NoiseAR, optimizer: torch.opt
     else:
         rng_per_rank = [rng]
     if runtime.rank == 0:
-        state = {"format": CHECKPOINT_FORMAT, "step": step, "data_position": step,
-                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "model_config": model.config.to_json(), "optimizer": optimizer.state_dict(),
-                 "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
-                 "rng": rng_per_rank, "objective": objective.state_dict(), "config": json.dumps(asdict(config)),
-                 "log_bytes": log.size(), "pending_metrics": pending}
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "data_position": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model_config": model.config.to_json(),
+            "optimizer": optimizer.state_dict(),
+            "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
+            "rng": rng_per_rank,
+            "objective": objective.state_dict(),
+            "config": json.dumps(asdict(config)),
+            "log_bytes": log.size(),
+            "pending_metrics": pending,
+        }
         write_atomically(path, lambda temporary: torch.save(state, temporary))  # a kill keeps the previous one
     runtime.barrier()
 
 
-def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                     objective: Objective, config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path,
+    model: NoiseAR,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    objective: Objective,
+    config: TrainConfig,
+    runtime: Runtime,
+) -> dict[str, Any]:
     """Restore the state saved at a step boundary; returns step, log_bytes and pending_metrics."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
         reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{path} cannot be read as a training checkpoint ({type(err).__name__}: {reason}); "
-                         f"remove it to start over, or use another out_dir") from None
+        raise ValueError(
+            f"{path} cannot be read as a training checkpoint ({type(err).__name__}: {reason}); "
+            f"remove it to start over, or use another out_dir"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
     saved = json.loads(state["config"])
     saved = {"validation_seed_fraction": 0.0, **saved}  # checkpoints from before the seed split
     changed = [f"{key}: {saved[key]} -> {getattr(config, key)}" for key in RESUME_FIXED if saved[key] != getattr(config, key)]
     if changed:
-        raise ValueError(f"cannot resume {path}: {', '.join(changed)}. Use the original values, or a new "
-                         f"out_dir (or resume=False) to start over")
+        raise ValueError(
+            f"cannot resume {path}: {', '.join(changed)}. Use the original values, or a new "
+            f"out_dir (or resume=False) to start over"
+        )
     if NoiseARConfig.from_json(state["model_config"]) != model.config:
         raise ValueError(f"cannot resume {path}: it holds a different network config; use a new out_dir")
     if (ema is None) != (state["ema"] is None):
@@ -332,8 +368,11 @@ def _load_checkpoint(path: Path, model: NoiseAR, optimizer: torch.optim.Optimize
         _set_rng_state(state["rng"][runtime.rank], runtime.device)
     else:  # another process count: the data order is unchanged, dropout masks are not
         _seed_everything(config.seed + 7919 * runtime.rank + state["step"])
-    return {"step": int(state["step"]), "log_bytes": state.get("log_bytes"),
-            "pending_metrics": list(state.get("pending_metrics", []))}
+    return {
+        "step": int(state["step"]),
+        "log_bytes": state.get("log_bytes"),
+        "pending_metrics": list(state.get("pending_metrics", [])),
+    }
 
 
 def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
@@ -351,8 +390,9 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
     runtime.model = model
     _seed_everything(config.seed + 7919 * runtime.rank)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.beta1, config.beta2),
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay
+    )
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     checkpoint = out_dir / "checkpoint.pt"
     resumed = {"step": 0, "log_bytes": 0, "pending_metrics": []}  # a fresh start also starts a fresh log
@@ -363,11 +403,15 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
     if runtime.world > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         log_prob = nn.parallel.DistributedDataParallel(log_prob, device_ids=device_ids, broadcast_buffers=False)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and runtime.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.bf16 and runtime.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
     log = _Log(out_dir / "log.jsonl" if runtime.rank == 0 else None, resumed["log_bytes"])
-    bar = tqdm(total=config.steps, initial=step, disable=runtime.rank != 0 or not config.progress,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps, initial=step, disable=runtime.rank != 0 or not config.progress, desc="train", dynamic_ncols=True
+    )
     started = time.time()
     try:
         with _StopOnInterrupt() as interrupt:
@@ -392,8 +436,7 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
                     averaged = runtime.mean({k: float(np.mean([m[k] for m in pending])) for k in pending[0]})
                     pending = []
                     bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "grad_norm"})
-                    log.write({"kind": "train", "step": step, "lr": lr, **averaged,
-                               "elapsed_s": round(time.time() - started, 3)})
+                    log.write({"kind": "train", "step": step, "lr": lr, **averaged, "elapsed_s": round(time.time() - started, 3)})
                 if config.val_every and step % config.val_every == 0 and step < config.steps:
                     _validate(model, ema, objective, runtime, log, step)
                 periodic = config.checkpoint_every and step % config.checkpoint_every == 0
@@ -417,8 +460,9 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
     return final
 
 
-def _validate(model: NoiseAR, ema: EMA | None, objective: Objective, runtime: Runtime, log: _Log, step: int,
-              final: NoiseAR | None = None) -> None:
+def _validate(
+    model: NoiseAR, ema: EMA | None, objective: Objective, runtime: Runtime, log: _Log, step: int, final: NoiseAR | None = None
+) -> None:
     if runtime.rank == 0:
         weights = final if final is not None else (ema.copy_to(model) if ema is not None else model)
         with eval_mode(weights), torch.no_grad():
@@ -453,8 +497,14 @@ class PromptMeanBaseline:
     It generalises to unseen (validation) prompts, which a table of per-prompt means could not.
     """
 
-    def __init__(self, dataset: ShardDataset, validation_fraction: float, ridge: float = 0.1,
-                 batch_size: int = 256, seed_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        validation_fraction: float,
+        ridge: float = 0.1,
+        batch_size: int = 256,
+        seed_fraction: float = 0.0,
+    ) -> None:
         width = dataset.item_shapes["text"][1] + 1
         dims = math.prod(dataset.item_shapes["noise"])
         self.uses_start_noise = known_start_noise(dataset.info)
@@ -500,9 +550,15 @@ def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction: float, seed_fraction: float = 0.0,
-                     baseline: PromptMeanBaseline | None = None, batch_size: int = 64, max_prompts: int = 64
-                     ) -> dict[str, float]:
+def held_out_metrics(
+    model: NoiseAR,
+    dataset: ShardDataset,
+    validation_fraction: float,
+    seed_fraction: float = 0.0,
+    baseline: PromptMeanBaseline | None = None,
+    batch_size: int = 64,
+    max_prompts: int = 64,
+) -> dict[str, float]:
     """What a prior has learned, measured on the validation split only (unseen prompts and/or unseen noises).
 
     - ``val_nll`` (nats/dim) next to ``nll_standard_normal`` (N(0,I)) and ``nll_prompt_mean`` (``baseline``,
@@ -528,8 +584,9 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
 
     for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
         shape = tuple(batch.noise.shape[1:])
-        nll = nll_per_dim(model.log_prob(batch.text.to(device), batch.noise.to(device), batch.text_mask.to(device)),
-                          dims_of[shape]).cpu()
+        nll = nll_per_dim(
+            model.log_prob(batch.text.to(device), batch.noise.to(device), batch.text_mask.to(device)), dims_of[shape]
+        ).cpu()
         unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
         add("val_nll", nll)
         add("val_nll_unseen_prompts", nll[unseen])
@@ -546,8 +603,12 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
         for i, p in enumerate(batch.prompt_index.tolist()):
             key = (p, shape)
             if key not in prompts and len(prompts) < max_prompts:
-                prompts[key] = {"text": batch.text[i], "mask": batch.text_mask[i], "count": 0,
-                                "shift": torch.zeros(shape, dtype=torch.float64)}
+                prompts[key] = {
+                    "text": batch.text[i],
+                    "mask": batch.text_mask[i],
+                    "count": 0,
+                    "shift": torch.zeros(shape, dtype=torch.float64),
+                }
             if key in prompts:
                 prompts[key]["shift"] += shift[i].double()
                 prompts[key]["count"] += 1
@@ -559,21 +620,28 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
         metrics["val_nll_unseen_prompts"] = sums["val_nll_unseen_prompts"] / counts["val_pairs_unseen_prompts"]
     if seen:
         metrics["val_nll_seen_prompts"] = sums["val_nll_seen_prompts"] / seen
-    baselines = {name: sums[name] / counts["val_pairs"] for name in ("nll_standard_normal", "nll_prompt_mean")
-                 if name in sums}
+    baselines = {name: sums[name] / counts["val_pairs"] for name in ("nll_standard_normal", "nll_prompt_mean") if name in sums}
     metrics.update(baselines)
     metrics.update({f"gap_vs_{name[4:]}": value - metrics["val_nll"] for name, value in baselines.items()})
     data_mean = data_sum / data_values
-    metrics["data_std"] = math.sqrt(max(data_squares / data_values - data_mean ** 2, 0.0))
+    metrics["data_std"] = math.sqrt(max(data_squares / data_values - data_mean**2, 0.0))
     samples, dots, norms = [], {"prior": 0.0, "prompt_mean": 0.0}, {"prior": 0.0, "prompt_mean": 0.0, "data": 0.0}
     for (_, shape), item in prompts.items():
         text, mask = item["text"][None].to(device), item["mask"][None].to(device)
         generator = torch.Generator().manual_seed(len(samples))
-        samples.append(model.sample(text, standard_normal((1, *shape), generator).to(device), temperature=1.0,
-                                    text_mask=mask).double().cpu().flatten())
+        samples.append(
+            model.sample(text, standard_normal((1, *shape), generator).to(device), temperature=1.0, text_mask=mask)
+            .double()
+            .cpu()
+            .flatten()
+        )
         shift = (item["shift"] / item["count"]).flatten()
-        means = {"prior": model.sample(text, torch.zeros(1, *shape, device=device), temperature=0.0,
-                                       text_mask=mask).double().cpu().flatten()}
+        means = {
+            "prior": model.sample(text, torch.zeros(1, *shape, device=device), temperature=0.0, text_mask=mask)
+            .double()
+            .cpu()
+            .flatten()
+        }
         if baseline is not None:
             means["prompt_mean"] = baseline.mean(item["text"][None], item["mask"][None])[0]
         norms["data"] += float(shift @ shift)
@@ -591,24 +659,35 @@ def held_out_metrics(model: NoiseAR, dataset: ShardDataset, validation_fraction:
 def describe_held_out(metrics: dict[str, float]) -> str:
     """Readable lines of :func:`held_out_metrics` (what ``noisear train`` prints)."""
     if not metrics:
-        return ("no held-out pairs (every prompt and seed was trained on, or every held-out pair shares a noise with "
-                "training): nothing to report. The training loss is not a result; set --validation-fraction and/or "
-                "--validation-seed-fraction.")
-    lines = [f"held-out pairs: {int(metrics['val_pairs'])} ({int(metrics['val_pairs_unseen_prompts'])} of unseen "
-             f"prompts), none of their starting noises trained on",
-             f"NLL nats/dim: prior {metrics['val_nll']:.5f}, N(0,I) {metrics['nll_standard_normal']:.5f}"
-             + (f", prompt-mean baseline {metrics['nll_prompt_mean']:.5f}" if "nll_prompt_mean" in metrics else "")]
+        return (
+            "no held-out pairs (every prompt and seed was trained on, or every held-out pair shares a noise with "
+            "training): nothing to report. The training loss is not a result; set --validation-fraction and/or "
+            "--validation-seed-fraction."
+        )
+    lines = [
+        f"held-out pairs: {int(metrics['val_pairs'])} ({int(metrics['val_pairs_unseen_prompts'])} of unseen "
+        f"prompts), none of their starting noises trained on",
+        f"NLL nats/dim: prior {metrics['val_nll']:.5f}, N(0,I) {metrics['nll_standard_normal']:.5f}"
+        + (f", prompt-mean baseline {metrics['nll_prompt_mean']:.5f}" if "nll_prompt_mean" in metrics else ""),
+    ]
     for group in ("unseen_prompts", "seen_prompts"):
         if f"val_nll_{group}" in metrics:
             lines.append(f"  prior on {group.replace('_', ' ')}: {metrics[f'val_nll_{group}']:.5f}")
     names = {"gap_vs_standard_normal": "vs N(0,I)", "gap_vs_prompt_mean": "vs prompt-mean baseline"}
-    lines.append("gap (baseline - prior, > 0: the prior is better): "
-                 + ", ".join(f"{names[k]} {v:+.5f}" for k, v in metrics.items() if k in names))
+    lines.append(
+        "gap (baseline - prior, > 0: the prior is better): "
+        + ", ".join(f"{names[k]} {v:+.5f}" for k, v in metrics.items() if k in names)
+    )
     lines.append(f"calibration: sample std at T=1 {metrics['sample_std_t1']:.4f}, data std {metrics['data_std']:.4f}")
     if "mean_shift_cosine" in metrics:
-        lines.append(f"cosine of the mean (T=0) with the data's prompt-mean shift: prior {metrics['mean_shift_cosine']:+.4f}"
-                     + (f", prompt-mean baseline {metrics['mean_shift_cosine_prompt_mean']:+.4f}"
-                        if "mean_shift_cosine_prompt_mean" in metrics else ""))
+        lines.append(
+            f"cosine of the mean (T=0) with the data's prompt-mean shift: prior {metrics['mean_shift_cosine']:+.4f}"
+            + (
+                f", prompt-mean baseline {metrics['mean_shift_cosine_prompt_mean']:+.4f}"
+                if "mean_shift_cosine_prompt_mean" in metrics
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -626,17 +705,26 @@ class LikelihoodObjective:
 
     uses_dropout = True
 
-    def __init__(self, dataset: ShardDataset, config: TrainConfig, baseline_ridge: float = 0.1,
-                 eval_batch_size: int = 64, control_variate: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        config: TrainConfig,
+        baseline_ridge: float = 0.1,
+        eval_batch_size: int = 64,
+        control_variate: bool = False,
+    ) -> None:
         if control_variate and not known_start_noise(dataset.info):
-            raise DatasetError(f"the control variate needs each pair's starting noise, but {dataset.directory} "
-                               f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
-                               f"collectors or train without it (--control-variate off)")
+            raise DatasetError(
+                f"the control variate needs each pair's starting noise, but {dataset.directory} "
+                f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
+                f"collectors or train without it (--control-variate off)"
+            )
         self.control_variate = control_variate
         self.dataset, self.eval_batch_size = dataset, eval_batch_size
         self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
-        self.plan = BatchPlan(dataset, config.batch_size, config.seed, config.validation_fraction,
-                              seed_fraction=config.validation_seed_fraction)
+        self.plan = BatchPlan(
+            dataset, config.batch_size, config.seed, config.validation_fraction, seed_fraction=config.validation_seed_fraction
+        )
         self.baseline_ridge = baseline_ridge
         self._baseline: PromptMeanBaseline | None = None
 
@@ -655,10 +743,12 @@ class LikelihoodObjective:
             return {}
         # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
         if self._baseline is None and len(self.dataset.noise_shapes) == 1:
-            self._baseline = PromptMeanBaseline(self.dataset, self.validation_fraction, self.baseline_ridge,
-                                                seed_fraction=self.seed_fraction)
-        return held_out_metrics(model, self.dataset, self.validation_fraction, self.seed_fraction, self._baseline,
-                                self.eval_batch_size)
+            self._baseline = PromptMeanBaseline(
+                self.dataset, self.validation_fraction, self.baseline_ridge, seed_fraction=self.seed_fraction
+            )
+        return held_out_metrics(
+            model, self.dataset, self.validation_fraction, self.seed_fraction, self._baseline, self.eval_batch_size
+        )
 
     def state_dict(self) -> dict:
         return {}  # the data order is a function of (seed, step)
@@ -667,8 +757,7 @@ class LikelihoodObjective:
         pass
 
 
-def initial_model(model_config: NoiseARConfig | None = None, init: str | os.PathLike | None = None,
-                  seed: int = 0) -> NoiseAR:
+def initial_model(model_config: NoiseARConfig | None = None, init: str | os.PathLike | None = None, seed: int = 0) -> NoiseAR:
     """A prior to start from: ``init`` (a published .pth or our .safetensors via noisear.load) or a fresh
     ``NoiseAR(model_config)`` with the published initialisation (untrained prior ~ N(0, I)), seeded."""
     if (model_config is None) == (init is None):
@@ -686,28 +775,44 @@ def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
     c = model.config
     text = dataset.item_shapes["text"]
     for noise in dataset.noise_shapes:
-        fits = (noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
-                if c.positions == "2d" else tuple(noise) == (c.channels, c.latent_height, c.latent_width))
+        fits = (
+            noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
+            if c.positions == "2d"
+            else tuple(noise) == (c.channels, c.latent_height, c.latent_width)
+        )
         if not fits or text[1] != c.text_dim:
-            models = (f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})" if c.positions == "2d"
-                      else str([c.channels, c.latent_height, c.latent_width]))
-            raise DatasetError(f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
-                               f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
-                               f"buckets) need a prior with positions='2d'")
+            models = (
+                f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})"
+                if c.positions == "2d"
+                else str([c.channels, c.latent_height, c.latent_width])
+            )
+            raise DatasetError(
+                f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
+                f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
+                f"buckets) need a prior with positions='2d'"
+            )
 
 
 def refuse_repeated_noises(dataset: ShardDataset) -> None:
     """Raise when starting noises repeat across prompts (see ShardDataset.seed_counts)."""
     seeds = dataset.seed_counts()
     if seeds["shared_seeds"]:
-        raise DatasetError(f"{dataset.directory}: {repeated_noises_message(seeds)} To train on it anyway (e.g. to "
-                           f"reproduce an old result), pass --allow-repeated-noises (allow_repeated_noises=True) and "
-                           f"hold out seeds with --validation-seed-fraction so that validation noises are unseen.")
+        raise DatasetError(
+            f"{dataset.directory}: {repeated_noises_message(seeds)} To train on it anyway (e.g. to "
+            f"reproduce an old result), pass --allow-repeated-noises (allow_repeated_noises=True) and "
+            f"hold out seeds with --validation-seed-fraction so that validation noises are unseen."
+        )
 
 
-def train_likelihood(data_dir: str | os.PathLike, config: TrainConfig, model_config: NoiseARConfig | None = None,
-                     init: str | os.PathLike | None = None, baseline_ridge: float = 0.1,
-                     allow_repeated_noises: bool = False, control_variate: bool | None = None) -> NoiseAR:
+def train_likelihood(
+    data_dir: str | os.PathLike,
+    config: TrainConfig,
+    model_config: NoiseARConfig | None = None,
+    init: str | os.PathLike | None = None,
+    baseline_ridge: float = 0.1,
+    allow_repeated_noises: bool = False,
+    control_variate: bool | None = None,
+) -> NoiseAR:
     """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
     A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``.
     ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say what the starting

@@ -6,6 +6,7 @@ inside the checkout (venv/ or .venv/). The checkout is never modified: ComfyUI r
 test-only nodes in tests/host/comfy_test_nodes; priors are found through an
 extra_model_paths.yaml that registers a second "noisear" folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,9 @@ class Comfy:
 
     def post_prompt(self, prompt: dict) -> tuple[int, dict]:
         """POST /prompt -> (HTTP status, JSON body)."""
-        request = urllib.request.Request(self.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.load(response)
@@ -95,8 +97,9 @@ def comfy_checkout() -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def running_comfy(root: Path, *, pack: bool = True, test_nodes: bool = True, frontend: bool = False,
-                  settings: dict | None = None) -> Iterator[Comfy]:
+def running_comfy(
+    root: Path, *, pack: bool = True, test_nodes: bool = True, frontend: bool = False, settings: dict | None = None
+) -> Iterator[Comfy]:
     """A ComfyUI on a free port with its base directory in ``root``: with this pack (and the test-only nodes)
     in custom_nodes/ or none, and the real frontend (the installed comfyui-frontend-package) or an empty
     one. ``settings`` seed the default user's comfy.settings.json. Stopped on exit."""
@@ -114,8 +117,20 @@ def running_comfy(root: Path, *, pack: bool = True, test_nodes: bool = True, fro
     yaml.write_text(f"noisear_host_test:\n    base_path: {extra}\n    noisear: priors\n")
     log = root / "comfyui.log"
     port = free_port()
-    command = [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--base-directory", str(base), "--extra-model-paths-config", str(yaml)]
+    command = [
+        str(python),
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        "--base-directory",
+        str(base),
+        "--extra-model-paths-config",
+        str(yaml),
+    ]
     if not frontend:
         command += ["--front-end-root", str(frontend_root)]
     with open(log, "w") as log_file:

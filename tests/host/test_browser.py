@@ -11,6 +11,7 @@ and one with this pack. Every workflow in workflows/ is loaded as a dropped file
 to NOISEAR_SCREENSHOTS (default: a temporary folder), which `python workflows/make_workflows.py --pictures DIR`
 turns into the thumbnails and the README's picture.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,7 +26,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from conftest import PACK_LINK, REPO, comfy_checkout, running_comfy
 
 DRIVER = Path(__file__).resolve().parent / "browser_workflows.js"
@@ -46,8 +46,9 @@ def browser_tools() -> tuple[str, Path]:
         pytest.skip("browser test: set CHROMIUM to a Chromium binary (Debian: apt-get install chromium)")
     driver = os.environ.get("PLAYWRIGHT_CORE_DIR")
     if not driver or not (Path(driver) / "node_modules" / "playwright-core").is_dir() or not shutil.which("node"):
-        pytest.skip("browser test: set PLAYWRIGHT_CORE_DIR to a folder where `npm install playwright-core` ran "
-                    "(node must be on PATH)")
+        pytest.skip(
+            "browser test: set PLAYWRIGHT_CORE_DIR to a folder where `npm install playwright-core` ran (node must be on PATH)"
+        )
     found = subprocess.run([str(python), "-c", "import comfyui_frontend_package"], capture_output=True)
     if found.returncode:
         pytest.skip("browser test: ComfyUI's Python lacks comfyui-frontend-package (pip install -r requirements.txt)")
@@ -58,11 +59,26 @@ def drive(url: str, workflows: list[Path], search: list[str], screenshots: Path 
     """Run the driver; workflows named control_* get no screenshot."""
     chromium, driver = browser_tools()
     config, result = folder / "config.json", folder / "result.json"
-    config.write_text(json.dumps({"url": url, "chromium": chromium, "screenshots": str(screenshots) if screenshots else None,
-                                  "workflows": [{"name": p.stem, "path": str(p), "screenshot": not p.stem.startswith("control_")}
-                                                for p in workflows], "search": search}))
-    run = subprocess.run(["node", str(DRIVER), str(config), str(result)], capture_output=True, text=True,
-                         env={**os.environ, "NODE_PATH": str(driver / "node_modules")}, timeout=DRIVER_SECONDS)
+    config.write_text(
+        json.dumps(
+            {
+                "url": url,
+                "chromium": chromium,
+                "screenshots": str(screenshots) if screenshots else None,
+                "workflows": [
+                    {"name": p.stem, "path": str(p), "screenshot": not p.stem.startswith("control_")} for p in workflows
+                ],
+                "search": search,
+            }
+        )
+    )
+    run = subprocess.run(
+        ["node", str(DRIVER), str(config), str(result)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NODE_PATH": str(driver / "node_modules")},
+        timeout=DRIVER_SECONDS,
+    )
     assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return json.loads(result.read_text())
 
@@ -83,8 +99,7 @@ def frontend(tmp_path_factory) -> dict:
         ours = sorted(t for t, d in info.items() if PACK_LINK in d.get("python_module", ""))
         templates = server.get("/api/workflow_templates")
         pack = drive(server.url, WORKFLOWS + controls, ours, screenshots, root / "pack")
-    return {"baseline": baseline, "pack": pack, "info": info, "ours": ours, "templates": templates,
-            "screenshots": screenshots}
+    return {"baseline": baseline, "pack": pack, "info": info, "ours": ours, "templates": templates, "screenshots": screenshots}
 
 
 SWAPPED = "noisear_sdxl_832x1216"  # its latent is not square, so swapping width and height changes both
@@ -147,8 +162,11 @@ def widget_problems(frontend: dict, name: str, wanted: dict[int, dict[str, objec
         definition = frontend["info"].get(node["type"])
         shown = dict(node["widgets"])
         if definition is not None:  # compare inputs only, not display widgets such as PreviewAny's text
-            inputs = {*definition["input"].get("required", {}), *definition["input"].get("optional", {}),
-                      "control_after_generate"}
+            inputs = {
+                *definition["input"].get("required", {}),
+                *definition["input"].get("optional", {}),
+                "control_after_generate",
+            }
             shown = {key: value for key, value in shown.items() if key in inputs}
         expected = wanted[node["id"]]
         if set(shown) != set(expected) or not all(same(shown[key], expected[key]) for key in expected):
@@ -179,7 +197,8 @@ def test_the_pack_adds_no_console_errors(frontend):
     local = [error for error in frontend["pack"]["errors"] if urlparse(error["url"]).hostname in (None, "127.0.0.1")]
     ours = [error for error in local if normalised(error) not in known or "noisear" in json.dumps(error).lower()]
     assert not ours, "console errors with the pack that a ComfyUI without it does not log:\n" + "\n".join(
-        normalised(error)[:400] for error in ours)
+        normalised(error)[:400] for error in ours
+    )
 
 
 def test_every_node_is_found_by_search_with_its_description_and_tooltips(frontend):

@@ -3,6 +3,7 @@
 Graphs run over a tiny random SDXL-family MODEL (tests/host/comfy_test_nodes) and a tiny random
 NoiseAR prior for 16x16 latents (128x128 px) in 4x4 patches, taking 2048-d SDXL-width conditioning.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,18 @@ from safetensors.torch import load_file
 from noisear import NoiseAR, NoiseARConfig, save
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-NOISEAR_NODES = {"NoiseARLoader", "NoiseARNoise", "NoiseARLatent", "NoiseARBlend", "NoiseARPreview", "NoiseARKSampler",
-                 "NoiseARKSamplerAdvanced", "NoiseARTextEncode"}
+NOISEAR_NODES = {
+    "NoiseARLoader",
+    "NoiseARNoise",
+    "NoiseARLatent",
+    "NoiseARBlend",
+    "NoiseARPreview",
+    "NoiseARKSampler",
+    "NoiseARKSamplerAdvanced",
+    "NoiseARTextEncode",
+}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the UI's own note nodes: not in /object_info, no links
-PRIOR = NoiseARConfig(patch_size=4, channels=4, latent_height=16, latent_width=16, d_model=32, d_ff=64,
-                      text_dim=2048)
+PRIOR = NoiseARConfig(patch_size=4, channels=4, latent_height=16, latent_width=16, d_model=32, d_ff=64, text_dim=2048)
 PRIOR_FILE = "tiny16.safetensors"
 SIGMA_MAX, SDXL_SCALE = 14.6146, 0.13025
 SEED = 42
@@ -33,9 +41,18 @@ def prior_name(comfy) -> str:
     return PRIOR_FILE
 
 
-def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2, dtype: str = "fp32",
-          blend_strengths: tuple[float, ...] = (0.0, 1.0), size_mode: str = "any size") -> dict:
+def graph(
+    prior: str,
+    *,
+    cond_width: int = 2048,
+    size: int = 128,
+    batch: int = 2,
+    dtype: str = "fp32",
+    blend_strengths: tuple[float, ...] = (0.0, 1.0),
+    size_mode: str = "any size",
+) -> dict:
     """API-format prompt: both NoiseAR paths over one tiny SDXL, their starts and results saved."""
+
     def node(class_type: str, **inputs) -> dict:
         return {"class_type": class_type, "inputs": inputs}
 
@@ -45,23 +62,62 @@ def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2
         "negative": node("NoiseARTestConditioning", width=2048, tokens=77, seed=2),
         "empty": node("EmptyLatentImage", width=size, height=size, batch_size=batch),
         "prior": node("NoiseARLoader", ckpt_name=prior, device="auto", dtype=dtype),
-        "noise": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=SEED,
-                      temperature=0.5, size_mode=size_mode),
-        "start": node("NoiseARLatent", model=["model", 0], noisear_model=["prior", 0], positive=["positive", 0],
-                      noise_seed=SEED, temperature=0.5, size_mode=size_mode, latent_image=["empty", 0]),
+        "noise": node(
+            "NoiseARNoise",
+            noisear_model=["prior", 0],
+            positive=["positive", 0],
+            noise_seed=SEED,
+            temperature=0.5,
+            size_mode=size_mode,
+        ),
+        "start": node(
+            "NoiseARLatent",
+            model=["model", 0],
+            noisear_model=["prior", 0],
+            positive=["positive", 0],
+            noise_seed=SEED,
+            temperature=0.5,
+            size_mode=size_mode,
+            latent_image=["empty", 0],
+        ),
         "sampler": node("KSamplerSelect", sampler_name="euler"),
         "sigmas": node("BasicScheduler", model=["model", 0], scheduler="normal", steps=2, denoise=1.0),
         "guider": node("CFGGuider", model=["model", 0], positive=["positive", 0], negative=["negative", 0], cfg=2.0),
-        "custom": node("SamplerCustomAdvanced", noise=["noise", 0], guider=["guider", 0], sampler=["sampler", 0],
-                       sigmas=["sigmas", 0], latent_image=["empty", 0]),
-        "ksampler": node("KSamplerAdvanced", model=["model", 0], add_noise="disable", noise_seed=SEED, steps=2,
-                         cfg=2.0, sampler_name="euler", scheduler="normal", positive=["positive", 0],
-                         negative=["negative", 0], latent_image=["start", 0], start_at_step=0, end_at_step=10000,
-                         return_with_leftover_noise="disable"),
+        "custom": node(
+            "SamplerCustomAdvanced",
+            noise=["noise", 0],
+            guider=["guider", 0],
+            sampler=["sampler", 0],
+            sigmas=["sigmas", 0],
+            latent_image=["empty", 0],
+        ),
+        "ksampler": node(
+            "KSamplerAdvanced",
+            model=["model", 0],
+            add_noise="disable",
+            noise_seed=SEED,
+            steps=2,
+            cfg=2.0,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=["positive", 0],
+            negative=["negative", 0],
+            latent_image=["start", 0],
+            start_at_step=0,
+            end_at_step=10000,
+            return_with_leftover_noise="disable",
+        ),
         "gaussian": node("RandomNoise", noise_seed=SEED),
         # eps from an upstream RandomNoise(SEED) instead of its own (different) seed widget
-        "noise_upstream": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=7,
-                               temperature=0.5, size_mode=size_mode, noise=["gaussian", 0]),
+        "noise_upstream": node(
+            "NoiseARNoise",
+            noisear_model=["prior", 0],
+            positive=["positive", 0],
+            noise_seed=7,
+            temperature=0.5,
+            size_mode=size_mode,
+            noise=["gaussian", 0],
+        ),
         "preview": node("NoiseARPreview", noise=["noise", 0], latent_image=["empty", 0]),
     }
     saves = {"custom": ["custom", 0], "ksampler": ["ksampler", 0], "start": ["start", 0]}
@@ -69,8 +125,14 @@ def graph(prior: str, *, cond_width: int = 2048, size: int = 128, batch: int = 2
         prompt[f"draw_{name}"] = node("NoiseARTestDrawNoise", noise=[source, 0], latent_image=["empty", 0])
         saves[name] = [f"draw_{name}", 0]
     for i, strength in enumerate(blend_strengths):
-        prompt[f"blend{i}"] = node("NoiseARBlend", noisear_noise=["noise", 0], gaussian_noise=["gaussian", 0],
-                                   strength=strength, mode="variance-preserving", renormalize=False)
+        prompt[f"blend{i}"] = node(
+            "NoiseARBlend",
+            noisear_noise=["noise", 0],
+            gaussian_noise=["gaussian", 0],
+            strength=strength,
+            mode="variance-preserving",
+            renormalize=False,
+        )
         prompt[f"draw_blend{i}"] = node("NoiseARTestDrawNoise", noise=[f"blend{i}", 0], latent_image=["empty", 0])
         saves[f"blend{i}"] = [f"draw_blend{i}", 0]
     for name, source in saves.items():
@@ -126,14 +188,19 @@ def test_workflow_matches_object_info(comfy, path):
         definition = info[node["type"]]
         widgets = widget_inputs(definition)
         linked_widgets = {i["name"] for i in node.get("inputs", []) if i.get("widget") and i.get("link") is not None}
-        expected = sum(1 + bool(spec[1].get("control_after_generate")) if len(spec) > 1 else 1
-                       for name, spec in widgets if name not in linked_widgets)
+        expected = sum(
+            1 + bool(spec[1].get("control_after_generate")) if len(spec) > 1 else 1
+            for name, spec in widgets
+            if name not in linked_widgets
+        )
         assert len(node.get("widgets_values", [])) == expected, f"{path.name}: {node['type']} widget values"
     for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
         out_type = info[nodes[origin]["type"]]["output"][origin_slot]
         target_input = nodes[target]["inputs"][target_slot]
-        all_inputs = {**info[nodes[target]["type"]]["input"]["required"],
-                      **info[nodes[target]["type"]]["input"].get("optional", {})}
+        all_inputs = {
+            **info[nodes[target]["type"]]["input"]["required"],
+            **info[nodes[target]["type"]]["input"].get("optional", {}),
+        }
         in_type = all_inputs[target_input["name"]][0]
         assert out_type == kind and target_input["type"] in (kind, "*"), f"{path.name}: link {link_id} carries {kind}"
         assert in_type in (out_type, "*"), f"{path.name}: link {link_id} {out_type} -> {in_type}"
@@ -148,7 +215,7 @@ def test_noise_and_latent_paths_start_from_the_same_state(comfy, prior_name):
     drawn, eps, start = latents["drawn"], latents["eps"], latents["start"]
     assert drawn.shape == eps.shape == (2, 4, 16, 16)
     assert not torch.equal(drawn, eps) and drawn.std() < 0.8 * eps.std()  # temperature 0.5 prior, not plain noise
-    torch.testing.assert_close(start, drawn * math.sqrt(1 + SIGMA_MAX ** 2) / SDXL_SCALE, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(start, drawn * math.sqrt(1 + SIGMA_MAX**2) / SDXL_SCALE, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(latents["custom"], latents["ksampler"], rtol=1e-4, atol=1e-4)
     assert torch.equal(latents["blend0"], eps) and torch.equal(latents["blend1"], drawn)
     assert torch.equal(latents["upstream"], drawn)  # the seed widget's eps is RandomNoise's eps
@@ -211,6 +278,7 @@ LONG_PROMPT = ", ".join([SHORT_PROMPT] * 12)  # over 75 CLIP tokens: two 77-toke
 
 def text_routes_graph(prior: str, text: str) -> dict:
     """NoiseAR Latent fed by NoiseAR Text Encode's prior_text ("exact") and by CLIPTextEncode ("route")."""
+
     def node(class_type: str, **inputs) -> dict:
         return {"class_type": class_type, "inputs": inputs}
 
@@ -223,9 +291,16 @@ def text_routes_graph(prior: str, text: str) -> dict:
         "prior": node("NoiseARLoader", ckpt_name=prior, device="auto", dtype="fp32"),
     }
     for route, source in (("exact", ["encode", 1]), ("route", ["plain", 0])):
-        prompt[f"start_{route}"] = node("NoiseARLatent", model=["model", 0], noisear_model=["prior", 0],
-                                        positive=source, noise_seed=SEED, temperature=0.5, size_mode="native only",
-                                        latent_image=["empty", 0])
+        prompt[f"start_{route}"] = node(
+            "NoiseARLatent",
+            model=["model", 0],
+            noisear_model=["prior", 0],
+            positive=source,
+            noise_seed=SEED,
+            temperature=0.5,
+            size_mode="native only",
+            latent_image=["empty", 0],
+        )
         prompt[f"save_{route}"] = node("SaveLatent", samples=[f"start_{route}", 0], filename_prefix=f"text/{route}")
     return prompt
 

@@ -2,6 +2,7 @@
 
 ComfyUI's own min/max check lets NaN through (every comparison with NaN is False), so the nodes check.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import time
 
 import torch
 from safetensors.torch import save_file
-
 from test_comfyui_host import execution_error, graph, prior_name  # noqa: F401  (prior_name is a fixture)
 
 
@@ -30,9 +30,19 @@ def test_nan_blend_strength_from_an_api_workflow_is_a_clear_node_error(comfy, pr
 
 def test_a_hostile_checkpoint_is_refused_at_once_with_one_line(comfy, prior_name):  # noqa: F811
     """A 25 KB file whose metadata claims 100,000 layers: refused before anything is built."""
-    config = ({"patch_size": 4, "channels": 4, "latent_height": 16, "latent_width": 16,
-                                    "d_model": 32, "d_ff": 64, "n_layers": 100000, "n_heads": 1,
-                                    "text_dim": 2048, "dropout": 0.0, "positions": "table"})
+    config = {
+        "patch_size": 4,
+        "channels": 4,
+        "latent_height": 16,
+        "latent_width": 16,
+        "d_model": 32,
+        "d_ff": 64,
+        "n_layers": 100000,
+        "n_heads": 1,
+        "text_dim": 2048,
+        "dropout": 0.0,
+        "positions": "table",
+    }
     path = comfy.extra_priors / "hostile.safetensors"
     save_file({"learnable_start_token_emb": torch.zeros(32)}, str(path), metadata={"noisear_config": json.dumps(config)})
     start = time.monotonic()

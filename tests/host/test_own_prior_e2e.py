@@ -5,6 +5,7 @@ Golden noise on epsilon, v-prediction and flow versions of the tiny SDXL-family 
 Dataset Collector, train a 2-D prior with `python -m noisear train`, load it with the Loader and
 sample at both sizes (and a third, untrained one) through SamplerCustomAdvanced.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,9 +14,9 @@ import sys
 
 import pytest
 import torch
+from test_comfyui_host import saved_latents
 
 from noisear.train.data import ShardDataset
-from test_comfyui_host import saved_latents
 
 SEED = 42
 # (width, height) in pixels -> latent (height/8, width/8); both multiples of the prior's 4x4 patch
@@ -40,31 +41,49 @@ def model_nodes(kind: str) -> dict:
 
 
 def conds() -> dict:
-    return {"positive": node("NoiseARTestConditioning", width=2048, tokens=77, seed=1),
-            "negative": node("NoiseARTestConditioning", width=2048, tokens=77, seed=2)}
+    return {
+        "positive": node("NoiseARTestConditioning", width=2048, tokens=77, seed=1),
+        "negative": node("NoiseARTestConditioning", width=2048, tokens=77, seed=2),
+    }
 
 
 def sampler_nodes(noise: str, latent: str, tag: str, steps: int = 4) -> dict:
     return {
         f"sampler_{tag}": node("KSamplerSelect", sampler_name="euler"),
         f"sigmas_{tag}": node("BasicScheduler", model=["model", 0], scheduler="normal", steps=steps, denoise=1.0),
-        f"guider_{tag}": node("CFGGuider", model=["model", 0], positive=["positive", 0], negative=["negative", 0],
-                              cfg=3.0),
-        f"custom_{tag}": node("SamplerCustomAdvanced", noise=[noise, 0], guider=[f"guider_{tag}", 0],
-                              sampler=[f"sampler_{tag}", 0], sigmas=[f"sigmas_{tag}", 0], latent_image=[latent, 0]),
+        f"guider_{tag}": node("CFGGuider", model=["model", 0], positive=["positive", 0], negative=["negative", 0], cfg=3.0),
+        f"custom_{tag}": node(
+            "SamplerCustomAdvanced",
+            noise=[noise, 0],
+            guider=[f"guider_{tag}", 0],
+            sampler=[f"sampler_{tag}", 0],
+            sigmas=[f"sigmas_{tag}", 0],
+            latent_image=[latent, 0],
+        ),
         f"save_sampled_{tag}": node("SaveLatent", samples=[f"custom_{tag}", 0], filename_prefix=f"e2e/sampled_{tag}"),
     }
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v", "flow"])
 def test_golden_noise_keeps_unit_std_and_samples(comfy, kind):
-    prompt = {**model_nodes(kind), **conds(),
-              "empty": node("EmptyLatentImage", width=128, height=96, batch_size=4),
-              "eps": node("RandomNoise", noise_seed=SEED)}
+    prompt = {
+        **model_nodes(kind),
+        **conds(),
+        "empty": node("EmptyLatentImage", width=128, height=96, batch_size=4),
+        "eps": node("RandomNoise", noise_seed=SEED),
+    }
     for tag, (w_l, w_w) in {"default": (5.5, 1.0), "equal": (3.0, 3.0)}.items():
-        prompt[f"golden_{tag}"] = node("NoiseARGoldenNoise", model=["model", 0], positive=["positive", 0],
-                                       negative=["negative", 0], noise_seed=SEED, scheduler="normal", steps=20,
-                                       cfg_denoise=w_l, cfg_invert=w_w)
+        prompt[f"golden_{tag}"] = node(
+            "NoiseARGoldenNoise",
+            model=["model", 0],
+            positive=["positive", 0],
+            negative=["negative", 0],
+            noise_seed=SEED,
+            scheduler="normal",
+            steps=20,
+            cfg_denoise=w_l,
+            cfg_invert=w_w,
+        )
     for source in ("eps", "golden_default", "golden_equal"):
         prompt[f"draw_{source}"] = node("NoiseARTestDrawNoise", noise=[source, 0], latent_image=["empty", 0])
         prompt[f"save_{source}"] = node("SaveLatent", samples=[f"draw_{source}", 0], filename_prefix=f"e2e/{source}")
@@ -76,21 +95,41 @@ def test_golden_noise_keeps_unit_std_and_samples(comfy, kind):
     assert golden.shape == eps.shape == (4, 4, 12, 16) and torch.isfinite(golden).all()
     change = float((golden - eps).norm() / eps.norm())
     round_trip = float((equal - eps).norm() / eps.norm())
-    print(f"\n{kind}: std eps {eps.std():.4f} golden {golden.std():.4f}; |golden-eps|/|eps| {change:.2e}; "
-          f"equal guidances |x'-eps|/|eps| {round_trip:.2e}")
+    print(
+        f"\n{kind}: std eps {eps.std():.4f} golden {golden.std():.4f}; |golden-eps|/|eps| {change:.2e}; "
+        f"equal guidances |x'-eps|/|eps| {round_trip:.2e}"
+    )
     assert abs(float(golden.std()) / float(eps.std()) - 1) < 0.05  # unit variance kept
     assert 0 < change < 0.5 and round_trip < 0.05
     assert torch.isfinite(latents["sampled_golden"]).all()
 
 
 def collect_bucket(comfy, name: str, width: int, height: int, prompts: list[str], seeds: int) -> str:
-    prompt = {**model_nodes("epsilon"), "negative": conds()["negative"], "clip": node("NoiseARTestCLIP"),
-              "empty": node("EmptyLatentImage", width=width, height=height, batch_size=1),
-              "collect": node("NoiseARDatasetCollector", model=["model", 0], clip=["clip", 0],
-                              prompts="\n".join(prompts), negative=["negative", 0], latent_image=["empty", 0],
-                              seeds_per_prompt=seeds, first_seed=0, scheduler="normal", steps=20, cfg_denoise=5.5,
-                              cfg_invert=1.0, dataset=f"e2e_dataset/{name}", text_tokens=77, batch_size=8,
-                              shard_size=24, model_name="tiny-sdxl")}
+    prompt = {
+        **model_nodes("epsilon"),
+        "negative": conds()["negative"],
+        "clip": node("NoiseARTestCLIP"),
+        "empty": node("EmptyLatentImage", width=width, height=height, batch_size=1),
+        "collect": node(
+            "NoiseARDatasetCollector",
+            model=["model", 0],
+            clip=["clip", 0],
+            prompts="\n".join(prompts),
+            negative=["negative", 0],
+            latent_image=["empty", 0],
+            seeds_per_prompt=seeds,
+            first_seed=0,
+            scheduler="normal",
+            steps=20,
+            cfg_denoise=5.5,
+            cfg_invert=1.0,
+            dataset=f"e2e_dataset/{name}",
+            text_tokens=77,
+            batch_size=8,
+            shard_size=24,
+            model_name="tiny-sdxl",
+        ),
+    }
     entry = comfy.run(prompt, timeout=900)
     assert entry["status"]["status_str"] == "success", entry["status"]
     return entry["outputs"]["collect"]["text"][0]
@@ -99,8 +138,7 @@ def collect_bucket(comfy, name: str, width: int, height: int, prompts: list[str]
 @pytest.fixture(scope="module")
 def own_prior(comfy, tmp_path_factory) -> str:
     """Collect 64 pairs at 96x128 px and 32 at 128x96 px, train a 2-D prior on both, put it in the Loader's folder."""
-    summaries = [collect_bucket(comfy, "96x128", 96, 128, PROMPTS, 4),
-                 collect_bucket(comfy, "128x96", 128, 96, PROMPTS[:8], 4)]
+    summaries = [collect_bucket(comfy, "96x128", 96, 128, PROMPTS, 4), collect_bucket(comfy, "128x96", 128, 96, PROMPTS[:8], 4)]
     print("\n" + "\n".join(summaries))
     assert "wrote 64" in summaries[0] and "wrote 32" in summaries[1]
     root = comfy.base / "output" / "e2e_dataset"
@@ -109,9 +147,32 @@ def own_prior(comfy, tmp_path_factory) -> str:
     assert len(data) == 96 and data.noise_shapes == [(4, 12, 16), (4, 16, 12)]
     assert data.seed_counts()["shared_seeds"] == 0 and data.seed_counts()["distinct_seeds"] == 64  # none across prompts
     out = tmp_path_factory.mktemp("train")
-    command = [sys.executable, "-m", "noisear", "train", str(root), "--out", str(out), "--positions", "2d",
-               "--patch-size", "4", "--d-model", "32", "--d-ff", "64", "--steps", "6", "--batch-size", "8",
-               "--warmup-steps", "2", "--validation-fraction", "0.2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "noisear",
+        "train",
+        str(root),
+        "--out",
+        str(out),
+        "--positions",
+        "2d",
+        "--patch-size",
+        "4",
+        "--d-model",
+        "32",
+        "--d-ff",
+        "64",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "2",
+        "--validation-fraction",
+        "0.2",
+        "--no-progress",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "held-out pairs" in result.stdout and "NLL nats/dim: prior" in result.stdout  # judged on unseen pairs
@@ -121,10 +182,19 @@ def own_prior(comfy, tmp_path_factory) -> str:
 
 
 def test_a_prior_trained_on_two_aspect_ratios_samples_both_and_another_size(comfy, own_prior):
-    prompt = {**model_nodes("epsilon"), **conds(),
-              "prior": node("NoiseARLoader", ckpt_name=own_prior, device="auto", dtype="fp32"),
-              "noise": node("NoiseARNoise", noisear_model=["prior", 0], positive=["positive", 0], noise_seed=SEED,
-                            temperature=0.5, size_mode="native only")}
+    prompt = {
+        **model_nodes("epsilon"),
+        **conds(),
+        "prior": node("NoiseARLoader", ckpt_name=own_prior, device="auto", dtype="fp32"),
+        "noise": node(
+            "NoiseARNoise",
+            noisear_model=["prior", 0],
+            positive=["positive", 0],
+            noise_seed=SEED,
+            temperature=0.5,
+            size_mode="native only",
+        ),
+    }
     sizes = {**BUCKETS, "160x64": (160, 64)}  # the third size was never trained on
     for tag, (width, height) in sizes.items():
         prompt[f"empty_{tag}"] = node("EmptyLatentImage", width=width, height=height, batch_size=2)

@@ -11,6 +11,7 @@ prior_text equals diffusers' encode_prompt rule (transformers) and noisear.train
 and mask) to 1e-4 (measured: about 1e-5 and below); CLIPTextEncode's conditioning equals them for plain
 prompts of up to 75 tokens and differs, as docs/comfyui.md says, for weight syntax and long prompts.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import comfy_python
 
 pytestmark = pytest.mark.heavy
@@ -37,8 +37,9 @@ def figures(tmp_path_factory) -> dict:
     if python is None or not python.exists():
         pytest.skip("host suite: set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its Python)")
     out = tmp_path_factory.mktemp("parity") / "figures.json"
-    run = subprocess.run([str(python), str(SCRIPT), str(out), *FAMILIES], cwd=checkout, capture_output=True,
-                         text=True, timeout=3600)
+    run = subprocess.run(
+        [str(python), str(SCRIPT), str(out), *FAMILIES], cwd=checkout, capture_output=True, text=True, timeout=3600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     print(run.stdout)
     return json.loads(out.read_text())

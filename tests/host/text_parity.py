@@ -16,6 +16,7 @@ Writes max / mean |difference|, shapes and warnings to OUT.json. ComfyUI's encod
 (model_options dtype). Memory: one model at a time, weights streamed from safetensors; the peak is
 ComfyUI's SDXL text encoders, 3.3 GB. About 3-4 minutes on two CPU cores.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -44,29 +45,38 @@ import comfy.sdxl_clip  # noqa: E402
 import comfy.text_encoders.hydit as hydit  # noqa: E402
 from comfy.supported_models_base import ClipTarget  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from transformers import (BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel,  # noqa: E402
-                          CLIPTextModelWithProjection, CLIPTokenizer)
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from noisear.train.text_encoders import load_prompt_encoder  # noqa: E402
 
-PARAGRAPH = ("A quiet harbour town at dawn, fishing boats resting on calm water, gulls circling above the "
-             "old stone lighthouse, soft pink and gold light spilling over the rooftops, a baker opening "
-             "his shop, steam rising from fresh bread, children running along the pier with a red kite, "
-             "an old fisherman mending nets beside a blue door, wet cobblestones reflecting the sky, "
-             "distant hills covered in pine forest, morning mist drifting between the masts, highly "
-             "detailed painting, warm colours, cinematic composition, sharp focus, golden hour")
+PARAGRAPH = (
+    "A quiet harbour town at dawn, fishing boats resting on calm water, gulls circling above the "
+    "old stone lighthouse, soft pink and gold light spilling over the rooftops, a baker opening "
+    "his shop, steam rising from fresh bread, children running along the pier with a red kite, "
+    "an old fisherman mending nets beside a blue door, wet cobblestones reflecting the sky, "
+    "distant hills covered in pine forest, morning mist drifting between the masts, highly "
+    "detailed painting, warm colours, cinematic composition, sharp focus, golden hour"
+)
 TINY_MT5 = {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 1}  # the stream no prior reads
 
 
 def load_pack():
     """The pack as ComfyUI loads it: a package from its folder (its nodes/ must not shadow ComfyUI's nodes.py)."""
-    spec = importlib.util.spec_from_file_location("noisear_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
+    spec = importlib.util.spec_from_file_location("noisear_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["noisear_pack"] = pack
     spec.loader.exec_module(pack)
     import noisear_pack.nodes.conditioning as conditioning
     import noisear_pack.nodes.text_encode as text_encode
+
     return conditioning, text_encode
 
 
@@ -79,9 +89,14 @@ def prompts(count) -> dict[str, str]:
     exact_75 = " ".join(exact)
     assert count(exact_75) == 75, count(exact_75)
     assert count(PARAGRAPH) > 90
-    return {"empty": "", "short": "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
-            "exactly 75 tokens": exact_75, "longer than 75": PARAGRAPH, "weighted": "(red:1.2) car",
-            "non-ASCII": "一只小熊猫在树下看书，水彩画 café Straße"}
+    return {
+        "empty": "",
+        "short": "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
+        "exactly 75 tokens": exact_75,
+        "longer than 75": PARAGRAPH,
+        "weighted": "(red:1.2) car",
+        "non-ASCII": "一只小熊猫在树下看书，水彩画 café Straße",
+    }
 
 
 def stream_weights(module: torch.nn.Module, path: Path, prefixes: tuple[str, ...]) -> list[str]:
@@ -133,12 +148,14 @@ def encode_with_training_encoder(folder: Path, kind: str, texts: dict[str, str])
     return trained
 
 
-def compare(conditioning, text_encode, clip, texts: dict[str, str], reference: dict, trained: dict,
-            width: int, variant: str) -> dict:
+def compare(
+    conditioning, text_encode, clip, texts: dict[str, str], reference: dict, trained: dict, width: int, variant: str
+) -> dict:
     """The figures of one family; ``reference`` / ``trained`` map prompt names to (text, mask)."""
     published = SimpleNamespace(config=SimpleNamespace(text_dim=width), published=True, variant=variant, name="test")
     own = SimpleNamespace(config=SimpleNamespace(text_dim=width), published=False, variant="own", name="test")
     import nodes as comfy_nodes  # ComfyUI's nodes.py: CLIPTextEncode itself
+
     out = {}
     for name, text in texts.items():
         route = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
@@ -157,14 +174,18 @@ def compare(conditioning, text_encode, clip, texts: dict[str, str], reference: d
             "mask_equals_reference": bool(torch.equal(own_mask, ref_mask)),
             "route_vs_reference": diff(via_route.text, ref_text),
             "conditioning_equals_clip_text_encode": bool(torch.equal(sampler[0][0], route[0][0])),
-            "route_tokens": route[0][0].shape[1], "prior_text_shape": list(prior_text[0][0].shape),
+            "route_tokens": route[0][0].shape[1],
+            "prior_text_shape": list(prior_text[0][0].shape),
             "exact_marker": prior_text[0][1].get(conditioning.EXACT) is True,
-            "exact_warning": exact.warning, "route_warning": via_route.warning,
+            "exact_warning": exact.warning,
+            "route_warning": via_route.warning,
             "reference_abs_max": float(ref_text.abs().max()),
         }
-        print(f"  {name}: exact {out[name]['exact_vs_reference']['max']:.2e}, train "
-              f"{out[name]['exact_vs_train']['max']:.2e}, route {out[name]['route_vs_reference']['max']:.2e}",
-              flush=True)
+        print(
+            f"  {name}: exact {out[name]['exact_vs_reference']['max']:.2e}, train "
+            f"{out[name]['exact_vs_train']['max']:.2e}, route {out[name]['route_vs_reference']['max']:.2e}",
+            flush=True,
+        )
     return out
 
 
@@ -193,15 +214,18 @@ def sdxl(folder: Path, conditioning, text_encode) -> dict:
 
     # diffusers' encode_prompt: per CLIP, tokens padded to 77 and truncated, penultimate hidden state; concatenated
     parts = {name: [] for name in texts}
-    for seed, sub, model_class, config in ((0, "text_encoder", CLIPTextModel, "sd1_clip_config.json"),
-                                           (1, "text_encoder_2", CLIPTextModelWithProjection, "clip_config_bigg.json")):
+    for seed, sub, model_class, config in (
+        (0, "text_encoder", CLIPTextModel, "sd1_clip_config.json"),
+        (1, "text_encoder_2", CLIPTextModelWithProjection, "clip_config_bigg.json"),
+    ):
         torch.manual_seed(seed)
         model = model_class(CLIPTextConfig(**json.loads((COMFY / "comfy" / config).read_text()))).eval()
         tok = CLIPTokenizer.from_pretrained(folder / sub.replace("text_encoder", "tokenizer"))
         with torch.no_grad():
             for name, text in texts.items():
-                ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                          return_tensors="pt").input_ids
+                ids = tok(
+                    text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+                ).input_ids
                 parts[name].append(model(ids, output_hidden_states=True).hidden_states[-2])
         phase(f"{sub}: random weights and the reference", clock)
         model.save_pretrained(folder / sub)
@@ -212,11 +236,15 @@ def sdxl(folder: Path, conditioning, text_encode) -> dict:
     trained = encode_with_training_encoder(folder, "sdxl", texts)
     phase("noisear.train.text_encoders", clock)
 
-    clip = comfy.sd.CLIP(ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
-                         model_options={"dtype": torch.float32})
-    lacking = {key: stream_weights(getattr(clip.cond_stage_model, f"clip_{key}").transformer,
-                                   folder / sub / "model.safetensors", ("", "text_model."))
-               for key, sub in (("l", "text_encoder"), ("g", "text_encoder_2"))}
+    clip = comfy.sd.CLIP(
+        ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel), model_options={"dtype": torch.float32}
+    )
+    lacking = {
+        key: stream_weights(
+            getattr(clip.cond_stage_model, f"clip_{key}").transformer, folder / sub / "model.safetensors", ("", "text_model.")
+        )
+        for key, sub in (("l", "text_encoder"), ("g", "text_encoder_2"))
+    }
     with torch.no_grad():  # CLIP-L has no projection in transformers; only its pooled output (unused) reads it
         clip.cond_stage_model.clip_l.transformer.text_projection.weight.copy_(torch.eye(768))
     assert lacking == {"l": ["text_projection.weight"], "g": []}, lacking
@@ -242,10 +270,10 @@ def hunyuan(folder: Path, conditioning, text_encode) -> dict:
     reference = {}
     with torch.no_grad():  # diffusers' HunyuanDiTPipeline.encode_prompt, first text encoder
         for name, text in texts.items():
-            tokens = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_attention_mask=True,
-                               return_tensors="pt")
-            reference[name] = (model(tokens.input_ids, attention_mask=tokens.attention_mask)[0],
-                               tokens.attention_mask.bool())
+            tokens = tokenizer(
+                text, padding="max_length", max_length=77, truncation=True, return_attention_mask=True, return_tensors="pt"
+            )
+            reference[name] = (model(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask.bool())
     phase("BERT: random weights and the reference", clock)
     model.save_pretrained(folder / "text_encoder")
     del model
@@ -255,11 +283,14 @@ def hunyuan(folder: Path, conditioning, text_encode) -> dict:
     trained = encode_with_training_encoder(folder, "hunyuan-dit", texts)
     phase("noisear.train.text_encoders", clock)
     spiece = (COMFY / "comfy" / "text_encoders" / "t5_pile_tokenizer" / "tokenizer.model").read_bytes()
-    clip = comfy.sd.CLIP(ClipTarget(hydit.HyditTokenizer, hydit.HyditModel),
-                         tokenizer_data={"mt5xl.spiece_model": torch.ByteTensor(list(spiece))},
-                         model_options={"dtype": torch.float32, "mt5xl_model_config": TINY_MT5})
-    lacking = stream_weights(clip.cond_stage_model.hydit_clip.transformer, folder / "text_encoder" / "model.safetensors",
-                             ("bert.",))
+    clip = comfy.sd.CLIP(
+        ClipTarget(hydit.HyditTokenizer, hydit.HyditModel),
+        tokenizer_data={"mt5xl.spiece_model": torch.ByteTensor(list(spiece))},
+        model_options={"dtype": torch.float32, "mt5xl_model_config": TINY_MT5},
+    )
+    lacking = stream_weights(
+        clip.cond_stage_model.hydit_clip.transformer, folder / "text_encoder" / "model.safetensors", ("bert.",)
+    )
     assert lacking == [], lacking
     torch.manual_seed(3)
     with torch.no_grad():  # ComfyUI leaves layers uninitialised

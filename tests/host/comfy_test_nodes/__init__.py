@@ -7,7 +7,6 @@
 - NoiseARTestTinySDXLClip: ComfyUI's own SDXL text encoders (CLIP-L + CLIP-G, 2048-d, real tokenizers)
   with 3 layers each and random weights.
 """
-import torch
 
 import comfy.model_base
 import comfy.model_management
@@ -16,13 +15,29 @@ import comfy.sd
 import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
+import torch
 
-TINY_UNET = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 1],
-                 transformer_depth_middle=1, transformer_depth_output=[0, 0, 1, 1], num_head_channels=16,
-                 context_dim=2048, adm_in_channels=2816, in_channels=4, out_channels=4, image_size=32,
-                 use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
-                 num_classes="sequential", dims=2, use_temporal_attention=False)
-SEED = {"default": 0, "min": 0, "max": 2 ** 31 - 1}
+TINY_UNET = dict(
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=[1, 1],
+    transformer_depth=[0, 1],
+    transformer_depth_middle=1,
+    transformer_depth_output=[0, 0, 1, 1],
+    num_head_channels=16,
+    context_dim=2048,
+    adm_in_channels=2816,
+    in_channels=4,
+    out_channels=4,
+    image_size=32,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=True,
+    legacy=False,
+    num_classes="sequential",
+    dims=2,
+    use_temporal_attention=False,
+)
+SEED = {"default": 0, "min": 0, "max": 2**31 - 1}
 
 
 class NoiseARTestTinySDXL:
@@ -42,8 +57,9 @@ class NoiseARTestTinySDXL:
         with torch.no_grad():  # ComfyUI's layers skip initialisation
             for parameter in model.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                                   offload_device=torch.device("cpu"))
+        patcher = comfy.model_patcher.ModelPatcher(
+            model, load_device=comfy.model_management.get_torch_device(), offload_device=torch.device("cpu")
+        )
         return (patcher,)
 
 
@@ -54,9 +70,13 @@ class NoiseARTestConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"width": ("INT", {"default": 2048, "min": 1, "max": 8192}),
-                             "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
-                             "seed": ("INT", SEED)}}
+        return {
+            "required": {
+                "width": ("INT", {"default": 2048, "min": 1, "max": 8192}),
+                "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
+                "seed": ("INT", SEED),
+            }
+        }
 
     def make(self, width, tokens, seed):
         generator = torch.Generator().manual_seed(seed)
@@ -116,8 +136,9 @@ class NoiseARTestTinySDXLClip:
     def build(self, seed):
         layers = {"num_hidden_layers": 3}  # the penultimate layer needs at least 3
         target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
-        clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": layers,
-                                                    "clip_g_model_config": layers})
+        clip = comfy.sd.CLIP(
+            target, model_options={"dtype": torch.float32, "clip_l_model_config": layers, "clip_g_model_config": layers}
+        )
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # ComfyUI's layers skip initialisation
             for parameter in clip.cond_stage_model.parameters():
