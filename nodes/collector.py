@@ -13,15 +13,14 @@ subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Callable
 
 import torch
 
 from noisear.golden import GoldenConfig
-from noisear.train.collect import SEED_SCHEME, keep_improved, prompt_seeds
-from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardWriter
+from noisear.train.collect import keep_improved
+from noisear.train.data import SEED_SCHEME, SHARD_BYTES, DatasetInfo, ShardWriter, prompt_index, prompt_seeds
 
 from . import host, text_encode
 from .golden import golden_noise, schedule_inputs
@@ -30,11 +29,6 @@ from .prior import CATEGORY, NoiseARNodeError
 MAX_NAME = 1024  # characters of a dataset name (deeper paths make os.makedirs recurse too far)
 # NOISEAR_REWARD: (noise [B,C,H,W] unit-variance, CONDITIONING of the prompt) -> reward [B]; higher is better
 Reward = Callable[[torch.Tensor, list], torch.Tensor]
-
-
-def prompt_index(prompt: str) -> int:
-    """A stable non-negative int63 for a prompt text (the dataset's prompt key and split unit)."""
-    return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") >> 1
 
 
 def prompt_lines(prompts: str) -> list[str]:

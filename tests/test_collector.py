@@ -10,11 +10,10 @@ import torch
 from test_golden_node import Net, comfy_denoised
 
 from nodes import host, text_encode
-from nodes.collector import DatasetCollectorNode, fixed_tokens, prompt_index
+from nodes.collector import DatasetCollectorNode, fixed_tokens
 from nodes.golden import GoldenNoiseNode
 from noisear import NoiseARConfig
-from noisear.train.collect import SEED_SCHEME, pair_seed
-from noisear.train.data import Batch, ShardDataset
+from noisear.train.data import SEED_SCHEME, Batch, ShardDataset, pair_seed, prompt_index
 from noisear.train.trainer import TrainConfig, train_likelihood
 
 WIDTH = 8

@@ -8,8 +8,8 @@ from test_golden import GaussianData
 
 from noisear import standard_normal
 from noisear.golden import GoldenConfig, Schedule, golden_noise, scaled_linear_alphas_cumprod
-from noisear.train.collect import SEED_SCHEME, PromptItem, collect, keep_improved, pair_seed, prompt_seeds
-from noisear.train.data import DatasetError, DatasetInfo, ShardDataset, ShardWriter
+from noisear.train.collect import PromptItem, collect, keep_improved
+from noisear.train.data import SEED_SCHEME, DatasetError, DatasetInfo, ShardDataset, ShardWriter, pair_seed, prompt_seeds
 
 ACP = scaled_linear_alphas_cumprod()
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from noisear import standard_normal
-from noisear.train.dpo import PromptSet
+from noisear.train.data import PromptSet
 from noisear.train.evaluate import contrast, evaluate, gaussian_source, prompt_mean_source
 
 SHAPE = (2, 4, 4)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from noisear import NoiseAR, NoiseARConfig
 from noisear.figures import PLOT_SKIPPED
-from noisear.train.dpo import PromptSet
+from noisear.train.data import PromptSet
 from noisear.train.evaluate import (
     BLEND_SEED_OFFSET,
     blend_source,

@@ -13,8 +13,17 @@ import torch
 import noisear
 from noisear import NoiseARConfig
 from noisear.patches import patchify
-from noisear.train.collect import SEED_SCHEME, prompt_seeds, start_noise
-from noisear.train.data import Batch, DatasetError, DatasetInfo, ShardDataset, ShardWriter, validation_prompt
+from noisear.train.data import (
+    SEED_SCHEME,
+    Batch,
+    DatasetError,
+    DatasetInfo,
+    ShardDataset,
+    ShardWriter,
+    prompt_seeds,
+    start_noise,
+    validation_prompt,
+)
 from noisear.train.trainer import (
     LikelihoodObjective,
     PromptMeanBaseline,

@@ -18,9 +18,9 @@ import torch
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
 from ..model import NoiseAR
-from ..train.collect import SEED_SCHEME, PromptItem, collect, shift_from_start
-from ..train.data import DatasetInfo, ShardDataset, ShardWriter
-from ..train.dpo import DPOConfig, PromptSet, train_dpo
+from ..train.collect import PromptItem, collect
+from ..train.data import SEED_SCHEME, DatasetInfo, PromptSet, ShardDataset, ShardWriter, shift_from_start
+from ..train.dpo import DPOConfig, train_dpo
 from ..train.trainer import TrainConfig, train_likelihood
 from .classifier import DigitClassifier
 from .data import IMAGE_SHAPE, NUM_CLASSES

@@ -301,8 +301,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_dpo(args: argparse.Namespace) -> int:
-    from .data import ShardDataset
-    from .dpo import DPOConfig, PromptSet, train_dpo
+    from .data import PromptSet, ShardDataset
+    from .dpo import DPOConfig, train_dpo
     from .trainer import TrainConfig, initial_model
 
     config = TrainConfig(**_values(args, TrainConfig))
@@ -314,8 +314,7 @@ def run_dpo(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
-    from .data import ShardDataset
-    from .dpo import PromptSet
+    from .data import PromptSet, ShardDataset
     from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, prompt_mean_source, save_report
     from .trainer import PromptMeanBaseline
 

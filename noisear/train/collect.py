@@ -1,6 +1,6 @@
 """Dataset collection: golden noise for (prompt, seed) pairs, filtered by a reward, written as shards.
 
-Every (prompt, j) starts from its own noise: seed :func:`pair_seed` (first_seed, prompt key, j).
+Every (prompt, j) starts from its own noise: seed ``noisear.train.data.pair_seed`` (first_seed, prompt key, j).
 Using the same seeds for every prompt would give a dataset of only k distinct noises, each
 repeated for every prompt with near-identical targets, which a prior memorises instead of
 learning the prompt.
@@ -8,7 +8,6 @@ learning the prompt.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -16,45 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
-from ..model import standard_normal
-from .data import DatasetError, DatasetInfo, ShardWriter
-
-SEED_SCHEME = "pair-sha256-v1"  # recorded as DatasetInfo.seed_scheme by the collectors
-SEED_BITS = 53  # seeds below 2^53: exact in JSON and in ComfyUI's seed widget
-
-
-def pair_seed(first_seed: int, prompt_key: int, j: int) -> int:
-    """Seed of the j-th starting noise of a prompt (the one place that says how seeds are made).
-
-    seed = first 53 bits of sha256("pair-sha256-v1:{first_seed}:{prompt_key}:{j}"), an int in [0, 2^53).
-    ``prompt_key`` is the dataset's prompt index (the ComfyUI collector: a hash of the prompt text).
-    Deterministic, so a collector resumes; distinct for every (prompt, j) up to hash collisions
-    (about n^2 / 2^54 for n pairs: 1e-4 for 10^6 pairs, which ``data inspect`` would report).
-    The starting noise of a seed is ``standard_normal([1, C, H, W], [seed])`` (ComfyUI's RandomNoise draw).
-    """
-    text = f"{SEED_SCHEME}:{int(first_seed)}:{int(prompt_key)}:{int(j)}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> (64 - SEED_BITS)
-
-
-def known_start_noise(info: DatasetInfo) -> bool:
-    """Whether a dataset's starting noises are ``start_noise`` of its seeds (made by these collectors)."""
-    return info.seed_scheme == SEED_SCHEME
-
-
-def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> torch.Tensor:
-    """[B, C, H, W] fp32 starting noises of B seeds (``shape`` = [B, C, H, W]): each seed's own RandomNoise draw."""
-    return standard_normal(tuple(shape), [int(seed) for seed in seeds])
-
-
-def shift_from_start(noise: torch.Tensor, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """[B, C, H, W]: golden noise minus its starting noise (the seeds' ``start_noise``), on noise's device."""
-    return noise - start_noise(seeds, noise.shape).to(noise.device)
-
-
-def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
-    """The seeds of j = 0 .. count-1 for one prompt."""
-    return [pair_seed(first_seed, prompt_key, j) for j in range(count)]
-
+from .data import SEED_SCHEME, DatasetError, ShardWriter, prompt_seeds, start_noise
 
 # (noise [B,C,H,W], conditioning) -> reward [B]; for real models: noise -> image -> score
 Reward = Callable[[torch.Tensor, Any], torch.Tensor]

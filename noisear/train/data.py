@@ -27,7 +27,7 @@ needs as slices of the shards (memory: one batch). Train/validation are split by
 prompt index and, optionally, of the seed (never by sample): see :meth:`ShardDataset.rows`.
 
 A seed identifies a starting noise. The collectors draw a distinct seed for every (prompt, j)
-(``noisear.train.collect.pair_seed``, recorded as ``info.seed_scheme``); a dataset whose seeds
+(:func:`pair_seed`, recorded as ``info.seed_scheme``); a dataset whose seeds
 repeat across prompts holds the same noises many times, and the trainer refuses it
 (:meth:`ShardDataset.seed_counts`).
 """
@@ -41,7 +41,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from safetensors.torch import save_file
 
 from ..config import quoted
 from ..io import write_atomically
+from ..model import standard_normal
 
 FORMAT_NAME = "noisear-dataset"
 FORMAT_VERSION = "1"
@@ -85,7 +86,7 @@ class DatasetInfo:
     guidance_denoise: float = 0.0  # golden noise: w_l
     guidance_invert: float = 0.0  # golden noise: w_w
     extra: dict = field(default_factory=dict)
-    seed_scheme: str = "unknown"  # how the seeds were made, e.g. "pair-sha256-v1" (noisear.train.collect)
+    seed_scheme: str = "unknown"  # how the seeds were made, e.g. "pair-sha256-v1" (pair_seed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -183,6 +184,49 @@ def validation_prompt(prompt_index: int, fraction: float, salt: str = "noisear")
 def validation_seed(seed: int, fraction: float) -> bool:
     """Deterministic split: True when the seed (starting noise) is held out (about ``fraction`` of seeds)."""
     return validation_prompt(seed, fraction, salt="noisear-seed")
+
+
+# Seeds: which starting noise a pair has -------------------------------------------------------------
+SEED_SCHEME = "pair-sha256-v1"  # recorded as DatasetInfo.seed_scheme by the collectors
+SEED_BITS = 53  # seeds below 2^53: exact in JSON and in ComfyUI's seed widget
+
+
+def pair_seed(first_seed: int, prompt_key: int, j: int) -> int:
+    """Seed of the j-th starting noise of a prompt (the one place that says how seeds are made).
+
+    seed = first 53 bits of sha256("pair-sha256-v1:{first_seed}:{prompt_key}:{j}"), an int in [0, 2^53).
+    ``prompt_key`` is the dataset's prompt index (the ComfyUI collector: a hash of the prompt text).
+    Deterministic, so a collector resumes; distinct for every (prompt, j) up to hash collisions
+    (about n^2 / 2^54 for n pairs: 1e-4 for 10^6 pairs, which ``data inspect`` would report).
+    The starting noise of a seed is ``standard_normal([1, C, H, W], [seed])`` (ComfyUI's RandomNoise draw).
+    """
+    text = f"{SEED_SCHEME}:{int(first_seed)}:{int(prompt_key)}:{int(j)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> (64 - SEED_BITS)
+
+
+def known_start_noise(info: DatasetInfo) -> bool:
+    """Whether a dataset's starting noises are ``start_noise`` of its seeds (made by these collectors)."""
+    return info.seed_scheme == SEED_SCHEME
+
+
+def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """[B, C, H, W] fp32 starting noises of B seeds (``shape`` = [B, C, H, W]): each seed's own RandomNoise draw."""
+    return standard_normal(tuple(shape), [int(seed) for seed in seeds])
+
+
+def shift_from_start(noise: torch.Tensor, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """[B, C, H, W]: golden noise minus its starting noise (the seeds' ``start_noise``), on noise's device."""
+    return noise - start_noise(seeds, noise.shape).to(noise.device)
+
+
+def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
+    """The seeds of j = 0 .. count-1 for one prompt."""
+    return [pair_seed(first_seed, prompt_key, j) for j in range(count)]
+
+
+def prompt_index(prompt: str) -> int:
+    """A stable non-negative int63 for a prompt text (the dataset's prompt key and split unit)."""
+    return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") >> 1
 
 
 def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -662,3 +706,47 @@ def repeated_noises_message(seeds: dict[str, int]) -> str:
         f"memorise them instead of learning the prompt. Collect again with distinct seeds per (prompt, j) (the "
         f"current collectors do this)."
     )
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts: text [P,T,D] float, text_mask [P,T] bool, index [P] int64, optional prompt strings."""
+
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    index: torch.Tensor
+    strings: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return self.text.shape[0]
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> "PromptSet":
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        strings = tuple(self.strings[int(r)] for r in rows) if self.strings else ()
+        return PromptSet(self.text[rows], self.text_mask[rows], self.index[rows], strings)
+
+    @classmethod
+    def from_dataset(cls, dataset: ShardDataset, split: str | None = "train", validation_fraction: float = 0.1) -> "PromptSet":
+        """One embedding per prompt (its first sample): the prompts of ``split`` ('train': not held out by
+        the prompt hash, 'validation': held out, None: all), whatever their noises."""
+        first: dict[int, tuple[int, int]] = {}  # prompt -> (shard, row) of its first sample
+        for shard_id, shard in enumerate(dataset.shards):
+            for row, index in enumerate(shard.prompt_index.tolist()):
+                if split is None or (split == "validation") == validation_prompt(index, validation_fraction):
+                    first.setdefault(index, (shard_id, row))
+        if not first:
+            raise ValueError(f"the {split} split of {dataset.directory} holds no prompts")
+        order = sorted(first)
+        rows = {}  # read only those rows, one shard at a time
+        for shard_id in sorted({shard_id for shard_id, _ in first.values()}):
+            wanted = [i for i in order if first[i][0] == shard_id]
+            batch = dataset.load_rows(shard_id, np.array([first[i][1] for i in wanted]))
+            rows.update({i: (batch.text[k], batch.text_mask[k]) for k, i in enumerate(wanted)})
+        names = dataset.prompts()
+        strings = tuple(names.get(i, "") for i in order) if names else ()
+        return cls(
+            torch.stack([rows[i][0] for i in order]),
+            torch.stack([rows[i][1] for i in order]),
+            torch.tensor(order, dtype=torch.long),
+            strings,
+        )

@@ -19,63 +19,18 @@ import copy
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..model import NoiseAR, standard_normal
-from .data import ShardDataset, validation_prompt
+from .data import PromptSet
 from .trainer import LogProb, Runtime, TrainConfig, train
 
 PAIRINGS = ("best_worst", "margin")
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """Prompts: text [P,T,D] float, text_mask [P,T] bool, index [P] int64, optional prompt strings."""
-
-    text: torch.Tensor
-    text_mask: torch.Tensor
-    index: torch.Tensor
-    strings: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return self.text.shape[0]
-
-    def select(self, rows: Sequence[int] | torch.Tensor) -> "PromptSet":
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        strings = tuple(self.strings[int(r)] for r in rows) if self.strings else ()
-        return PromptSet(self.text[rows], self.text_mask[rows], self.index[rows], strings)
-
-    @classmethod
-    def from_dataset(cls, dataset: ShardDataset, split: str | None = "train", validation_fraction: float = 0.1) -> "PromptSet":
-        """One embedding per prompt (its first sample): the prompts of ``split`` ('train': not held out by
-        the prompt hash, 'validation': held out, None: all), whatever their noises."""
-        first: dict[int, tuple[int, int]] = {}  # prompt -> (shard, row) of its first sample
-        for shard_id, shard in enumerate(dataset.shards):
-            for row, index in enumerate(shard.prompt_index.tolist()):
-                if split is None or (split == "validation") == validation_prompt(index, validation_fraction):
-                    first.setdefault(index, (shard_id, row))
-        if not first:
-            raise ValueError(f"the {split} split of {dataset.directory} holds no prompts")
-        order = sorted(first)
-        rows = {}  # read only those rows, one shard at a time
-        for shard_id in sorted({shard_id for shard_id, _ in first.values()}):
-            wanted = [i for i in order if first[i][0] == shard_id]
-            batch = dataset.load_rows(shard_id, np.array([first[i][1] for i in wanted]))
-            rows.update({i: (batch.text[k], batch.text_mask[k]) for k, i in enumerate(wanted)})
-        names = dataset.prompts()
-        strings = tuple(names.get(i, "") for i in order) if names else ()
-        return cls(
-            torch.stack([rows[i][0] for i in order]),
-            torch.stack([rows[i][1] for i in order]),
-            torch.tensor(order, dtype=torch.long),
-            strings,
-        )
 
 
 # (noise [B,C,H,W], the B prompts) -> reward [B]; higher is better. For real models: noise -> image -> score.

@@ -33,7 +33,7 @@ from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
-from .dpo import PromptSet
+from .data import PromptSet
 from .trainer import PromptMeanBaseline
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]

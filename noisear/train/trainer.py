@@ -46,8 +46,16 @@ from tqdm import tqdm
 from ..config import NoiseARConfig
 from ..io import load, save, write_atomically
 from ..model import NoiseAR, eval_mode, standard_normal
-from .collect import known_start_noise, shift_from_start
-from .data import Batch, BatchPlan, DatasetError, ShardDataset, repeated_noises_message, validation_prompt
+from .data import (
+    Batch,
+    BatchPlan,
+    DatasetError,
+    ShardDataset,
+    known_start_noise,
+    repeated_noises_message,
+    shift_from_start,
+    validation_prompt,
+)
 
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
 # A resumed run must not change these (they decide the data order and the updates).
