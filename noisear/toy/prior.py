@@ -18,7 +18,7 @@ import torch
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
 from ..model import NoiseAR
-from ..train.collect import PromptItem, collect
+from ..train.collect import PromptItem, collect, golden_function
 from ..train.data import SEED_SCHEME, DatasetInfo, PromptSet, ShardDataset, ShardWriter, shift_from_start
 from ..train.dpo import DPOConfig, train_dpo
 from ..train.trainer import TrainConfig, train_likelihood
@@ -99,17 +99,15 @@ def collect_golden_pairs(
     ]
     with ShardWriter(out_dir, info, shard_size=4096) as writer:
         return collect(
-            denoiser,
-            schedule(STEPS),
+            golden_function(denoiser, schedule(STEPS), GOLDEN),
             writer,
             items,
             seeds_per_class,
             IMAGE_SHAPE,
-            GOLDEN,
             reward=classifier_reward(denoiser, classifier),
+            margin=GOLDEN.margin,
             batch_size=batch_size,
             first_seed=first_seed,
-            progress=False,
         )
 
 
