@@ -24,12 +24,12 @@ from ..golden import golden_noise
 from ..mixing import blend
 from ..train.data import Batch, ShardDataset
 from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
+from .blog_methods import ar_blend_noise
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
 from .diffusion import ddim_sample, schedule, unconditional
-from .methods import ar_blend_noise
 from .metrics import LOWER_IS_BETTER, METRICS, Reference, Scored, score, swap_test
-from .prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
+from .noisear_prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
 
 METHOD2_ALPHA = 0.2
 BLEND_STRENGTH = 0.5
