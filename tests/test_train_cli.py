@@ -3,7 +3,7 @@
 import argparse
 
 import torch
-from test_train_trainer import make_dataset, one_thread  # noqa: F401  (fixture)
+from test_train_likelihood import make_dataset, one_thread  # noqa: F401  (fixture)
 
 from noisear.cli import build_parser, main
 

@@ -23,7 +23,7 @@ from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import golden_noise
 from ..mixing import blend
 from ..train.data import Batch, ShardDataset
-from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
+from ..train.metrics import nll_per_dim, standard_normal_nll_per_dim
 from .blog_methods import ar_blend_noise
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split

@@ -98,7 +98,7 @@ def _named(items: list[str], what: str) -> dict[str, str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..config import NoiseARConfig
     from .dpo import DPOConfig
-    from .trainer import TrainConfig
+    from .loop import TrainConfig
 
     train = subparsers.add_parser(
         "train",
@@ -269,7 +269,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
-    from .trainer import TrainConfig, describe_held_out, train_likelihood
+    from .likelihood import train_likelihood
+    from .loop import TrainConfig
+    from .metrics import describe_held_out
 
     config = TrainConfig(**_values(args, TrainConfig))
     model_config = None
@@ -303,7 +305,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_dpo(args: argparse.Namespace) -> int:
     from .data import PromptSet, ShardDataset
     from .dpo import DPOConfig, train_dpo
-    from .trainer import TrainConfig, initial_model
+    from .loop import TrainConfig, initial_model
 
     config = TrainConfig(**_values(args, TrainConfig))
     prompts = PromptSet.from_dataset(ShardDataset(args.prompts), "train", config.validation_fraction)
@@ -316,7 +318,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
     from .data import PromptSet, ShardDataset
     from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, prompt_mean_source, save_report
-    from .trainer import PromptMeanBaseline
+    from .metrics import PromptMeanBaseline
 
     dataset = ShardDataset(args.prompts)
     prompts = PromptSet.from_dataset(dataset, None if args.split == "all" else args.split, args.validation_fraction)

@@ -1,4 +1,4 @@
-"""DPO fine-tuning of a NoiseAR prior on the shared training loop (trainer.train).
+"""DPO fine-tuning of a NoiseAR prior on the shared training loop (noisear.train.loop).
 
 A round: pick ``prompts_per_round`` prompts, draw ``rollouts`` noises per prompt from the current
 prior (``model.sample`` at ``temperature``), score them with a pluggable scorer, form pairs
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet
-from .trainer import LogProb, Runtime, TrainConfig, train
+from .loop import LogProb, Runtime, TrainConfig, train
 
 PAIRINGS = ("best_worst", "margin")
 
@@ -87,7 +87,7 @@ def rollout_seed(seed: int, round_index: int, prompt_index: int, draw: int) -> i
 
 
 class DPOObjective:
-    """The DPO :class:`~noisear.train.trainer.Objective`. Dropout is off while computing log pi."""
+    """The DPO :class:`~noisear.train.loop.Objective`. Dropout is off while computing log pi."""
 
     uses_dropout = False
 

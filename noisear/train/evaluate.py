@@ -34,7 +34,7 @@ from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet
-from .trainer import PromptMeanBaseline
+from .metrics import PromptMeanBaseline
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
 Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]
