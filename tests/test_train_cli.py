@@ -150,13 +150,14 @@ def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
         == 0
     )
     table = (tmp_path / "eval/results.md").read_text()
-    for row in (
-        "| gaussian |",
-        "| sft@T=1 |",
-        "| dpo@T=1 blend 0.5 |",
-        "| gaussian@std(dpo@T=1) |",
-        "| gaussian+prompt-mean |",
-        "| gaussian@std(gaussian+prompt-mean) |",
-    ):
-        assert row in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| gaussian",
+        "| gaussian+prompt-mean",
+        "| sft@T=1",
+        "| sft@T=1 blend 0.5",
+        "| dpo@T=1",
+        "| dpo@T=1 blend 0.5",
+    ]
+    assert "matched Gaussian bright" in table and all(row.count("/2 |") == 1 for row in rows[1:])  # seeds better
     assert (tmp_path / "eval/grid.png").read_bytes()[:4] == b"\x89PNG"

@@ -162,8 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
         "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
         "OUT/results.md (mean ± std over seeds; each source against its std-matched Gaussian: "
-        "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian) "
-        ", OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
+        "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian), "
+        "OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
         "Gaussian; needs matplotlib). The evaluation seeds must not be starting seeds of the dataset.",
     )
     evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
@@ -317,7 +317,17 @@ def run_dpo(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
     from .data import PromptSet, ShardDataset
-    from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, prompt_mean_source, save_report
+    from .evaluate import (
+        ItemScores,
+        Source,
+        blend_source,
+        eval_table,
+        evaluate,
+        gaussian_source,
+        noisear_source,
+        prompt_mean_source,
+        save_report,
+    )
     from .metrics import PromptMeanBaseline
 
     dataset = ShardDataset(args.prompts)
@@ -347,9 +357,15 @@ def run_eval(args: argparse.Namespace) -> int:
             )
     sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
     scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
-    result = evaluate(sources, _resolve(args.backend), scorers, prompts, seeds)
+    result = evaluate(
+        [Source.item_seeded(name, source) for name, source in sources.items()],
+        _resolve(args.backend),
+        ItemScores(scorers),
+        prompts,
+        seeds,
+    )
     paths = save_report(result, args.out)
-    print(result.table())
+    print(eval_table(result))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
