@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -39,15 +39,21 @@ Scorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats)."""
+    """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats); each field's ``help``
+    metadata is its ``noisear dpo`` option's help."""
 
-    beta: float = 0.1
-    rollouts: int = 8  # k noises per prompt
-    prompts_per_round: int = 16
-    steps_per_round: int = 4  # optimiser steps on each round's pairs
-    temperature: float = 1.0  # sampling temperature of the rollouts
-    pairing: str = "best_worst"  # or "margin": every pair whose rewards differ by more than margin
-    margin: float = 0.0
+    beta: float = field(default=0.1, metadata={"help": "DPO beta on log-densities in nats"})
+    rollouts: int = field(default=8, metadata={"help": "noises drawn per prompt each round (k)"})
+    prompts_per_round: int = field(
+        default=16, metadata={"help": "prompts rolled out each round; must divide by the process count"}
+    )
+    steps_per_round: int = field(default=4, metadata={"help": "optimiser steps on each round's pairs before new rollouts"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    pairing: str = field(
+        default="best_worst",
+        metadata={"help": "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)"},
+    )
+    margin: float = field(default=0.0, metadata={"help": "minimum reward difference for a pair"})
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:

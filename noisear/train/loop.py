@@ -58,30 +58,55 @@ LogProb = Callable[..., torch.Tensor]
 
 @dataclass
 class TrainConfig:
-    """Options of the shared loop. Steps count optimiser updates of one global batch."""
+    """Options of the shared loop (each field's ``help`` metadata is its ``noisear train``/``dpo`` option's help).
+    Steps count optimiser updates of one global batch."""
 
-    out_dir: str = "runs/noisear"
-    steps: int = 1000
-    batch_size: int = 64  # global batch (all processes together)
-    lr: float = 1e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    ema_decay: float = 0.0  # 0 = off; e.g. 0.999
-    seed: int = 0
-    validation_fraction: float = 0.1  # share of prompts held out (likelihood training)
-    validation_seed_fraction: float = 0.0  # share of seeds (starting noises) held out as well
-    bf16: bool = True  # bf16 autocast, used on CUDA only
-    log_every: int = 10
-    val_every: int = 0  # 0 = validate at the end only
-    checkpoint_every: int = 100
-    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
-    device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
-    progress: bool = True
+    out_dir: str = field(
+        default="runs/noisear", metadata={"help": "output directory: checkpoint.pt, log.jsonl and prior.safetensors"}
+    )
+    steps: int = field(
+        default=1000,
+        metadata={"help": "optimiser steps (one global batch each) to run in all, counting steps already done when resuming"},
+    )
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count"},
+    )
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of AdamW"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine schedule ends at lr * this"})
+    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warm-up from lr/warmup_steps to lr"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the data order, initialisation and rollouts"})
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index"},
+    )
+    validation_seed_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
+            "validation pairs never share a noise with training pairs"
+        },
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never used on the CPU)"})
+    log_every: int = field(default=10, metadata={"help": "write averaged training metrics to log.jsonl every this many steps"})
+    val_every: int = field(default=0, metadata={"help": "validate every this many steps (0: at the end only)"})
+    checkpoint_every: int = field(
+        default=100, metadata={"help": "write checkpoint.pt every this many steps (resume point after a kill)"}
+    )
+    resume: bool = field(default=True, metadata={"help": "continue from checkpoint.pt in the output directory when it exists"})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
