@@ -1,7 +1,6 @@
-"""The paper's pipeline on the toy: golden-noise pairs (a distinct starting noise per (class, j)) ->
-NoiseAR prior trained by likelihood (the means learn from golden minus starting noise, noisear.train's
-control variate) -> DPO
-with the classifier as the reward, all through noisear.train.
+"""The toy's NoiseAR prior, made as in the paper: golden-noise pairs (a distinct starting noise per (class, j))
+-> likelihood training (the means learn from golden minus starting noise, noisear.train's control variate)
+-> DPO with the classifier as the reward, all through noisear.train.
 
 The "prompt" is the class: its text embedding is the one-hot vector [B, 1, 10], which the prior's
 ``dim_adapter`` (text_dim 10 -> d_model) turns into one cross-attention token.
