@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from ..golden import golden_noise
 from ..mixing import blend
 from ..train import evaluate as evaluation
 from ..train.data import Batch, PromptSet, ShardDataset
-from ..train.evaluate import Backend, Evaluation, Source, write_report
 from ..train.metrics import nll_per_dim, standard_normal_nll_per_dim
 from .blog_methods import ar_blend_noise
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
@@ -53,16 +53,17 @@ def draw(seed: int, samples: int) -> torch.Tensor:
     return torch.randn((samples, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
 
 
-def renderer(denoiser: Denoiser) -> Backend:
-    """Backend: noise [N,1,8,8] -> images [N,1,8,8] in [-1,1], DDIM STEPS steps at guidance GUIDANCE for the items' classes."""
+def renderer(denoiser: Denoiser) -> evaluation.Backend:
+    """The evaluation's backend: noise [N,1,8,8] -> images [N,1,8,8] in [-1,1] for the items' classes (DDIM,
+    STEPS steps, guidance GUIDANCE)."""
     return lambda noise, prompts: ddim_sample(denoiser, noise, prompts.index, steps=STEPS, guidance=GUIDANCE)
 
 
-def sources(models: ToyModels) -> list[Source]:
+def sources(models: ToyModels) -> list[evaluation.Source]:
     """Every noise source of the demo, in table order."""
 
-    def source(name: str, make: MakeNoise, denoiser: Denoiser | None = None, controlled: bool = True) -> Source:
-        return Source(
+    def source(name: str, make: MakeNoise, denoiser: Denoiser | None = None, controlled: bool = True) -> evaluation.Source:
+        return evaluation.Source(
             name,
             lambda prompts, seed: make(prompts.index, draw(seed, len(prompts)), seed),
             backend=renderer(denoiser) if denoiser is not None else None,
@@ -119,7 +120,7 @@ def evaluate(
     permutations: int,
     names: Sequence[str] | None = None,
     controls: bool = True,
-) -> Evaluation:
+) -> evaluation.Evaluation:
     """Every source (or those in ``names``) on ``samples`` items per seed, each against the Gaussian of its std
     (eta scaled to the source's std, same draws, measured per seed), with ``permutations`` swaps per test."""
     _, test = load_split()
@@ -139,7 +140,7 @@ def evaluate(
     )
 
 
-def table(result: Evaluation) -> str:
+def table(result: evaluation.Evaluation) -> str:
     """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
     seeds the source's FD is below its control's."""
     better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in METRICS)
@@ -160,7 +161,7 @@ def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
     return f"- {label}: Δ{metric} {test['diff']:+.3f}{p}; better on {test['better']}/{seeds} seeds ({per_seed})"
 
 
-def contrasts(result: Evaluation) -> str:
+def contrasts(result: evaluation.Evaluation) -> str:
     """The headline contrasts on FD with per-seed signs: each source against its matched Gaussian; the learned
     priors' share of the prompt-mean bar's gain; their gaps to both bars (Gaussian + prompt-mean shift, golden
     re-denoise); DPO against its starting prior."""
@@ -285,7 +286,7 @@ def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def grid(result: Evaluation, cell: int = 40) -> "PIL.Image.Image":  # noqa: F821
+def grid(result: evaluation.Evaluation, cell: int = 40) -> Image.Image:
     """A labelled row per source (table order), a column per digit: the first seed's first sample of each class."""
 
     def first_of_each_class(images: torch.Tensor) -> torch.Tensor:
@@ -314,7 +315,7 @@ def run(
     torch.manual_seed(0)
     models = load_models(checkpoints)
     result = evaluate(models, seeds, samples, permutations)
-    return write_report(
+    return evaluation.write_report(
         result,
         out,
         "table.md",
