@@ -76,17 +76,24 @@ class NoiseARConfig:
     cut into ``patch_size`` x ``patch_size`` patches read in raster order.
     """
 
-    patch_size: int = 32
-    channels: int = 4
-    latent_height: int = 128
-    latent_width: int = 128
-    d_model: int = 2048
-    d_ff: int = 4096
-    n_layers: int = 1
-    n_heads: int = 1
-    text_dim: int = 2048
-    dropout: float = 0.15
-    positions: str = "table"
+    patch_size: int = field(
+        default=32, metadata={"help": "patch side P in latent cells; the latent sides must be multiples of it"}
+    )
+    channels: int = field(default=4, metadata={"help": "latent channels C of the noise"})
+    latent_height: int = field(
+        default=128, metadata={"help": "latent height H of the noise (2-D positions: the height trained at)"}
+    )
+    latent_width: int = field(default=128, metadata={"help": "latent width W of the noise (2-D positions: the width trained at)"})
+    d_model: int = field(default=2048, metadata={"help": "transformer width"})
+    d_ff: int = field(default=4096, metadata={"help": "feed-forward width"})
+    n_layers: int = field(default=1, metadata={"help": "transformer blocks"})
+    n_heads: int = field(default=1, metadata={"help": "attention heads"})
+    text_dim: int = field(default=2048, metadata={"help": "width D of the prompt embedding [B, T, D]"})
+    dropout: float = field(default=0.15, metadata={"help": "dropout rate"})
+    positions: str = field(
+        default="table",
+        metadata={"help": "'table' (published 1-D table) or '2d' (row/column sinusoids; one prior for every grid)"},
+    )
 
     # positions: "table" is the published scheme, a 1-D sinusoidal table stored in the checkpoint
     # for the native grid only; "2d" computes row/column sinusoids so one prior samples every grid

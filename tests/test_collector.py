@@ -14,7 +14,8 @@ from nodes.collector import fixed_tokens
 from nodes.definitions import DatasetCollectorNode, GoldenNoiseNode
 from noisear import NoiseARConfig
 from noisear.train.data import SEED_SCHEME, Batch, ShardDataset, pair_seed, prompt_index
-from noisear.train.trainer import TrainConfig, train_likelihood
+from noisear.train.likelihood import train_likelihood
+from noisear.train.loop import TrainConfig
 
 WIDTH = 8
 SIGMAS = torch.tensor([14.6146, 10.0, 5.0, 0.0])
