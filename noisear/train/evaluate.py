@@ -19,7 +19,8 @@ metrics) both run :func:`evaluate` and write its report.
   gains hold draw after draw) and a paired permutation test on the items (one set of draws held fixed):
   :func:`paired_test` flips the signs of per-item differences, :func:`swap_test` swaps the two images of
   an item for set metrics.
-- *Report.* :func:`table` (markdown), :func:`grid` (a labelled row of images per source) and
+- *Report.* :func:`table` (markdown), :func:`verdict` (each source against its bar on several metrics at once:
+  a gain on one bought with another is not a gain), :func:`grid` (a labelled row of images per source) and
   :func:`comparisons` (each source against its control, for noisear.figures.comparison_plot), written by
   :func:`write_report`; :func:`save_report` is ``noisear eval``'s.
 
@@ -270,13 +271,14 @@ class Evaluation:
         """Per-seed values of ``metric`` for source ``name``."""
         return self.row(name).values[metric]
 
-    def paired(self, a: Row, b: Row, metric: str, p_value: float | None = None) -> dict:
+    def paired(self, a: Row, b: Row, metric: str, p_value: float | None = None, test: bool = True) -> dict:
         """Row a minus row b on ``metric``: mean over seeds ``diff``, the differences ``per_seed``, ``better`` = on
-        how many seeds a is better, and ``p_value`` of the paired test (given, or run when permutations > 0)."""
+        how many seeds a is better, and ``p_value`` of the paired test (given, or run when permutations > 0 and
+        ``test``)."""
         per_seed = [x - y for x, y in zip(a.values[metric], b.values[metric])]
         sign = -1.0 if metric in self.scoring.lower_is_better else 1.0
         result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed, "better": sum(sign * d > 0 for d in per_seed)}
-        if p_value is None and self.permutations:
+        if p_value is None and self.permutations and test:
             p_value = self.scoring.p_value(a.scored, b.scored, metric, self.permutations)
         if p_value is not None:
             result["p_value"] = p_value
@@ -289,9 +291,9 @@ class Evaluation:
             raise ValueError(f"source {name!r} has no matched Gaussian")
         return self.paired(row, row.control, metric, row.p_values.get(metric))
 
-    def contrast(self, a: str, b: str, metric: str) -> dict:
+    def contrast(self, a: str, b: str, metric: str, test: bool = True) -> dict:
         """Source a minus source b (see :meth:`paired`)."""
-        return self.paired(self.row(a), self.row(b), metric)
+        return self.paired(self.row(a), self.row(b), metric, test=test)
 
 
 def control_name(baseline: str, source: str) -> str:
@@ -408,6 +410,28 @@ def table(
             cells += ["—" if row is base else difference(result.paired(row, base, m)) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", note] if note else lines)
+
+
+def verdict(
+    result: Evaluation, pairs: Sequence[tuple[str, str]], metrics: Sequence[str], share: float = 0.8, digits: int = 3
+) -> str:
+    """Markdown: each (source, bar) of ``pairs`` on every one of ``metrics``: the mean difference over seeds and on
+    how many seeds the source is better. A source **beats its bar** only when it is better on at least ``share`` of
+    the seeds on every metric (a tie is not better): a gain on one metric that costs another (FD bought with
+    lost coverage, say) is not a gain."""
+    seeds = len(result.seeds)
+    header = ["source", "its bar", *(f"Δ{m} (better on seeds)" for m in metrics), "beats its bar"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, bar in pairs:
+        tests = [result.contrast(name, bar, m, test=False) for m in metrics]
+        cells = [f"{t['diff']:+.{digits}f} ({t['better']}/{seeds})" for t in tests]
+        beats = all(t["better"] >= share * seeds for t in tests)
+        lines.append("| " + " | ".join([name, bar, *cells, "**yes**" if beats else "no"]) + " |")
+    note = (
+        f"Δ = source minus its bar, mean over {seeds} seeds; a source beats its bar only if it is better on at least "
+        f"{share:.0%} of the seeds on every one of {', '.join(metrics)}."
+    )
+    return "\n".join(lines + ["", note])
 
 
 def comparisons(result: Evaluation, metrics: Sequence[str] | None = None) -> dict[str, list[Comparison]]:

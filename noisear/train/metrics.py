@@ -2,13 +2,16 @@
 
 Likelihood training validates with :func:`held_out_metrics` (printed by :func:`describe_held_out`);
 ``noisear eval`` draws its "Gaussian + prompt-mean shift" source from :class:`PromptMeanBaseline`;
-the toy demo scores fresh golden pairs with :func:`nll_per_dim` and :func:`standard_normal_nll_per_dim`.
+the toy demo scores fresh golden pairs with :func:`nll_per_dim` and :func:`standard_normal_nll_per_dim`, and
+measures what autoregression adds against :class:`PromptCovarianceBaseline` (a full-covariance Gaussian per
+prompt, no autoregression).
 Likelihoods are in nats per dimension.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -63,11 +66,23 @@ class PromptMeanBaseline:
             raise DatasetError("the training split is empty; cannot fit the prompt-mean baseline")
         penalty = ridge * gram.diagonal()[:-1].mean() * torch.eye(width, dtype=torch.float64)
         penalty[-1, -1] = 0.0  # the intercept is not shrunk
-        self.weight = torch.linalg.solve(gram + penalty, cross)
+        self.normal_matrix = gram + penalty  # the regression's (X^T X + ridge), for regressions on the same features
+        self.weight = torch.linalg.solve(self.normal_matrix, cross)
         squares = torch.zeros(dims, dtype=torch.float64)
         for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
             squares += (batch.noise.flatten(1).double() - self.mean(batch.text, batch.text_mask)).pow(2).sum(0)
         self.var = (squares / count).clamp_min(1e-6)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What :meth:`from_tensors` rebuilds the baseline from (to ship it without its dataset)."""
+        return {"weight": self.weight, "var": self.var}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "PromptMeanBaseline":
+        """A fitted baseline from :meth:`tensors` (mean and variance only)."""
+        baseline = cls.__new__(cls)
+        baseline.weight, baseline.var = tensors["weight"].double(), tensors["var"].double()
+        return baseline
 
     @staticmethod
     def features(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -84,6 +99,90 @@ class PromptMeanBaseline:
         y = batch.noise.cpu().flatten(1).double()
         mean = self.mean(batch.text, batch.text_mask)
         return 0.5 * ((y - mean) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
+
+
+class PromptCovarianceBaseline(PromptMeanBaseline):
+    """Gaussian with a full covariance that depends on the prompt, and no autoregression:
+    N(mean(text), Sigma(text)), mean as :class:`PromptMeanBaseline`.
+
+    Sigma(text) is a ridge regression of the residual outer products (noise - mean)(noise - mean)^T on the same
+    features (pooled embedding and 1; with one-hot prompts: each prompt's own covariance), shrunk towards its
+    diagonal by ``shrinkage`` and its eigenvalues kept at least ``floor`` (a regression may leave an unseen prompt
+    an indefinite matrix). Memory (D+1) x (C*H*W)^2 float64: for small noises (the toy testbeds), not latents.
+
+    ``mean_of`` (text [B,T,D], mask [B,T]) -> [B, C*H*W] replaces the linear mean by another model's (a network's
+    mean without autoregression, say): the covariance is then fitted around it.
+    """
+
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        validation_fraction: float,
+        ridge: float = 0.1,
+        batch_size: int = 256,
+        seed_fraction: float = 0.0,
+        shrinkage: float = 0.1,
+        floor: float = 1e-2,
+        mean_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        self.mean_of = None  # the linear mean and its variance first (the prompt-mean baseline's fit)
+        super().__init__(dataset, validation_fraction, ridge, batch_size, seed_fraction)
+        self.shrinkage, self.floor, self.mean_of = shrinkage, floor, mean_of
+        dims = self.weight.shape[1]
+        cross = torch.zeros(self.weight.shape[0], dims, dims, dtype=torch.float64)
+        for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
+            x = self.features(batch.text, batch.text_mask)
+            residual = batch.noise.flatten(1).double() - self.mean(batch.text, batch.text_mask)
+            cross += ((x[:, :, None] * residual[:, None, :]).flatten(1).T @ residual).view_as(cross)  # sum_b x_k r_i r_j
+        self.covariance_weight = torch.linalg.solve(self.normal_matrix, cross.flatten(1)).view_as(cross)
+
+    def mean(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B, C*H*W] float64: the linear mean, or ``mean_of``'s."""
+        if self.mean_of is None:
+            return super().mean(text, text_mask)
+        return self.mean_of(text, text_mask).double().cpu().flatten(1)
+
+    def covariance(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B, C*H*W, C*H*W] float64: the baseline's covariance for each prompt (symmetric positive definite)."""
+        raw = torch.einsum("bk,kij->bij", self.features(text, text_mask), self.covariance_weight)
+        raw = 0.5 * (raw + raw.transpose(1, 2))
+        diagonal = torch.diag_embed(raw.diagonal(dim1=1, dim2=2))
+        shrunk = (1 - self.shrinkage) * raw + self.shrinkage * diagonal
+        values, vectors = torch.linalg.eigh(shrunk)
+        return vectors @ torch.diag_embed(values.clamp_min(self.floor)) @ vectors.transpose(1, 2)
+
+    def _per_prompt(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean [P, d], Cholesky factor of the covariance [P, d, d], prompt of each item [B]) for the P distinct
+        prompts of a batch: one d x d matrix per prompt, not per item."""
+        keys = torch.cat([text.cpu().flatten(1).double(), text_mask.cpu().double()], dim=1)
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        first = torch.zeros(len(distinct), dtype=torch.long).scatter_(0, inverse, torch.arange(len(inverse)))
+        text, text_mask = text.cpu()[first], text_mask.cpu()[first]
+        return self.mean(text, text_mask), torch.linalg.cholesky(self.covariance(text, text_mask)), inverse
+
+    def nll_per_dim(self, batch: Batch) -> torch.Tensor:
+        """[B] nats per dimension of the batch's noise under this baseline."""
+        mean, factor, prompt = self._per_prompt(batch.text, batch.text_mask)
+        return gaussian_nll_per_dim(batch.noise.cpu().flatten(1).double(), mean, factor, prompt)
+
+    def sample(self, text: torch.Tensor, text_mask: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """eps [B,C,H,W] standard normal -> mean + L eps with L L^T = Sigma (Cholesky), float32 [B,C,H,W]."""
+        mean, factor, prompt = self._per_prompt(text, text_mask)
+        noise = mean[prompt] + torch.einsum("bij,bj->bi", factor[prompt], eps.flatten(1).double())
+        return noise.float().view_as(eps)
+
+
+def gaussian_nll_per_dim(y: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """[B] nats per dimension of y [B,d] under N(mean[g], L[g] L[g]^T) for its group g = group[b]: mean [G,d],
+    Cholesky factors L [G,d,d] (float64)."""
+    z = torch.zeros_like(y)
+    for g in range(len(mean)):
+        rows = group == g
+        z[rows] = torch.linalg.solve_triangular(factor[g], (y[rows] - mean[g]).T, upper=False).T
+    log_det = 2 * factor.diagonal(dim1=1, dim2=2).log().sum(1)
+    return 0.5 * (z.square().sum(1) + log_det[group]) / y.shape[1] + 0.5 * math.log(2 * math.pi)
 
 
 def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
