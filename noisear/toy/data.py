@@ -7,6 +7,7 @@ TRAIN is used to fit every model, TEST only to score (classifier accuracy, Frech
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -63,12 +64,33 @@ def load_split() -> tuple[Digits, Digits]:
 
 
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    """Augmentation: translate each image [B,1,8,8] by up to ``max_shift`` pixels, filling with background -1."""
-    batch = images.shape[0]
+    """Augmentation: translate each image [B,1,H,W] by up to ``max_shift`` pixels, filling with background -1."""
+    batch, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (max_shift,) * 4, value=-1.0)
     dy = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
     dx = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
-    rows = (dy[:, None] + torch.arange(8))[:, None, :, None].expand(batch, 1, 8, padded.shape[-1])
+    rows = (dy[:, None] + torch.arange(height))[:, None, :, None].expand(batch, 1, height, padded.shape[-1])
     cropped = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(8))[:, None, None, :].expand(batch, 1, 8, 8)
+    cols = (dx[:, None] + torch.arange(width))[:, None, None, :].expand(batch, 1, height, width)
     return cropped.gather(3, cols)
+
+
+# (digit images [B,1,8,8], labels [B], generator) -> (examples [B,1,S,S], targets [B]): what a network of a
+# testbed is trained on, made from each batch of training digits
+Examples = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def as_they_are(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits testbed's examples: the digits and their labels."""
+    return images, labels
+
+
+def split_half(digits: Digits, seed: int) -> Digits:
+    """A seeded random half of ``digits`` (stratified by label): another split for a second, independent model."""
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for label in range(NUM_CLASSES):
+        rows = (digits.labels == label).nonzero()[:, 0]
+        picked.append(rows[torch.randperm(len(rows), generator=generator)[: len(rows) // 2]])
+    rows = torch.cat(picked).sort().values
+    return Digits(digits.images[rows], digits.labels[rows])

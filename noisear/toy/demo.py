@@ -1,158 +1,113 @@
-"""The demo: an evaluation (noisear.train.evaluate) of every noise source on the toy, rendered by the toy's
-diffusion model and scored by its classifier (noisear.toy.metrics). Besides the evaluation's table (mean ± std
-over seeds, paired permutation test and per-seed signs against the Gaussian of matched std), labelled grid
-(rows: noise source, columns: classes) and plot of FD and alignment, it reports the headline contrasts (the
-learned priors against the two bars: Gaussian + prompt-mean shift and golden re-denoise) and the priors'
-held-out likelihood.
+"""The toy demo's one pipeline: an evaluation (noisear.train.evaluate) of every noise source of a testbed,
+rendered by the testbed's diffusion model and scored by its judge (noisear.toy.metrics), then its report.
 
-Item i of seed s asks for class i mod 10 and starts from the Gaussian draw eta_i of that seed; every
-source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
+A :class:`Testbed` says what differs: checkpoints, prompts, sources, rendering, judging, held-out figures.
+The testbeds are noisear.toy.testbed_digits (``python -m noisear demo``) and noisear.toy.testbed_layout
+(``python -m noisear demo layout``).
+
+Item i of seed s asks for the testbed's prompt i mod P and starts from the Gaussian draw eta_i of that seed;
+every source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
+Besides the evaluation's table (mean ± std over seeds, paired permutation test and per-seed signs against the
+Gaussian of matched std), the report has the verdict against the bars (a source beats its bar only if it is
+better on FD, coverage and the direct check of the prompt alike), the headline contrasts and the held-out
+likelihood.
 """
 
 from __future__ import annotations
 
-import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 
-from ..golden import golden_noise
 from ..mixing import blend
 from ..train import evaluate as evaluation
-from ..train.data import Batch, PromptSet, ShardDataset
-from ..train.metrics import nll_per_dim, standard_normal_nll_per_dim
-from .blog_methods import ar_blend_noise
-from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
-from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
-from .diffusion import Denoiser, ddim_sample, schedule, unconditional
-from .metrics import LOWER_IS_BETTER, METRICS, ClassifierMetrics, Reference, score
-from .noisear_prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
+from ..train.data import PromptSet
 
-METHOD2_ALPHA = 0.2
-BLEND_STRENGTH = 0.5
+# (the items, eta [N,...] of the seed, the seed) -> initial noise [N,...]
+MakeNoise = Callable[[PromptSet, torch.Tensor, int], torch.Tensor]
+
+GAUSSIAN = "Gaussian"
+HALF_GAUSSIAN = "Gaussian x0.5"
 PROMPT_MEAN = "Gaussian + prompt-mean shift"
-GOLDEN_ROW = f"golden re-denoise (w_l {GOLDEN.guidance_denoise:g})"
-SEED1 = f" (training seed {PRIORS['prior_seed1']})"
-
-# (labels [N], eta [N,1,8,8], seed) -> initial noise [N,1,8,8]
-MakeNoise = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def items(samples: int) -> PromptSet:
-    """The evaluation's items: item i asks for class i mod 10 (its one-hot text; index = the class)."""
-    if samples % NUM_CLASSES:
-        raise ValueError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
-    labels = torch.arange(samples) % NUM_CLASSES
-    return PromptSet(class_text(labels), torch.ones(samples, 1, dtype=torch.bool), labels)
+HALF_PROMPT_MEAN = "Gaussian x0.5 + prompt-mean shift"
+EXAGGERATIONS = (1.25, 2.0)  # the prompt-mean shift scaled up: FD rewards exaggeration, coverage does not
+BLEND_STRENGTH = 0.5
+SEED1 = " (training seed 1)"
+PRIOR_T1, PRIOR_T05 = "NoiseAR T=1", "NoiseAR T=0.5"
+DPO_T1 = "NoiseAR DPO T=1"
+DEFAULT_SEEDS = tuple(range(1, 11))
+PERMUTATIONS = 100
 
 
-def draw(seed: int, samples: int) -> torch.Tensor:
-    """eta [N,1,8,8]: standard normal from a generator seeded with ``seed``, one draw per item."""
-    return torch.randn((samples, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
+def exaggerated(factor: float) -> str:
+    """The row of the prompt-mean shift scaled by ``factor``."""
+    return f"{PROMPT_MEAN} x{factor:g}"
 
 
-def renderer(denoiser: Denoiser) -> evaluation.Backend:
-    """The evaluation's backend: noise [N,1,8,8] -> images [N,1,8,8] in [-1,1] for the items' classes (DDIM,
-    STEPS steps, guidance GUIDANCE)."""
-    return lambda noise, prompts: ddim_sample(denoiser, noise, prompts.index, steps=STEPS, guidance=GUIDANCE)
+def draw(seed: int, samples: int, shape: Sequence[int]) -> torch.Tensor:
+    """eta [N, *shape]: standard normal from a generator seeded with ``seed``, one draw per item."""
+    return torch.randn((samples, *shape), generator=torch.Generator().manual_seed(seed))
 
 
-def sources(models: ToyModels) -> list[evaluation.Source]:
-    """Every noise source of the demo, in table order."""
+def gaussian(scale: float = 1.0) -> MakeNoise:
+    return lambda items, eta, seed: scale * eta
 
-    def source(name: str, make: MakeNoise, denoiser: Denoiser | None = None, controlled: bool = True) -> evaluation.Source:
-        return evaluation.Source(
-            name,
-            lambda prompts, seed: make(prompts.index, draw(seed, len(prompts)), seed),
-            backend=renderer(denoiser) if denoiser is not None else None,
-            controlled=controlled,
-        )
 
-    def noisear(prior: torch.nn.Module, temperature: float) -> MakeNoise:
-        return lambda labels, eta, seed: prior.sample(class_text(labels), eta, temperature=temperature)
+def shifted(shift: Callable[[PromptSet], torch.Tensor], scale: float = 1.0, factor: float = 1.0) -> MakeNoise:
+    """scale * eta + factor * the prompt-mean shift of the items (no AR model)."""
+    return lambda items, eta, seed: scale * eta + factor * shift(items)
 
-    def blended(inner: MakeNoise) -> MakeNoise:
-        """Variance-preserving blend with a second, independent Gaussian draw. (Blending with eta itself, which
-        is also the prior's eps, would add correlated noise: std 1.38 instead of 1 at strength 0.5.)"""
 
-        def make(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-            other = torch.randn(eta.shape, generator=torch.Generator().manual_seed(20_000 + seed))
-            return blend(inner(labels, eta, seed), other, BLEND_STRENGTH, mode="variance-preserving")
+def noisear(prior: torch.nn.Module, temperature: float) -> MakeNoise:
+    """A NoiseAR prior's sample with eps = eta."""
+    return lambda items, eta, seed: prior.sample(items.text, eta, temperature=temperature, text_mask=items.text_mask)
 
-        return make
 
-    def golden(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-        return golden_noise(models.denoiser, schedule(STEPS), eta, labels, unconditional(labels), GOLDEN)
+def blended(inner: MakeNoise, strength: float = BLEND_STRENGTH) -> MakeNoise:
+    """Variance-preserving blend with a second, independent Gaussian draw. (Blending with eta itself, which is
+    also the prior's eps, would add correlated noise: std 1.38 instead of 1 at strength 0.5.)"""
 
-    def method2(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-        return ar_blend_noise(models.pixel_prior, labels, eta, METHOD2_ALPHA, torch.Generator().manual_seed(10_000 + seed))
+    def make(items: PromptSet, eta: torch.Tensor, seed: int) -> torch.Tensor:
+        other = torch.randn(eta.shape, generator=torch.Generator().manual_seed(20_000 + seed))
+        return blend(inner(items, eta, seed), other, strength, mode="variance-preserving")
 
-    def shifted(scale: float) -> MakeNoise:
-        """scale * eta + the per-class mean of golden minus starting noise: the prompt-mean bar (no AR model)."""
-        return lambda labels, eta, seed: scale * eta + models.prompt_mean_shift[labels]
+    return make
 
-    prior, seed1, dpo = models.prior, models.prior_seed1, models.prior_dpo
+
+def prompt_mean_rows(shift: Callable[[PromptSet], torch.Tensor]) -> list[tuple[str, MakeNoise]]:
+    """The bars (Gaussian + the prompt-mean shift, at std 1 and 0.5) and the exaggerated shifts."""
     return [
-        source("Gaussian", lambda labels, eta, seed: eta, controlled=False),
-        source("Gaussian x0.5", lambda labels, eta, seed: 0.5 * eta, controlled=False),
-        source(PROMPT_MEAN, shifted(1.0)),
-        source("Gaussian x0.5 + prompt-mean shift", shifted(0.5)),
-        source(GOLDEN_ROW, golden),
-        source("NoiseAR T=1", noisear(prior, 1.0)),
-        source("NoiseAR T=0.5", noisear(prior, 0.5)),
-        source("NoiseAR T=1" + SEED1, noisear(seed1, 1.0)),
-        source("NoiseAR T=0.5" + SEED1, noisear(seed1, 0.5)),
-        source(f"blend NoiseAR T=1 + Gaussian (VP {BLEND_STRENGTH:g})", blended(noisear(prior, 1.0))),
-        source(f"blend NoiseAR T=0.5 + Gaussian (VP {BLEND_STRENGTH:g})", blended(noisear(prior, 0.5))),
-        source("Method 1: AR-consistency denoiser", lambda labels, eta, seed: eta, denoiser=models.denoiser_method1),
-        source(f"Method 2: AR blend alpha {METHOD2_ALPHA:g}", method2),
-        source("NoiseAR DPO T=1", noisear(dpo, 1.0)),
-        source("NoiseAR DPO T=0.5", noisear(dpo, 0.5)),
+        (PROMPT_MEAN, shifted(shift)),
+        *((exaggerated(k), shifted(shift, factor=k)) for k in EXAGGERATIONS),
+        (HALF_PROMPT_MEAN, shifted(shift, scale=0.5)),
     ]
 
 
-def evaluate(
-    models: ToyModels,
-    seeds: Sequence[int],
-    samples: int,
-    permutations: int,
-    names: Sequence[str] | None = None,
-    controls: bool = True,
-) -> evaluation.Evaluation:
-    """Every source (or those in ``names``) on ``samples`` items per seed, each against the Gaussian of its std
-    (eta scaled to the source's std, same draws, measured per seed), with ``permutations`` swaps per test."""
-    _, test = load_split()
-    scoring = ClassifierMetrics(models.classifier, Reference(score(models.classifier, test.images, test.labels).features))
-    chosen = [source for source in sources(models) if names is None or source.name in names]
-    return evaluation.evaluate(
-        chosen,
-        renderer(models.denoiser),
-        scoring,
-        items(samples),
-        seeds,
-        baseline="Gaussian",
-        permutations=permutations,
-        controls=controls,
-        std_per_seed=True,
-        progress="demo sources",
-    )
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def table(result: evaluation.Evaluation) -> str:
-    """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
-    seeds the source's FD is below its control's."""
-    better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in METRICS)
-    note = (
-        f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.items} samples "
-        f"({result.items // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
-        f"Better: {better}. Mean ± std over seeds. Δ = source minus the Gaussian noise scaled to the "
-        f"source's std (same draws); p: two-sided paired permutation test swapping the two images of "
-        f"each item ({result.permutations} permutations), which treats the trained networks and the "
-        f"draws as fixed; the seed counts show how often the sign holds on fresh draws."
-    )
-    return evaluation.table(result, digits=3, headline=("FD",), note=note)
+def nll_markdown(
+    nll: dict[str, dict[str, float]], groups: Sequence[str], reference: str = "N(0,I)", gains_only: bool = False
+) -> str:
+    """{model: {group: NLL nats/dim}} -> a table with each group's NLL and gain over ``reference`` (> 0: better),
+    or (``gains_only``) the gains alone."""
+    labels = ("gain,",) if gains_only else ("NLL", "gain,")
+    header = ["model"] + [f"{label} {group}" for group in groups for label in labels]
+    rows = []
+    for name, values in nll.items():
+        if gains_only and name == reference:
+            continue
+        cells = [name]
+        for group in groups:
+            gain = f"{nll[reference][group] - values[group]:+.5f}" if group in values else "—"
+            cells += [gain] if gains_only else [f"{values[group]:.5f}" if group in values else "—", gain]
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
@@ -161,167 +116,183 @@ def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
     return f"- {label}: Δ{metric} {test['diff']:+.3f}{p}; better on {test['better']}/{seeds} seeds ({per_seed})"
 
 
-def contrasts(result: evaluation.Evaluation) -> str:
-    """The headline contrasts on FD with per-seed signs: each source against its matched Gaussian; the learned
-    priors' share of the prompt-mean bar's gain; their gaps to both bars (Gaussian + prompt-mean shift, golden
-    re-denoise); DPO against its starting prior."""
-    names = {r.name for r in result.rows}
-    seeds = len(result.seeds)
-    lines = ["Each source against the Gaussian of its own std (ΔFD < 0: the source is better):"]
-    for row in result.rows:
-        if row.control is not None:
-            lines.append(_line(row.name, result.vs_matched(row.name, "FD"), seeds))
-    priors = [name for name in ("NoiseAR T=1", "NoiseAR T=1" + SEED1, "NoiseAR DPO T=1") if name in names]
-    if PROMPT_MEAN in names and result.row(PROMPT_MEAN).control is not None:
-        bar = result.vs_matched(PROMPT_MEAN, "FD")["diff"]
-        lines += ["", f"Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets (bar: {bar:+.3f} FD):"]
-        for name in priors:
-            if result.row(name).control is not None:
-                lines.append(f"- {name}: {result.vs_matched(name, 'FD')['diff'] / bar:.0%}")
-    lines += ["", "Gaps to the bars (ΔFD > 0: the prior is behind):"]
-    bars = [(PROMPT_MEAN, "NoiseAR T=1"), (GOLDEN_ROW, "NoiseAR T=1"), ("Gaussian x0.5 + prompt-mean shift", "NoiseAR T=0.5")]
-    for bar_name, prior in bars:
-        for name in (prior, prior + SEED1):
-            if bar_name in names and name in names:
-                lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name, "FD"), seeds))
-    dpo = [
-        (name, bar)
-        for name, bar in (("NoiseAR DPO T=1", "NoiseAR T=1"), ("NoiseAR DPO T=1", GOLDEN_ROW))
-        if name in names and bar in names
-    ]
-    if dpo:
-        lines += ["", "DPO (its reward is the classifier that also scores this table):"]
-        lines += [_line(f"{name} − {bar}", result.contrast(name, bar, "FD"), seeds) for name, bar in dpo]
-    return "\n".join(lines)
+class Testbed(ABC):
+    """One testbed of the toy demo: what it renders, judges and compares. Subclasses fill in the abstract parts."""
 
+    name: str  # the CLI's name: python -m noisear demo NAME
+    summary: str  # one line for the CLI's help
+    directory: Path  # the shipped checkpoints
+    shape: tuple[int, ...]  # the noise of one item [C, H, W]
+    samples: int  # items per seed by default
+    golden_row: str  # the golden re-denoise row (a bar)
+    verdict_metrics: tuple[str, ...]  # FD, coverage and the direct check of what the prompt asks
+    plot_metrics: tuple[str, ...]
+    title: str  # of the plot and grid
 
-HELD_OUT_FIRST_SEED = 1  # training pairs come from pair_seed(0, class, j): these starting noises are unseen
+    @abstractmethod
+    def load(self, directory: Path) -> Any:
+        """The models of the checkpoints in ``directory``."""
 
+    @abstractmethod
+    def retrain(self, directory: Path, resume: bool, command: str) -> dict[str, float]:
+        """Train every checkpoint from scratch into ``directory`` (MANIFEST.md records ``command``)."""
 
-PRIOR_LABELS = {
-    "prior": "NoiseAR prior (training seed 0)",
-    "prior_seed1": "NoiseAR prior" + SEED1,
-    "prior_dpo": "NoiseAR DPO (from training seed 0)",
-}
+    @abstractmethod
+    def items(self, models: Any, samples: int) -> PromptSet:
+        """The evaluation's items (the same for every seed)."""
 
+    @abstractmethod
+    def renderer(self, models: Any) -> evaluation.Backend:
+        """noise -> images for the items (DDIM, 25 steps, guidance 1)."""
 
-@torch.no_grad()
-def held_out_nll(models: ToyModels, per_class: int = 500) -> tuple[dict[str, float], int]:
-    """NLL (nats/dim) of fresh golden pairs from unseen starting noises (pair_seed(HELD_OUT_FIRST_SEED, class, j),
-    ``per_class`` per class, kept where the reward rises, as in training) under N(0, I), the prompt-mean bar
-    N(shift[class], I) and each prior (keys: PRIOR_LABELS' values); and the number of pairs."""
-    with tempfile.TemporaryDirectory() as directory:
-        collect_golden_pairs(models.denoiser, models.classifier, directory, per_class, first_seed=HELD_OUT_FIRST_SEED)
-        batch = Batch.concat(list(ShardDataset(directory).iterate(batch_size=NUM_CLASSES * per_class)))
-    dims = batch.noise[0].numel()
-    nll = {
-        "N(0,I)": standard_normal_nll_per_dim(batch.noise),
-        PROMPT_MEAN: standard_normal_nll_per_dim(batch.noise - models.prompt_mean_shift[batch.prompt_index]),
-    }
-    for name, label in PRIOR_LABELS.items():
-        nll[label] = nll_per_dim(getattr(models, name).log_prob(batch.text, batch.noise), dims)
-    return {name: float(values.double().mean()) for name, values in nll.items()}, len(batch)
+    @abstractmethod
+    def scoring(self, models: Any, items: PromptSet) -> evaluation.Scoring:
+        """The judge's metrics of a seed's images."""
 
+    @abstractmethod
+    def sources(self, models: Any) -> list[evaluation.Source]:
+        """Every noise source, in table order; the first is "Gaussian"."""
 
-def held_out_section(models: ToyModels, checkpoints: Path) -> str:
-    """Markdown: the held-out likelihood computed now on fresh pairs, and the figures recorded by --retrain."""
-    nll, pairs = held_out_nll(models)
-    rows = "\n".join(f"| {name} | {value:.5f} | {nll['N(0,I)'] - value:+.5f} |" for name, value in nll.items())
-    return (
-        f"Held-out likelihood, computed now on {pairs} golden pairs of the 10 classes from starting noises never "
-        f"trained on (first_seed {HELD_OUT_FIRST_SEED}; training used first_seed 0):\n\n"
-        f"| model | NLL nats/dim | gain over N(0,I) |\n|---|---|---|\n{rows}\n\n"
-        f"Held-out figures recorded by --retrain (its validation split: the {HELD_OUT_SEEDS:.0%} of the starting "
-        f"noises never trained on):\n\n{held_out_table(load_held_out(checkpoints))}"
-    )
+    @abstractmethod
+    def held_out_section(self, models: Any, directory: Path) -> str:
+        """Markdown: the held-out likelihood computed now and the figures recorded by --retrain."""
 
+    @abstractmethod
+    def grid(self, result: evaluation.Evaluation) -> Image.Image:
+        """A labelled row per source of the first seed's images."""
 
-def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
-    """The priors' held-out figures (recorded by --retrain on pairs whose starting noise was never trained on)."""
-    if not held_out:
-        return "(no held_out.json next to the checkpoints: run --retrain to record the held-out figures)"
-    header = [
-        "prior (training seed)",
-        "held-out pairs",
-        "NLL prior",
-        "NLL N(0,I)",
-        "NLL prompt-mean baseline",
-        "gap vs N(0,I)",
-        "gap vs prompt-mean",
-        "sample std T=1",
-        "data std",
-        "cosine mean vs shift",
-        "cosine prompt-mean baseline vs shift",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in held_out.items():
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"{name} ({PRIORS.get(name, '?')})",
-                    f"{int(m['val_pairs'])}",
-                    f"{m['val_nll']:.5f}",
-                    f"{m['nll_standard_normal']:.5f}",
-                    f"{m.get('nll_prompt_mean', float('nan')):.5f}",
-                    f"{m['gap_vs_standard_normal']:+.5f}",
-                    f"{m.get('gap_vs_prompt_mean', float('nan')):+.5f}",
-                    f"{m['sample_std_t1']:.4f}",
-                    f"{m['data_std']:.4f}",
-                    f"{m.get('mean_shift_cosine', float('nan')):+.3f}",
-                    f"{m.get('mean_shift_cosine_prompt_mean', float('nan')):+.3f}",
-                ]
-            )
-            + " |"
+    def table_note(self, result: evaluation.Evaluation) -> str:
+        return ""
+
+    def extra_contrasts(self, names: set[str]) -> list[tuple[str, str]]:
+        """More (source, other) FD contrasts for the headline list."""
+        return []
+
+    # The pipeline ---------------------------------------------------------------------------------------------
+    def source(
+        self, name: str, make: MakeNoise, backend: evaluation.Backend | None = None, controlled: bool = True
+    ) -> evaluation.Source:
+        """An evaluation source whose noise is ``make``(items, eta of the seed, seed)."""
+        return evaluation.Source(
+            name,
+            lambda items, seed: make(items, draw(seed, len(items), self.shape), seed),
+            backend=backend,
+            controlled=controlled,
         )
-    lines += [
-        "",
-        "NLL in nats/dim on golden pairs of every class whose starting noise was held out from training "
-        "(unseen noises; the 10 classes are the only prompts, so no prompt is unseen). Gap = baseline "
-        "minus prior (> 0: the prior is better). Prompt-mean baseline: noisear.train's, a Gaussian whose "
-        "mean is a ridge regression on the class of golden minus starting noise on the training pairs. "
-        "Cosine: the prior's T=0 noise against the class's mean of golden minus starting noise on the "
-        "held-out pairs.",
-    ]
-    return "\n".join(lines)
 
+    def evaluate(
+        self,
+        models: Any,
+        seeds: Sequence[int],
+        samples: int,
+        permutations: int,
+        names: Sequence[str] | None = None,
+        controls: bool = True,
+        extra: Sequence[evaluation.Source] = (),
+    ) -> evaluation.Evaluation:
+        """Every source (or those in ``names``) and the ``extra`` ones on ``samples`` items per seed, each against
+        the Gaussian of its std (eta scaled to the source's std, same draws, measured per seed), with
+        ``permutations`` swaps per test."""
+        items = self.items(models, samples)
+        chosen = [source for source in self.sources(models) if names is None or source.name in names] + list(extra)
+        return evaluation.evaluate(
+            chosen,
+            self.renderer(models),
+            self.scoring(models, items),
+            items,
+            seeds,
+            baseline=GAUSSIAN,
+            permutations=permutations,
+            controls=controls,
+            std_per_seed=True,
+            progress=f"{self.name} sources",
+        )
 
-def grid(result: evaluation.Evaluation, cell: int = 40) -> Image.Image:
-    """A labelled row per source (table order), a column per digit: the first seed's first sample of each class."""
+    def table(self, result: evaluation.Evaluation) -> str:
+        """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
+        seeds the source's FD is below its control's."""
+        lower = result.scoring.lower_is_better
+        better = ", ".join(f"{m} {'lower' if m in lower else 'higher'}" for m in result.scoring.metrics)
+        note = (
+            f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.items} samples, DDIM 25 steps, "
+            f"guidance 1. {self.table_note(result)}Better: {better}. Mean ± std over seeds. Δ = source minus the "
+            f"Gaussian noise scaled to the source's std (same draws); p: two-sided paired permutation test swapping "
+            f"the two images of each item ({result.permutations} permutations), which treats the trained networks "
+            f"and the draws as fixed; the seed counts show how often the sign holds on fresh draws."
+        )
+        return evaluation.table(result, digits=3, headline=("FD",), note=note)
 
-    def first_of_each_class(images: torch.Tensor) -> torch.Tensor:
-        labels = torch.arange(len(images)) % NUM_CLASSES
-        picks = torch.stack([images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8] in [-1,1]
-        return (picks + 1) / 2
+    def bar_of(self, result: evaluation.Evaluation, name: str) -> str:
+        """A source's bar: the prompt-mean row at std 1 or 0.5, whichever is nearer its noise std."""
+        return PROMPT_MEAN if result.row(name).noise_std > 0.75 else HALF_PROMPT_MEAN
 
-    return evaluation.grid(
-        result,
-        title=f"seed {result.seeds[0]}: first sample of each requested digit",
-        view=first_of_each_class,
-        columns=[str(k) for k in range(NUM_CLASSES)],
-        cell=cell,
-    )
+    def verdict(self, result: evaluation.Evaluation) -> str:
+        """Every controlled source that is not a bar against its bar (when in the evaluation), on FD, coverage and
+        the prompt check (digits: and pixel diversity)."""
+        names = {row.name for row in result.rows}
+        bars = {PROMPT_MEAN, HALF_PROMPT_MEAN}
+        controlled = [row.name for row in result.rows if row.control is not None and row.name not in bars]
+        pairs = [(name, self.bar_of(result, name)) for name in controlled if self.bar_of(result, name) in names]
+        if not pairs:
+            return ""
+        return (
+            "Each source against its bar (the Gaussian + prompt-mean shift row of its std) on FD and on the metrics "
+            "FD can be bought with (coverage, diversity, the direct check of the prompt):\n\n"
+            + evaluation.verdict(result, pairs, self.verdict_metrics)
+        )
 
+    def contrasts(self, result: evaluation.Evaluation) -> str:
+        """The headline contrasts on FD with per-seed signs: each source against its matched Gaussian; the learned
+        priors' share of the prompt-mean bar's gain; their gaps to both bars; the testbed's own; DPO's."""
+        names = {r.name for r in result.rows}
+        seeds = len(result.seeds)
+        lines = ["Each source against the Gaussian of its own std (ΔFD < 0: the source is better):"]
+        lines += [_line(row.name, result.vs_matched(row.name, "FD"), seeds) for row in result.rows if row.control is not None]
+        priors = [name for name in (PRIOR_T1, PRIOR_T1 + SEED1, DPO_T1) if name in names and result.row(name).control is not None]
+        if PROMPT_MEAN in names and result.row(PROMPT_MEAN).control is not None:
+            bar = result.vs_matched(PROMPT_MEAN, "FD")["diff"]
+            lines += [
+                "",
+                f"Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets (bar: {bar:+.3f} FD):",
+            ]
+            lines += [f"- {name}: {result.vs_matched(name, 'FD')['diff'] / bar:.0%}" for name in priors]
+        pairs = [
+            (prior, bar)
+            for bar, prior in ((PROMPT_MEAN, PRIOR_T1), (self.golden_row, PRIOR_T1), (HALF_PROMPT_MEAN, PRIOR_T05))
+            for prior in (prior, prior + SEED1)
+        ] + self.extra_contrasts(names)
+        pairs = [(a, b) for a, b in pairs if a in names and b in names]
+        if pairs:
+            lines += ["", "Gaps (ΔFD > 0: the first is behind):"]
+            lines += [_line(f"{a} − {b}", result.contrast(a, b, "FD"), seeds) for a, b in pairs]
+        dpo = [(DPO_T1, bar) for bar in (PRIOR_T1, self.golden_row, PROMPT_MEAN) if DPO_T1 in names and bar in names]
+        if dpo:
+            lines += ["", "DPO (its reward model is not the judge: another architecture, seed and split of the digits):"]
+            lines += [_line(f"{a} − {b}", result.contrast(a, b, "FD"), seeds) for a, b in dpo]
+        return "\n".join(lines)
 
-PLOT_METRICS = ("FD", "alignment")
-DEFAULT_SEEDS = tuple(range(1, 11))
-
-
-def run(
-    checkpoints: Path, out: Path, seeds: Sequence[int] = DEFAULT_SEEDS, samples: int = 1000, permutations: int = 100
-) -> dict[str, Path]:
-    """Evaluate with the checkpoints of ``checkpoints`` and write out/table.md, out/grid.png and out/plot.png
-    (the plot only with matplotlib; without it the table says it was skipped)."""
-    torch.manual_seed(0)
-    models = load_models(checkpoints)
-    result = evaluate(models, seeds, samples, permutations)
-    return evaluation.write_report(
-        result,
-        out,
-        "table.md",
-        [table(result), contrasts(result), held_out_section(models, checkpoints)],
-        grid(result),
-        plot_metrics=PLOT_METRICS,
-        plot_title="Toy demo: each source vs the Gaussian scaled to its std",
-        plot_note=f"mean ± std over {len(result.seeds)} seeds x {result.items} samples",
-    )
+    def run(
+        self,
+        directory: Path | None,
+        out: Path,
+        seeds: Sequence[int] = DEFAULT_SEEDS,
+        samples: int | None = None,
+        permutations: int = PERMUTATIONS,
+    ) -> dict[str, Path]:
+        """Evaluate with the checkpoints of ``directory`` (default: the shipped ones) and write out/table.md,
+        out/grid.png and out/plot.png (the plot only with matplotlib; without it the table says it was skipped)."""
+        torch.manual_seed(0)
+        directory = self.directory if directory is None else Path(directory)
+        models = self.load(directory)
+        result = self.evaluate(models, seeds, self.samples if samples is None else samples, permutations)
+        sections = [self.table(result), self.verdict(result), self.contrasts(result), self.held_out_section(models, directory)]
+        return evaluation.write_report(
+            result,
+            out,
+            "table.md",
+            [section for section in sections if section],
+            self.grid(result),
+            plot_metrics=self.plot_metrics,
+            plot_title=f"{self.title}: each source vs the Gaussian scaled to its std",
+            plot_note=f"mean ± std over {len(result.seeds)} seeds x {result.items} samples",
+        )

@@ -1,130 +1,113 @@
-"""The toy's NoiseAR prior, made as in the paper: golden-noise pairs (a distinct starting noise per (class, j))
--> likelihood training (the means learn from golden minus starting noise, noisear.train's control variate)
--> DPO with the classifier as the reward, all through noisear.train.
+"""The toy testbeds' NoiseAR priors, made as in the paper, all through noisear.train: golden-noise pairs (a
+distinct starting noise per (prompt, j)) -> likelihood training (the means learn from golden minus starting noise,
+noisear.train's control variate) -> DPO with a reward model; and the baselines they are measured against.
 
-The "prompt" is the class: its text embedding is the one-hot vector [B, 1, 10], which the prior's
-``dim_adapter`` (text_dim 10 -> d_model) turns into one cross-attention token.
+What differs between testbeds comes in as arguments: the golden function, the prompts (a text embedding [T, D]
+with its mask per prompt, as the real priors read them), the reward and the prior's config.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
 from ..model import NoiseAR
-from ..train.collect import PromptItem, collect, golden_function
-from ..train.data import SEED_SCHEME, DatasetInfo, PromptSet, ShardDataset, ShardWriter, shift_from_start
-from ..train.dpo import DPOConfig, train_dpo
-from ..train.likelihood import train_likelihood
-from ..train.loop import TrainConfig
-from .classifier import DigitClassifier
-from .data import IMAGE_SHAPE, NUM_CLASSES
-from .diffusion import Denoiser, ddim_sample, schedule, unconditional
-
-PRIOR_CONFIG = NoiseARConfig(
-    patch_size=2,
-    channels=1,
-    latent_height=8,
-    latent_width=8,
-    d_model=64,
-    d_ff=128,
-    n_layers=2,
-    n_heads=4,
-    text_dim=NUM_CLASSES,
-    dropout=0.1,
+from ..train.collect import Golden, PromptItem, Reward, collect
+from ..train.data import (
+    SEED_SCHEME,
+    TENSOR_NAMES,
+    Batch,
+    DatasetInfo,
+    PromptSet,
+    ShardDataset,
+    ShardWriter,
+    shift_from_start,
+    validation_seed,
 )
-GOLDEN = GoldenConfig(guidance_denoise=5.5, guidance_invert=1.0, margin=0.0)  # the paper's recipe
-STEPS, GUIDANCE = 25, 1.0  # the regime the noise is made and scored for
+from ..train.dpo import DPOConfig, train_dpo
+from ..train.likelihood import LikelihoodObjective, check_compatible, train_likelihood
+from ..train.loop import TrainConfig, initial_model, train
+from ..train.metrics import PromptCovarianceBaseline, PromptMeanBaseline, nll_per_dim, standard_normal_nll_per_dim
+
+HELD_OUT_SEEDS = 0.1  # share of the starting noises held out: validation = unseen noises of every prompt
+HELD_OUT_FIRST_SEED = 1  # training pairs come from pair_seed(0, prompt, j): pair_seed(1, ...) are unseen noises
 
 
-def class_text(labels: torch.Tensor) -> torch.Tensor:
-    """labels [B] -> the prior's text embedding [B, 1, 10] (one-hot)."""
-    return torch.nn.functional.one_hot(labels, NUM_CLASSES).float()[:, None, :]
-
-
-def class_prompts() -> PromptSet:
-    """The ten classes as a PromptSet (index = class label)."""
-    labels = torch.arange(NUM_CLASSES)
-    return PromptSet(
-        class_text(labels), torch.ones(NUM_CLASSES, 1, dtype=torch.bool), labels, tuple(f"digit {k}" for k in range(NUM_CLASSES))
-    )
-
-
-def classifier_reward(denoiser: Denoiser, classifier: DigitClassifier) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(noise [B,1,8,8], labels [B] or [1]) -> log-probability [B] the classifier gives the requested class
-    on the image that noise makes (DDIM, STEPS steps, guidance GUIDANCE)."""
-
-    @torch.no_grad()
-    def reward(noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.expand(noise.shape[0])
-        images = ddim_sample(denoiser, noise, labels, steps=STEPS, guidance=GUIDANCE)
-        return classifier(images).log_softmax(-1).gather(1, labels[:, None])[:, 0]
-
-    return reward
-
-
-def collect_golden_pairs(
-    denoiser: Denoiser,
-    classifier: DigitClassifier,
+def collect_pairs(
     out_dir: str | Path,
-    seeds_per_class: int,
-    batch_size: int = 500,
+    golden: Golden,
+    items: Sequence[PromptItem],
+    per_prompt: int,
+    shape: Sequence[int],
+    info: DatasetInfo,
+    reward: Reward | None = None,
     first_seed: int = 0,
+    batch_size: int = 500,
+    shard_size: int = 4096,
 ) -> dict[str, int]:
-    """Golden noise for seeds_per_class distinct starting noises of every class (pair_seed(first_seed, class, j)),
-    kept where it raises the reward."""
-    info = DatasetInfo(
-        source_model="noisear.toy denoiser",
+    """Golden noise for ``per_prompt`` distinct starting noises of every item (pair_seed(first_seed, prompt, j)),
+    kept where ``reward`` rises (all without one), written as shards; returns noisear.train.collect's counts."""
+    with ShardWriter(out_dir, info, shard_size=shard_size) as writer:
+        return collect(golden, writer, items, per_prompt, shape, reward=reward, batch_size=batch_size, first_seed=first_seed)
+
+
+def dataset_info(source_model: str, golden: GoldenConfig, golden_steps: int = 1) -> DatasetInfo:
+    """The toy's DatasetInfo (DDIM, 25 steps, scaled-linear schedule, trailing spacing); ``golden_steps`` in its
+    extra when more than the paper's one."""
+    return DatasetInfo(
+        source_model=source_model,
         prediction="epsilon",
         schedule="scaled_linear, trailing spacing",
-        steps=STEPS,
-        guidance_denoise=GOLDEN.guidance_denoise,
-        guidance_invert=GOLDEN.guidance_invert,
+        steps=25,
+        guidance_denoise=golden.guidance_denoise,
+        guidance_invert=golden.guidance_invert,
         seed_scheme=SEED_SCHEME,
+        extra={"golden_steps": golden_steps} if golden_steps > 1 else {},
     )
-    items = [
-        PromptItem(
-            index=k,
-            text=class_text(torch.tensor([k]))[0],
-            cond=torch.tensor([k]),
-            uncond=unconditional(torch.tensor([k])),
-            prompt=f"digit {k}",
-        )
-        for k in range(NUM_CLASSES)
-    ]
-    with ShardWriter(out_dir, info, shard_size=4096) as writer:
-        return collect(
-            golden_function(denoiser, schedule(STEPS), GOLDEN),
-            writer,
-            items,
-            seeds_per_class,
-            IMAGE_SHAPE,
-            reward=classifier_reward(denoiser, classifier),
-            margin=GOLDEN.margin,
-            batch_size=batch_size,
-            first_seed=first_seed,
-        )
 
 
-HELD_OUT_SEEDS = 0.1  # share of the starting noises held out: validation = unseen noises of every class
+def cut_prefix(prior: NoiseAR) -> NoiseAR:
+    """Make ``prior`` non-autoregressive: its patch encoder's last layer is zeroed and frozen, so every patch is
+    predicted from its position and the prompt only (a prompt-conditioned diagonal Gaussian with the same network
+    and training). The zeros are in the weights, so a saved and reloaded prior stays non-autoregressive."""
+    last = prior.latent_patch_encoder[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    last.requires_grad_(False)
+    return prior
+
+
+def is_autoregressive(prior: NoiseAR) -> bool:
+    """False for a prior made by :func:`cut_prefix`."""
+    last = prior.latent_patch_encoder[-1]
+    return bool(last.weight.any() or last.bias.any())
 
 
 def train_prior(
-    data_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, lr: float = 2e-3, control_variate: bool = True
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: NoiseARConfig,
+    steps: int,
+    seed: int = 0,
+    lr: float = 2e-3,
+    control_variate: bool = True,
+    autoregressive: bool = True,
 ) -> tuple[NoiseAR, dict[str, float]]:
-    """Train PRIOR_CONFIG on the golden pairs with HELD_OUT_SEEDS of the starting noises held out; returns the
-    prior and its held-out metrics (noisear.train.metrics.held_out_metrics: NLL on unseen noises next to
-    N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the class shift).
+    """Train ``config`` on the golden pairs of ``data_dir`` with HELD_OUT_SEEDS of the starting noises held out;
+    returns the prior and its held-out metrics (noisear.train.metrics.held_out_metrics: NLL on unseen noises
+    next to N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the prompt shift).
 
-    ``control_variate``: the means learn from golden minus starting noise (noisear.train's control variate).
-    Golden noise is its starting noise plus a per-class shift of ~0.045 per dimension; without it, the
-    starting noise's own variance swamps that shift in every batch and the prior learns nothing here."""
-    config = TrainConfig(
+    ``control_variate``: the means learn from golden minus starting noise. ``autoregressive=False`` trains the
+    same network with its prefix cut (:func:`cut_prefix`), through the same objective and loop as
+    noisear.train.likelihood.train_likelihood (which builds its own model, so it cannot take a cut one)."""
+    train_config = TrainConfig(
         out_dir=str(out_dir),
         steps=steps,
         batch_size=256,
@@ -140,35 +123,129 @@ def train_prior(
         log_every=50,
         progress=False,
     )
-    prior = train_likelihood(data_dir, config, PRIOR_CONFIG, control_variate=control_variate)
+    if autoregressive:
+        prior = train_likelihood(data_dir, train_config, config, control_variate=control_variate)
+    else:
+        dataset = ShardDataset(data_dir)
+        model = cut_prefix(initial_model(config, None, seed))
+        check_compatible(model, dataset)
+        prior = train(model, LikelihoodObjective(dataset, train_config, control_variate=control_variate), train_config)
     records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     held_out = [r for r in records if r["kind"] == "validation"][-1]
     return prior, {k: v for k, v in held_out.items() if k not in ("kind", "step")}
 
 
-def prompt_mean_shift(data_dir: str | Path) -> torch.Tensor:
-    """[10, 1, 8, 8]: per class, the mean of golden noise minus its starting noise over the training pairs
-    (the held-out seeds excluded), the "Gaussian + prompt-mean shift" bar. No AR model."""
+def prompt_mean_shift(data_dir: str | Path, prompts: int) -> torch.Tensor:
+    """[prompts, C, H, W]: per prompt index, the mean of golden noise minus its starting noise over the training
+    pairs (the held-out seeds excluded): the "Gaussian + prompt-mean shift" bar of a testbed whose prompts are
+    all trained on. No AR model."""
     dataset = ShardDataset(data_dir)
-    total, count = torch.zeros(NUM_CLASSES, *IMAGE_SHAPE, dtype=torch.float64), torch.zeros(NUM_CLASSES)
+    total, count = torch.zeros(prompts, *dataset.item_shapes["noise"], dtype=torch.float64), torch.zeros(prompts)
     for batch in dataset.iterate("train", 0.0, 4096, HELD_OUT_SEEDS):
         delta = shift_from_start(batch.noise, batch.seed).double()
         total.index_add_(0, batch.prompt_index, delta)
-        count += torch.bincount(batch.prompt_index, minlength=NUM_CLASSES)
+        count += torch.bincount(batch.prompt_index, minlength=prompts)
     return (total / count.view(-1, 1, 1, 1)).float()
 
 
+SHRINKAGES = (0.0, 0.5, 0.8, 0.9, 0.95, 1.0)  # of the full covariance towards its diagonal (1: a diagonal Gaussian)
+
+
+def covariance_baseline(data_dir: str | Path, mean_of: Callable | None = None) -> PromptCovarianceBaseline:
+    """noisear.train.metrics.PromptCovarianceBaseline fitted on the training pairs (the held-out seeds excluded),
+    around its linear mean or ``mean_of``'s. Its shrinkage is the one of SHRINKAGES with the best likelihood on a
+    second tenth of the starting noises, held out from a first fit: a d x d covariance from a few thousand pairs
+    costs more likelihood in estimation noise than a small structure gives, unless it is shrunk."""
+    dataset = ShardDataset(data_dir)
+    inner = PromptCovarianceBaseline(dataset, 0.0, seed_fraction=2 * HELD_OUT_SEEDS, mean_of=mean_of)
+    batch = Batch.concat(list(dataset.iterate("validation", 0.0, 4096, 2 * HELD_OUT_SEEDS)))
+    inner_rows = torch.tensor([not validation_seed(int(seed), HELD_OUT_SEEDS) for seed in batch.seed])
+    inner_batch = Batch(*(getattr(batch, name)[inner_rows] for name in TENSOR_NAMES))
+    scores = {}
+    for shrinkage in SHRINKAGES:
+        inner.shrinkage = shrinkage
+        scores[shrinkage] = float(inner.nll_per_dim(inner_batch).mean())
+    best = min(scores, key=scores.get)
+    return PromptCovarianceBaseline(dataset, 0.0, seed_fraction=HELD_OUT_SEEDS, shrinkage=best, mean_of=mean_of)
+
+
+def linear_baselines(data_dir: str | Path) -> tuple[PromptMeanBaseline, PromptCovarianceBaseline]:
+    """noisear.train's prompt-mean baseline (mean linear in the pooled prompt embedding) and its full-covariance
+    extension (:func:`covariance_baseline`), fitted on the training pairs (the held-out seeds excluded)."""
+    dataset = ShardDataset(data_dir)
+    return PromptMeanBaseline(dataset, 0.0, seed_fraction=HELD_OUT_SEEDS), covariance_baseline(data_dir)
+
+
+def prior_mean(prior: NoiseAR, shape: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(text, mask) -> the prior's mean noise (its sample at temperature 0) [B, *shape]."""
+
+    @torch.no_grad()
+    def mean(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return prior.sample(text, torch.zeros(len(text), *shape), temperature=0.0, text_mask=text_mask)
+
+    return mean
+
+
+def load_pairs(data_dir: str | Path) -> Batch:
+    """Every pair of a dataset as one batch."""
+    dataset = ShardDataset(data_dir)
+    return Batch.concat(list(dataset.iterate(batch_size=4096)))
+
+
+@torch.no_grad()
+def prior_nll(prior: NoiseAR, batch: Batch, chunk: int = 1024) -> torch.Tensor:
+    """[B] nats per dimension of the batch's noise under ``prior``."""
+    dims = batch.noise[0].numel()
+    parts = [
+        nll_per_dim(prior.log_prob(batch.text[i : i + chunk], batch.noise[i : i + chunk], batch.text_mask[i : i + chunk]), dims)
+        for i in range(0, len(batch), chunk)
+    ]
+    return torch.cat(parts).double()
+
+
+def nll_values(models: dict[str, Callable[[Batch], torch.Tensor]], batch: Batch) -> dict[str, torch.Tensor]:
+    """{model: [B] NLL nats/dim} for each model (batch -> [B] NLL; NaN where a model has no answer, e.g. a
+    per-prompt model on an unseen prompt)."""
+    return {name: nll(batch).double() for name, nll in models.items()}
+
+
+def nll_table(values: dict[str, torch.Tensor], groups: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{model: {group: mean NLL}} of :func:`nll_values` on each group of rows (mask [B]) where the model answers."""
+    return {
+        name: {group: float(v[rows].mean()) for group, rows in groups.items() if v[rows].isfinite().any()}
+        for name, v in values.items()
+    }
+
+
+def prompts_better(values: dict[str, torch.Tensor], batch: Batch, a: str, b: str, rows: torch.Tensor) -> tuple[int, int]:
+    """On how many of the prompts of ``rows`` model a's mean NLL is below model b's, and of how many prompts."""
+    prompts = batch.prompt_index[rows].unique()
+    better = sum(
+        bool(values[a][rows & (batch.prompt_index == p)].mean() < values[b][rows & (batch.prompt_index == p)].mean())
+        for p in prompts
+    )
+    return better, len(prompts)
+
+
+def standard_normal(batch: Batch) -> torch.Tensor:
+    return standard_normal_nll_per_dim(batch.noise)
+
+
 def fine_tune_dpo(
-    prior: NoiseAR, denoiser: Denoiser, classifier: DigitClassifier, out_dir: str | Path, steps: int, seed: int = 0
+    prior: NoiseAR,
+    prompts: PromptSet,
+    reward: Callable[[torch.Tensor, PromptSet], torch.Tensor],
+    out_dir: str | Path,
+    steps: int,
+    seed: int = 0,
 ) -> NoiseAR:
-    """DPO from ``prior``: each round draws 16 noises per class at temperature 1 and prefers the one whose
-    image the classifier finds most like the class over the least."""
-    reward = classifier_reward(denoiser, classifier)
-    prompts = class_prompts()
+    """DPO from a copy of ``prior`` (which stays as it is): each round draws 16 noises for each of 10 prompts at
+    temperature 1 and prefers the one ``reward`` (noise [B,...], the prompts -> [B]) scores highest over the
+    lowest."""
     config = TrainConfig(
         out_dir=str(out_dir),
         steps=steps,
-        batch_size=NUM_CLASSES,
+        batch_size=10,
         lr=1e-4,
         warmup_steps=10,
         weight_decay=0.0,
@@ -179,5 +256,5 @@ def fine_tune_dpo(
         device="cpu",
         log_every=20,
     )
-    dpo = DPOConfig(beta=0.1, rollouts=16, prompts_per_round=NUM_CLASSES, steps_per_round=1, temperature=1.0)
-    return train_dpo(prior, prompts, lambda noise, p: reward(noise, p.index), config, dpo)
+    dpo = DPOConfig(beta=0.1, rollouts=16, prompts_per_round=10, steps_per_round=1, temperature=1.0)
+    return train_dpo(copy.deepcopy(prior), prompts, reward, config, dpo)
