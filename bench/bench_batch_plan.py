@@ -23,8 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from noisear.train import data  # noqa: E402
-from noisear.train.collect import prompt_seeds  # noqa: E402
-from noisear.train.data import SEED_SCHEME
+from noisear.train.data import SEED_SCHEME, prompt_seeds  # noqa: E402
 
 TEXT, NOISE = (77, 2048), (4, 32, 32)
 

@@ -5,7 +5,7 @@
 Writes both files (random weights, ~432 MiB each) to a temporary folder, then loads each in a fresh
 Python process and reports that child's peak resident memory (getrusage ru_maxrss) above its
 resident memory just before the load (torch and noisear imported), as a ratio to the weights'
-bytes. Target (issue 6): about 1.2x or less. Figures only, no pass/fail.
+bytes. Target: about 1.2x or less. Figures only, no pass/fail.
 
 This script itself imports neither torch nor noisear: a child's ru_maxrss starts at the RSS of the
 process it was forked from, so the parent stays small and the files are written by a child too.

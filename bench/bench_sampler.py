@@ -9,7 +9,7 @@ keys/values projection (the fp32 roofline is the yardstick for both precisions; 
 the bytes). Also: the naive path (the published algorithm, the whole prefix recomputed every step)
 at batch 1 and 4 (--naive-reps 0 skips it), sliding-window decoding at 1216 x 832 px against the
 native size, and the largest deviation of a bf16 sample from the fp32 one (heads' last layers
-N(0, 0.02^2) so that mu and logvar vary). Targets (issues 6 and 9): fp32 cached <= 1.25x the fp32
+N(0, 0.02^2) so that mu and logvar vary). Targets: fp32 cached <= 1.25x the fp32
 roofline at batch 1; bf16 <= 0.7x the fp32 roofline at batch 1; sliding window at 1216 x 832 <=
 1.6x native; cached >= 3x faster than naive at batch 1 and >= 5x at batch 4. Figures only, no
 pass/fail; quote the load average it prints.

@@ -1,34 +1,34 @@
-"""NoiseAR Dataset Collector: (prompt embedding, golden noise) pairs of the host's MODEL, written as
-noisear.train.data shards that `python -m noisear train` reads.
+"""NoiseAR Dataset Collector's host side: (prompt embedding, golden noise) pairs of the host's MODEL, written
+as noisear.train.data shards that `python -m noisear train` reads.
 
+The loop is the library's (noisear.train.collect.collect: seeds, skipping what is written, batches, reward
+filter, writing); this module hands it the prompt lines, the host's golden function (NoiseAR Golden Noise's
+computation, same scheduler, steps and guidances), the node's progress bar and ComfyUI's Cancel.
 Per prompt (one per line; see prompt_conditionings for what the model and the prior get) and j < k,
 the seed is ``pair_seed(first_seed, prompt index, j)`` (distinct for every pair, so no starting
-noise repeats across prompts), the source noise is RandomNoise's draw for that seed on a
-[1, C, H, W] empty latent, and the target is NoiseAR Golden Noise of it (same scheduler, steps and
-guidances). A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
-skips what is written, also after a crash or with prompts added or reordered. Memory: one batch
-plus one shard (the writer flushes every ``shard_size`` samples or ``SHARD_BYTES``). The shards go to a
+noise repeats across prompts) and the source noise is RandomNoise's draw for that seed on a
+[1, C, H, W] empty latent. A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
+skips what is written, also after a crash or with prompts added or reordered. Memory: one batch, one prompt's
+encoding and one shard (the writer flushes every ``shard_size`` samples or ``SHARD_BYTES``). The shards go to a
 subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from noisear.golden import GoldenConfig
-from noisear.train.collect import keep_improved
-from noisear.train.data import SEED_SCHEME, SHARD_BYTES, DatasetInfo, ShardWriter, prompt_index, prompt_seeds
+from noisear.train.collect import Golden, PromptItem, Reward, collect
+from noisear.train.data import SEED_SCHEME, DatasetInfo, ShardWriter, prompt_index
 
 from . import host, text_encode
-from .golden import golden_noise, schedule_inputs
-from .prior import CATEGORY, NoiseARNodeError
+from .golden import golden_noise
+from .widgets import NoiseARNodeError
 
 MAX_NAME = 1024  # characters of a dataset name (deeper paths make os.makedirs recurse too far)
-# NOISEAR_REWARD: (noise [B,C,H,W] unit-variance, CONDITIONING of the prompt) -> reward [B]; higher is better
-Reward = Callable[[torch.Tensor, list], torch.Tensor]
 
 
 def prompt_lines(prompts: str) -> list[str]:
@@ -63,16 +63,6 @@ def fixed_tokens(conditioning: list, tokens: int) -> tuple[torch.Tensor, torch.T
     return text, padded_mask
 
 
-def check_widget_values(input_types: dict[str, Any], **values: Any) -> None:
-    """Refuse INT/FLOAT values outside their widget's [min, max] or not finite, as ComfyUI's validation would
-    (an API-format workflow can carry any number, and ComfyUI's min/max checks let NaN through)."""
-    spec = {**input_types["required"], **input_types.get("optional", {})}
-    for name, value in values.items():
-        low, high = spec[name][1]["min"], spec[name][1]["max"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise NoiseARNodeError(f"{name} must be a number from {low} to {high}, got {str(value)[:50]}")
-
-
 def dataset_directory(name: str) -> str:
     """The real path of folder ``name`` inside ComfyUI's output folder; anywhere else is refused.
 
@@ -105,7 +95,31 @@ def dataset_directory(name: str) -> str:
     return folder
 
 
-def collect(
+class PromptLine:
+    """One prompt line as noisear.train.collect.collect takes it: keyed by a hash of its text, encoded with the
+    CLIP only when some of its pairs are missing (see prompt_conditionings)."""
+
+    def __init__(self, clip: Any, prompt: str, negative: list, text_tokens: int) -> None:
+        self.clip, self.prompt, self.negative, self.text_tokens = clip, prompt, negative, text_tokens
+        self.index = prompt_index(prompt)
+
+    def encoded(self) -> PromptItem:
+        positive, prior_text = prompt_conditionings(self.clip, self.prompt)
+        text, mask = fixed_tokens(prior_text, self.text_tokens)
+        return PromptItem(self.index, text, positive, self.negative, mask, self.prompt)
+
+
+def comfy_golden(model: Any, sigmas: torch.Tensor, config: GoldenConfig) -> Golden:
+    """The collection loop's golden function: NoiseAR Golden Noise's computation with the host's MODEL, the
+    prompt's positive and the negative; ComfyUI's Cancel is checked before every model evaluation."""
+
+    def golden(noise: torch.Tensor, item: PromptItem, seeds: list[int]) -> torch.Tensor:
+        return golden_noise(model, item.cond, item.uncond, noise, sigmas, seeds[0], config, host.throw_if_interrupted)
+
+    return golden
+
+
+def collect_dataset(
     model: Any,
     clip: Any,
     prompts: str,
@@ -123,7 +137,7 @@ def collect(
     model_name: str = "",
     reward: Reward | None = None,
 ) -> dict[str, int]:
-    """Write the missing pairs; returns counts written / skipped / rejected (by the reward filter)."""
+    """Write the missing pairs with noisear.train.collect.collect; returns counts written / skipped / rejected."""
     lines = prompt_lines(prompts)
     if not lines:
         raise NoiseARNodeError("prompts is empty: give one prompt per line")
@@ -131,7 +145,6 @@ def collect(
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or 0 in samples.shape:
         got = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise NoiseARNodeError(f"the collector works on image latents [batch, C, H, W] (e.g. EmptyLatentImage); got {got}")
-    shape = (1, *samples.shape[1:])
     sigmas = host.schedule_sigmas(model, scheduler, steps)
     info = DatasetInfo(
         source_model=model_name or "comfyui MODEL",
@@ -147,217 +160,19 @@ def collect(
             "text_tokens": text_tokens,
         },
     )
-    counts = {"written": 0, "skipped": 0, "rejected": 0}
-    total = len(lines) * seeds_per_prompt
-    bar, done = host.progress_bar(total), 0
+    items = [PromptLine(clip, line, negative, text_tokens) for line in lines]
+    bar = host.progress_bar(len(items) * seeds_per_prompt)
     with ShardWriter(directory, info, shard_size) as writer:
-        for prompt in lines:
-            index = prompt_index(prompt)
-            seeds = prompt_seeds(first_seed, index, seeds_per_prompt)
-            todo = [s for s in seeds if not writer.has(index, s)]
-            counts["skipped"] += len(seeds) - len(todo)
-            done += len(seeds) - len(todo)
-            positive, prior_text = prompt_conditionings(clip, prompt) if todo else (None, None)
-            for start in range(0, len(todo), batch_size):
-                host.throw_if_interrupted()
-                chunk = todo[start : start + batch_size]
-                zeros = torch.zeros(shape)
-                noise = torch.cat([host.prepare_noise(zeros, s, None) for s in chunk]).float()
-                golden = golden_noise(model, positive, negative, noise, sigmas, chunk[0], config, host.throw_if_interrupted)
-                keep = (
-                    keep_improved(noise, golden, reward, positive, config.margin)
-                    if reward is not None
-                    else torch.ones(len(chunk), dtype=torch.bool)
-                )
-                counts["rejected"] += int((~keep).sum())
-                if keep.any():
-                    text, mask = fixed_tokens(prior_text, text_tokens)
-                    count = int(keep.sum())
-                    writer.append(
-                        text.expand(count, -1, -1),
-                        golden[keep],
-                        [index] * count,
-                        [s for s, k in zip(chunk, keep.tolist()) if k],
-                        mask.expand(count, -1),
-                        prompts={index: prompt},
-                    )
-                    counts["written"] += count
-                done += len(chunk)
-                bar.update_absolute(done, total)
-    return counts
-
-
-class DatasetCollectorNode:
-    DESCRIPTION = (
-        "Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
-        "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
-        "noise repeats across prompts) with the prompt's embedding, written as dataset "
-        "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
-        "folder per latent size (aspect-ratio bucket)."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "collect"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("summary",)
-    OUTPUT_TOOLTIPS = ("What was written, skipped and rejected, and where.",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model to collect golden noise for."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder; each prompt line is encoded like CLIPTextEncode does."}),
-                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning for the denoising step's guidance."}),
-                "latent_image": (
-                    "LATENT",
-                    {
-                        "tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
-                        "EmptyLatentImage; its batch size is ignored."
-                    },
-                ),
-                "seeds_per_prompt": (
-                    "INT",
-                    {
-                        "default": 4,
-                        "min": 1,
-                        "max": 100000,
-                        "tooltip": (
-                            "k: starting noises per prompt. Pair (prompt, j) uses its own seed, a hash of (first_seed, prompt, "
-                            "j), so no noise repeats across prompts; raising k later adds pairs and keeps the ones written."
-                        ),
-                    },
-                ),
-                "first_seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 2**53 - 1,
-                        "tooltip": (
-                            "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data)."
-                        ),
-                    },
-                ),
-                **schedule_inputs(),
-                "dataset": (
-                    "STRING",
-                    {
-                        "default": "noisear_dataset/1024x1024",
-                        "tooltip": (
-                            "Folder of the shards inside ComfyUI's output folder (a relative name, like SaveImage's prefix; "
-                            "nothing is written elsewhere). One folder per size."
-                        ),
-                    },
-                ),
-                "text_tokens": (
-                    "INT",
-                    {
-                        "default": 77,
-                        "min": 1,
-                        "max": 4096,
-                        "tooltip": ("Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0."),
-                    },
-                ),
-                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
-                "shard_size": (
-                    "INT",
-                    {
-                        "default": 256,
-                        "min": 1,
-                        "max": 4096,
-                        "tooltip": (
-                            f"Samples per shard file, at most {SHARD_BYTES // 2**20} MiB of them: that is all that is held "
-                            f"in memory before a write."
-                        ),
-                    },
-                ),
-                "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
-            },
-            "optional": {
-                "reward": (
-                    "NOISEAR_REWARD",
-                    {
-                        "tooltip": (
-                            "Optional filter: keeps a pair only when reward(golden) - reward(noise) > reward_margin. A "
-                            "NOISEAR_REWARD is a callable (noise [B,C,H,W], conditioning) -> [B] from a custom node."
-                        )
-                    },
-                ),
-                "reward_margin": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": -1e6,
-                        "max": 1e6,
-                        "step": 0.01,
-                        "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper).",
-                    },
-                ),
-            },
-        }
-
-    @classmethod
-    def IS_CHANGED(cls, **inputs: Any) -> float:
-        """Always run when queued: the folder may have changed, and a re-run only adds what is missing."""
-        return float("nan")
-
-    def collect(
-        self,
-        model: Any,
-        clip: Any,
-        prompts: str,
-        negative: list,
-        latent_image: dict,
-        seeds_per_prompt: int,
-        first_seed: int,
-        scheduler: str,
-        steps: int,
-        cfg_denoise: float,
-        cfg_invert: float,
-        dataset: str,
-        text_tokens: int,
-        batch_size: int,
-        shard_size: int,
-        model_name: str,
-        reward: Reward | None = None,
-        reward_margin: float = 0.0,
-    ) -> dict[str, Any]:
-        check_widget_values(
-            self.INPUT_TYPES(),
-            seeds_per_prompt=seeds_per_prompt,
-            first_seed=first_seed,
-            steps=steps,
-            cfg_denoise=cfg_denoise,
-            cfg_invert=cfg_invert,
-            text_tokens=text_tokens,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            reward_margin=reward_margin,
-        )
-        config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
-        directory = dataset_directory(dataset)
-        counts = collect(
-            model,
-            clip,
-            prompts,
-            negative,
-            latent_image,
+        return collect(
+            comfy_golden(model, sigmas, config),
+            writer,
+            items,
             seeds_per_prompt,
-            first_seed,
-            scheduler,
-            steps,
-            config,
-            directory,
-            text_tokens,
-            batch_size,
-            shard_size,
-            model_name,
-            reward,
+            samples.shape[1:],
+            reward=reward,
+            margin=config.margin,
+            batch_size=batch_size,
+            first_seed=first_seed,
+            progress=bar.update_absolute,
+            interrupt=host.throw_if_interrupted,
         )
-        summary = (
-            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
-            f"rejected {counts['rejected']} by the reward filter"
-        )
-        return {"ui": {"text": (summary,)}, "result": (summary,)}

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .prior import NoiseARNodeError, NoiseARPrior
+from .prior import NoiseARPrior
+from .widgets import NoiseARNodeError
 
 PUBLISHED_TOKENS = 77
 EXACT = "noisear_exact"  # key set (True) in the dict of NoiseAR Text Encode's prior_text entries

@@ -1,90 +1,44 @@
-"""The ComfyUI node classes (classic API). Thin: the work is in prior, noise, preview and noisear."""
+"""Every NoiseAR node class (ComfyUI's classic API) and the one table that registers them with their display names.
+
+Thin: a class declares its inputs and outputs and hands the values to the logic (prior, noise, preview,
+golden, collector, text_encode, ksampler and noisear); shared input specs and number checks are in widgets.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from noisear.golden import GoldenConfig
 from noisear.mixing import MODES
+from noisear.train.collect import Reward
+from noisear.train.data import SHARD_BYTES
 
-from . import host, ksampler
-from .collector import DatasetCollectorNode
-from .golden import GoldenNoiseNode
-from .noise import SIZE_MODES, TEMPERATURE_RANGE, BlendedNoise, NoiseARNoise, size_mode_problem, start_latent
+from . import collector, host, ksampler, text_encode
+from .golden import GOLDEN_NODE, GoldenNoise
+from .noise import BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import CATEGORY, DEVICES, DTYPES, NoiseARNodeError, NoiseARPrior, checkpoint_problem, device_problem, load_prior
-from .text_encode import NoiseARTextEncodeNode
-
-PRIOR_INPUT = ("NOISEAR_MODEL", {"tooltip": "A NoiseAR prior from the NoiseAR Loader."})
-POSITIVE_INPUT = (
-    "CONDITIONING",
-    {
-        "tooltip": (
-            "The prompt for the prior; its first entry is used and broadcast over the batch. Best: NoiseAR Text "
-            "Encode's prior_text, exactly the embedding the prior was trained on. A CLIPTextEncode conditioning works "
-            "too, but weight syntax such as (word:1.2) changes what the prior sees, and of a prompt over 75 tokens "
-            "published priors read the first 77 tokens (a warning says so). SDXL / DreamShaper-XL priors need SDXL "
-            "conditioning (2048-d), Hunyuan-DiT priors the 1024-d BERT stream."
-        )
-    },
-)
-SEED_INPUT = (
-    "INT",
-    {
-        "default": 0,
-        "min": 0,
-        "max": 0xFFFFFFFFFFFFFFFF,
-        "control_after_generate": True,
-        "tooltip": "Seed of the Gaussian draws eps; the same seed gives the very eps RandomNoise "
-        "would. Ignored when a noise input is connected.",
-    },
-)
-TEMPERATURE_INPUT = (
-    "FLOAT",
-    {
-        "default": 0.5,
-        "min": TEMPERATURE_RANGE[0],
-        "max": TEMPERATURE_RANGE[1],
-        "step": 0.01,
-        "tooltip": "Scale of the prior's standard deviation: noise = mu + temperature * std "
-        "* eps per patch. 0.5 as published; 0 gives the mean only.",
-    },
-)
-SIZE_MODE_INPUT = (
-    list(SIZE_MODES),
-    {
-        "default": SIZE_MODES[0],
-        "tooltip": (
-            "'any size': every latent size. Published priors (native 1024 x 1024 px) decode other sizes with a "
-            "sliding window: each 32 x 32-cell patch is predicted from the native 4 x 4-patch window that contains "
-            "it; the prior never saw those positions in training (see docs/comfyui.md). 'native only': refuse "
-            "every size but the prior's native one. Own priors with 2-D positions decode any size directly."
-        ),
-    },
-)
-UPSTREAM_NOISE_INPUT = (
-    "NOISE",
-    {
-        "tooltip": (
-            "Optional: a NOISE (e.g. RandomNoise) whose draws become eps instead of noise_seed's; its seed is "
-            "carried on for ancestral/SDE samplers."
-        )
-    },
-)
-LATENT_INPUT = (
-    "LATENT",
-    {"tooltip": "The latent to start from (e.g. EmptyLatentImage); gives the shape, batch and batch_index of the noise."},
+from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_problem, device_problem, load_prior
+from .widgets import (
+    CATEGORY,
+    CFG_RANGE,
+    LATENT_INPUT,
+    PRIOR_TEXT_INPUT,
+    SEED_MAX,
+    UPSTREAM_NOISE_INPUT,
+    NoiseARNodeError,
+    check_numbers,
+    ksampler_inputs,
+    noise_inputs,
+    number_in_range,
+    prior_inputs,
+    schedule_inputs,
+    size_mode_problem,
 )
 
-
-def _common_inputs() -> dict[str, Any]:
-    return {
-        "noisear_model": PRIOR_INPUT,
-        "positive": POSITIVE_INPUT,
-        "noise_seed": SEED_INPUT,
-        "temperature": TEMPERATURE_INPUT,
-        "size_mode": SIZE_MODE_INPUT,
-    }
+log = logging.getLogger("NoiseAR")
+COLLECTOR_NODE = "NoiseAR Dataset Collector"
 
 
 class NoiseARLoader:
@@ -128,8 +82,8 @@ class NoiseARLoader:
                         "default": "fp32",
                         "tooltip": (
                             "Precision of the prior. fp32 (default, as published): the same noise on every device. bf16, "
-                            "on every device including the CPU: reads half the bytes, so drawing is about 1.4-2x faster, "
-                            "but the noise differs slightly from fp32 (docs/comfyui.md has the figures). fp16: GPU only."
+                            "on every device including the CPU: reads half the bytes, so drawing is faster, but the noise "
+                            "differs slightly from fp32 (figures: docs/testing-and-benchmarks.md). fp16: GPU only."
                         ),
                     },
                 ),
@@ -175,7 +129,7 @@ class NoiseARNoiseNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": _common_inputs(), "optional": {"noise": UPSTREAM_NOISE_INPUT}}
+        return {"required": noise_inputs(), "optional": {"noise": UPSTREAM_NOISE_INPUT}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, size_mode: str) -> bool | str:
@@ -210,7 +164,7 @@ class NoiseARLatentNode:
         required = {
             "model": ("MODEL", {"tooltip": "The diffusion model that will sample (gives sigma_max and the latent format)."})
         }
-        required.update(_common_inputs())
+        required.update(noise_inputs())
         required["latent_image"] = LATENT_INPUT
         return {"required": required, "optional": {"noise": UPSTREAM_NOISE_INPUT}}
 
@@ -330,76 +284,292 @@ class NoiseARPreviewNode:
         return {"ui": {"images": host.save_temp_images(image, "noisear_preview"), "text": (stats,)}, "result": (image, stats)}
 
 
-# NoiseAR KSampler (issue 14): ComfyUI's KSampler / KSamplerAdvanced inputs, in their order, then the prior's.
-def _ksampler_inputs(seed_name: str) -> dict[str, Any]:
-    """KSampler's sampling inputs with its defaults; the seed input is named ``seed_name``."""
-    return {
-        "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
-        seed_name: (
-            "INT",
-            {
-                "default": 0,
-                "min": 0,
-                "max": 0xFFFFFFFFFFFFFFFF,
-                "control_after_generate": True,
-                "tooltip": "The random seed: ComfyUI's Gaussian draws for it (what KSampler would add) "
-                "are the eps the prior turns into NoiseAR noise; ancestral/SDE samplers' "
-                "per-step noise uses it too, as in KSampler.",
+class GoldenNoiseNode:
+    DESCRIPTION = (
+        "Training-free golden noise (Golden Noise paper's re-denoise step): the seed's Gaussian noise "
+        "goes one denoising step down the sampling schedule at cfg_denoise and one inversion step back "
+        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. Costs about three "
+        "model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced with an empty latent."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("NOISE",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = (
+        "Golden NOISE for SamplerCustomAdvanced (computed when the sampler asks, for the latent's "
+        "shape and batch); carries the seed for ancestral/SDE samplers.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model that will sample the image."}),
+                "positive": ("CONDITIONING", {"tooltip": "The positive conditioning the image will be sampled with."}),
+                "negative": ("CONDITIONING", {"tooltip": "The negative conditioning (used when a cfg is not 1)."}),
+                "noise_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": SEED_MAX,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of the Gaussian noise to improve (RandomNoise's draws for it). "
+                        "Ignored when a noise input is connected.",
+                    },
+                ),
+                **schedule_inputs(),
             },
-        ),
-        "steps": (
-            "INT",
-            {"default": 20, "min": 1, "max": 10000, "tooltip": "The number of steps used in the denoising process."},
-        ),
-        "cfg": (
-            "FLOAT",
-            {
-                "default": 8.0,
-                "min": 0.0,
-                "max": 100.0,
-                "step": 0.1,
-                "round": 0.01,
-                "tooltip": "The Classifier-Free Guidance scale (as in KSampler).",
-            },
-        ),
-        "sampler_name": (host.sampler_names(), {"tooltip": "The sampling algorithm (as in KSampler)."}),
-        "scheduler": (host.scheduler_names(), {"tooltip": "How the noise level falls over the steps (as in KSampler)."}),
-        "positive": (
-            "CONDITIONING",
-            {
-                "tooltip": (
-                    "The conditioning describing what you want in the image; the prior reads it too unless prior_text is "
-                    "connected."
+            "optional": {
+                "noise": (
+                    "NOISE",
+                    {
+                        "tooltip": (
+                            "Optional: the NOISE to improve (e.g. RandomNoise or NoiseAR Noise) instead of noise_seed's; its "
+                            "seed is carried on."
+                        )
+                    },
                 )
             },
-        ),
-        "negative": ("CONDITIONING", {"tooltip": "The conditioning describing what you want to exclude."}),
-        "latent_image": (
-            "LATENT",
-            {
-                "tooltip": "The latent to denoise: an empty latent (EmptyLatentImage); gives "
-                "the shape, batch and batch_index of the noise."
-            },
-        ),
-    }
+        }
 
-
-def _prior_inputs() -> dict[str, Any]:
-    """The NoiseAR Noise node's own prior inputs (its size behaviour included)."""
-    return {"noisear_model": PRIOR_INPUT, "temperature": TEMPERATURE_INPUT, "size_mode": SIZE_MODE_INPUT}
-
-
-PRIOR_TEXT_INPUT = (
-    "CONDITIONING",
-    {
-        "tooltip": (
-            "Optional: NoiseAR Text Encode's prior_text, exactly the embedding the prior was trained on; the prior then "
-            "reads it instead of positive (the sampler keeps positive). Without it the prior reads positive "
-            "(CLIPTextEncode: weight syntax changes what the prior sees; of prompts over 75 tokens it reads the first "
-            "77 tokens, with a warning)."
+    def make(
+        self,
+        model: Any,
+        positive: list,
+        negative: list,
+        noise_seed: int,
+        scheduler: str,
+        steps: int,
+        cfg_denoise: float,
+        cfg_invert: float,
+        noise: Any = None,
+    ) -> tuple[GoldenNoise]:
+        config = GoldenConfig(
+            guidance_denoise=number_in_range(GOLDEN_NODE, "cfg_denoise", cfg_denoise, *CFG_RANGE),
+            guidance_invert=number_in_range(GOLDEN_NODE, "cfg_invert", cfg_invert, *CFG_RANGE),
         )
-    },
-)
+        return (GoldenNoise(model, positive, negative, noise_seed, scheduler, steps, config, noise),)
+
+
+class DatasetCollectorNode:
+    DESCRIPTION = (
+        "Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
+        "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
+        "noise repeats across prompts) with the prompt's embedding, written as dataset "
+        "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
+        "folder per latent size (aspect-ratio bucket)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "collect"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("summary",)
+    OUTPUT_TOOLTIPS = ("What was written, skipped and rejected, and where.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to collect golden noise for."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder; each prompt line is encoded like CLIPTextEncode does."}),
+                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning for the denoising step's guidance."}),
+                "latent_image": (
+                    "LATENT",
+                    {
+                        "tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
+                        "EmptyLatentImage; its batch size is ignored."
+                    },
+                ),
+                "seeds_per_prompt": (
+                    "INT",
+                    {
+                        "default": 4,
+                        "min": 1,
+                        "max": 100000,
+                        "tooltip": (
+                            "k: starting noises per prompt. Pair (prompt, j) uses its own seed, a hash of (first_seed, prompt, "
+                            "j), so no noise repeats across prompts; raising k later adds pairs and keeps the ones written."
+                        ),
+                    },
+                ),
+                "first_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 2**53 - 1,
+                        "tooltip": (
+                            "Salt of the seed hash: another first_seed gives other noises for the same prompts (e.g. more data)."
+                        ),
+                    },
+                ),
+                **schedule_inputs(),
+                "dataset": (
+                    "STRING",
+                    {
+                        "default": "noisear_dataset/1024x1024",
+                        "tooltip": (
+                            "Folder of the shards inside ComfyUI's output folder (a relative name, like SaveImage's prefix; "
+                            "nothing is written elsewhere). One folder per size."
+                        ),
+                    },
+                ),
+                "text_tokens": (
+                    "INT",
+                    {
+                        "default": 77,
+                        "min": 1,
+                        "max": 4096,
+                        "tooltip": ("Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0."),
+                    },
+                ),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
+                "shard_size": (
+                    "INT",
+                    {
+                        "default": 256,
+                        "min": 1,
+                        "max": 4096,
+                        "tooltip": (
+                            f"Samples per shard file, at most {SHARD_BYTES // 2**20} MiB of them: that is all that is held "
+                            f"in memory before a write."
+                        ),
+                    },
+                ),
+                "model_name": ("STRING", {"default": "", "tooltip": "Name of the model, stored in the dataset metadata."}),
+            },
+            "optional": {
+                "reward": (
+                    "NOISEAR_REWARD",
+                    {
+                        "tooltip": (
+                            "Optional filter: keeps a pair only when reward(golden) - reward(noise) > reward_margin. A "
+                            "NOISEAR_REWARD is a callable (noise [B,C,H,W], conditioning) -> [B] from a custom node."
+                        )
+                    },
+                ),
+                "reward_margin": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": -1e6,
+                        "max": 1e6,
+                        "step": 0.01,
+                        "tooltip": "Margin of the reward filter (0 as in the Golden Noise paper).",
+                    },
+                ),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs: Any) -> float:
+        """Always run when queued: the folder may have changed, and a re-run only adds what is missing."""
+        return float("nan")
+
+    def collect(
+        self,
+        model: Any,
+        clip: Any,
+        prompts: str,
+        negative: list,
+        latent_image: dict,
+        seeds_per_prompt: int,
+        first_seed: int,
+        scheduler: str,
+        steps: int,
+        cfg_denoise: float,
+        cfg_invert: float,
+        dataset: str,
+        text_tokens: int,
+        batch_size: int,
+        shard_size: int,
+        model_name: str,
+        reward: Reward | None = None,
+        reward_margin: float = 0.0,
+    ) -> dict[str, Any]:
+        check_numbers(
+            COLLECTOR_NODE,
+            self.INPUT_TYPES(),
+            seeds_per_prompt=seeds_per_prompt,
+            first_seed=first_seed,
+            steps=steps,
+            cfg_denoise=cfg_denoise,
+            cfg_invert=cfg_invert,
+            text_tokens=text_tokens,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            reward_margin=reward_margin,
+        )
+        config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
+        directory = collector.dataset_directory(dataset)
+        counts = collector.collect_dataset(
+            model,
+            clip,
+            prompts,
+            negative,
+            latent_image,
+            seeds_per_prompt,
+            first_seed,
+            scheduler,
+            steps,
+            config,
+            directory,
+            text_tokens,
+            batch_size,
+            shard_size,
+            model_name,
+            reward,
+        )
+        summary = (
+            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
+            f"rejected {counts['rejected']} by the reward filter"
+        )
+        return {"ui": {"text": (summary,)}, "result": (summary,)}
+
+
+class NoiseARTextEncodeNode:
+    DESCRIPTION = (
+        "One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
+        "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
+        "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("conditioning", "prior_text")
+    OUTPUT_TOOLTIPS = (
+        "For the sampler (CFGGuider, KSampler positive): exactly what CLIPTextEncode gives for this text, weight "
+        "syntax honoured, the whole prompt.",
+        "For the NoiseAR node's positive input: the prompt as the prior was trained on it (CLIP's own tokenizer, "
+        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
+                "text": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": (
+                            "The prompt. Weight syntax such as (word:1.2) applies to the sampler's conditioning only; the "
+                            "prior reads the first 75 tokens of the plain text, as it was trained."
+                        ),
+                    },
+                ),
+            }
+        }
+
+    def encode(self, clip: Any, text: str) -> tuple[list, list]:
+        conditioning, prior_text, note = text_encode.encode(clip, text)
+        log.info("NoiseAR Text Encode: %s", note.replace("\n", " "))
+        host.show_on_node(note)
+        return conditioning, prior_text
 
 
 class NoiseARKSamplerNode:
@@ -417,7 +587,7 @@ class NoiseARKSamplerNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        required = _ksampler_inputs("seed")
+        required = ksampler_inputs("seed")
         required["denoise"] = (
             "FLOAT",
             {
@@ -431,7 +601,7 @@ class NoiseARKSamplerNode:
                 ),
             },
         )
-        required.update(_prior_inputs())
+        required.update(prior_inputs())
         return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
 
     VALIDATE_INPUTS = NoiseARNoiseNode.VALIDATE_INPUTS
@@ -487,7 +657,7 @@ class NoiseARKSamplerAdvancedNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        inputs = _ksampler_inputs("noise_seed")
+        inputs = ksampler_inputs("noise_seed")
         required = {
             "model": inputs.pop("model"),
             "add_noise": (
@@ -528,7 +698,7 @@ class NoiseARKSamplerAdvancedNode:
                 ),
             }
         )
-        required.update(_prior_inputs())
+        required.update(prior_inputs())
         return {"required": required, "optional": {"prior_text": PRIOR_TEXT_INPUT}}
 
     VALIDATE_INPUTS = NoiseARNoiseNode.VALIDATE_INPUTS
@@ -577,27 +747,18 @@ class NoiseARKSamplerAdvancedNode:
         )
 
 
-NODE_CLASS_MAPPINGS = {
-    "NoiseARLoader": NoiseARLoader,
-    "NoiseARNoise": NoiseARNoiseNode,
-    "NoiseARLatent": NoiseARLatentNode,
-    "NoiseARBlend": NoiseARBlendNode,
-    "NoiseARPreview": NoiseARPreviewNode,
-    "NoiseARGoldenNoise": GoldenNoiseNode,
-    "NoiseARDatasetCollector": DatasetCollectorNode,
-    "NoiseARTextEncode": NoiseARTextEncodeNode,
-    "NoiseARKSampler": NoiseARKSamplerNode,
-    "NoiseARKSamplerAdvanced": NoiseARKSamplerAdvancedNode,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "NoiseARLoader": "NoiseAR Loader",
-    "NoiseARNoise": "NoiseAR Noise",
-    "NoiseARLatent": "NoiseAR Latent",
-    "NoiseARBlend": "NoiseAR Blend",
-    "NoiseARPreview": "NoiseAR Preview",
-    "NoiseARGoldenNoise": "NoiseAR Golden Noise",
-    "NoiseARDatasetCollector": "NoiseAR Dataset Collector",
-    "NoiseARTextEncode": "NoiseAR Text Encode",
-    "NoiseARKSampler": "NoiseAR KSampler",
-    "NoiseARKSamplerAdvanced": "NoiseAR KSampler (Advanced)",
-}
+# class_type (saved in workflows: never rename), display name, class
+NODES = (
+    ("NoiseARLoader", "NoiseAR Loader", NoiseARLoader),
+    ("NoiseARNoise", "NoiseAR Noise", NoiseARNoiseNode),
+    ("NoiseARLatent", "NoiseAR Latent", NoiseARLatentNode),
+    ("NoiseARBlend", "NoiseAR Blend", NoiseARBlendNode),
+    ("NoiseARPreview", "NoiseAR Preview", NoiseARPreviewNode),
+    ("NoiseARGoldenNoise", GOLDEN_NODE, GoldenNoiseNode),
+    ("NoiseARDatasetCollector", COLLECTOR_NODE, DatasetCollectorNode),
+    ("NoiseARTextEncode", "NoiseAR Text Encode", NoiseARTextEncodeNode),
+    ("NoiseARKSampler", "NoiseAR KSampler", NoiseARKSamplerNode),
+    ("NoiseARKSamplerAdvanced", "NoiseAR KSampler (Advanced)", NoiseARKSamplerAdvancedNode),
+)
+NODE_CLASS_MAPPINGS = {class_type: cls for class_type, _, cls in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {class_type: name for class_type, name, _ in NODES}

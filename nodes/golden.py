@@ -23,13 +23,10 @@ from noisear.golden import GoldenConfig, Level, Schedule, compose, re_denoise
 
 from . import host
 from .noise import gaussian_draws
-from .prior import CATEGORY, NoiseARNodeError, number_in_range
+from .widgets import NoiseARNodeError
 
 GOLDEN_NODE = "NoiseAR Golden Noise"
-CFG_RANGE = (0.0, 100.0)  # the guidance widgets' min and max, checked again at run time
 
-# (x [B,C,H,W] k-diffusion space, sigma, cfg) -> CFG-combined denoised x0, as host.run_guided gives it
-Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
 StepHook = Callable[[], None]  # called before each guided prediction (progress, interrupt)
 
 
@@ -58,7 +55,7 @@ def comfy_schedule(sigmas: torch.Tensor, kind: str) -> Schedule:
 
 
 def golden_from_denoised(
-    denoised: Denoised,
+    denoised: host.Denoised,
     x_start: torch.Tensor,
     start_scale: float,
     sigmas: torch.Tensor,
@@ -95,10 +92,10 @@ def golden_noise(
     try:
         kind = host.prediction_kind(model)
     except ValueError as err:
-        raise NoiseARNodeError(f"NoiseAR Golden Noise supports epsilon, v-prediction and flow models: {err}") from None
+        raise NoiseARNodeError(f"{GOLDEN_NODE} supports epsilon, v-prediction and flow models: {err}") from None
     comfy_schedule(sigmas, kind)  # refuse a bad schedule before the model is loaded
 
-    def work(denoised: Denoised, x_start: torch.Tensor, start_scale: float) -> torch.Tensor:
+    def work(denoised: host.Denoised, x_start: torch.Tensor, start_scale: float) -> torch.Tensor:
         return (
             golden_from_denoised(denoised, x_start, start_scale, sigmas.to(x_start.device), kind, config, before_step)
             .float()
@@ -155,118 +152,3 @@ class GoldenNoise:
         golden = golden_noise(self.model, self.positive, self.negative, eps, sigmas, self.seed, self.config, before_step)
         bar.update_absolute(2, 2)
         return golden
-
-
-def schedule_inputs() -> dict[str, Any]:
-    """scheduler + steps of the sampler the noise is meant for (the golden step is its first step)."""
-    return {
-        "scheduler": (
-            host.scheduler_names(),
-            {
-                "default": "normal",
-                "tooltip": (
-                    "The scheduler the image will be sampled with (as in BasicScheduler / KSampler); the golden step "
-                    "goes from its first sigma to its second and back."
-                ),
-            },
-        ),
-        "steps": (
-            "INT",
-            {
-                "default": 30,
-                "min": 2,
-                "max": 10000,
-                "tooltip": ("The number of sampling steps the image will be sampled with (at least 2)."),
-            },
-        ),
-        "cfg_denoise": (
-            "FLOAT",
-            {
-                "default": 5.5,
-                "min": CFG_RANGE[0],
-                "max": CFG_RANGE[1],
-                "step": 0.1,
-                "round": 0.01,
-                "tooltip": "Guidance of the denoising step (w_l, 5.5 in the Golden Noise paper).",
-            },
-        ),
-        "cfg_invert": (
-            "FLOAT",
-            {
-                "default": 1.0,
-                "min": CFG_RANGE[0],
-                "max": CFG_RANGE[1],
-                "step": 0.1,
-                "round": 0.01,
-                "tooltip": "Guidance of the inversion step (w_w, 1.0 = conditional model only).",
-            },
-        ),
-    }
-
-
-class GoldenNoiseNode:
-    DESCRIPTION = (
-        "Training-free golden noise (Golden Noise paper's re-denoise step): the seed's Gaussian noise "
-        "goes one denoising step down the sampling schedule at cfg_denoise and one inversion step back "
-        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. Costs about three "
-        "model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced with an empty latent."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "make"
-    RETURN_TYPES = ("NOISE",)
-    RETURN_NAMES = ("noise",)
-    OUTPUT_TOOLTIPS = (
-        "Golden NOISE for SamplerCustomAdvanced (computed when the sampler asks, for the latent's "
-        "shape and batch); carries the seed for ancestral/SDE samplers.",
-    )
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model that will sample the image."}),
-                "positive": ("CONDITIONING", {"tooltip": "The positive conditioning the image will be sampled with."}),
-                "negative": ("CONDITIONING", {"tooltip": "The negative conditioning (used when a cfg is not 1)."}),
-                "noise_seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": "Seed of the Gaussian noise to improve (RandomNoise's draws for it). "
-                        "Ignored when a noise input is connected.",
-                    },
-                ),
-                **schedule_inputs(),
-            },
-            "optional": {
-                "noise": (
-                    "NOISE",
-                    {
-                        "tooltip": (
-                            "Optional: the NOISE to improve (e.g. RandomNoise or NoiseAR Noise) instead of noise_seed's; its "
-                            "seed is carried on."
-                        )
-                    },
-                )
-            },
-        }
-
-    def make(
-        self,
-        model: Any,
-        positive: list,
-        negative: list,
-        noise_seed: int,
-        scheduler: str,
-        steps: int,
-        cfg_denoise: float,
-        cfg_invert: float,
-        noise: Any = None,
-    ) -> tuple[GoldenNoise]:
-        config = GoldenConfig(
-            guidance_denoise=number_in_range(GOLDEN_NODE, "cfg_denoise", cfg_denoise, *CFG_RANGE),
-            guidance_invert=number_in_range(GOLDEN_NODE, "cfg_invert", cfg_invert, *CFG_RANGE),
-        )
-        return (GoldenNoise(model, positive, negative, noise_seed, scheduler, steps, config, noise),)

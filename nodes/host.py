@@ -2,16 +2,20 @@
 
 Imports are guarded: outside ComfyUI `AVAILABLE` is False and each function raises HostUnavailable,
 so the node logic stays importable and testable (tests replace these functions with fakes that
-follow ComfyUI's documented shapes, see tests/fake_comfy.py).
+follow ComfyUI's documented shapes, see tests/fake_comfy.py). Grouped by ComfyUI subsystem: folders and
+files; devices, progress and interrupts; sampling (noise, model sampling, guiders, KSampler); CLIP and text.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+import uuid
+from typing import Any, Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
 try:
     import comfy.model_management
@@ -19,6 +23,7 @@ try:
     import comfy.sample
     import comfy.samplers
     import comfy.utils
+    import comfy_execution.utils
     import folder_paths
     import latent_preview  # ComfyUI's top-level module: KSampler's progress bar with latent previews
 
@@ -39,7 +44,7 @@ def _require() -> None:
         raise HostUnavailable("this needs ComfyUI (folder_paths, comfy.*), which could not be imported")
 
 
-# Model folder -------------------------------------------------------------------------------------
+# Folders and files --------------------------------------------------------------------------------
 def register_model_folder() -> None:
     """Merge models/noisear and our extensions into folder_paths' "noisear" entry.
 
@@ -72,12 +77,31 @@ def checkpoint_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(MODEL_FOLDER, name)
 
 
+def output_directory() -> str:
+    """ComfyUI's output folder (relative dataset paths are resolved against it)."""
+    _require()
+    return folder_paths.get_output_directory()
+
+
 def temp_directory() -> str:
     _require()
     return folder_paths.get_temp_directory()
 
 
-# Devices, progress, interrupts ------------------------------------------------------------------
+def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
+    """Write IMAGE [B,H,W,3] in [0,1] as PNGs to the temp folder; returns the UI's image records."""
+    _require()
+    os.makedirs(temp_directory(), exist_ok=True)
+    records = []
+    for i, image in enumerate(images):
+        filename = f"{prefix}_{uuid.uuid4().hex[:12]}_{i:03d}.png"
+        pixels = (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(temp_directory(), filename))
+        records.append({"filename": filename, "subfolder": "", "type": "temp"})
+    return records
+
+
+# Devices, progress, interrupts --------------------------------------------------------------------
 def torch_device() -> torch.device:
     """Where ComfyUI computes (cpu with --cpu)."""
     _require()
@@ -101,25 +125,28 @@ def throw_if_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def show_on_node(text: str) -> None:
-    """Show ``text`` on the node now executing, under its title (as core GetImageSize does); no-op without a UI."""
-    _require()
-    from comfy_execution.utils import get_executing_context
-
-    # ComfyUI's main.py has imported its "server" module; where comfy runs as a library there is none to import
-    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
-    context = get_executing_context()
-    if context is not None and server is not None:
-        server.send_progress_text(text, context.node_id)
-
-
 def progress_bar(total: int) -> Any:
     """A bar in the node's UI; use ``.update_absolute(done)``."""
     _require()
     return comfy.utils.ProgressBar(total)
 
 
-# Noise and the diffusion model ------------------------------------------------------------------
+def show_on_node(text: str) -> None:
+    """Show ``text`` on the node now executing, under its title (as core GetImageSize does); no-op without a UI."""
+    _require()
+    # ComfyUI's main.py has imported its "server" module; where comfy runs as a library there is none to import
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    context = comfy_execution.utils.get_executing_context()
+    if context is not None and server is not None:
+        server.send_progress_text(text, context.node_id)
+
+
+# Sampling: noise, model sampling, guiders, KSampler -----------------------------------------------
+# denoised(x [B,C,H,W] k-diffusion space, sigma, cfg) -> the guider's CFG-combined denoised estimate x0
+Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
+GuidedWork = Callable[[Denoised, torch.Tensor, float], Any]  # (denoised, x_start, start_scale) -> result
+
+
 def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None) -> torch.Tensor:
     """ComfyUI's own seeded Gaussian noise for a latent (what RandomNoise gives)."""
     _require()
@@ -142,47 +169,6 @@ def is_flow(sampling: Any) -> bool:
     return isinstance(sampling, comfy.model_sampling.CONST)
 
 
-def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
-    """Write IMAGE [B,H,W,3] in [0,1] as PNGs to the temp folder; returns the UI's image records."""
-    _require()
-    import uuid
-
-    import numpy as np
-    from PIL import Image  # ComfyUI depends on Pillow
-
-    os.makedirs(temp_directory(), exist_ok=True)
-    records = []
-    for i, image in enumerate(images):
-        filename = f"{prefix}_{uuid.uuid4().hex[:12]}_{i:03d}.png"
-        pixels = (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(os.path.join(temp_directory(), filename))
-        records.append({"filename": filename, "subfolder": "", "type": "temp"})
-    return records
-
-
-# Golden noise and collector (issue 3) -------------------------------------------------------------
-from typing import Callable  # noqa: E402  (this section's imports are kept inside it)
-
-if AVAILABLE:
-    import comfy.samplers  # noqa: E402
-
-# denoised(x [B,C,H,W] k-diffusion space, sigma, cfg) -> the guider's CFG-combined denoised estimate x0
-Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
-GuidedWork = Callable[[Denoised, torch.Tensor, float], Any]  # (denoised, x_start, start_scale) -> result
-
-
-def scheduler_names() -> list[str]:
-    """ComfyUI's scheduler names (BasicScheduler's list)."""
-    _require()
-    return list(comfy.samplers.SCHEDULER_NAMES)
-
-
-def schedule_sigmas(model: Any, scheduler: str, steps: int) -> torch.Tensor:
-    """The sigmas [steps+1] (k-diffusion units) that BasicScheduler gives for this MODEL at denoise 1, fp32 CPU."""
-    _require()
-    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).float().cpu()
-
-
 def prediction_kind(model: Any) -> str:
     """'epsilon', 'v' or 'flow' for the MODEL's sampling (after any ModelSampling* patch); ValueError otherwise."""
     _require()
@@ -197,6 +183,24 @@ def prediction_kind(model: Any) -> str:
     if isinstance(ms, kinds.EPS):
         return "epsilon"
     raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow")
+
+
+def scheduler_names() -> list[str]:
+    """ComfyUI's scheduler names (BasicScheduler's list)."""
+    _require()
+    return list(comfy.samplers.SCHEDULER_NAMES)
+
+
+def sampler_names() -> list[str]:
+    """ComfyUI's sampler names (KSampler's list)."""
+    _require()
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def schedule_sigmas(model: Any, scheduler: str, steps: int) -> torch.Tensor:
+    """The sigmas [steps+1] (k-diffusion units) that BasicScheduler gives for this MODEL at denoise 1, fp32 CPU."""
+    _require()
+    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).float().cpu()
 
 
 def run_guided(
@@ -233,51 +237,6 @@ def run_guided(
     sampler = comfy.samplers.KSAMPLER(function)
     guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, disable_pbar=True, seed=seed)
     return results[0]
-
-
-def encode_text(clip: Any, text: str) -> list:
-    """CONDITIONING of ``text`` exactly as CLIPTextEncode makes it."""
-    return encode_tokens(clip, tokenize(clip, text))
-
-
-# Text encoding (issue 13) -------------------------------------------------------------------------
-Tokens = dict[str, list[list[tuple]]]  # {stream: chunks of (token, weight)}, as CLIP.tokenize gives them
-
-
-def tokenize(clip: Any, text: str, weights: bool = True) -> Tokens:
-    """The CLIP's own tokens of ``text``; ``weights=False`` reads ComfyUI's weight syntax as plain text."""
-    _require()
-    return clip.tokenize(text) if weights else clip.tokenize(text, disable_weights=True)
-
-
-def encode_tokens(clip: Any, tokens: Tokens) -> list:
-    """CONDITIONING of ``tokens`` encoded as CLIPTextEncode encodes (encode_from_tokens_scheduled)."""
-    _require()
-    return clip.encode_from_tokens_scheduled(tokens)
-
-
-def default_clip(clip: Any) -> Any:
-    """``clip`` with its model's default layer and no tokenizer options: itself if it has none set, else a
-    clone without them (CLIPSetLastLayer sets layer_idx; the tokenizer options change padding)."""
-    _require()
-    if clip.layer_idx is None and not clip.tokenizer_options:
-        return clip
-    plain = clip.clone()
-    plain.layer_idx, plain.tokenizer_options = None, {}
-    return plain
-
-
-def output_directory() -> str:
-    """ComfyUI's output folder (relative dataset paths are resolved against it)."""
-    _require()
-    return folder_paths.get_output_directory()
-
-
-# KSampler (issue 14) ------------------------------------------------------------------------------
-def sampler_names() -> list[str]:
-    """ComfyUI's sampler names (KSampler's list)."""
-    _require()
-    return list(comfy.samplers.KSampler.SAMPLERS)
 
 
 def common_ksampler(
@@ -332,3 +291,35 @@ def common_ksampler(
         seed=seed,
     )
     return {**latent, "samples": out}
+
+
+# CLIP and text ------------------------------------------------------------------------------------
+Tokens = dict[str, list[list[tuple]]]  # {stream: chunks of (token, weight)}, as CLIP.tokenize gives them
+
+
+def tokenize(clip: Any, text: str, weights: bool = True) -> Tokens:
+    """The CLIP's own tokens of ``text``; ``weights=False`` reads ComfyUI's weight syntax as plain text."""
+    _require()
+    return clip.tokenize(text) if weights else clip.tokenize(text, disable_weights=True)
+
+
+def encode_tokens(clip: Any, tokens: Tokens) -> list:
+    """CONDITIONING of ``tokens`` encoded as CLIPTextEncode encodes (encode_from_tokens_scheduled)."""
+    _require()
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def encode_text(clip: Any, text: str) -> list:
+    """CONDITIONING of ``text`` exactly as CLIPTextEncode makes it."""
+    return encode_tokens(clip, tokenize(clip, text))
+
+
+def default_clip(clip: Any) -> Any:
+    """``clip`` with its model's default layer and no tokenizer options: itself if it has none set, else a
+    clone without them (CLIPSetLastLayer sets layer_idx; the tokenizer options change padding)."""
+    _require()
+    if clip.layer_idx is None and not clip.tokenizer_options:
+        return clip
+    plain = clip.clone()
+    plain.layer_idx, plain.tokenizer_options = None, {}
+    return plain

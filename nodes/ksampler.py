@@ -21,7 +21,8 @@ from typing import Any
 
 from . import host
 from .noise import NoiseARNoise
-from .prior import NoiseARNodeError, NoiseARPrior
+from .prior import NoiseARPrior
+from .widgets import NoiseARNodeError
 
 FULL_DENOISE = 0.9999  # ComfyUI's KSampler uses the full schedule above this denoise
 

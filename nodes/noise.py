@@ -17,11 +17,16 @@ from noisear.patches import DecodingPlan
 
 from . import host
 from .conditioning import text_from_conditioning
-from .prior import NoiseARNodeError, NoiseARPrior, number_in_range, size_text
-
-SIZE_MODES = ("any size", "native only")
-RETIRED_SIZE_MODE = "centre + Gaussian border"  # read from old workflows as "any size", with a note
-TEMPERATURE_RANGE = (0.0, 2.0)  # the temperature widget's min and max, checked again at run time
+from .prior import NoiseARPrior
+from .widgets import (
+    SIZE_MODES,
+    TEMPERATURE_RANGE,
+    NoiseARNodeError,
+    number_in_range,
+    size_mode_note,
+    size_mode_problem,
+    size_text,
+)
 
 log = logging.getLogger("NoiseAR")
 
@@ -32,24 +37,6 @@ class Noise(Protocol):
     seed: int
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor: ...
-
-
-def size_mode_problem(size_mode: str) -> str | None:
-    """Why ``size_mode`` is not a value the nodes take (the retired centre mode is still read), or None."""
-    if size_mode in SIZE_MODES or size_mode == RETIRED_SIZE_MODE:
-        return None
-    return f"size_mode must be one of {', '.join(repr(m) for m in SIZE_MODES)}, got {size_mode!r}"
-
-
-def size_mode_note(size_mode: str) -> str | None:
-    """The note for a workflow saved with the retired centre mode."""
-    if size_mode != RETIRED_SIZE_MODE:
-        return None
-    return (
-        f"NoiseAR note: size_mode '{RETIRED_SIZE_MODE}' was retired; the prior now fills the whole latent "
-        f"at every size, so this node runs as '{SIZE_MODES[0]}'. Choose '{SIZE_MODES[0]}' in the widget "
-        f"to keep this behaviour and drop this note."
-    )
 
 
 def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:

@@ -1,4 +1,5 @@
-"""NOISEAR_MODEL: a loaded prior that stays on the CPU and visits the compute device only to draw noise."""
+"""The NoiseAR Loader's logic: NOISEAR_MODEL (a loaded prior that stays on the CPU and visits the compute
+device only to draw noise), device/dtype checks, the missing-checkpoint message and the cache of loaded priors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -17,38 +18,13 @@ from noisear import NoiseAR, NoiseARConfig
 from noisear.config import listing, quoted
 
 from . import host
+from .widgets import NoiseARNodeError, size_text
 
-CATEGORY = "sampling/noise/NoiseAR"  # where every NoiseAR node appears in ComfyUI's menu
 DEVICES = ("auto", "cpu", "gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOAD_DEVICE = torch.device("cpu")
-PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
 
 log = logging.getLogger("NoiseAR")
-
-
-def size_text(height: int, width: int) -> str:
-    """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
-    return f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), latent {height} x {width} cells (H x W)"
-
-
-class NoiseARNodeError(ValueError):
-    """Wrong input to a NoiseAR node; the message says what was expected and what to do."""
-
-
-def number_in_range(node: str, name: str, value: Any, low: float, high: float) -> float:
-    """``value`` of a FLOAT widget as a float in [low, high], else NoiseARNodeError.
-
-    ComfyUI's own min/max check lets NaN through (every comparison with NaN is False), and API-format
-    workflows can carry NaN, inf or strings: nodes check their FLOAT inputs themselves.
-    """
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not ok:
-        raise NoiseARNodeError(
-            f"{node}: {name} must be a number from {low:g} to {high:g}, got {quoted(value)}; "
-            f"set a number in the widget (a shared or API workflow may carry NaN or inf)"
-        )
-    return float(value)
 
 
 @dataclass

@@ -17,14 +17,11 @@ Its entries carry ``{EXACT: True}``, so the NoiseAR nodes know they need no warn
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from . import host
 from .conditioning import EXACT, PUBLISHED_TOKENS
-from .prior import CATEGORY, NoiseARNodeError
-
-log = logging.getLogger("NoiseAR")
+from .widgets import NoiseARNodeError
 
 # sorted token streams of a CLIP -> (model family, the streams the prior reads)
 FAMILIES = {("g", "l"): ("SDXL", ("l", "g")), ("hydit_clip", "mt5xl"): ("Hunyuan-DiT", ("hydit_clip",))}
@@ -103,46 +100,3 @@ def encode(clip: Any, text: str) -> tuple[list, list, str]:
             "CLIPSetLastLayer / tokenizer options apply to conditioning only; the prior reads the model's default layer."
         )
     return conditioning, prior_text, "\n".join(notes)
-
-
-class NoiseARTextEncodeNode:
-    DESCRIPTION = (
-        "One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
-        "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
-        "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "encode"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("conditioning", "prior_text")
-    OUTPUT_TOOLTIPS = (
-        "For the sampler (CFGGuider, KSampler positive): exactly what CLIPTextEncode gives for this text, weight "
-        "syntax honoured, the whole prompt.",
-        "For the NoiseAR node's positive input: the prompt as the prior was trained on it (CLIP's own tokenizer, "
-        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).",
-    )
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
-                "text": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "dynamicPrompts": True,
-                        "tooltip": (
-                            "The prompt. Weight syntax such as (word:1.2) applies to the sampler's conditioning only; the "
-                            "prior reads the first 75 tokens of the plain text, as it was trained."
-                        ),
-                    },
-                ),
-            }
-        }
-
-    def encode(self, clip: Any, text: str) -> tuple[list, list]:
-        conditioning, prior_text, note = encode(clip, text)
-        log.info("NoiseAR Text Encode: %s", note.replace("\n", " "))
-        host.show_on_node(note)
-        return conditioning, prior_text

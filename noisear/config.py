@@ -106,24 +106,36 @@ class NoiseARConfig:
     ``patch_size`` space-time patches, frames outer.
     """
 
-    patch_size: int = 32
-    channels: int = 4
-    latent_height: int = 128
-    latent_width: int = 128
-    d_model: int = 2048
-    d_ff: int = 4096
-    n_layers: int = 1
-    n_heads: int = 1
-    text_dim: int = 2048
-    dropout: float = 0.15
-    positions: str = "table"
-    family: str = ""
-    latent_frames: int = 1
-    patch_frames: int = 1
-    window: int = 0
-    window_frames: int = 0
-    text_tokens: int = 0
-    patch_hidden_dim: int = 0
+    patch_size: int = field(
+        default=32, metadata={"help": "patch side P in latent cells; the latent sides must be multiples of it"}
+    )
+    channels: int = field(default=4, metadata={"help": "latent channels C of the noise"})
+    latent_height: int = field(
+        default=128, metadata={"help": "latent height H of the noise (2-D positions: the height trained at)"}
+    )
+    latent_width: int = field(default=128, metadata={"help": "latent width W of the noise (2-D positions: the width trained at)"})
+    d_model: int = field(default=2048, metadata={"help": "transformer width"})
+    d_ff: int = field(default=4096, metadata={"help": "feed-forward width"})
+    n_layers: int = field(default=1, metadata={"help": "transformer blocks"})
+    n_heads: int = field(default=1, metadata={"help": "attention heads"})
+    text_dim: int = field(default=2048, metadata={"help": "width D of the prompt embedding [B, T, D]"})
+    dropout: float = field(default=0.15, metadata={"help": "dropout rate"})
+    positions: str = field(
+        default="table",
+        metadata={
+            "help": "'table' (published 1-D table), '2d' (row/column sinusoids; one prior for every grid) or '3d' "
+            "(frame/row/column sinusoids: a video prior)"
+        },
+    )
+    family: str = field(default="", metadata={"help": "the model family the prior serves (noisear.families), '' if unknown"})
+    latent_frames: int = field(default=1, metadata={"help": "latent frames T of a video prior (the count trained at)"})
+    patch_frames: int = field(default=1, metadata={"help": "frames per patch of a video prior"})
+    window: int = field(
+        default=0, metadata={"help": "most patch rows and columns of one decoding window (2-D and video priors); 0: unbounded"}
+    )
+    window_frames: int = field(default=0, metadata={"help": "most frames of one decoding window (video priors); 0: unbounded"})
+    text_tokens: int = field(default=0, metadata={"help": "most text tokens the prior reads; 0: any number"})
+    patch_hidden_dim: int = field(default=0, metadata={"help": "hidden width of the patch encoder; 0: 2*Pt*P*P as published"})
 
     # positions: "table" is the published scheme, a 1-D sinusoidal table stored in the checkpoint
     # for the native grid only; "2d" computes row/column sinusoids so one prior samples every grid

@@ -1,5 +1,6 @@
-"""Figures of an evaluation: a labelled image grid (Pillow) and a plot of each source against its
-variance-matched Gaussian with error bars (matplotlib, the optional ``[plot]`` extra).
+"""Figures of an evaluation (the output side of noisear.train.evaluate, used by ``noisear eval`` and the toy
+demo): a labelled image grid (Pillow) and a plot of each source against its variance-matched Gaussian with
+error bars (matplotlib, the optional ``[plot]`` extra).
 
 Both are generic: the grid takes rows of (name, images), the plot takes per-metric lists of
 :class:`Comparison` (a source's mean and std over seeds, and those of its matched control).

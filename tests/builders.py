@@ -1,8 +1,8 @@
 """Builders shared by tests and benchmarks: configs and published-layout state dicts with random weights.
 
-The key names and shapes come from the published checkpoint table in
-/work/shared/reference/official-noisear.md, not from `noisear.model`, so a model that loads these
-state dicts strictly has the published layout.
+The key names and shapes come from the published checkpoints' table of keys and shapes (read from the
+authors' released model.pth files and code, github.com/HKUST-SAIL/NoiseAR), not from `noisear.model`, so a
+model that loads these state dicts strictly has the published layout.
 """
 
 from __future__ import annotations

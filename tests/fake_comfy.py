@@ -1,7 +1,8 @@
 """Stand-ins for the parts of ComfyUI that nodes/host.py imports, following ComfyUI's documented shapes.
 
-`install(monkeypatch, tmp_path)` puts them into nodes.host (as `comfy` and `folder_paths`), so the
-real host.py code runs against them. Facts mirrored here (see /work/shared/reference/comfyui-host.md):
+`install(monkeypatch, tmp_path)` puts them into nodes.host (as `comfy`, `comfy_execution`, `folder_paths` and
+`latent_preview`), so the real host.py code runs against them. Facts mirrored here (read from ComfyUI's own source,
+v0.3.64):
 - prepare_noise(latent, seed, batch_index): one CPU generator seeded with `seed`; without
   batch_index one randn of the latent's shape; with it, one [1, C, H, W] draw per index 0..max
   in order, item k taking the draw of its index (so a split batch reproduces the full batch).
@@ -303,10 +304,10 @@ def install(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     server = PromptServer()
     executing = SimpleNamespace(node_id="7")  # the id of the node "now executing"
     monkeypatch.setitem(sys.modules, "server", SimpleNamespace(PromptServer=SimpleNamespace(instance=server)))
-    monkeypatch.setitem(sys.modules, "comfy_execution", SimpleNamespace())
-    monkeypatch.setitem(sys.modules, "comfy_execution.utils", SimpleNamespace(get_executing_context=lambda: executing))
+    comfy_execution = SimpleNamespace(utils=SimpleNamespace(get_executing_context=lambda: executing))
     monkeypatch.setattr(host, "AVAILABLE", True)
     monkeypatch.setattr(host, "comfy", comfy, raising=False)
+    monkeypatch.setattr(host, "comfy_execution", comfy_execution, raising=False)
     monkeypatch.setattr(host, "folder_paths", folder_paths, raising=False)
     monkeypatch.setattr(host, "latent_preview", latent_preview, raising=False)
     return SimpleNamespace(

@@ -1,4 +1,4 @@
-"""An independent, deliberately plain NoiseAR, written from /work/shared/reference/official-noisear.md.
+"""An independent, deliberately plain NoiseAR, written from notes on the paper (arXiv 2506.01337) and the authors' code.
 
 It works directly on a published-layout state dict with elementary tensor ops (explicit attention
 math, hand-written LayerNorm and GELU, no torch.nn modules) and samples the published way: the

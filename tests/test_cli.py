@@ -13,6 +13,7 @@ from builders import TINY, hostile_pth, random_state_dict, write_pth, write_safe
 
 import noisear
 from noisear.cli import main
+from noisear.toy.cli import recorded_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,3 +125,10 @@ def test_python_m_noisear_refuses_a_hostile_file_without_traceback(tmp_path):
     assert done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: refused to load model.pth") and done.stderr.count("\n") == 1
     assert not marker.exists()
+
+
+def test_the_demos_manifest_records_the_command_without_absolute_paths():
+    argv = ["demo", "--retrain", "--checkpoints", "/home/me/runs/ckpt", "--out=/tmp/demo out", "--seeds", "1", "2"]
+    command = recorded_command(argv)
+    assert command == "python -m noisear demo --retrain --checkpoints ckpt '--out=demo out' --seeds 1 2"
+    assert recorded_command(["demo", "--retrain", "--checkpoints", "runs/ckpt"]).endswith("--checkpoints runs/ckpt")

@@ -10,11 +10,12 @@ import torch
 from test_golden_node import Net, comfy_denoised
 
 from nodes import host, text_encode
-from nodes.collector import DatasetCollectorNode, fixed_tokens
-from nodes.golden import GoldenNoiseNode
+from nodes.collector import fixed_tokens
+from nodes.definitions import DatasetCollectorNode, GoldenNoiseNode
 from noisear import NoiseARConfig
 from noisear.train.data import SEED_SCHEME, Batch, ShardDataset, pair_seed, prompt_index
-from noisear.train.trainer import TrainConfig, train_likelihood
+from noisear.train.likelihood import train_likelihood
+from noisear.train.loop import TrainConfig
 
 WIDTH = 8
 SIGMAS = torch.tensor([14.6146, 10.0, 5.0, 0.0])
@@ -160,7 +161,7 @@ def test_the_node_runs_again_whenever_queued():
 
 
 def test_empty_prompts_and_dataset_names_are_refused(fakes):
-    from nodes.prior import NoiseARNodeError
+    from nodes.widgets import NoiseARNodeError
 
     with pytest.raises(NoiseARNodeError, match="one prompt per line"):
         run("  \n\n")

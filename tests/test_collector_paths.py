@@ -12,8 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from test_collector import fakes, run  # noqa: F401  (the fixture, used by every test)
 
-from nodes.collector import DatasetCollectorNode, dataset_directory
-from nodes.prior import NoiseARNodeError
+from nodes.collector import dataset_directory
+from nodes.definitions import DatasetCollectorNode
+from nodes.widgets import NoiseARNodeError
 from noisear.train.data import SHARD_BYTES, DatasetInfo, ShardDataset, ShardWriter
 
 pytestmark = pytest.mark.usefixtures("fakes")

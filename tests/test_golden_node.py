@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from nodes import host
-from nodes.golden import GoldenNoise, GoldenNoiseNode, golden_from_denoised
-from nodes.prior import NoiseARNodeError
+from nodes.definitions import GoldenNoiseNode
+from nodes.golden import GoldenNoise, golden_from_denoised
+from nodes.widgets import NoiseARNodeError
 from noisear.golden import GoldenConfig, Level, Schedule, compose, decompose, golden_noise, scaled_linear_alphas_cumprod
 
 SHAPE = (3, 4, 8, 6)

@@ -12,8 +12,7 @@ import torch
 from test_nodes import SMALL, conditioning, empty_latent, load, recording_prior, small_ckpt  # noqa: F401 (fixture)
 
 from nodes.definitions import NoiseARKSamplerAdvancedNode, NoiseARKSamplerNode, NoiseARNoiseNode
-from nodes.noise import SIZE_MODES
-from nodes.prior import NoiseARNodeError
+from nodes.widgets import SIZE_MODES, NoiseARNodeError
 
 SEED = 11
 # ComfyUI v0.3.64 nodes.py: KSampler's and KSamplerAdvanced's inputs in order, with their defaults.

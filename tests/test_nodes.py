@@ -7,9 +7,11 @@ stand-in with the published SDXL / Hunyuan-DiT config checks what the nodes hand
 from __future__ import annotations
 
 import gc
+import importlib
 import inspect
 import math
 import os
+import pkgutil
 import subprocess
 import sys
 import weakref
@@ -31,9 +33,9 @@ from nodes.definitions import (
     NoiseARNoiseNode,
     NoiseARPreviewNode,
 )
-from nodes.noise import RETIRED_SIZE_MODE, SIZE_MODES
 from nodes.preview import colour_matrix, noise_to_image
-from nodes.prior import NoiseARNodeError, NoiseARPrior, size_text
+from nodes.prior import NoiseARPrior
+from nodes.widgets import RETIRED_SIZE_MODE, SIZE_MODES, NoiseARNodeError, size_text
 from noisear import NoiseARConfig, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -458,6 +460,17 @@ def test_every_node_is_described_and_every_input_and_output_has_a_tooltip(name, 
         assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
     assert set(inspect.signature(getattr(node(), node.FUNCTION)).parameters) == set(inputs)
     assert name in nodes.NODE_DISPLAY_NAME_MAPPINGS
+
+
+def test_every_node_class_is_in_definitions_and_registered_with_a_display_name():
+    """One module holds the node classes (the logic modules hold none), one table names them."""
+    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
+    for info in pkgutil.iter_modules(nodes.__path__):
+        module = importlib.import_module(f"nodes.{info.name}")
+        classes = [c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__]
+        node_classes = {c for c in classes if hasattr(c, "INPUT_TYPES")}
+        expected = set(nodes.NODE_CLASS_MAPPINGS.values()) if info.name == "definitions" else set()
+        assert node_classes == expected, info.name
 
 
 def test_the_pack_imports_outside_comfyui():

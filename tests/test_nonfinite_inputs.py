@@ -7,10 +7,9 @@ import pytest
 import torch
 from builders import TINY, model_from_state, random_eps, random_model, random_state_dict, random_text
 
-from nodes.definitions import NoiseARBlendNode, NoiseARNoiseNode
-from nodes.golden import GoldenNoiseNode
-from nodes.noise import SIZE_MODES
-from nodes.prior import NoiseARNodeError, NoiseARPrior
+from nodes.definitions import GoldenNoiseNode, NoiseARBlendNode, NoiseARNoiseNode
+from nodes.prior import NoiseARPrior
+from nodes.widgets import SIZE_MODES, NoiseARNodeError
 from noisear import NoiseARInputError
 from noisear.mixing import NoiseMixingError, blend
 

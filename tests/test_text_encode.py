@@ -17,10 +17,14 @@ from test_nodes import SMALL, empty_latent, recording_prior
 
 from nodes import host
 from nodes.conditioning import EXACT
-from nodes.definitions import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, NoiseARLatentNode, NoiseARPreviewNode
-from nodes.noise import SIZE_MODES
-from nodes.prior import NoiseARNodeError
-from nodes.text_encode import NoiseARTextEncodeNode
+from nodes.definitions import (
+    NODE_CLASS_MAPPINGS,
+    NODE_DISPLAY_NAME_MAPPINGS,
+    NoiseARLatentNode,
+    NoiseARPreviewNode,
+    NoiseARTextEncodeNode,
+)
+from nodes.widgets import SIZE_MODES, NoiseARNodeError
 
 PROMPT = "a lighthouse on a cliff at sunset"
 LONG = " ".join(f"word{i}" for i in range(80))  # 80 tokens: more than the 75 a 77-token window holds

@@ -1,10 +1,11 @@
-"""Metrics of the toy demo against closed forms, and the permutation test's behaviour."""
+"""Metrics of the toy demo against closed forms, and the swap test's behaviour on its scored sets."""
 
 import math
 
 import torch
 
-from noisear.toy.metrics import Reference, Scored, alignment, diversity, frechet_between, frechet_distance, swap_test
+from noisear.toy.metrics import Reference, Scored, alignment, diversity, frechet_between, frechet_distance
+from noisear.train.evaluate import swap_test
 
 
 def scored(features: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor | None = None) -> Scored:
@@ -39,6 +40,10 @@ def test_swap_test_separates_different_sources_and_not_identical_ones():
     reference = Reference(torch.randn(500, 4, dtype=torch.float64))
     near = [scored(torch.randn(200, 4), labels) for _ in range(2)]
     far = [scored(torch.randn(200, 4) + 1.0, labels) for _ in range(2)]
-    assert swap_test(frechet_distance, near, near, reference, permutations=50)["p_value"] == 1.0
-    result = swap_test(frechet_distance, far, near, reference, permutations=50)
+
+    def distance(s):
+        return frechet_distance(s, reference)
+
+    assert swap_test(distance, near, near, permutations=50)["p_value"] == 1.0
+    result = swap_test(distance, far, near, permutations=50)
     assert result["diff"] > 0 and result["p_value"] < 0.05

@@ -7,7 +7,8 @@ import torch
 
 from noisear import NoiseARConfig
 from noisear.train.data import BatchPlan, DatasetError, DatasetInfo, ShardDataset, ShardWriter
-from noisear.train.trainer import TrainConfig, train_likelihood
+from noisear.train.likelihood import train_likelihood
+from noisear.train.loop import TrainConfig
 
 SIZES = {"8x8": (8, 8), "8x16": (8, 16)}
 CONFIG = NoiseARConfig(patch_size=4, channels=4, latent_height=8, latent_width=8, d_model=16, d_ff=32, text_dim=6, positions="2d")

@@ -5,7 +5,7 @@ import torch
 
 from noisear import standard_normal
 from noisear.train.data import PromptSet
-from noisear.train.evaluate import contrast, evaluate, gaussian_source, prompt_mean_source
+from noisear.train.evaluate import ItemScores, Source, eval_table, evaluate, gaussian_source, prompt_mean_source
 
 SHAPE = (2, 4, 4)
 
@@ -28,25 +28,33 @@ def mean_value(images, prompts):
     return images.mean(dim=(1, 2, 3))
 
 
-def test_contrast_counts_the_seeds_on_which_a_beats_b():
-    a = np.array([[1.0, 1.0], [0.0, -1.0], [2.0, 0.0]])
-    b = np.zeros((3, 2))
-    result = contrast(a, b)
-    assert result["seed_diffs"] == [1.0, -0.5, 1.0] and result["seeds_better"] == 2 and result["seeds"] == 3
-    assert result["mean_diff"] == np.mean(a - b) and result["n"] == 6
+def run(sources, scorer):
+    named = [Source.item_seeded(name, source) for name, source in sources.items()]
+    return evaluate(named, identity, ItemScores({"value": scorer}), prompts(), seeds=range(10))
+
+
+def test_a_contrast_counts_the_seeds_on_which_a_beats_b():
+    def up_unless_seed_is_a_multiple_of_3(p, seeds):  # seeds: one per item, all the evaluation seed
+        return gaussian_source(SHAPE)(p, seeds) + (0.1 if seeds[0] % 3 else -0.1)
+
+    sources = {"gaussian": gaussian_source(SHAPE), "up": up_unless_seed_is_a_multiple_of_3}
+    result = run(sources, first_pixel)
+    contrast = result.contrast("up", "gaussian", "value")
+    np.testing.assert_allclose(contrast["per_seed"], [0.1 if s % 3 else -0.1 for s in range(10)], atol=1e-6)
+    assert contrast["better"] == 6 and np.isclose(contrast["diff"], 0.1 * (6 - 4) / 10)
 
 
 def test_a_source_is_judged_against_the_gaussian_of_its_own_std(tmp_path):
     """'narrow' is N(0, 0.5^2) + 0.1: against N(0,1) its spread alone would decide a spread-sensitive score;
     against its matched Gaussian (same draws x std) only the +0.1 shift remains, on every seed."""
     sources = {"gaussian": gaussian_source(SHAPE), "narrow": lambda p, s: gaussian_source(SHAPE, 0.5)(p, s) + 0.1}
-    result = evaluate(sources, identity, {"value": first_pixel}, prompts(), seeds=range(10))
-    matched = result.matched["value"]["narrow"]
-    control = result.scores["value"]["gaussian@std(narrow)"]
-    np.testing.assert_allclose(matched["seed_diffs"], (result.scores["value"]["narrow"] - control).mean(axis=1))
-    assert matched["mean_diff"] > 0.09 and matched["seeds_better"] == 10 and matched["seeds"] == 10
-    assert "gaussian" not in result.matched["value"] and "gaussian@std(narrow)" not in result.matched["value"]
-    assert "10/10" in result.table()
+    result = run(sources, first_pixel)
+    matched = result.vs_matched("narrow", "value")
+    narrow, control = (np.stack([s["value"] for s in row.scored]) for row in (result.row("narrow"), result.row("narrow").control))
+    np.testing.assert_allclose(matched["per_seed"], (narrow - control).mean(axis=1))
+    assert matched["diff"] > 0.09 and matched["better"] == 10
+    assert result.row("gaussian").control is None and [row.name for row in result.rows] == ["gaussian", "narrow"]
+    assert "10/10" in eval_table(result)
 
 
 def test_prompt_mean_source_adds_the_baselines_predicted_shift_to_the_seeds_gaussian():
@@ -57,11 +65,5 @@ def test_prompt_mean_source_adds_the_baselines_predicted_shift_to_the_seeds_gaus
     noise = prompt_mean_source(Baseline(), SHAPE)(prompts(), [7] * 4)
     expected = standard_normal((4, *SHAPE), [7] * 4) + 0.25 * torch.arange(4.0)[:, None, None, None]
     torch.testing.assert_close(noise, expected)
-    result = evaluate(
-        {"gaussian": gaussian_source(SHAPE), "shift": prompt_mean_source(Baseline(), SHAPE)},
-        identity,
-        {"mean": mean_value},
-        prompts(),
-        seeds=range(10),
-    )
-    assert result.matched["mean"]["shift"]["seeds_better"] == 10  # the shift wins on every seed
+    result = run({"gaussian": gaussian_source(SHAPE), "shift": prompt_mean_source(Baseline(), SHAPE)}, mean_value)
+    assert result.vs_matched("shift", "value")["better"] == 10  # the shift wins on every seed

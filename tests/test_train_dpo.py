@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from test_train_trainer import one_thread  # noqa: F401  (fixture)
+from test_train_likelihood import one_thread  # noqa: F401  (fixture)
 
 from noisear import NoiseARConfig
 from noisear.train.data import PromptSet
 from noisear.train.dpo import DPOConfig, DPOObjective, dpo_loss, make_pairs, train_dpo
-from noisear.train.trainer import TrainConfig, initial_model, train
+from noisear.train.loop import TrainConfig, initial_model, train
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.1)
 

@@ -1,4 +1,4 @@
-"""Evaluation harness with stand-in backend and scorer: std-matched controls, paired test, table, figures."""
+"""The evaluation layer with a stand-in backend and scorer: std-matched controls, paired tests, table, figures."""
 
 import importlib.util
 import itertools
@@ -14,13 +14,19 @@ from noisear.figures import PLOT_SKIPPED
 from noisear.train.data import PromptSet
 from noisear.train.evaluate import (
     BLEND_SEED_OFFSET,
+    ItemScores,
+    Source,
     blend_source,
     comparisons,
+    eval_table,
     evaluate,
     gaussian_source,
+    matched_gaussian,
+    noise_std,
     noisear_source,
     paired_test,
     save_report,
+    swap_test,
 )
 
 SHAPE = (3, 4, 4)
@@ -44,9 +50,15 @@ def brightness(images, prompts):
     return images.mean(dim=(1, 2, 3))
 
 
+def run(sources, seeds, **options):
+    """evaluate() of per-item seeded sources with the stand-in backend and the brightness scorer."""
+    named = [Source.item_seeded(name, source) for name, source in sources.items()]
+    return evaluate(named, backend, ItemScores({"brightness": brightness}), prompts(), seeds, **options)
+
+
 def test_paired_test_exact_and_monte_carlo_agree_with_direct_computations():
     result = paired_test(np.ones(4), np.zeros(4))
-    assert result["p_value"] == 2 / 16 and result["mean_diff"] == 1.0  # only all-plus and all-minus are as extreme
+    assert result["p_value"] == 2 / 16 and result["diff"] == 1.0  # only all-plus and all-minus are as extreme
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=18) + 0.4, rng.normal(size=18)
     diff = a - b
@@ -56,39 +68,81 @@ def test_paired_test_exact_and_monte_carlo_agree_with_direct_computations():
     assert abs(paired_test(a, b, permutations=20000)["p_value"] - exact) < 0.01
 
 
+class Items:
+    """Per-item scores as a swappable set (what swap_test needs)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __len__(self):
+        return len(self.values)
+
+    def take(self, mask, other):
+        return Items(torch.where(mask, self.values, other.values))
+
+
+def test_for_a_mean_metric_the_swap_test_is_the_sign_flip_test():
+    generator = torch.Generator().manual_seed(3)
+    a = [Items(torch.randn(6, generator=generator, dtype=torch.float64) + 0.3) for _ in range(2)]
+    b = [Items(torch.randn(6, generator=generator, dtype=torch.float64)) for _ in range(2)]
+    exact = paired_test(np.stack([x.values for x in a]), np.stack([y.values for y in b]))  # 12 pairs: every sign pattern
+    swapped = swap_test(lambda items: float(items.values.mean()), a, b, permutations=4000)
+    assert math.isclose(swapped["diff"], exact["diff"], abs_tol=1e-12)
+    assert abs(swapped["p_value"] - exact["p_value"]) < 0.03
+
+
+def test_a_controls_std_is_the_sources_std_over_all_seeds_or_on_each_seed():
+    baseline = [torch.randn(50, generator=torch.Generator().manual_seed(s)) for s in range(4)]
+    pooled = matched_gaussian(baseline, 0.5, per_seed=False)
+    assert math.isclose(noise_std(pooled, per_seed=False), 0.5, rel_tol=1e-6)
+    assert len({round(float(n[0] / b[0]), 6) for n, b in zip(pooled, baseline)}) == 1  # one factor for every seed
+    for noise in matched_gaussian(baseline, 0.5, per_seed=True):
+        assert math.isclose(float(noise.double().std()), 0.5, rel_tol=1e-6)
+
+
 def test_harness_scores_sources_on_the_same_seeds_with_std_matched_controls(tmp_path):
     sources = {
         "gaussian": gaussian_source(SHAPE),
         "shifted": lambda p, s: gaussian_source(SHAPE)(p, s) + 0.5,
         "shrunk": gaussian_source(SHAPE, std=0.5),
     }
-    result = evaluate(sources, backend, {"brightness": brightness}, prompts(), seeds=range(5))
-    scores = result.scores["brightness"]
-    assert set(scores) == {"gaussian", "shifted", "shrunk", "gaussian@std(shifted)", "gaussian@std(shrunk)"}
-    assert scores["shrunk"].shape == (5, 6)
-    assert abs(result.noise_std["shrunk"] - 0.5) < 0.05
-    assert math.isclose(result.noise_std["gaussian@std(shrunk)"], result.noise_std["shrunk"], rel_tol=1e-6)
-    np.testing.assert_allclose(scores["shrunk"], scores["gaussian@std(shrunk)"], atol=1e-6)  # same seeds
-    assert result.tests["brightness"]["shrunk"]["p_value"] > 0.05
-    shifted = result.tests["brightness"]["shifted"]
-    assert shifted["mean_diff"] > 0.05 and shifted["p_value"] < 0.001
-    assert "gaussian" not in result.tests["brightness"]
-    table = result.table()
-    assert table.count("\n| ") == 5 and "shifted" in table and "p=" in table
+    result = run(sources, range(5))
+    assert [row.name for row in result.rows] == ["gaussian", "shifted", "shrunk"]
+    shrunk = result.row("shrunk")
+    assert len(shrunk.scored) == 5 and shrunk.scored[0]["brightness"].shape == (6,)
+    assert abs(shrunk.noise_std - 0.5) < 0.05
+    assert shrunk.control.name == "gaussian@std(shrunk)" and result.row("gaussian").control is None
+    assert math.isclose(shrunk.control.noise_std, shrunk.noise_std, rel_tol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([s["brightness"] for s in shrunk.scored]), np.stack([s["brightness"] for s in shrunk.control.scored]), atol=1e-6
+    )  # same seeds
+    assert result.vs_matched("shrunk", "brightness")["p_value"] > 0.05
+    shifted = result.contrast("shifted", "gaussian", "brightness")
+    assert shifted["diff"] > 0.05 and shifted["p_value"] < 0.001 and shifted["better"] == 5
+    table = eval_table(result)
+    assert table.count("\n| ") == 3 and "shifted" in table and "5/5" in table
     paths = save_report(result, tmp_path)
     with Image.open(paths["grid"]) as image:
         grid = np.asarray(image.convert("RGB"))
-    # 5 labelled rows x 6 prompts of 8x8 images in 48 px cells (each pixel a 6x6 block), 4 px apart, ending the picture
-    top, left = grid.shape[0] - 4 * (48 + 4), grid.shape[1] - 6 * (48 + 4)  # row 2 = shifted, first prompt
+    # 3 labelled rows x 6 prompts of 8x8 images in 48 px cells (each pixel a 6x6 block), 4 px apart, ending the picture
+    top, left = grid.shape[0] - 2 * (48 + 4), grid.shape[1] - 6 * (48 + 4)  # row 2 = shifted, first prompt
     expected = (backend(sources["shifted"](prompts(), [0] * 6), None)[0].permute(1, 2, 0).numpy() * 255).round()
     np.testing.assert_array_equal(grid[top : top + 48, left : left + 48], expected.astype(np.uint8).repeat(6, 0).repeat(6, 1))
 
 
+def test_a_source_may_render_with_its_own_backend_and_go_without_a_control():
+    dark = Source.item_seeded("dark", gaussian_source(SHAPE), backend=lambda noise, p: backend(noise, p) * 0.5, controlled=False)
+    result = evaluate(
+        [Source.item_seeded("gaussian", gaussian_source(SHAPE)), dark], backend, ItemScores({"b": brightness}), prompts(), [0, 1]
+    )
+    torch.testing.assert_close(result.row("dark").images, 0.5 * result.row("gaussian").images)
+    assert result.row("dark").control is None
+
+
 def test_the_plot_compares_each_source_with_its_std_matched_control(tmp_path, monkeypatch):
-    sources = {"gaussian": gaussian_source(SHAPE), "shrunk": gaussian_source(SHAPE, std=0.5)}
-    result = evaluate(sources, backend, {"brightness": brightness}, prompts(), seeds=range(3))
+    result = run({"gaussian": gaussian_source(SHAPE), "shrunk": gaussian_source(SHAPE, std=0.5)}, range(3))
     ((baseline, shrunk),) = [comparisons(result)["brightness"]]
-    per_seed = result.scores["brightness"]["gaussian@std(shrunk)"].mean(axis=1)
+    per_seed = np.stack([s["brightness"] for s in result.row("shrunk").control.scored]).mean(axis=1)
     assert (baseline.source, baseline.matched_mean) == ("gaussian", None)
     assert shrunk.source == "shrunk" and math.isclose(shrunk.matched_mean, per_seed.mean())
     assert math.isclose(shrunk.matched_std, per_seed.std(ddof=1))

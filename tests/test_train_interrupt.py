@@ -14,13 +14,14 @@ import pytest
 import torch
 from test_train_dpo import MODEL as DPO_MODEL
 from test_train_dpo import first_channel_mean, prompts
-from test_train_trainer import MODEL, REPO, config, make_dataset
+from test_train_likelihood import MODEL, REPO, config, make_dataset, one_thread  # noqa: F401  (fixture)
 
 from noisear import io
 from noisear.toy.checkpoints import save_net
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
-from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
+from noisear.train.likelihood import LikelihoodObjective
+from noisear.train.loop import TrainConfig, initial_model, train
 
 DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
 
@@ -32,8 +33,9 @@ from noisear import io
 from noisear.toy.checkpoints import save_net
 from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
-from noisear.train.trainer import LikelihoodObjective, TrainConfig, initial_model, train
-from test_train_trainer import MODEL
+from noisear.train.likelihood import LikelihoodObjective
+from noisear.train.loop import TrainConfig, initial_model, train
+from test_train_likelihood import MODEL
 
 data, out = sys.argv[1], sys.argv[2]
 c = TrainConfig(out_dir=out, steps=12, batch_size=8, lr=3e-3, warmup_steps=2, log_every=2, checkpoint_every=4,
@@ -179,7 +181,7 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
             handle.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("noisear.train.trainer.torch.save", disk_full)
+    monkeypatch.setattr("noisear.train.loop.torch.save", disk_full)
     with pytest.raises(OSError, match="No space"):
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["log.jsonl"]

@@ -11,7 +11,7 @@ from test_train_text_encoders import clip_tokenizer  # noqa: E402
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer  # noqa: E402
 
 from noisear.train.dpo import PromptSet  # noqa: E402
-from noisear.train.evaluate import clip_pixels, clip_scorer  # noqa: E402
+from noisear.train.scorers import clip_pixels, clip_scorer  # noqa: E402
 
 SIZE = 32
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -1,4 +1,4 @@
-"""Writes the example workflows (ComfyUI UI format 0.4) and, with --pictures, their pictures.
+"""Writes every example workflow in workflows/ (ComfyUI UI format 0.4) and, with --pictures, their pictures.
 
     python workflows/make_workflows.py                   # the .json files (standard library only)
     python workflows/make_workflows.py --pictures SHOTS  # also <name>.jpg thumbnails, docs/comfyui-wiring.png and
@@ -8,9 +8,9 @@ The pictures are screenshots of the real ComfyUI frontend, taken by the host sui
 `NOISEAR_SCREENSHOTS=SHOTS python -m pytest tests/host/test_browser.py` (see its docstring) writes
 SHOTS/<name>.png for every workflow file; --pictures turns them into thumbnails (Pillow).
 
-Each graph is listed once below: nodes with their widget values in ComfyUI's order, then links by
-input name. WIDGET_NAMES names those values (`intended_widgets`): the host suite (tests/host) checks
-every file against a live ComfyUI's /object_info and, in a real browser, that the UI shows each value
+`graphs()` is the one list of workflows: each graph is nodes with their widget values in ComfyUI's order,
+then links by input name. WIDGET_NAMES names those values (`intended_widgets`): the host suite (tests/host)
+checks every file against a live ComfyUI's /object_info and, in a real browser, that the UI shows each value
 against the intended input name.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -80,6 +80,20 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("LATENT", "LATENT")],
     ),
     "NoiseARTextEncode": ([("clip", "CLIP")], [("conditioning", "CONDITIONING"), ("prior_text", "CONDITIONING")]),
+    "NoiseARGoldenNoise": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("noise", "NOISE")],
+        [("noise", "NOISE")],
+    ),
+    "NoiseARDatasetCollector": (
+        [
+            ("model", "MODEL"),
+            ("clip", "CLIP"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+            ("reward", "NOISEAR_REWARD"),
+        ],
+        [("summary", "STRING")],
+    ),
     "Note": ([], []),  # the UI's own note node (not in /object_info)
 }
 
@@ -127,6 +141,22 @@ WIDGET_NAMES: dict[str, list[str]] = {
         "temperature",
         "size_mode",
     ],
+    "NoiseARGoldenNoise": [*SEED_NAMES, "scheduler", "steps", "cfg_denoise", "cfg_invert"],
+    "NoiseARDatasetCollector": [
+        "prompts",
+        "seeds_per_prompt",
+        "first_seed",
+        "scheduler",
+        "steps",
+        "cfg_denoise",
+        "cfg_invert",
+        "dataset",
+        "text_tokens",
+        "batch_size",
+        "shard_size",
+        "model_name",
+        "reward_margin",
+    ],
     "Note": ["text"],
 }
 
@@ -148,7 +178,6 @@ class Graph:
     description: str
     nodes: list[Node]
     links: list[tuple[str, int, str, str]]  # (source key, output slot, target key, input name)
-    extra: dict = field(default_factory=dict)
 
 
 # The positive prompt is NoiseAR Text Encode: `conditioning` (slot 0, exactly CLIPTextEncode's) goes to the
@@ -174,7 +203,6 @@ def prompt_note(column: float, row: float) -> Node:
 def sdxl_base(
     prior_node: Node,
     *,
-    checkpoint: str = "sd_xl_base_1.0.safetensors",
     size: tuple[int, int] = (1024, 1024),
     prior_reads_prompt: bool = True,
 ) -> list[Node]:
@@ -183,7 +211,7 @@ def sdxl_base(
     otherwise (golden noise, no prior) a CLIPTextEncode."""
     text = "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"
     return [
-        Node("ckpt", "CheckpointLoaderSimple", 0, 0, [checkpoint], height=100),
+        Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
         positive_prompt(text) if prior_reads_prompt else Node("pos", "CLIPTextEncode", 1, 0, [text], "Positive prompt", 140),
         Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
         Node("latent", "EmptyLatentImage", 0, 1.1, [*size, 1], height=110),
@@ -226,131 +254,12 @@ def custom_sampling_nodes(noise_key: str) -> tuple[list[Node], list[tuple[str, i
 PROMPT_LINKS = [("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip")]
 
 
-def sdxl_custom_graph(name: str, description: str, size: tuple[int, int]) -> Graph:
-    """NoiseAR Noise -> SamplerCustomAdvanced at ``size`` (width, height px), with a preview of the start noise."""
-    noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
-    custom, custom_links = custom_sampling_nodes("noise")
-    return Graph(
-        name,
-        description,
-        sdxl_base(LOADER_SDXL, size=size)
-        + [noise]
-        + custom
-        + [
-            Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
-            Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90),
-        ],
-        PROMPT_LINKS
-        + [
-            ("loader", 0, "noise", "noisear_model"),
-            ("pos", PRIOR_TEXT, "noise", "positive"),
-            ("noise", 0, "preview", "noise"),
-            ("latent", 0, "preview", "latent_image"),
-            ("loader", 1, "info", "source"),
-        ]
-        + custom_links,
-    )
+def prior_noise() -> Node:
+    """NoiseAR Noise below the prompts, fed by the loader and the prompt's prior_text."""
+    return Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
 
 
-def graphs() -> list[Graph]:
-    noise = Node("noise", "NoiseARNoise", 1, 2.4, NOISE_WIDGETS, height=150)
-    sdxl_custom = sdxl_custom_graph(
-        "noisear_sdxl_custom_sampler",
-        "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
-        (1024, 1024),
-    )
-    sdxl_portrait = sdxl_custom_graph(
-        "noisear_sdxl_832x1216",
-        "SDXL at 832 x 1216 px (portrait bucket): the published prior decodes the latent with a sliding window "
-        "(NoiseAR Preview says so); otherwise as the 1024 x 1024 custom-sampler workflow.",
-        (832, 1216),
-    )
-
-    start = Node("start", "NoiseARLatent", 1.0, 2.4, NOISE_WIDGETS, height=170)
-    ksampler = Node(
-        "ksampler",
-        "KSamplerAdvanced",
-        2,
-        0,
-        ["disable", SEED, "fixed", 50, 5.5, "dpmpp_2m", "normal", 0, 10000, "disable"],
-        height=330,
-    )
-    sdxl_ksampler = Graph(
-        "noisear_sdxl_ksampler_advanced",
-        "SDXL: NoiseAR Latent -> KSamplerAdvanced with add_noise = disable and start_at_step = 0.",
-        sdxl_base(LOADER_SDXL)
-        + [
-            start,
-            ksampler,
-            Node("decode", "VAEDecode", 3, 0, [], height=50),
-            Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270),
-        ],
-        PROMPT_LINKS
-        + [
-            ("ckpt", 0, "start", "model"),
-            ("loader", 0, "start", "noisear_model"),
-            ("pos", PRIOR_TEXT, "start", "positive"),
-            ("latent", 0, "start", "latent_image"),
-            ("ckpt", 0, "ksampler", "model"),
-            ("pos", CONDITIONING, "ksampler", "positive"),
-            ("neg", 0, "ksampler", "negative"),
-            ("start", 0, "ksampler", "latent_image"),
-            ("ksampler", 0, "decode", "samples"),
-            ("ckpt", 2, "decode", "vae"),
-            ("decode", 0, "save", "images"),
-        ],
-    )
-
-    blend_nodes, blend_links = custom_sampling_nodes("blend")
-    sdxl_blend = Graph(
-        "noisear_sdxl_blend",
-        "SDXL: NoiseAR noise mixed with RandomNoise by NoiseAR Blend (training-free), then SamplerCustomAdvanced.",
-        sdxl_base(LOADER_SDXL)
-        + [
-            noise,
-            Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
-            Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130),
-        ]
-        + blend_nodes,
-        PROMPT_LINKS
-        + [
-            ("loader", 0, "noise", "noisear_model"),
-            ("pos", PRIOR_TEXT, "noise", "positive"),
-            ("noise", 0, "blend", "noisear_noise"),
-            ("gauss", 0, "blend", "gaussian_noise"),
-        ]
-        + blend_links,
-    )
-
-    dit_nodes, dit_links = custom_sampling_nodes("noise")
-    hunyuan = Graph(
-        "noisear_hunyuan_dit",
-        "Hunyuan-DiT v1.2 at 1280 x 768 px: NoiseAR Text Encode (one text for BERT and mT5, as "
-        "CLIPTextEncodeHunyuanDiT with both texts equal) -> NoiseAR Noise (dit prior, sliding-window decoding at "
-        "this size) -> SamplerCustomAdvanced.",
-        [
-            Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
-            positive_prompt("a red panda reading a book under a tree, watercolor"),
-            Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
-            Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110),
-            LOADER_DIT,
-            noise,
-            prompt_note(0, 3.3),
-        ]
-        + dit_nodes,
-        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive")] + dit_links,
-    )
-    return [
-        one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
-        one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
-        sdxl_custom,
-        sdxl_portrait,
-        sdxl_ksampler,
-        sdxl_blend,
-        hunyuan,
-    ]
-
-
+# The workflows ------------------------------------------------------------------------------------
 # ComfyUI's default graph (comfyui-workflow-templates default.json, ComfyUI v0.3.64) and its widget values,
 # with the checkpoint of the model family at 1024x1024 (its and the published priors' native size).
 DEFAULT_PROMPT = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
@@ -394,6 +303,212 @@ def one_node_swap(name: str, checkpoint: str, loader: Node) -> Graph:
             ("decode", 0, "save", "images"),
         ],
     )
+
+
+def sdxl_custom_graph(name: str, description: str, size: tuple[int, int]) -> Graph:
+    """NoiseAR Noise -> SamplerCustomAdvanced at ``size`` (width, height px), with a preview of the start noise."""
+    noise = prior_noise()
+    custom, custom_links = custom_sampling_nodes("noise")
+    return Graph(
+        name,
+        description,
+        sdxl_base(LOADER_SDXL, size=size)
+        + [noise]
+        + custom
+        + [
+            Node("preview", "NoiseARPreview", 3, 2.0, [], height=300),
+            Node("info", "PreviewAny", 1, 3.6, [], "Detected prior", 90),
+        ],
+        PROMPT_LINKS
+        + [
+            ("loader", 0, "noise", "noisear_model"),
+            ("pos", PRIOR_TEXT, "noise", "positive"),
+            ("noise", 0, "preview", "noise"),
+            ("latent", 0, "preview", "latent_image"),
+            ("loader", 1, "info", "source"),
+        ]
+        + custom_links,
+    )
+
+
+def sdxl_ksampler_advanced_graph() -> Graph:
+    """NoiseAR Latent as the start latent of KSamplerAdvanced (add_noise disable, start_at_step 0)."""
+    start = Node("start", "NoiseARLatent", 1.0, 2.4, NOISE_WIDGETS, height=170)
+    ksampler = Node(
+        "ksampler",
+        "KSamplerAdvanced",
+        2,
+        0,
+        ["disable", SEED, "fixed", 50, 5.5, "dpmpp_2m", "normal", 0, 10000, "disable"],
+        height=330,
+    )
+    return Graph(
+        "noisear_sdxl_ksampler_advanced",
+        "SDXL: NoiseAR Latent -> KSamplerAdvanced with add_noise = disable and start_at_step = 0.",
+        sdxl_base(LOADER_SDXL)
+        + [
+            start,
+            ksampler,
+            Node("decode", "VAEDecode", 3, 0, [], height=50),
+            Node("save", "SaveImage", 3, 0.5, ["NoiseAR"], height=270),
+        ],
+        PROMPT_LINKS
+        + [
+            ("ckpt", 0, "start", "model"),
+            ("loader", 0, "start", "noisear_model"),
+            ("pos", PRIOR_TEXT, "start", "positive"),
+            ("latent", 0, "start", "latent_image"),
+            ("ckpt", 0, "ksampler", "model"),
+            ("pos", CONDITIONING, "ksampler", "positive"),
+            ("neg", 0, "ksampler", "negative"),
+            ("start", 0, "ksampler", "latent_image"),
+            ("ksampler", 0, "decode", "samples"),
+            ("ckpt", 2, "decode", "vae"),
+            ("decode", 0, "save", "images"),
+        ],
+    )
+
+
+def sdxl_blend_graph() -> Graph:
+    """NoiseAR noise mixed with RandomNoise by NoiseAR Blend, then SamplerCustomAdvanced."""
+    blend_nodes, blend_links = custom_sampling_nodes("blend")
+    return Graph(
+        "noisear_sdxl_blend",
+        "SDXL: NoiseAR noise mixed with RandomNoise by NoiseAR Blend (training-free), then SamplerCustomAdvanced.",
+        sdxl_base(LOADER_SDXL)
+        + [
+            prior_noise(),
+            Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
+            Node("blend", "NoiseARBlend", 2, 2.8, [0.5, "linear", False], height=130),
+        ]
+        + blend_nodes,
+        PROMPT_LINKS
+        + [
+            ("loader", 0, "noise", "noisear_model"),
+            ("pos", PRIOR_TEXT, "noise", "positive"),
+            ("noise", 0, "blend", "noisear_noise"),
+            ("gauss", 0, "blend", "gaussian_noise"),
+        ]
+        + blend_links,
+    )
+
+
+def hunyuan_dit_graph() -> Graph:
+    """Hunyuan-DiT v1.2 at 1280 x 768 px: NoiseAR Noise (dit prior) -> SamplerCustomAdvanced."""
+    dit_nodes, dit_links = custom_sampling_nodes("noise")
+    return Graph(
+        "noisear_hunyuan_dit",
+        "Hunyuan-DiT v1.2 at 1280 x 768 px: NoiseAR Text Encode (one text for BERT and mT5, as "
+        "CLIPTextEncodeHunyuanDiT with both texts equal) -> NoiseAR Noise (dit prior, sliding-window decoding at "
+        "this size) -> SamplerCustomAdvanced.",
+        [
+            Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["hunyuan_dit_1.2.safetensors"], height=100),
+            positive_prompt("a red panda reading a book under a tree, watercolor"),
+            Node("neg", "CLIPTextEncodeHunyuanDiT", 1, 1.2, [NEGATIVE] * 2, "Negative prompt", 160),
+            Node("latent", "EmptyLatentImage", 0, 1.1, [1280, 768, 1], height=110),
+            LOADER_DIT,
+            prior_noise(),
+            prompt_note(0, 3.3),
+        ]
+        + dit_nodes,
+        PROMPT_LINKS + [("loader", 0, "noise", "noisear_model"), ("pos", PRIOR_TEXT, "noise", "positive")] + dit_links,
+    )
+
+
+def golden_noise_graph() -> Graph:
+    """NoiseAR Golden Noise (no prior) -> SamplerCustomAdvanced."""
+    golden = Node("golden", "NoiseARGoldenNoise", 1, 2.4, [SEED, "fixed", "normal", 50, 5.5, 1.0], height=210)
+    custom, custom_links = custom_sampling_nodes("golden")
+    return Graph(
+        "noisear_sdxl_golden_noise",
+        "Any SDXL-family, SD3 or Flux model, no prior needed: NoiseAR Golden Noise (one denoising + one inversion "
+        "step with the model, about 3 evaluations) -> SamplerCustomAdvanced. Keep scheduler and steps equal to "
+        "BasicScheduler's.",
+        sdxl_base(golden, prior_reads_prompt=False) + custom,
+        PROMPT_LINKS
+        + [("ckpt", 0, "golden", "model"), ("pos", 0, "golden", "positive"), ("neg", 0, "golden", "negative")]
+        + custom_links,
+    )
+
+
+COLLECT_PROMPTS = "\n".join(
+    [
+        "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo",
+        "a red panda reading a book under a tree, watercolor",
+        "a bowl of ramen on a wooden table, studio lighting",
+        "an astronaut riding a horse on the moon, digital art",
+    ]
+)
+
+
+def collect_dataset_graph() -> Graph:
+    """NoiseAR Dataset Collector for one bucket size, with its summary."""
+    collector_widgets = [
+        COLLECT_PROMPTS,
+        4,
+        0,
+        "normal",
+        50,
+        5.5,
+        1.0,
+        "noisear_dataset/1024x1024",
+        77,
+        4,
+        256,
+        "sd_xl_base_1.0",
+        0.0,
+    ]
+    return Graph(
+        "noisear_collect_dataset",
+        "Collect a NoiseAR training set for your model: golden noise for every prompt line and j < seeds_per_prompt, "
+        "each pair from its own seed (a hash of first_seed, the prompt and j: no noise repeats across prompts), "
+        "written as shards under output/noisear_dataset/<size>. Use many prompts, a few seeds each. Run once per "
+        "size (aspect-ratio bucket), check with `python -m noisear data inspect output/noisear_dataset`, then "
+        "train with `python -m noisear train output/noisear_dataset --positions 2d ...`; judge it by the held-out "
+        "figures it prints (see docs/train-your-prior.md).",
+        [
+            Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
+            Node("neg", "CLIPTextEncode", 1, 0, [NEGATIVE], "Negative prompt", 140),
+            Node("latent", "EmptyLatentImage", 0, 1.1, [1024, 1024, 1], "Bucket size", 110),
+            Node("collect", "NoiseARDatasetCollector", 2, 0, collector_widgets, height=520),
+            Node("summary", "PreviewAny", 3, 0, [], "Summary", 120),
+        ],
+        [
+            ("ckpt", 1, "neg", "clip"),
+            ("ckpt", 0, "collect", "model"),
+            ("ckpt", 1, "collect", "clip"),
+            ("neg", 0, "collect", "negative"),
+            ("latent", 0, "collect", "latent_image"),
+            ("collect", 0, "summary", "source"),
+        ],
+    )
+
+
+def graphs() -> list[Graph]:
+    """Every example workflow: one graph per file workflows/<name>.json."""
+    return [
+        one_node_swap("noisear_sdxl_ksampler", "sd_xl_base_1.0.safetensors", LOADER_SDXL),
+        one_node_swap("noisear_hunyuan_dit_ksampler", "hunyuan_dit_1.2.safetensors", LOADER_DIT),
+        sdxl_custom_graph(
+            "noisear_sdxl_custom_sampler",
+            "SDXL / DreamShaper-XL: NoiseAR Noise -> SamplerCustomAdvanced, with a preview of the start noise.",
+            (1024, 1024),
+        ),
+        sdxl_custom_graph(
+            "noisear_sdxl_832x1216",
+            "SDXL at 832 x 1216 px (portrait bucket): the published prior decodes the latent with a sliding window "
+            "(NoiseAR Preview says so); otherwise as the 1024 x 1024 custom-sampler workflow.",
+            (832, 1216),
+        ),
+        sdxl_ksampler_advanced_graph(),
+        sdxl_blend_graph(),
+        hunyuan_dit_graph(),
+        golden_noise_graph(),
+        collect_dataset_graph(),
+    ]
+
+
+# UI format ----------------------------------------------------------------------------------------
 
 
 def widget_values(node: Node) -> dict[str, object]:

@@ -24,12 +24,12 @@ from ..io import load as load_prior
 from ..io import save as save_prior
 from ..io import write_atomically
 from ..model import NoiseAR
-from .ar_prior import PixelPrior, PixelPriorConfig, PixelPriorTraining, train_pixel_prior
+from .blog_methods import ConsistencyConfig, train_consistent_denoiser
 from .classifier import ClassifierTraining, DigitClassifier, accuracy, train_classifier
 from .data import load_split
 from .diffusion import Denoiser, DenoiserConfig, DenoiserTraining, train_denoiser
-from .methods import ConsistencyConfig, train_consistent_denoiser
-from .prior import HELD_OUT_SEEDS, collect_golden_pairs, fine_tune_dpo, prompt_mean_shift, train_prior
+from .noisear_prior import HELD_OUT_SEEDS, collect_golden_pairs, fine_tune_dpo, prompt_mean_shift, train_prior
+from .pixel_prior import PixelPrior, PixelPriorConfig, PixelPriorTraining, train_pixel_prior
 
 DEFAULT_DIR = Path(__file__).parent / "checkpoints"
 FILES = {

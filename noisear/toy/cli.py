@@ -47,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=run_demo)
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line as MANIFEST.md records it: an absolute path is cut to its last part (the folder's name),
+    so the manifest names no machine's directories."""
+
+    def portable(arg: str) -> str:
+        option, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        return option + sep + (Path(value).name if Path(value).is_absolute() else value)
+
+    return "python -m noisear " + " ".join(shlex.quote(portable(arg)) for arg in argv)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -56,8 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.use_deterministic_algorithms(True)
     directory = Path(args.checkpoints) if args.checkpoints else DEFAULT_DIR
     if args.retrain:
-        command = "python -m noisear " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        retrain(directory, resume=args.resume, command=command)
+        retrain(directory, resume=args.resume, command=recorded_command(sys.argv[1:]))
     from .demo import run
 
     paths = run(directory, Path(args.out), seeds=args.seeds, samples=args.samples, permutations=args.permutations)

@@ -1,9 +1,9 @@
-"""The demo's evaluation: every noise source on the same labels and draws, scored by the classifier;
-a markdown table (mean +- std over seeds, paired permutation test and per-seed signs against the
-Gaussian of matched std), the headline contrasts (each source against its matched Gaussian, the
-learned priors against the two bars: Gaussian + prompt-mean shift and golden re-denoise), the priors'
-held-out likelihood, a labelled image grid (rows: noise source, columns: classes) and a plot of FD and
-alignment of each source against its matched-std Gaussian (noisear.figures).
+"""The demo: an evaluation (noisear.train.evaluate) of every noise source on the toy, rendered by the toy's
+diffusion model and scored by its classifier (noisear.toy.metrics). Besides the evaluation's table (mean ± std
+over seeds, paired permutation test and per-seed signs against the Gaussian of matched std), labelled grid
+(rows: noise source, columns: classes) and plot of FD and alignment, it reports the headline contrasts (the
+learned priors against the two bars: Gaussian + prompt-mean shift and golden re-denoise) and the priors'
+held-out likelihood.
 
 Item i of seed s asks for class i mod 10 and starts from the Gaussian draw eta_i of that seed; every
 source transforms that same eta (NoiseAR uses it as its eps), so sources are compared item by item.
@@ -12,234 +12,147 @@ source transforms that same eta (NoiseAR uses it as its eps), so sources are com
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from tqdm import tqdm
+from PIL import Image
 
-from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import golden_noise
 from ..mixing import blend
-from ..train.data import Batch, ShardDataset
-from ..train.trainer import nll_per_dim, standard_normal_nll_per_dim
+from ..train import evaluate as evaluation
+from ..train.data import Batch, PromptSet, ShardDataset
+from ..train.metrics import nll_per_dim, standard_normal_nll_per_dim
+from .blog_methods import ar_blend_noise
 from .checkpoints import PRIORS, ToyModels, load_held_out, load_models
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split
-from .diffusion import ddim_sample, schedule, unconditional
-from .methods import ar_blend_noise
-from .metrics import LOWER_IS_BETTER, METRICS, Reference, Scored, score, swap_test
-from .prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
+from .diffusion import Denoiser, ddim_sample, schedule, unconditional
+from .metrics import LOWER_IS_BETTER, METRICS, ClassifierMetrics, Reference, score
+from .noisear_prior import GOLDEN, GUIDANCE, HELD_OUT_SEEDS, STEPS, class_text, collect_golden_pairs
 
 METHOD2_ALPHA = 0.2
 BLEND_STRENGTH = 0.5
-
-# (models, labels [N], eta [N,1,8,8], seed) -> initial noise [N,1,8,8]
-MakeNoise = Callable[[ToyModels, torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    make: MakeNoise
-    denoiser: str = "denoiser"  # the ToyModels attribute that renders it
-    controlled: bool = True  # compared with the Gaussian of matched std
-
-
-def _noisear(attribute: str, temperature: float) -> MakeNoise:
-    def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-        return getattr(m, attribute).sample(class_text(labels), eta, temperature=temperature)
-
-    return make
-
-
-def _blended(inner: MakeNoise) -> MakeNoise:
-    """Variance-preserving blend with a second, independent Gaussian draw. (Blending with eta itself, which
-    is also the prior's eps, would add correlated noise: std 1.38 instead of 1 at strength 0.5.)"""
-
-    def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-        other = torch.randn(eta.shape, generator=torch.Generator().manual_seed(20_000 + seed))
-        return blend(inner(m, labels, eta, seed), other, BLEND_STRENGTH, mode="variance-preserving")
-
-    return make
-
-
-def _golden(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-    return golden_noise(m.denoiser, schedule(STEPS), eta, labels, unconditional(labels), GOLDEN)
-
-
-def _method2(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-    return ar_blend_noise(m.pixel_prior, labels, eta, METHOD2_ALPHA, torch.Generator().manual_seed(10_000 + seed))
-
-
-def _shifted(scale: float) -> MakeNoise:
-    """scale * eta + the per-class mean of golden minus starting noise: the prompt-mean bar (no AR model)."""
-
-    def make(m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
-        return scale * eta + m.prompt_mean_shift[labels]
-
-    return make
-
-
 PROMPT_MEAN = "Gaussian + prompt-mean shift"
 GOLDEN_ROW = f"golden re-denoise (w_l {GOLDEN.guidance_denoise:g})"
 SEED1 = f" (training seed {PRIORS['prior_seed1']})"
-SOURCES = (
-    Source("Gaussian", lambda m, labels, eta, seed: eta, controlled=False),
-    Source("Gaussian x0.5", lambda m, labels, eta, seed: 0.5 * eta, controlled=False),
-    Source(PROMPT_MEAN, _shifted(1.0)),
-    Source("Gaussian x0.5 + prompt-mean shift", _shifted(0.5)),
-    Source(GOLDEN_ROW, _golden),
-    Source("NoiseAR T=1", _noisear("prior", 1.0)),
-    Source("NoiseAR T=0.5", _noisear("prior", 0.5)),
-    Source("NoiseAR T=1" + SEED1, _noisear("prior_seed1", 1.0)),
-    Source("NoiseAR T=0.5" + SEED1, _noisear("prior_seed1", 0.5)),
-    Source(f"blend NoiseAR T=1 + Gaussian (VP {BLEND_STRENGTH:g})", _blended(_noisear("prior", 1.0))),
-    Source(f"blend NoiseAR T=0.5 + Gaussian (VP {BLEND_STRENGTH:g})", _blended(_noisear("prior", 0.5))),
-    Source("Method 1: AR-consistency denoiser", lambda m, labels, eta, seed: eta, denoiser="denoiser_method1"),
-    Source(f"Method 2: AR blend alpha {METHOD2_ALPHA:g}", _method2),
-    Source("NoiseAR DPO T=1", _noisear("prior_dpo", 1.0)),
-    Source("NoiseAR DPO T=0.5", _noisear("prior_dpo", 0.5)),
-)
+
+# (labels [N], eta [N,1,8,8], seed) -> initial noise [N,1,8,8]
+MakeNoise = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def seed_draws(seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels [N] = i mod 10, eta [N,1,8,8] standard normal from a generator seeded with ``seed``)."""
+def items(samples: int) -> PromptSet:
+    """The evaluation's items: item i asks for class i mod 10 (its one-hot text; index = the class)."""
     if samples % NUM_CLASSES:
         raise ValueError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
     labels = torch.arange(samples) % NUM_CLASSES
-    return labels, torch.randn((samples, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
+    return PromptSet(class_text(labels), torch.ones(samples, 1, dtype=torch.bool), labels)
 
 
-@dataclass
-class Row:
-    name: str
-    noise_std: float
-    sets: list[Scored]
-    images: torch.Tensor  # first seed's images [N,1,8,8]
-    control: "Row | None" = None
-    tests: dict[str, dict[str, float]] = field(default_factory=dict)
+def draw(seed: int, samples: int) -> torch.Tensor:
+    """eta [N,1,8,8]: standard normal from a generator seeded with ``seed``, one draw per item."""
+    return torch.randn((samples, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
 
 
-@dataclass
-class DemoResult:
-    rows: list[Row]
-    reference: Reference  # the test digits' features
-    seeds: list[int]
-    samples: int
-    permutations: int
-
-    def row(self, name: str) -> Row:
-        return next(r for r in self.rows if r.name == name)
-
-    def metric(self, name: str, metric: str) -> list[float]:
-        """Per-seed values of ``metric`` for row ``name``."""
-        return [METRICS[metric](s, self.reference) for s in self.row(name).sets]
-
-    def paired(self, a: Row, b: Row, metric: str = "FD", p_value: float | None = None) -> dict:
-        """Row a minus row b on ``metric``: mean over seeds ``diff``, the per-seed differences, ``better`` = how
-        many seeds favour a, and ``p_value`` of the swap test (given, or run when permutations > 0)."""
-        fn = METRICS[metric]
-        per_seed = [fn(x, self.reference) - fn(y, self.reference) for x, y in zip(a.sets, b.sets)]
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed, "better": sum(sign * d > 0 for d in per_seed)}
-        if p_value is None and self.permutations:
-            p_value = swap_test(fn, a.sets, b.sets, self.reference, self.permutations)["p_value"]
-        if p_value is not None:
-            result["p_value"] = p_value
-        return result
-
-    def vs_matched(self, name: str, metric: str = "FD") -> dict:
-        """Row ``name`` against its Gaussian of matched std (see :meth:`paired`; the test run by evaluate)."""
-        row = self.row(name)
-        return self.paired(row, row.control, metric, row.tests.get(metric, {}).get("p_value"))
-
-    def contrast(self, a: str, b: str, metric: str = "FD") -> dict:
-        """Row a minus row b (see :meth:`paired`)."""
-        return self.paired(self.row(a), self.row(b), metric)
+def renderer(denoiser: Denoiser) -> evaluation.Backend:
+    """The evaluation's backend: noise [N,1,8,8] -> images [N,1,8,8] in [-1,1] for the items' classes (DDIM,
+    STEPS steps, guidance GUIDANCE)."""
+    return lambda noise, prompts: ddim_sample(denoiser, noise, prompts.index, steps=STEPS, guidance=GUIDANCE)
 
 
-@torch.no_grad()
+def sources(models: ToyModels) -> list[evaluation.Source]:
+    """Every noise source of the demo, in table order."""
+
+    def source(name: str, make: MakeNoise, denoiser: Denoiser | None = None, controlled: bool = True) -> evaluation.Source:
+        return evaluation.Source(
+            name,
+            lambda prompts, seed: make(prompts.index, draw(seed, len(prompts)), seed),
+            backend=renderer(denoiser) if denoiser is not None else None,
+            controlled=controlled,
+        )
+
+    def noisear(prior: torch.nn.Module, temperature: float) -> MakeNoise:
+        return lambda labels, eta, seed: prior.sample(class_text(labels), eta, temperature=temperature)
+
+    def blended(inner: MakeNoise) -> MakeNoise:
+        """Variance-preserving blend with a second, independent Gaussian draw. (Blending with eta itself, which
+        is also the prior's eps, would add correlated noise: std 1.38 instead of 1 at strength 0.5.)"""
+
+        def make(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
+            other = torch.randn(eta.shape, generator=torch.Generator().manual_seed(20_000 + seed))
+            return blend(inner(labels, eta, seed), other, BLEND_STRENGTH, mode="variance-preserving")
+
+        return make
+
+    def golden(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
+        return golden_noise(models.denoiser, schedule(STEPS), eta, labels, unconditional(labels), GOLDEN)
+
+    def method2(labels: torch.Tensor, eta: torch.Tensor, seed: int) -> torch.Tensor:
+        return ar_blend_noise(models.pixel_prior, labels, eta, METHOD2_ALPHA, torch.Generator().manual_seed(10_000 + seed))
+
+    def shifted(scale: float) -> MakeNoise:
+        """scale * eta + the per-class mean of golden minus starting noise: the prompt-mean bar (no AR model)."""
+        return lambda labels, eta, seed: scale * eta + models.prompt_mean_shift[labels]
+
+    prior, seed1, dpo = models.prior, models.prior_seed1, models.prior_dpo
+    return [
+        source("Gaussian", lambda labels, eta, seed: eta, controlled=False),
+        source("Gaussian x0.5", lambda labels, eta, seed: 0.5 * eta, controlled=False),
+        source(PROMPT_MEAN, shifted(1.0)),
+        source("Gaussian x0.5 + prompt-mean shift", shifted(0.5)),
+        source(GOLDEN_ROW, golden),
+        source("NoiseAR T=1", noisear(prior, 1.0)),
+        source("NoiseAR T=0.5", noisear(prior, 0.5)),
+        source("NoiseAR T=1" + SEED1, noisear(seed1, 1.0)),
+        source("NoiseAR T=0.5" + SEED1, noisear(seed1, 0.5)),
+        source(f"blend NoiseAR T=1 + Gaussian (VP {BLEND_STRENGTH:g})", blended(noisear(prior, 1.0))),
+        source(f"blend NoiseAR T=0.5 + Gaussian (VP {BLEND_STRENGTH:g})", blended(noisear(prior, 0.5))),
+        source("Method 1: AR-consistency denoiser", lambda labels, eta, seed: eta, denoiser=models.denoiser_method1),
+        source(f"Method 2: AR blend alpha {METHOD2_ALPHA:g}", method2),
+        source("NoiseAR DPO T=1", noisear(dpo, 1.0)),
+        source("NoiseAR DPO T=0.5", noisear(dpo, 0.5)),
+    ]
+
+
 def evaluate(
     models: ToyModels,
     seeds: Sequence[int],
     samples: int,
     permutations: int,
-    sources: Sequence[Source] = SOURCES,
+    names: Sequence[str] | None = None,
     controls: bool = True,
-) -> DemoResult:
-    """Render and score every source for every seed; with ``controls`` also its matched-std Gaussian (eta scaled
-    to the source's std, same draws) and, with ``permutations`` > 0, the paired tests against it."""
+) -> evaluation.Evaluation:
+    """Every source (or those in ``names``) on ``samples`` items per seed, each against the Gaussian of its std
+    (eta scaled to the source's std, same draws, measured per seed), with ``permutations`` swaps per test."""
     _, test = load_split()
-    reference = Reference(score(models.classifier, test.images, test.labels).features)
-    draws = {seed: seed_draws(seed, samples) for seed in seeds}
-
-    def render(name: str, make: MakeNoise, denoiser: str) -> Row:
-        sets, stds, first = [], [], None
-        for seed in seeds:
-            labels, eta = draws[seed]
-            noise = make(models, labels, eta, seed)
-            stds.append(float(noise.double().std()))
-            images = ddim_sample(getattr(models, denoiser), noise, labels, steps=STEPS, guidance=GUIDANCE)
-            first = images if first is None else first
-            sets.append(score(models.classifier, images, labels))
-        return Row(name, sum(stds) / len(stds), sets, first)
-
-    rows = []
-    for source in tqdm(sources, desc="demo sources", leave=False):
-        row = render(source.name, source.make, source.denoiser)
-        if source.controlled and controls:
-
-            def matched(
-                m: ToyModels, labels: torch.Tensor, eta: torch.Tensor, seed: int, std: float = row.noise_std
-            ) -> torch.Tensor:
-                return eta * (std / float(eta.double().std()))
-
-            row.control = render(f"Gaussian x{row.noise_std:.3f}", matched, "denoiser")
-            if permutations:
-                row.tests = {
-                    metric: swap_test(fn, row.sets, row.control.sets, reference, permutations) for metric, fn in METRICS.items()
-                }
-        rows.append(row)
-    return DemoResult(rows, reference, list(seeds), samples, permutations)
+    scoring = ClassifierMetrics(models.classifier, Reference(score(models.classifier, test.images, test.labels).features))
+    chosen = [source for source in sources(models) if names is None or source.name in names]
+    return evaluation.evaluate(
+        chosen,
+        renderer(models.denoiser),
+        scoring,
+        items(samples),
+        seeds,
+        baseline="Gaussian",
+        permutations=permutations,
+        controls=controls,
+        std_per_seed=True,
+        progress="demo sources",
+    )
 
 
-def _cell(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}"
-
-
-def table(result: DemoResult) -> str:
+def table(result: evaluation.Evaluation) -> str:
     """Markdown table: one row per source; its matched-std Gaussian control, the paired tests and on how many
     seeds the source's FD is below its control's."""
-    metrics = list(METRICS)
-    header = [
-        "source",
-        "noise std",
-        *metrics,
-        "matched Gaussian FD",
-        "FD below matched (seeds)",
-        *(f"Δ{m} vs matched (p)" for m in metrics),
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in result.rows:
-        values = [_cell([METRICS[m](s, result.reference) for s in row.sets]) for m in metrics]
-        control = _cell([METRICS["FD"](s, result.reference) for s in row.control.sets]) if row.control else "—"
-        wins = f"{result.vs_matched(row.name)['better']}/{len(result.seeds)}" if row.control else "—"
-        tests = [f"{row.tests[m]['diff']:+.3f} ({row.tests[m]['p_value']:.3f})" if row.tests else "—" for m in metrics]
-        lines.append("| " + " | ".join([row.name, f"{row.noise_std:.3f}", *values, control, wins, *tests]) + " |")
-    better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
-    lines += [
-        "",
-        f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.samples} samples "
-        f"({result.samples // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
+    better = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in METRICS)
+    note = (
+        f"{len(result.seeds)} seeds ({', '.join(map(str, result.seeds))}) x {result.items} samples "
+        f"({result.items // NUM_CLASSES} per class), DDIM {STEPS} steps, guidance {GUIDANCE:g}. "
         f"Better: {better}. Mean ± std over seeds. Δ = source minus the Gaussian noise scaled to the "
         f"source's std (same draws); p: two-sided paired permutation test swapping the two images of "
         f"each item ({result.permutations} permutations), which treats the trained networks and the "
-        f"draws as fixed; the seed counts show how often the sign holds on fresh draws.",
-    ]
-    return "\n".join(lines)
+        f"draws as fixed; the seed counts show how often the sign holds on fresh draws."
+    )
+    return evaluation.table(result, digits=3, headline=("FD",), note=note)
 
 
 def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
@@ -248,7 +161,7 @@ def _line(label: str, test: dict, seeds: int, metric: str = "FD") -> str:
     return f"- {label}: Δ{metric} {test['diff']:+.3f}{p}; better on {test['better']}/{seeds} seeds ({per_seed})"
 
 
-def contrasts(result: DemoResult) -> str:
+def contrasts(result: evaluation.Evaluation) -> str:
     """The headline contrasts on FD with per-seed signs: each source against its matched Gaussian; the learned
     priors' share of the prompt-mean bar's gain; their gaps to both bars (Gaussian + prompt-mean shift, golden
     re-denoise); DPO against its starting prior."""
@@ -257,20 +170,20 @@ def contrasts(result: DemoResult) -> str:
     lines = ["Each source against the Gaussian of its own std (ΔFD < 0: the source is better):"]
     for row in result.rows:
         if row.control is not None:
-            lines.append(_line(row.name, result.vs_matched(row.name), seeds))
+            lines.append(_line(row.name, result.vs_matched(row.name, "FD"), seeds))
     priors = [name for name in ("NoiseAR T=1", "NoiseAR T=1" + SEED1, "NoiseAR DPO T=1") if name in names]
     if PROMPT_MEAN in names and result.row(PROMPT_MEAN).control is not None:
-        bar = result.vs_matched(PROMPT_MEAN)["diff"]
+        bar = result.vs_matched(PROMPT_MEAN, "FD")["diff"]
         lines += ["", f"Share of the prompt-mean bar's gain over its matched Gaussian that the prior gets (bar: {bar:+.3f} FD):"]
         for name in priors:
             if result.row(name).control is not None:
-                lines.append(f"- {name}: {result.vs_matched(name)['diff'] / bar:.0%}")
+                lines.append(f"- {name}: {result.vs_matched(name, 'FD')['diff'] / bar:.0%}")
     lines += ["", "Gaps to the bars (ΔFD > 0: the prior is behind):"]
     bars = [(PROMPT_MEAN, "NoiseAR T=1"), (GOLDEN_ROW, "NoiseAR T=1"), ("Gaussian x0.5 + prompt-mean shift", "NoiseAR T=0.5")]
     for bar_name, prior in bars:
         for name in (prior, prior + SEED1):
             if bar_name in names and name in names:
-                lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name), seeds))
+                lines.append(_line(f"{name} − {bar_name}", result.contrast(name, bar_name, "FD"), seeds))
     dpo = [
         (name, bar)
         for name, bar in (("NoiseAR DPO T=1", "NoiseAR T=1"), ("NoiseAR DPO T=1", GOLDEN_ROW))
@@ -278,7 +191,7 @@ def contrasts(result: DemoResult) -> str:
     ]
     if dpo:
         lines += ["", "DPO (its reward is the classifier that also scores this table):"]
-        lines += [_line(f"{name} − {bar}", result.contrast(name, bar), seeds) for name, bar in dpo]
+        lines += [_line(f"{name} − {bar}", result.contrast(name, bar, "FD"), seeds) for name, bar in dpo]
     return "\n".join(lines)
 
 
@@ -373,37 +286,24 @@ def held_out_table(held_out: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def grid(result: DemoResult, cell: int = 40) -> "PIL.Image.Image":  # noqa: F821
+def grid(result: evaluation.Evaluation, cell: int = 40) -> Image.Image:
     """A labelled row per source (table order), a column per digit: the first seed's first sample of each class."""
-    rows = []
-    for row in result.rows:
-        labels = torch.arange(len(row.images)) % NUM_CLASSES
-        picks = torch.stack([row.images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8] in [-1,1]
-        rows.append((row.name, (picks + 1) / 2))
-    return labelled_grid(
-        rows,
+
+    def first_of_each_class(images: torch.Tensor) -> torch.Tensor:
+        labels = torch.arange(len(images)) % NUM_CLASSES
+        picks = torch.stack([images[labels == k][0] for k in range(NUM_CLASSES)])  # [10,1,8,8] in [-1,1]
+        return (picks + 1) / 2
+
+    return evaluation.grid(
+        result,
+        title=f"seed {result.seeds[0]}: first sample of each requested digit",
+        view=first_of_each_class,
         columns=[str(k) for k in range(NUM_CLASSES)],
         cell=cell,
-        title=f"seed {result.seeds[0]}: first sample of each requested digit",
     )
 
 
-def comparisons(result: DemoResult, metrics: Sequence[str] = ("FD", "alignment")) -> dict[str, list[Comparison]]:
-    """Per metric, each source's mean and std over seeds and those of its matched-std Gaussian control."""
-
-    def stats(sets: list[Scored], metric: str) -> tuple[float, float]:
-        values = torch.tensor([METRICS[metric](s, result.reference) for s in sets], dtype=torch.float64)
-        return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
-
-    panels = {}
-    for metric in metrics:
-        panels[metric] = [
-            Comparison(row.name, *stats(row.sets, metric), *(stats(row.control.sets, metric) if row.control else (None, None)))
-            for row in result.rows
-        ]
-    return panels
-
-
+PLOT_METRICS = ("FD", "alignment")
 DEFAULT_SEEDS = tuple(range(1, 11))
 
 
@@ -415,20 +315,13 @@ def run(
     torch.manual_seed(0)
     models = load_models(checkpoints)
     result = evaluate(models, seeds, samples, permutations)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"table": out / "table.md", "grid": out / "grid.png"}
-    grid(result).save(paths["grid"])
-    plot = comparison_plot(
-        out / "plot.png",
-        comparisons(result),
-        lower_is_better=sorted(LOWER_IS_BETTER),
-        title="Toy demo: each source vs the Gaussian scaled to its std",
-        note=f"mean ± std over {len(result.seeds)} seeds x {result.samples} samples",
+    return evaluation.write_report(
+        result,
+        out,
+        "table.md",
+        [table(result), contrasts(result), held_out_section(models, checkpoints)],
+        grid(result),
+        plot_metrics=PLOT_METRICS,
+        plot_title="Toy demo: each source vs the Gaussian scaled to its std",
+        plot_note=f"mean ± std over {len(result.seeds)} seeds x {result.items} samples",
     )
-    if plot:
-        paths["plot"] = plot
-    figures = "plot.png: FD and alignment of each source and its matched Gaussian" if plot else PLOT_SKIPPED
-    paths["table"].write_text(
-        f"{table(result)}\n\n{contrasts(result)}\n\n{held_out_section(models, checkpoints)}\n\n{figures}\n", encoding="utf-8"
-    )
-    return paths

@@ -1,8 +1,10 @@
-"""Scores of a set of generated digits, and a paired permutation test for any of them.
+"""The toy's scoring for the evaluation layer (noisear.train.evaluate): what the classifier says about a set of
+generated digits.
 
 A :class:`Scored` set holds, per item, the requested label and what the classifier says about the
 image. Metrics are functions of a whole set (the Frechet distance and diversity are not means of
-per-item values), so significance comes from swapping the two sources' images of the same item.
+per-item values), so :class:`ClassifierMetrics` tests them by swapping the two sources' images of the
+same item (noisear.train.evaluate.swap_test).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..train.data import PromptSet
+from ..train.evaluate import swap_test
 from .classifier import DigitClassifier
 from .data import NUM_CLASSES
 
@@ -102,26 +106,21 @@ METRICS: dict[str, Metric] = {"alignment": alignment, "confidence": confidence, 
 LOWER_IS_BETTER = {"FD"}
 
 
-def swap_test(
-    metric: Metric, a: Sequence[Scored], b: Sequence[Scored], reference: Reference, permutations: int = 200, seed: int = 0
-) -> dict[str, float]:
-    """Paired permutation test of mean over seeds of metric(a_s) - metric(b_s).
+class ClassifierMetrics:
+    """:data:`METRICS` of the classifier's view of each seed's images (a noisear.train.evaluate.Scoring): the
+    items' requested classes are the prompts' indices, FD is measured against ``reference``."""
 
-    ``a`` and ``b`` are per-seed sets whose item i shares its label and initial draw. Under the null
-    hypothesis each item's two images are exchangeable, so the null distribution comes from swapping
-    them at random (for a mean metric this is the sign-flip test). Two-sided p with the +1 correction.
-    """
+    metrics = tuple(METRICS)
+    lower_is_better = frozenset(LOWER_IS_BETTER)
 
-    def statistic(pairs: Sequence[tuple[Scored, Scored]]) -> float:
-        return sum(metric(x, reference) - metric(y, reference) for x, y in pairs) / len(pairs)
+    def __init__(self, classifier: DigitClassifier, reference: Reference) -> None:
+        self.classifier, self.reference = classifier, reference
 
-    observed = statistic(list(zip(a, b)))
-    generator = torch.Generator().manual_seed(seed)
-    extreme = 0
-    for _ in range(permutations):
-        swapped = []
-        for x, y in zip(a, b):
-            mask = torch.rand(len(x), generator=generator) < 0.5
-            swapped.append((x.take(mask, y), y.take(mask, x)))
-        extreme += abs(statistic(swapped)) >= abs(observed) - 1e-12
-    return {"diff": observed, "p_value": (extreme + 1) / (permutations + 1)}
+    def score(self, images: torch.Tensor, prompts: PromptSet) -> Scored:
+        return score(self.classifier, images, prompts.index)
+
+    def value(self, scored: Scored, metric: str) -> float:
+        return METRICS[metric](scored, self.reference)
+
+    def p_value(self, a: Sequence[Scored], b: Sequence[Scored], metric: str, permutations: int) -> float:
+        return swap_test(lambda s: METRICS[metric](s, self.reference), a, b, permutations)["p_value"]

@@ -14,59 +14,30 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-TRAIN_HELP = {
-    "steps": "optimiser steps (one global batch each) to run in all, counting steps already done when resuming",
-    "batch_size": "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count",
-    "lr": "peak learning rate of AdamW",
-    "min_lr_ratio": "the cosine schedule ends at lr * this",
-    "warmup_steps": "steps of linear warm-up from lr/warmup_steps to lr",
-    "weight_decay": "AdamW weight decay",
-    "beta1": "AdamW beta1",
-    "beta2": "AdamW beta2",
-    "adam_eps": "AdamW epsilon",
-    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
-    "ema_decay": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)",
-    "seed": "seed of the data order, initialisation and rollouts",
-    "validation_fraction": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index",
-    "validation_seed_fraction": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
-    "validation pairs never share a noise with training pairs",
-    "bf16": "bf16 autocast on CUDA (never used on the CPU)",
-    "log_every": "write averaged training metrics to log.jsonl every this many steps",
-    "val_every": "validate every this many steps (0: at the end only)",
-    "checkpoint_every": "write out/checkpoint.pt every this many steps (resume point after a kill)",
-    "resume": "continue from out/checkpoint.pt when it exists",
-    "device": "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)",
-    "progress": "show a tqdm progress bar",
-}
-MODEL_HELP = {
-    "patch_size": "patch side P (from scratch); the latent sides must be multiples of it",
-    "d_model": "transformer width (from scratch)",
-    "d_ff": "feed-forward width (from scratch)",
-    "n_layers": "transformer blocks (from scratch)",
-    "n_heads": "attention heads (from scratch)",
-    "dropout": "dropout rate (from scratch)",
-    "positions": "'table' (published 1-D table) or '2d' (row/column sinusoids; one prior for every grid)",
-}
-FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # read from the dataset's shapes
-DPO_HELP = {
-    "beta": "DPO beta on log-densities in nats",
-    "rollouts": "noises drawn per prompt each round (k)",
-    "prompts_per_round": "prompts rolled out each round; must divide by the process count",
-    "steps_per_round": "optimiser steps on each round's pairs before new rollouts",
-    "temperature": "sampling temperature of the rollouts",
-    "pairing": "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)",
-    "margin": "minimum reward difference for a pair",
-}
+FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # NoiseARConfig fields read from the dataset
+GIVEN = ("out_dir",)  # TrainConfig fields with an option of their own (--out)
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: tuple[str, ...] = ()) -> None:
-    """One --option per dataclass field (booleans get --x / --no-x); defaults shown in --help."""
+def field_help(cls: type, name: str) -> str:
+    """The ``help`` metadata of dataclass field ``name`` of ``cls`` (every option's help comes from there)."""
+    item = next((item for item in fields(cls) if item.name == name), None)
+    if item is None or not item.metadata.get("help"):
+        raise ValueError(
+            f"{cls.__name__}.{name} has no help: declare it as field(default=..., metadata={{'help': ...}}) "
+            f"so that its command-line option is explained"
+        )
+    return item.metadata["help"]
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), only: str = "") -> None:
+    """One --option per field of ``cls`` except ``skip`` (booleans get --x / --no-x), explained by the field's help
+    metadata with its default (and ``only``, e.g. when the option applies)."""
     for item in fields(cls):
-        if item.name in skip or item.name not in helps:
+        if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
         default = None if item.default is MISSING else item.default
-        text = f"{helps[item.name]} (default: {default})"
+        text = f"{field_help(cls, item.name)} (default: {default}{only})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
@@ -98,7 +69,7 @@ def _named(items: list[str], what: str) -> dict[str, str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..config import NoiseARConfig
     from .dpo import DPOConfig
-    from .trainer import TrainConfig
+    from .loop import TrainConfig
 
     train = subparsers.add_parser(
         "train",
@@ -114,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prompts is refused. Run under torchrun --nproc_per_node N for DDP.",
     )
     train.add_argument("data", help="dataset directory (shard-*.safetensors)")
-    train.add_argument("--out", required=True, dest="out_dir", help="output directory (checkpoints, log, prior)")
+    train.add_argument("--out", required=True, dest="out_dir", help=field_help(TrainConfig, "out_dir"))
     train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) instead of from scratch")
     train.add_argument(
         "--baseline-ridge", type=float, default=0.1, help="relative ridge of the prompt-mean baseline (default: 0.1)"
@@ -133,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train even when starting noises repeat across prompts (refused by default: a prior "
         "memorises such noises; use with --validation-seed-fraction)",
     )
-    _add_dataclass_options(train, NoiseARConfig, MODEL_HELP, skip=FROM_DATA)
-    _add_dataclass_options(train, TrainConfig, TRAIN_HELP)
+    add_dataclass_options(train, NoiseARConfig, skip=FROM_DATA, only="; from scratch only")
+    add_dataclass_options(train, TrainConfig, skip=GIVEN)
     train.set_defaults(run=run_train)
 
     dpo = subparsers.add_parser(
@@ -151,9 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dpo.add_argument(
         "--scorer", required=True, help="package.module:callable (noise [B,C,H,W], PromptSet) -> reward [B], higher is better"
     )
-    dpo.add_argument("--out", required=True, dest="out_dir", help="output directory")
-    _add_dataclass_options(dpo, DPOConfig, DPO_HELP)
-    _add_dataclass_options(dpo, TrainConfig, TRAIN_HELP)
+    dpo.add_argument("--out", required=True, dest="out_dir", help=field_help(TrainConfig, "out_dir"))
+    add_dataclass_options(dpo, DPOConfig)
+    add_dataclass_options(dpo, TrainConfig, skip=GIVEN)
     dpo.set_defaults(run=run_dpo)
 
     evaluate = subparsers.add_parser(
@@ -162,8 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Renders every source's noise for every (seed, prompt) with --backend, scores the images "
         "with each --scorer, adds Gaussian controls scaled to each source's std, and writes "
         "OUT/results.md (mean ± std over seeds; each source against its std-matched Gaussian: "
-        "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian) "
-        ", OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
+        "difference, paired sign-flip test and on how many seeds it is better; the test vs Gaussian), "
+        "OUT/grid.png (a labelled row per source) and OUT/plot.png (each scorer vs the std-matched "
         "Gaussian; needs matplotlib). The evaluation seeds must not be starting seeds of the dataset.",
     )
     evaluate.add_argument("--prompts", required=True, help="dataset directory giving the prompt embeddings")
@@ -269,7 +240,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
-    from .trainer import TrainConfig, describe_held_out, train_likelihood
+    from .likelihood import train_likelihood
+    from .loop import TrainConfig
+    from .metrics import describe_held_out
 
     config = TrainConfig(**_values(args, TrainConfig))
     model_config = None
@@ -303,7 +276,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_dpo(args: argparse.Namespace) -> int:
     from .data import PromptSet, ShardDataset
     from .dpo import DPOConfig, train_dpo
-    from .trainer import TrainConfig, initial_model
+    from .loop import TrainConfig, initial_model
 
     config = TrainConfig(**_values(args, TrainConfig))
     prompts = PromptSet.from_dataset(ShardDataset(args.prompts), "train", config.validation_fraction)
@@ -315,8 +288,18 @@ def run_dpo(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..io import load
     from .data import PromptSet, ShardDataset
-    from .evaluate import blend_source, evaluate, gaussian_source, noisear_source, prompt_mean_source, save_report
-    from .trainer import PromptMeanBaseline
+    from .evaluate import (
+        ItemScores,
+        Source,
+        blend_source,
+        eval_table,
+        evaluate,
+        gaussian_source,
+        noisear_source,
+        prompt_mean_source,
+        save_report,
+    )
+    from .metrics import PromptMeanBaseline
 
     dataset = ShardDataset(args.prompts)
     prompts = PromptSet.from_dataset(dataset, None if args.split == "all" else args.split, args.validation_fraction)
@@ -345,9 +328,15 @@ def run_eval(args: argparse.Namespace) -> int:
             )
     sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
     scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
-    result = evaluate(sources, _resolve(args.backend), scorers, prompts, seeds)
+    result = evaluate(
+        [Source.item_seeded(name, source) for name, source in sources.items()],
+        _resolve(args.backend),
+        ItemScores(scorers),
+        prompts,
+        seeds,
+    )
     paths = save_report(result, args.out)
-    print(result.table())
+    print(eval_table(result))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 

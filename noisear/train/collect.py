@@ -1,5 +1,9 @@
 """Dataset collection: golden noise for (prompt, seed) pairs, filtered by a reward, written as shards.
 
+One loop for every host. What differs between hosts comes in as functions: the golden function
+(``golden_function`` of a host-free denoiser, or the ComfyUI collector's, which runs the host's
+MODEL), progress and interrupt.
+
 Every (prompt, j) starts from its own noise: seed ``noisear.train.data.pair_seed`` (first_seed, prompt key, j).
 Using the same seeds for every prompt would give a dataset of only k distinct noises, each
 repeated for every prompt with near-identical targets, which a prior memorises instead of
@@ -9,16 +13,17 @@ learning the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
-from tqdm import tqdm
 
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from .data import SEED_SCHEME, DatasetError, ShardWriter, prompt_seeds, start_noise
 
-# (noise [B,C,H,W], conditioning) -> reward [B]; for real models: noise -> image -> score
+# (noise [B,C,H,W], conditioning) -> reward [B], higher is better; for real models: noise -> image -> score
 Reward = Callable[[torch.Tensor, Any], torch.Tensor]
+Progress = Callable[[int, int], None]  # (pairs done, pairs in all), skipped pairs included
+Interrupt = Callable[[], None]  # raises to stop the run (e.g. ComfyUI's Cancel)
 
 
 def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, cond: Any, margin: float = 0.0) -> torch.Tensor:
@@ -29,7 +34,7 @@ def keep_improved(noise: torch.Tensor, golden: torch.Tensor, reward: Reward, con
 @dataclass
 class PromptItem:
     """One prompt to collect for: ``text`` [T,D] and ``text_mask`` [T] are stored (what the prior sees);
-    ``cond`` / ``uncond`` go to the denoiser (batched by the caller's denoiser as it likes, see collect)."""
+    ``cond`` / ``uncond`` go to the golden function (batched by it as it likes) and ``cond`` to the reward."""
 
     index: int
     text: torch.Tensor
@@ -38,27 +43,55 @@ class PromptItem:
     text_mask: torch.Tensor | None = None
     prompt: str = ""
 
+    def encoded(self) -> PromptItem:
+        """Itself: its tensors are given (see Prompt)."""
+        return self
+
+
+class Prompt(Protocol):
+    """What ``collect`` takes per prompt: the key of its pairs, and its PromptItem, asked for only when some of
+    its pairs are missing (a host may encode the prompt then; the ComfyUI collector does)."""
+
+    index: int
+
+    def encoded(self) -> PromptItem: ...
+
+
+# (noise [B,C,H,W] unit-variance, the prompt, the B seeds of the noise) -> golden noise [B,C,H,W], same space
+Golden = Callable[[torch.Tensor, PromptItem, list[int]], torch.Tensor]
+
+
+def golden_function(denoiser: Denoiser, schedule: Schedule, config: GoldenConfig = GoldenConfig()) -> Golden:
+    """The golden function of a host-free denoiser: ``noisear.golden.golden_noise`` with the prompt's cond/uncond."""
+
+    def golden(noise: torch.Tensor, item: PromptItem, seeds: list[int]) -> torch.Tensor:
+        return golden_noise(denoiser, schedule, noise, item.cond, item.uncond, config)
+
+    return golden
+
 
 def collect(
-    denoiser: Denoiser,
-    schedule: Schedule,
+    golden: Golden,
     writer: ShardWriter,
-    prompts: Iterable[PromptItem],
+    prompts: Sequence[Prompt],
     seeds_per_prompt: int,
     shape: Sequence[int],
-    config: GoldenConfig = GoldenConfig(),
     reward: Reward | None = None,
+    margin: float = 0.0,
     batch_size: int = 8,
-    progress: bool = True,
     first_seed: int = 0,
+    progress: Progress | None = None,
+    interrupt: Interrupt | None = None,
 ) -> dict[str, int]:
     """Write golden noise for every (prompt, j < seeds_per_prompt) not yet in ``writer`` (so it resumes after a kill).
 
     Pair (prompt, j) starts from seed ``pair_seed(first_seed, prompt.index, j)``, whose noise is
-    ``standard_normal([1, *shape], [seed])`` (the same on every device); the writer's info must say
-    ``seed_scheme=SEED_SCHEME``. ``cond``/``uncond`` of a prompt are passed as they are for a batch of that
-    prompt's seeds. Returns counts: written, skipped (already present), rejected (by the reward filter;
-    rejected pairs are not recorded, so a resumed run computes them again and rejects them again).
+    ``standard_normal([1, *shape], [seed])`` (ComfyUI's RandomNoise draw of the seed, the same on every
+    device); the writer's info must say ``seed_scheme=SEED_SCHEME``. ``shape`` is [C, H, W]. Up to
+    ``batch_size`` seeds of one prompt go to ``golden`` together; ``interrupt`` is called before each
+    batch, ``progress`` after it. A pair is kept when ``keep_improved`` with ``margin`` says so (all pairs
+    without a reward). Returns counts: written, skipped (already present), rejected (by the reward
+    filter; rejected pairs are not recorded, so a resumed run computes them again and rejects them again).
     """
     if writer.info.seed_scheme != SEED_SCHEME:
         raise DatasetError(
@@ -66,19 +99,25 @@ def collect(
             f"seed_scheme={SEED_SCHEME!r}), got {writer.info.seed_scheme!r}"
         )
     counts = {"written": 0, "skipped": 0, "rejected": 0}
-    prompts = list(prompts)
-    bar = tqdm(total=len(prompts) * seeds_per_prompt, disable=not progress, desc="golden noise", dynamic_ncols=True)
-    for item in prompts:
-        seeds = prompt_seeds(first_seed, item.index, seeds_per_prompt)
-        todo = [s for s in seeds if not writer.has(item.index, s)]
+    total, done = len(prompts) * seeds_per_prompt, 0
+    for prompt in prompts:
+        seeds = prompt_seeds(first_seed, prompt.index, seeds_per_prompt)
+        todo = [s for s in seeds if not writer.has(prompt.index, s)]
         counts["skipped"] += len(seeds) - len(todo)
-        bar.update(len(seeds) - len(todo))
+        done += len(seeds) - len(todo)
+        if progress is not None:
+            progress(done, total)
+        if not todo:
+            continue
+        item = prompt.encoded()
         for start in range(0, len(todo), batch_size):
+            if interrupt is not None:
+                interrupt()
             chunk = todo[start : start + batch_size]
             noise = start_noise(chunk, (len(chunk), *shape))
-            golden = golden_noise(denoiser, schedule, noise, item.cond, item.uncond, config).float().cpu()
+            golden_chunk = golden(noise, item, chunk).float().cpu()
             keep = (
-                keep_improved(noise, golden, reward, item.cond, config.margin).cpu()
+                keep_improved(noise, golden_chunk, reward, item.cond, margin).cpu()
                 if reward is not None
                 else torch.ones(len(chunk), dtype=torch.bool)
             )
@@ -89,14 +128,15 @@ def collect(
                 mask = None if item.text_mask is None else item.text_mask.expand(count, -1)
                 writer.append(
                     item.text.expand(count, -1, -1),
-                    golden[keep],
-                    [item.index] * count,
+                    golden_chunk[keep],
+                    [prompt.index] * count,
                     picked,
                     mask,
-                    prompts={item.index: item.prompt} if item.prompt else None,
+                    prompts={prompt.index: item.prompt} if item.prompt else None,
                 )
                 counts["written"] += count
-            bar.update(len(chunk))
-    bar.close()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
     writer.flush()
     return counts

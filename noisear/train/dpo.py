@@ -1,4 +1,4 @@
-"""DPO fine-tuning of a NoiseAR prior on the shared training loop (trainer.train).
+"""DPO fine-tuning of a NoiseAR prior on the shared training loop (noisear.train.loop).
 
 A round: pick ``prompts_per_round`` prompts, draw ``rollouts`` noises per prompt from the current
 prior (``model.sample`` at ``temperature``), score them with a pluggable scorer, form pairs
@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet
-from .trainer import LogProb, Runtime, TrainConfig, train
+from .loop import LogProb, Runtime, TrainConfig, train
 
 PAIRINGS = ("best_worst", "margin")
 
@@ -39,15 +39,21 @@ Scorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats)."""
+    """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats); each field's ``help``
+    metadata is its ``noisear dpo`` option's help."""
 
-    beta: float = 0.1
-    rollouts: int = 8  # k noises per prompt
-    prompts_per_round: int = 16
-    steps_per_round: int = 4  # optimiser steps on each round's pairs
-    temperature: float = 1.0  # sampling temperature of the rollouts
-    pairing: str = "best_worst"  # or "margin": every pair whose rewards differ by more than margin
-    margin: float = 0.0
+    beta: float = field(default=0.1, metadata={"help": "DPO beta on log-densities in nats"})
+    rollouts: int = field(default=8, metadata={"help": "noises drawn per prompt each round (k)"})
+    prompts_per_round: int = field(
+        default=16, metadata={"help": "prompts rolled out each round; must divide by the process count"}
+    )
+    steps_per_round: int = field(default=4, metadata={"help": "optimiser steps on each round's pairs before new rollouts"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    pairing: str = field(
+        default="best_worst",
+        metadata={"help": "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)"},
+    )
+    margin: float = field(default=0.0, metadata={"help": "minimum reward difference for a pair"})
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
@@ -87,7 +93,7 @@ def rollout_seed(seed: int, round_index: int, prompt_index: int, draw: int) -> i
 
 
 class DPOObjective:
-    """The DPO :class:`~noisear.train.trainer.Objective`. Dropout is off while computing log pi."""
+    """The DPO :class:`~noisear.train.loop.Objective`. Dropout is off while computing log pi."""
 
     uses_dropout = False
 

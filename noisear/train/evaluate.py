@@ -1,47 +1,74 @@
-"""Honest comparison of noise sources on the same prompts and seeds.
+"""The one evaluation layer: noise sources on the same items and seeds, each against the Gaussian of its own std.
 
-A *source* makes noise for a batch of prompts and one seed per item: (PromptSet, seeds) ->
-[B,C,H,W]. A *backend* turns noise into images: (noise, PromptSet) -> [B,3,h,w] in [0,1]. A
-*scorer* scores images: (images, PromptSet) -> [B]. For every seed and source the same prompts
-are rendered and scored; every source is also compared with plain Gaussian noise scaled to that
-source's standard deviation (a lower-variance start alone changes alignment and diversity, so a
-claimed gain has to beat it). That matched contrast is the headline: its mean difference, a paired
-sign-flip permutation test on the (seed, prompt) pairs, and the per-seed view (on how many
-evaluation seeds the source beats its matched Gaussian; the item test treats one set of draws as
-fixed, the seeds show whether the gain holds draw after draw). The same test against the plain
-baseline, mean +- std over seeds, a markdown table, a labelled image grid and a plot of each scorer
-for each source against its std-matched Gaussian (noisear.figures) complete the report. A
-"Gaussian + prompt-mean shift" source (:func:`prompt_mean_source`) is the bar a learned prior must
-clear: it adds the prompt's mean shift to the seed's Gaussian noise, with no AR model.
+``noisear eval`` (real backends and scorers) and the toy demo (noisear.toy.demo: its denoiser and classifier
+metrics) both run :func:`evaluate` and write its report.
 
-Real-model scorers (HPSv2, ImageReward, PickScore, CLIP score) are lazy adapters that take local
-weight paths and never download.
+- *Sources.* A :class:`Source` makes noise for the evaluation's items (a PromptSet, the same for every seed)
+  and one evaluation seed: (PromptSet, seed) -> [N,C,H,W]. Every source starts from the same draws of a seed,
+  so sources are compared item by item. The ``*_source`` functions below are per-item seeded
+  (:data:`NoiseSource`: (PromptSet, a seed per item) -> noise); :meth:`Source.item_seeded` gives every item
+  of evaluation seed s the seed s.
+- *Rendering and scoring.* A backend turns noise into images: (noise, PromptSet) -> images; a source may have
+  its own (e.g. another denoiser). A :class:`Scoring` scores one seed's images as a set and gives each metric
+  of that set: :class:`ItemScores` for per-item scorers (the metric is the mean over items), the toy's
+  classifier metrics for set metrics such as the Frechet distance.
+- *Matched controls.* A lower-variance start alone changes alignment and diversity, so every controlled
+  source X gets the baseline's noise (same seeds) scaled to X's std, rendered by the evaluation's backend;
+  a claimed gain has to beat it.
+- *Paired statistics.* Differences per seed (on how many evaluation seeds a source beats another: do the
+  gains hold draw after draw) and a paired permutation test on the items (one set of draws held fixed):
+  :func:`paired_test` flips the signs of per-item differences, :func:`swap_test` swaps the two images of
+  an item for set metrics.
+- *Report.* :func:`table` (markdown), :func:`grid` (a labelled row of images per source) and
+  :func:`comparisons` (each source against its control, for noisear.figures.comparison_plot), written by
+  :func:`write_report`; :func:`save_report` is ``noisear eval``'s.
+
+A "Gaussian + prompt-mean shift" source (:func:`prompt_mean_source`) is the bar a learned prior must clear:
+it adds the prompt's mean shift to the seed's Gaussian noise, with no AR model. Real-model scorers are in
+noisear.train.scorers.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet
-from .trainer import PromptMeanBaseline
+from .metrics import PromptMeanBaseline
 
-NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]
-Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]
-ImageScorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
+NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]  # (prompts, a seed per item) -> noise [B,C,H,W]
+Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]  # (noise, prompts) -> images [B,...]
+ImageScorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]  # (images, prompts) -> score [B], higher is better
 
 
 # Sources -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One row of an evaluation. ``noise(items, seed)`` -> [N,C,H,W] for the N items and one evaluation seed;
+    ``backend``: what renders it (None: the evaluation's); ``controlled``: compared with its matched Gaussian."""
+
+    name: str
+    noise: Callable[[PromptSet, int], torch.Tensor]
+    backend: Backend | None = None
+    controlled: bool = True
+
+    @classmethod
+    def item_seeded(cls, name: str, source: NoiseSource, **options: Any) -> "Source":
+        """A per-item seeded source: every item of evaluation seed s gets the seed s."""
+        return cls(name, lambda prompts, seed: source(prompts, [seed] * len(prompts)), **options)
+
+
 def gaussian_source(shape: Sequence[int], std: float = 1.0) -> NoiseSource:
     """std * standard_normal with one seed per item."""
     return lambda prompts, seeds: std * standard_normal((len(seeds), *shape), list(seeds))
@@ -80,7 +107,7 @@ def golden_source(
     return source
 
 
-def prompt_mean_source(baseline: "PromptMeanBaseline", shape: Sequence[int]) -> NoiseSource:
+def prompt_mean_source(baseline: PromptMeanBaseline, shape: Sequence[int]) -> NoiseSource:
     """Gaussian noise of the seeds plus the prompt-mean baseline's predicted mean shift for each prompt (the
     ridge regression of noise - starting noise on the pooled prompt embedding; no AR model)."""
 
@@ -109,9 +136,9 @@ def blend_source(source: NoiseSource, shape: Sequence[int], strength: float, mod
     return mixed
 
 
-# Statistics --------------------------------------------------------------------------------------
+# Paired statistics -------------------------------------------------------------------------------
 def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: int = 0) -> dict[str, float]:
-    """Paired comparison of scores a and b on the same items: mean difference a - b, paired t statistic,
+    """Paired comparison of per-item scores a and b on the same items: mean difference a - b, paired t statistic,
     and the two-sided p-value of a sign-flip permutation test (exact for up to 16 pairs)."""
     diff = np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
     n = len(diff)
@@ -126,261 +153,344 @@ def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: i
         signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, n))
     extreme = int((np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12).sum())
     p_value = extreme / len(signs) if exact else (extreme + 1) / (len(signs) + 1)
-    return {"mean_diff": float(diff.mean()), "t": float(t), "p_value": p_value, "n": n}
+    return {"diff": float(diff.mean()), "t": float(t), "p_value": p_value, "n": n}
 
 
-def contrast(a: np.ndarray, b: np.ndarray, permutations: int = 10000) -> dict[str, float]:
-    """Scores a and b [seeds, prompts] on the same items: :func:`paired_test` on the items, plus the per-seed
-    view: ``seed_diffs`` (mean over prompts of a - b per seed), ``seeds_better`` (how many are > 0) and ``seeds``."""
-    per_seed = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean(axis=1)
-    return {
-        **paired_test(a, b, permutations),
-        "seed_diffs": per_seed.tolist(),
-        "seeds_better": int((per_seed > 0).sum()),
-        "seeds": len(per_seed),
-    }
+class Swappable(Protocol):
+    """A scored set of items whose item i can be exchanged with item i of another set of the same items."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, mask: torch.Tensor, other: Any) -> Any:
+        """Items of ``self`` where mask [N] is True, else those of ``other``."""
+
+
+def swap_test(
+    metric: Callable[[Any], float], a: Sequence[Swappable], b: Sequence[Swappable], permutations: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """Paired permutation test of the mean over seeds of metric(a_s) - metric(b_s), for metrics of a whole set.
+
+    ``a`` and ``b`` are per-seed sets whose item i shares its prompt and initial draw. Under the null
+    hypothesis each item's two images are exchangeable, so the null distribution comes from swapping
+    them at random (for a mean metric this is the sign-flip test). Two-sided p with the +1 correction.
+    """
+
+    def statistic(pairs: Sequence[tuple[Any, Any]]) -> float:
+        return sum(metric(x) - metric(y) for x, y in pairs) / len(pairs)
+
+    observed = statistic(list(zip(a, b)))
+    generator = torch.Generator().manual_seed(seed)
+    extreme = 0
+    for _ in range(permutations):
+        swapped = []
+        for x, y in zip(a, b):
+            mask = torch.rand(len(x), generator=generator) < 0.5
+            swapped.append((x.take(mask, y), y.take(mask, x)))
+        extreme += abs(statistic(swapped)) >= abs(observed) - 1e-12
+    return {"diff": observed, "p_value": (extreme + 1) / (permutations + 1)}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
+# Scoring -----------------------------------------------------------------------------------------
+class Scoring(Protocol):
+    """How one seed's images are scored, and how two sources' scored sets are tested against each other."""
+
+    metrics: tuple[str, ...]
+    lower_is_better: frozenset[str]
+
+    def score(self, images: torch.Tensor, prompts: PromptSet) -> Any:
+        """The scored set of one seed's images of the items."""
+
+    def value(self, scored: Any, metric: str) -> float:
+        """``metric`` of one scored set."""
+
+    def p_value(self, a: Sequence[Any], b: Sequence[Any], metric: str, permutations: int) -> float:
+        """Two-sided p of a paired permutation test of ``metric`` on per-seed scored sets of the same items."""
+
+
+class ItemScores:
+    """Per-item scorers (images, prompts) -> [N], higher is better: a metric is the mean over the items, tested
+    by :func:`paired_test` on the (seed, item) pairs."""
+
+    lower_is_better: frozenset[str] = frozenset()
+
+    def __init__(self, scorers: dict[str, ImageScorer]) -> None:
+        self.scorers = scorers
+        self.metrics = tuple(scorers)
+
+    def score(self, images: torch.Tensor, prompts: PromptSet) -> dict[str, np.ndarray]:
+        return {name: scorer(images, prompts).detach().double().cpu().numpy() for name, scorer in self.scorers.items()}
+
+    def value(self, scored: dict[str, np.ndarray], metric: str) -> float:
+        return float(scored[metric].mean())
+
+    def p_value(self, a: Sequence[dict], b: Sequence[dict], metric: str, permutations: int) -> float:
+        return paired_test(np.stack([s[metric] for s in a]), np.stack([s[metric] for s in b]), permutations)["p_value"]
+
+
+# Evaluation --------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One source (or control): ``scored`` per seed, ``values[metric]`` per seed, the first seed's images, its
+    matched control and ``p_values[metric]`` of the paired test against that control."""
+
+    name: str
+    noise_std: float
+    scored: list[Any]
+    values: dict[str, list[float]]
+    images: torch.Tensor
+    control: "Row | None" = None
+    p_values: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
-class EvalResult:
-    """scores[scorer][source] = [seeds, prompts]; noise_std[source]; tests[scorer][source] vs baseline;
-    matched[scorer][source]: :func:`contrast` of the source against its std-matched Gaussian."""
+class Evaluation:
+    """Every source's row, in the order given; ``items`` per seed."""
 
+    rows: list[Row]
+    scoring: Scoring
     seeds: list[int]
-    prompts: int
+    items: int
     baseline: str
-    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    noise_std: dict[str, float] = field(default_factory=dict)
-    tests: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    matched: dict[str, dict[str, dict]] = field(default_factory=dict)
-    images: dict[str, torch.Tensor] = field(default_factory=dict)  # first seed's images per source
+    permutations: int
 
-    def table(self) -> str:
-        """Markdown: one row per source; per scorer mean +- std over seeds, the contrast with the source's
-        std-matched Gaussian (difference, p, seeds where the source is better) and the paired test vs baseline."""
-        scorers = list(self.scores)
-        header = (
-            "| source | noise std | "
-            + " | ".join(
-                f"{s} (mean ± std over seeds) | Δ vs matched Gaussian, p, seeds better | Δ vs {self.baseline}, p" for s in scorers
-            )
-            + " |"
-        )
-        lines = [header, "|" + "---|" * (2 + 3 * len(scorers))]
-        for source in self.noise_std:
-            cells = [source, f"{self.noise_std[source]:.4f}"]
-            for scorer in scorers:
-                per_seed = self.scores[scorer][source].mean(axis=1)
-                cells.append(f"{per_seed.mean():.4f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.4f}")
-                matched = self.matched.get(scorer, {}).get(source)
-                cells.append(
-                    "—"
-                    if matched is None
-                    else f"{matched['mean_diff']:+.4f}, p={matched['p_value']:.3g}, {matched['seeds_better']}/{matched['seeds']}"
-                )
-                test = self.tests[scorer].get(source)
-                cells.append("—" if test is None else f"{test['mean_diff']:+.4f}, p={test['p_value']:.3g}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append(
-            f"\n{len(self.seeds)} seeds x {self.prompts} prompts. Matched Gaussian: the `{self.baseline}` "
-            f"draws of the same seeds scaled to the source's std. p: two-sided paired sign-flip permutation "
-            f"test on the (seed, prompt) pairs; seeds better: evaluation seeds on which the source's mean "
-            f"over prompts beats its matched Gaussian's."
-        )
-        return "\n".join(lines)
+    def row(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no source named {name!r}; the sources are {[r.name for r in self.rows]}")
+
+    def values(self, name: str, metric: str) -> list[float]:
+        """Per-seed values of ``metric`` for source ``name``."""
+        return self.row(name).values[metric]
+
+    def paired(self, a: Row, b: Row, metric: str, p_value: float | None = None) -> dict:
+        """Row a minus row b on ``metric``: mean over seeds ``diff``, the differences ``per_seed``, ``better`` = on
+        how many seeds a is better, and ``p_value`` of the paired test (given, or run when permutations > 0)."""
+        per_seed = [x - y for x, y in zip(a.values[metric], b.values[metric])]
+        sign = -1.0 if metric in self.scoring.lower_is_better else 1.0
+        result = {"diff": sum(per_seed) / len(per_seed), "per_seed": per_seed, "better": sum(sign * d > 0 for d in per_seed)}
+        if p_value is None and self.permutations:
+            p_value = self.scoring.p_value(a.scored, b.scored, metric, self.permutations)
+        if p_value is not None:
+            result["p_value"] = p_value
+        return result
+
+    def vs_matched(self, name: str, metric: str) -> dict:
+        """Source ``name`` against its matched Gaussian (see :meth:`paired`; the test run by :func:`evaluate`)."""
+        row = self.row(name)
+        if row.control is None:
+            raise ValueError(f"source {name!r} has no matched Gaussian")
+        return self.paired(row, row.control, metric, row.p_values.get(metric))
+
+    def contrast(self, a: str, b: str, metric: str) -> dict:
+        """Source a minus source b (see :meth:`paired`)."""
+        return self.paired(self.row(a), self.row(b), metric)
 
 
-def evaluate(
-    sources: dict[str, NoiseSource],
-    backend: Backend,
-    scorers: dict[str, ImageScorer],
-    prompts: PromptSet,
-    seeds: Sequence[int],
-    baseline: str = "gaussian",
-    std_matched: bool = True,
-    permutations: int = 10000,
-) -> EvalResult:
-    """Render and score every source on every (seed, prompt); add std-matched Gaussian controls.
-
-    Item (seed s, prompt p) uses seed s for every source, so all sources start from the same draws.
-    With ``std_matched`` each non-baseline source X gets a control "gaussian@std(X)": the baseline
-    source's noise (same seeds) scaled so that its measured std equals X's measured std.
-    """
-    if baseline not in sources:
-        raise ValueError(f"baseline {baseline!r} is not one of the sources {list(sources)}")
-    sources = dict(sources)
-    result = EvalResult(seeds=list(seeds), prompts=len(prompts), baseline=baseline)
-    noises = {name: [source(prompts, [s] * len(prompts)) for s in seeds] for name, source in sources.items()}
-    for name in list(sources):
-        result.noise_std[name] = float(torch.stack(noises[name]).double().std())
-        if std_matched and name != baseline:
-            control = control_name(baseline, name)
-            factor = result.noise_std[name] / float(torch.stack(noises[baseline]).double().std())
-            noises[control] = [noise * factor for noise in noises[baseline]]
-            result.noise_std[control] = float(torch.stack(noises[control]).double().std())
-    for scorer in scorers:
-        result.scores[scorer] = {}
-    for name, per_seed in noises.items():
-        for seed_position, noise in enumerate(per_seed):
-            images = backend(noise, prompts)
-            if seed_position == 0:
-                result.images[name] = images.detach().cpu()
-            for scorer_name, scorer in scorers.items():
-                values = scorer(images, prompts).detach().double().cpu().numpy()
-                result.scores[scorer_name].setdefault(name, np.zeros((len(seeds), len(prompts))))[seed_position] = values
-    for scorer_name, per_source in result.scores.items():
-        result.tests[scorer_name] = {
-            name: paired_test(values, per_source[baseline], permutations)
-            for name, values in per_source.items()
-            if name != baseline
-        }
-        result.matched[scorer_name] = {
-            name: contrast(per_source[name], per_source[control_name(baseline, name)], permutations)
-            for name in sources
-            if control_name(baseline, name) in per_source
-        }
-    return result
-
-
-# Figures -----------------------------------------------------------------------------------------
 def control_name(baseline: str, source: str) -> str:
     """Name of the baseline noise scaled to ``source``'s std."""
     return f"{baseline}@std({source})"
 
 
-def comparisons(result: EvalResult) -> dict[str, list[Comparison]]:
-    """Per scorer, each source (controls excepted) with mean and std over seeds, and those of its control."""
+def noise_std(noises: Sequence[torch.Tensor], per_seed: bool) -> float:
+    """Std of a source's noise over all seeds at once, or (``per_seed``) the mean of its per-seed stds."""
+    if per_seed:
+        stds = [float(noise.double().std()) for noise in noises]
+        return sum(stds) / len(stds)
+    return float(torch.stack(list(noises)).double().std())
 
-    def stats(values: np.ndarray) -> tuple[float, float]:
-        per_seed = values.mean(axis=1)
-        return float(per_seed.mean()), float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
 
+def matched_gaussian(baseline: Sequence[torch.Tensor], std: float, per_seed: bool) -> list[torch.Tensor]:
+    """The baseline's noise of every seed scaled so that its std (as :func:`noise_std` measures it) is ``std``:
+    one factor for all seeds, or (``per_seed``) each seed's noise scaled to exactly ``std``."""
+    if per_seed:
+        return [noise * (std / float(noise.double().std())) for noise in baseline]
+    factor = std / float(torch.stack(list(baseline)).double().std())
+    return [noise * factor for noise in baseline]
+
+
+@torch.no_grad()
+def evaluate(
+    sources: Sequence[Source],
+    backend: Backend,
+    scoring: Scoring,
+    prompts: PromptSet,
+    seeds: Sequence[int],
+    baseline: str = "gaussian",
+    permutations: int = 10000,
+    controls: bool = True,
+    std_per_seed: bool = False,
+    progress: str | None = None,
+) -> Evaluation:
+    """Render and score every source on every seed's items; with ``controls`` also each controlled source's
+    matched Gaussian (the ``baseline`` source's noise of the same seeds scaled to the source's std) and, with
+    ``permutations`` > 0, the paired tests against it.
+
+    ``std_per_seed`` says how a std is measured (:func:`noise_std`): over all seeds at once (then a source that
+    is a scaled baseline has exactly its control's noise), or per seed (each seed's control has exactly the
+    source's std; the toy demo's rule). ``progress``: a tqdm label, or None for no bar.
+    """
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names must be unique, got {names}")
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not one of the sources {names}")
+    seeds = list(seeds)
+    base = sources[names.index(baseline)]
+    baseline_noise = [base.noise(prompts, seed) for seed in seeds]
+
+    def render(name: str, noises: list[torch.Tensor], render_with: Backend) -> Row:
+        scored, first = [], None
+        for noise in noises:
+            images = render_with(noise, prompts)
+            first = images.detach().cpu() if first is None else first
+            scored.append(scoring.score(images, prompts))
+        values = {metric: [scoring.value(s, metric) for s in scored] for metric in scoring.metrics}
+        return Row(name, noise_std(noises, std_per_seed), scored, values, first)
+
+    rows = []
+    for source in tqdm(sources, desc=progress, leave=False, disable=progress is None):
+        noises = baseline_noise if source is base else [source.noise(prompts, seed) for seed in seeds]
+        row = render(source.name, noises, source.backend or backend)
+        if controls and source.controlled and source is not base:
+            matched = matched_gaussian(baseline_noise, row.noise_std, std_per_seed)
+            row.control = render(control_name(baseline, source.name), matched, backend)
+            if permutations:
+                row.p_values = {m: scoring.p_value(row.scored, row.control.scored, m, permutations) for m in scoring.metrics}
+        rows.append(row)
+    return Evaluation(rows, scoring, seeds, len(prompts), baseline, permutations)
+
+
+# Report ------------------------------------------------------------------------------------------
+def table(
+    result: Evaluation, digits: int = 4, headline: Sequence[str] | None = None, versus_baseline: bool = False, note: str = ""
+) -> str:
+    """Markdown: one row per source with its noise std and each metric's mean ± std over seeds; for each
+    ``headline`` metric (default: all) its matched Gaussian's and on how many seeds the source is better; each
+    metric's difference to the matched Gaussian with the test's p (when run); with ``versus_baseline`` the same
+    against the baseline source; then ``note``."""
+    metrics = list(result.scoring.metrics)
+    headline = metrics if headline is None else list(headline)
+    lower = result.scoring.lower_is_better
+
+    def cell(values: Sequence[float]) -> str:
+        mean, std = mean_std(values)
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    def difference(test: dict) -> str:
+        p = f" ({test['p_value']:.{digits}f})" if "p_value" in test else ""
+        return f"{test['diff']:+.{digits}f}{p}"
+
+    header = ["source", "noise std", *metrics]
+    for m in headline:
+        header += [f"matched Gaussian {m}", f"{m} {'below' if m in lower else 'above'} matched (seeds)"]
+    header += [f"Δ{m} vs matched (p)" for m in metrics]
+    if versus_baseline:
+        header += [f"Δ{m} vs {result.baseline} (p)" for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result.rows:
+        cells = [row.name, f"{row.noise_std:.{digits}f}", *(cell(row.values[m]) for m in metrics)]
+        for m in headline:
+            if row.control is None:
+                cells += ["—", "—"]
+            else:
+                cells += [cell(row.control.values[m]), f"{result.vs_matched(row.name, m)['better']}/{len(result.seeds)}"]
+        cells += [difference(result.vs_matched(row.name, m)) if row.p_values else "—" for m in metrics]
+        if versus_baseline:
+            base = result.row(result.baseline)
+            cells += ["—" if row is base else difference(result.paired(row, base, m)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", note] if note else lines)
+
+
+def comparisons(result: Evaluation, metrics: Sequence[str] | None = None) -> dict[str, list[Comparison]]:
+    """Per metric (default: all), each source's mean ± std over seeds and those of its matched Gaussian."""
     panels = {}
-    for scorer, per_source in result.scores.items():
-        panels[scorer] = []
-        for name, values in per_source.items():
-            if name.startswith(f"{result.baseline}@std("):
-                continue
-            control = per_source.get(control_name(result.baseline, name))
-            panels[scorer].append(Comparison(name, *stats(values), *(stats(control) if control is not None else (None, None))))
+    for metric in result.scoring.metrics if metrics is None else metrics:
+        panels[metric] = [
+            Comparison(
+                row.name,
+                *mean_std(row.values[metric]),
+                *(mean_std(row.control.values[metric]) if row.control else (None, None)),
+            )
+            for row in result.rows
+        ]
     return panels
 
 
-def save_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write results.md (the table), grid.png (a labelled row per source: the first seed's images) and plot.png
-    (each scorer per source against its std-matched Gaussian; only with matplotlib, else results.md says so)."""
+def grid(
+    result: Evaluation,
+    title: str,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    columns: Sequence[str] | None = None,
+    cell: int = 48,
+) -> Image.Image:
+    """A labelled row per source (table order) of its first seed's images, through ``view`` (images -> the
+    [K,C,h,w] in [0,1] to show; default: all of them as they are)."""
+    rows = [(row.name, view(row.images) if view else row.images) for row in result.rows]
+    return labelled_grid(rows, columns=columns, cell=cell, title=title)
+
+
+def write_report(
+    result: Evaluation,
+    out_dir: str | Path,
+    table_file: str,
+    sections: Sequence[str],
+    picture: Image.Image,
+    plot_metrics: Sequence[str] | None = None,
+    plot_title: str = "",
+    plot_note: str = "",
+) -> dict[str, Path]:
+    """Write OUT/table_file (the ``sections``, then what plot.png shows or why it is missing), OUT/grid.png
+    (``picture``) and OUT/plot.png (``plot_metrics`` of each source against its matched Gaussian; only with
+    matplotlib). Returns the paths written: table, grid and, when written, plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"table": out_dir / "results.md", "grid": out_dir / "grid.png"}
-    labelled_grid(list(result.images.items()), title=f"seed {result.seeds[0]}: one image per prompt").save(paths["grid"])
+    paths = {"table": out_dir / table_file, "grid": out_dir / "grid.png"}
+    picture.save(paths["grid"])
+    panels = comparisons(result, plot_metrics)
     plot = comparison_plot(
-        out_dir / "plot.png",
-        comparisons(result),
-        title=f"Each source vs {result.baseline} noise scaled to its std",
-        note=f"mean ± std over {len(result.seeds)} seeds of the mean over {result.prompts} prompts",
+        out_dir / "plot.png", panels, lower_is_better=sorted(result.scoring.lower_is_better), title=plot_title, note=plot_note
     )
     if plot:
         paths["plot"] = plot
-    figures = "plot.png: each scorer per source against its std-matched Gaussian" if plot else PLOT_SKIPPED
-    paths["table"].write_text(f"{result.table()}\n\n{figures}\n", encoding="utf-8")
+        names = list(panels)
+        shown = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        figures = f"plot.png: {shown} of each source and its matched Gaussian"
+    else:
+        figures = PLOT_SKIPPED
+    paths["table"].write_text("\n\n".join([*sections, figures]) + "\n", encoding="utf-8")
     return paths
 
 
-# Real-model scorers (lazy, local weights only) ----------------------------------------------------
-def clip_pixels(images: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
-    """[B,3,H,W] in [0,1] -> CLIP pixel_values per a transformers preprocessor_config.json: bicubic resize of the
-    shortest edge (or to height x width), centre crop, (x - image_mean) / image_std. Plain torch, no imaging library."""
-    size, crop = settings.get("size", 224), settings.get("crop_size", 224)
-    height, width = images.shape[-2:]
-    if isinstance(size, dict) and "height" in size:
-        resized = (size["height"], size["width"])
-    else:
-        edge = size["shortest_edge"] if isinstance(size, dict) else size
-        resized = (round(height * edge / min(height, width)), round(width * edge / min(height, width)))
-    pixels = torch.nn.functional.interpolate(images.clamp(0, 1), size=resized, mode="bicubic", antialias=True).clamp(0, 1)
-    crop_height, crop_width = (crop, crop) if isinstance(crop, int) else (crop["height"], crop["width"])
-    top, left = (resized[0] - crop_height) // 2, (resized[1] - crop_width) // 2
-    pixels = pixels[..., top : top + crop_height, left : left + crop_width]
-    mean = torch.tensor(settings.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))[:, None, None]
-    std = torch.tensor(settings.get("image_std", (0.26862954, 0.26130258, 0.27577711)))[:, None, None]
-    return (pixels - mean.to(pixels)) / std.to(pixels)
+def eval_table(result: Evaluation) -> str:
+    """``noisear eval``'s table: every scorer, 4 decimals, the tests against the matched Gaussian and the baseline."""
+    note = (
+        f"{len(result.seeds)} seeds x {result.items} prompts. Mean ± std over seeds. Matched Gaussian: the "
+        f"`{result.baseline}` draws of the same seeds scaled to the source's std; Δ = source minus it. p: two-sided "
+        f"paired sign-flip permutation test on the (seed, prompt) pairs ({result.permutations} permutations, exact up "
+        f"to 16 pairs); seeds: evaluation seeds on which the source's mean over prompts beats its matched Gaussian's."
+    )
+    return table(result, digits=4, versus_baseline=True, note=note)
 
 
-def clip_scorer(model_dir: str | Path, scale: float | None = None, device: str = "cpu") -> ImageScorer:
-    """CLIP score (``scale`` * cosine clipped at 0, usually 100) or PickScore (scale None: the model's logit_scale
-    * cosine) from a local transformers CLIPModel folder with its tokenizer and preprocessor_config.json (e.g.
-    openai/clip-vit-large-patch14 or yuvalkirstain/PickScore_v1, downloaded by you). Prompts need ``strings``."""
-    from transformers import AutoTokenizer, CLIPModel
-
-    model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    settings_path = Path(model_dir) / "preprocessor_config.json"
-    if not settings_path.is_file():
-        raise FileNotFoundError(
-            f"{settings_path} is missing: the CLIP folder needs the image preprocessor settings "
-            "(copy preprocessor_config.json from the model's processor)"
-        )
-    settings = json.loads(settings_path.read_text(encoding="utf-8"))
-
-    @torch.no_grad()
-    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        if not prompts.strings:
-            raise ValueError("CLIP-based scorers need the prompt texts (PromptSet.strings)")
-        tokens = tokenizer(
-            list(prompts.strings),
-            padding=True,
-            truncation=True,
-            return_tensors="pt",
-            max_length=model.config.text_config.max_position_embeddings,
-        ).to(device)
-        image = model.get_image_features(pixel_values=clip_pixels(images.float().to(device), settings))
-        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        image, text = (getattr(x, "pooler_output", x) for x in (image, text))  # transformers 5 may return outputs
-        cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
-        return (scale * cosine.clamp_min(0) if scale is not None else model.logit_scale.exp() * cosine).cpu()
-
-    return score
-
-
-def hpsv2_scorer(checkpoint: str | Path, device: str = "cpu") -> ImageScorer:
-    """HPSv2 (open_clip ViT-H-14 with the HPS checkpoint you downloaded); needs ``pip install open_clip_torch``."""
-    try:
-        import open_clip
-    except ImportError as err:
-        raise ImportError("the HPSv2 scorer needs open_clip: pip install open_clip_torch") from err
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None, device=device)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("state_dict", state))
-    model.eval()
-    tokenizer = open_clip.get_tokenizer("ViT-H-14")
-    size = model.visual.image_size
-    mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))[:, None, None]
-    std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))[:, None, None]
-
-    @torch.no_grad()
-    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        pixels = torch.nn.functional.interpolate(images.clamp(0, 1), size=size, mode="bicubic", antialias=True)
-        image = model.encode_image(((pixels - mean) / std).to(device), normalize=True)
-        text = model.encode_text(tokenizer(list(prompts.strings)).to(device), normalize=True)
-        return (100 * (image * text).sum(-1)).cpu()
-
-    return score
-
-
-def image_reward_scorer(checkpoint: str | Path, med_config: str | Path, device: str = "cpu") -> ImageScorer:
-    """ImageReward from your local ImageReward.pt and med_config.json; needs ``pip install image-reward``."""
-    try:
-        import ImageReward
-        from PIL import Image
-    except ImportError as err:
-        raise ImportError("the ImageReward scorer needs: pip install image-reward pillow") from err
-    model = ImageReward.load(str(checkpoint), device=device, med_config=str(med_config))
-
-    @torch.no_grad()
-    def score(images: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        pictures = [
-            Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for image in images.cpu()
-        ]
-        return torch.tensor([float(model.score(text, [picture])) for text, picture in zip(prompts.strings, pictures)])
-
-    return score
+def save_report(result: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """``noisear eval``'s files: results.md (:func:`eval_table`), grid.png (a labelled row per source: the first
+    seed's image of every prompt) and plot.png (each scorer per source against its matched Gaussian; only with
+    matplotlib, else results.md says so)."""
+    return write_report(
+        result,
+        out_dir,
+        "results.md",
+        [eval_table(result)],
+        grid(result, title=f"seed {result.seeds[0]}: one image per prompt"),
+        plot_title=f"Each source vs {result.baseline} noise scaled to its std",
+        plot_note=f"mean ± std over {len(result.seeds)} seeds of the mean over {result.items} prompts",
+    )

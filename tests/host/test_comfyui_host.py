@@ -271,7 +271,7 @@ def test_a_missing_checkpoint_says_where_files_go_and_which_fits_which_model(com
     assert "-m noisear convert" in details
 
 
-# NoiseAR Text Encode (issue 13; the numbers of the full-size encoders: test_text_parity.py) ------------------
+# NoiseAR Text Encode (the numbers of the full-size encoders: test_text_parity.py) ----------------------------
 SHORT_PROMPT = "a lighthouse on a cliff at sunset"
 LONG_PROMPT = ", ".join([SHORT_PROMPT] * 12)  # over 75 CLIP tokens: two 77-token chunks
 

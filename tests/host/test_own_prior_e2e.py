@@ -1,4 +1,4 @@
-"""Issue 3 in a real headless ComfyUI (see conftest.py; skipped without COMFYUI_PATH).
+"""Golden noise and the own-prior loop in a real headless ComfyUI (see conftest.py; skipped without COMFYUI_PATH).
 
 Golden noise on epsilon, v-prediction and flow versions of the tiny SDXL-family MODEL, and the
 "train a prior for your model" loop: collect golden noise in two aspect-ratio buckets with the

@@ -1,14 +1,13 @@
-"""Issue 13 in the real ComfyUI: prior_text is exactly the embedding the priors are trained on.
+"""NoiseAR Text Encode in the real ComfyUI: prior_text is exactly the embedding the priors are trained on.
 
 HEAVY: one subprocess (tests/host/text_parity.py, ComfyUI's Python) builds ComfyUI's full-size SDXL
 CLIP-L + CLIP-bigG and Hunyuan-DiT's 24-layer BERT with shared random weights, one model at a time
-(peak resident memory about 7 GB, of which up to 3 GB are the safetensors file being read; about 5 minutes
-of CPU time, 6 to 18 minutes of wall time on the shared 2-core machine).
+(gigabytes of memory and minutes of CPU: docs/comfyui.md, "Tests", has the figures).
 Skipped without COMFYUI_PATH, or with ``-m "not heavy"``.
 
 On the 77 tokens a NoiseAR node hands the prior, for every prompt class: NoiseAR Text Encode's
 prior_text equals diffusers' encode_prompt rule (transformers) and noisear.train.text_encoders (text
-and mask) to 1e-4 (measured: about 1e-5 and below); CLIPTextEncode's conditioning equals them for plain
+and mask) to 1e-4 (the measured differences: docs/comfyui.md); CLIPTextEncode's conditioning equals them for plain
 prompts of up to 75 tokens and differs, as docs/comfyui.md says, for weight syntax and long prompts.
 """
 
@@ -26,8 +25,8 @@ pytestmark = pytest.mark.heavy
 SCRIPT = Path(__file__).resolve().parent / "text_parity.py"
 FAMILIES = ("sdxl", "hunyuan")
 PLAIN = ("empty", "short", "exactly 75 tokens", "non-ASCII")
-EXACT = 1e-4  # fp32 encoders through different attention kernels; the measured figures are ~1e-5
-DIFFERENT = 1e-2  # what "differs" means: far above float noise (the measured differences are 0.1 to 2)
+EXACT = 1e-4  # fp32 encoders through different attention kernels
+DIFFERENT = 1e-2  # what "differs" means: far above float noise
 
 
 @pytest.fixture(scope="module")

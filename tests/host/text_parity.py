@@ -1,4 +1,4 @@
-"""Prompt-exact text parity in the real ComfyUI (issue 13); run by tests/host/test_text_parity.py.
+"""Prompt-exact text parity in the real ComfyUI; run by tests/host/test_text_parity.py.
 
     cd $COMFYUI_PATH && $COMFYUI_PYTHON <repo>/tests/host/text_parity.py OUT.json [sdxl] [hunyuan]
 
@@ -14,7 +14,7 @@ its mT5 stream, which no prior reads, is made tiny). Per prompt, on what a Noise
 - fp16: prior_text with the weights stored in fp16 (ComfyUI's default text-encoder dtype) vs reference.
 Writes max / mean |difference|, shapes and warnings to OUT.json. ComfyUI's encoders run in fp32
 (model_options dtype). Memory: one model at a time, weights streamed from safetensors; the peak is
-ComfyUI's SDXL text encoders, 3.3 GB. About 3-4 minutes on two CPU cores.
+ComfyUI's SDXL text encoders (time and memory: docs/comfyui.md, "Tests").
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def load_pack():
     sys.modules["noisear_pack"] = pack
     spec.loader.exec_module(pack)
     import noisear_pack.nodes.conditioning as conditioning
-    import noisear_pack.nodes.text_encode as text_encode
+    import noisear_pack.nodes.definitions as definitions
 
-    return conditioning, text_encode
+    return conditioning, definitions
 
 
 def prompts(count) -> dict[str, str]:
@@ -149,7 +149,7 @@ def encode_with_training_encoder(folder: Path, kind: str, texts: dict[str, str])
 
 
 def compare(
-    conditioning, text_encode, clip, texts: dict[str, str], reference: dict, trained: dict, width: int, variant: str
+    conditioning, definitions, clip, texts: dict[str, str], reference: dict, trained: dict, width: int, variant: str
 ) -> dict:
     """The figures of one family; ``reference`` / ``trained`` map prompt names to (text, mask)."""
     published = SimpleNamespace(config=SimpleNamespace(text_dim=width), published=True, variant=variant, name="test")
@@ -159,7 +159,7 @@ def compare(
     out = {}
     for name, text in texts.items():
         route = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-        sampler, prior_text = text_encode.NoiseARTextEncodeNode().encode(clip, text)
+        sampler, prior_text = definitions.NoiseARTextEncodeNode().encode(clip, text)
         exact = conditioning.text_from_conditioning(prior_text, published)
         own_text, own_mask, _ = conditioning.text_from_conditioning(prior_text, own)
         via_route = conditioning.text_from_conditioning(route, published)
@@ -189,15 +189,15 @@ def compare(
     return out
 
 
-def fp16_figure(conditioning, text_encode, clip, text: str, reference: torch.Tensor, width: int) -> dict:
+def fp16_figure(conditioning, definitions, clip, text: str, reference: torch.Tensor, width: int) -> dict:
     """prior_text with the encoder's weights stored in fp16 (ComfyUI's default) vs the fp32 reference."""
     clip.cond_stage_model.to(torch.float16)
     published = SimpleNamespace(config=SimpleNamespace(text_dim=width), published=True, variant="x", name="test")
-    prior_text = text_encode.NoiseARTextEncodeNode().encode(clip, text)[1]
+    prior_text = definitions.NoiseARTextEncodeNode().encode(clip, text)[1]
     return diff(conditioning.text_from_conditioning(prior_text, published).text, reference)
 
 
-def sdxl(folder: Path, conditioning, text_encode) -> dict:
+def sdxl(folder: Path, conditioning, definitions) -> dict:
     clock = [time.monotonic()]
     comfy_tokenizers = COMFY / "comfy" / "sd1_tokenizer"
     for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):  # as in SDXL's diffusers repo
@@ -249,15 +249,15 @@ def sdxl(folder: Path, conditioning, text_encode) -> dict:
         clip.cond_stage_model.clip_l.transformer.text_projection.weight.copy_(torch.eye(768))
     assert lacking == {"l": ["text_projection.weight"], "g": []}, lacking
     phase("ComfyUI's SDXL text encoders loaded", clock)
-    figures = compare(conditioning, text_encode, clip, texts, reference, trained, 2048, "SDXL")
+    figures = compare(conditioning, definitions, clip, texts, reference, trained, 2048, "SDXL")
     phase("ComfyUI compared", clock)
-    fp16 = fp16_figure(conditioning, text_encode, clip, texts["short"], reference["short"][0], 2048)
+    fp16 = fp16_figure(conditioning, definitions, clip, texts["short"], reference["short"][0], 2048)
     del clip
     free()
     return {"prompts": figures, "fp16_short": fp16, "texts": texts}
 
 
-def hunyuan(folder: Path, conditioning, text_encode) -> dict:
+def hunyuan(folder: Path, conditioning, definitions) -> dict:
     shutil.copytree(COMFY / "comfy" / "text_encoders" / "hydit_clip_tokenizer", folder / "tokenizer")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanDiTPipeline"}))
     tokenizer = BertTokenizer.from_pretrained(folder / "tokenizer")
@@ -297,9 +297,9 @@ def hunyuan(folder: Path, conditioning, text_encode) -> dict:
         for parameter in clip.cond_stage_model.mt5xl.parameters():
             parameter.normal_(0, 0.02)
     phase("ComfyUI's Hunyuan-DiT text encoders loaded", clock)
-    figures = compare(conditioning, text_encode, clip, texts, reference, trained, 1024, "Hunyuan-DiT")
+    figures = compare(conditioning, definitions, clip, texts, reference, trained, 1024, "Hunyuan-DiT")
     phase("ComfyUI compared", clock)
-    fp16 = fp16_figure(conditioning, text_encode, clip, texts["short"], reference["short"][0], 1024)
+    fp16 = fp16_figure(conditioning, definitions, clip, texts["short"], reference["short"][0], 1024)
     del clip
     free()
     return {"prompts": figures, "fp16_short": fp16, "texts": texts}
@@ -307,13 +307,13 @@ def hunyuan(folder: Path, conditioning, text_encode) -> dict:
 
 def main() -> None:
     out, families = Path(sys.argv[1]), sys.argv[2:] or ["sdxl", "hunyuan"]
-    conditioning, text_encode = load_pack()
+    conditioning, definitions = load_pack()
     results = {}
     for family in families:
         start = time.monotonic()
         print(f"{family}:", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"noisear_{family}_") as folder:
-            results[family] = {"sdxl": sdxl, "hunyuan": hunyuan}[family](Path(folder), conditioning, text_encode)
+            results[family] = {"sdxl": sdxl, "hunyuan": hunyuan}[family](Path(folder), conditioning, definitions)
         results[family]["seconds"] = round(time.monotonic() - start, 1)
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
 

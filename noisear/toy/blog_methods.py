@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from ..mixing import blend
-from .ar_prior import PixelPrior
 from .data import NUM_CLASSES, Digits
 from .diffusion import Denoiser, DenoiserTraining, ExtraLoss, train_denoiser
+from .pixel_prior import PixelPrior
 
 
 @dataclass(frozen=True)

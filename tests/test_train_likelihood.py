@@ -24,17 +24,9 @@ from noisear.train.data import (
     start_noise,
     validation_prompt,
 )
-from noisear.train.trainer import (
-    LikelihoodObjective,
-    PromptMeanBaseline,
-    TrainConfig,
-    held_out_metrics,
-    initial_model,
-    learning_rate,
-    standard_normal_nll_per_dim,
-    train,
-    train_likelihood,
-)
+from noisear.train.likelihood import LikelihoodObjective, train_likelihood
+from noisear.train.loop import TrainConfig, initial_model, learning_rate, train
+from noisear.train.metrics import PromptMeanBaseline, held_out_metrics, standard_normal_nll_per_dim
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.0)
 SHAPE = (2, 4, 4)

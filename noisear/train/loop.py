@@ -1,10 +1,10 @@
-"""The one training loop (likelihood training and DPO share it) and likelihood training.
+"""The one training loop: likelihood training (noisear.train.likelihood) and DPO (noisear.train.dpo) share it.
 
 `train(model, objective, config)` runs AdamW with linear warm-up and cosine decay, gradient
 clipping, optional EMA, bf16 autocast on CUDA, a tqdm bar, a jsonl log, periodic checkpoints
 that resume exactly, and DDP under ``torchrun --nproc_per_node N`` (gloo on CPU, nccl on GPU).
-What differs between likelihood training and DPO is an :class:`Objective`: which batch a step
-uses and which loss it computes from log-probabilities.
+What differs between training methods is an :class:`Objective`: which batch a step uses and which
+loss it computes from log-probabilities. :func:`initial_model` gives the prior a run starts from.
 
 Files in ``config.out_dir``: ``checkpoint.pt`` (resume state, torch.save of tensors and plain
 dicts, read back with weights_only=True), ``log.jsonl`` and ``prior.safetensors`` (the final
@@ -45,17 +45,7 @@ from tqdm import tqdm
 
 from ..config import NoiseARConfig
 from ..io import load, save, write_atomically
-from ..model import NoiseAR, eval_mode, standard_normal
-from .data import (
-    Batch,
-    BatchPlan,
-    DatasetError,
-    ShardDataset,
-    known_start_noise,
-    repeated_noises_message,
-    shift_from_start,
-    validation_prompt,
-)
+from ..model import NoiseAR, eval_mode
 
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
 # A resumed run must not change these (they decide the data order and the updates).
@@ -68,30 +58,55 @@ LogProb = Callable[..., torch.Tensor]
 
 @dataclass
 class TrainConfig:
-    """Options of the shared loop. Steps count optimiser updates of one global batch."""
+    """Options of the shared loop (each field's ``help`` metadata is its ``noisear train``/``dpo`` option's help).
+    Steps count optimiser updates of one global batch."""
 
-    out_dir: str = "runs/noisear"
-    steps: int = 1000
-    batch_size: int = 64  # global batch (all processes together)
-    lr: float = 1e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    ema_decay: float = 0.0  # 0 = off; e.g. 0.999
-    seed: int = 0
-    validation_fraction: float = 0.1  # share of prompts held out (likelihood training)
-    validation_seed_fraction: float = 0.0  # share of seeds (starting noises) held out as well
-    bf16: bool = True  # bf16 autocast, used on CUDA only
-    log_every: int = 10
-    val_every: int = 0  # 0 = validate at the end only
-    checkpoint_every: int = 100
-    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
-    device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
-    progress: bool = True
+    out_dir: str = field(
+        default="runs/noisear", metadata={"help": "output directory: checkpoint.pt, log.jsonl and prior.safetensors"}
+    )
+    steps: int = field(
+        default=1000,
+        metadata={"help": "optimiser steps (one global batch each) to run in all, counting steps already done when resuming"},
+    )
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count"},
+    )
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of AdamW"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine schedule ends at lr * this"})
+    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warm-up from lr/warmup_steps to lr"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the data order, initialisation and rollouts"})
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index"},
+    )
+    validation_seed_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
+            "validation pairs never share a noise with training pairs"
+        },
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never used on the CPU)"})
+    log_every: int = field(default=10, metadata={"help": "write averaged training metrics to log.jsonl every this many steps"})
+    val_every: int = field(default=0, metadata={"help": "validate every this many steps (0: at the end only)"})
+    checkpoint_every: int = field(
+        default=100, metadata={"help": "write checkpoint.pt every this many steps (resume point after a kill)"}
+    )
+    resume: bool = field(default=True, metadata={"help": "continue from checkpoint.pt in the output directory when it exists"})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -481,290 +496,6 @@ def _validate(
     runtime.barrier()
 
 
-# Likelihood training ---------------------------------------------------------------------------
-def nll_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:
-    """Negative log-likelihood in nats per dimension, [B] -> [B]."""
-    return -log_prob / dims
-
-
-def masked_mean_pool(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T,D], [B,T] -> [B,D]: mean over real tokens."""
-    weights = text_mask.to(text.dtype)[..., None]
-    return (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-class PromptMeanBaseline:
-    """Gaussian whose mean depends on the prompt only: N(W^T [pool(text), 1], diag(var)).
-
-    W is a ridge regression from the masked mean-pooled prompt embedding to the prompt-mean shift,
-    fitted on the training split (streamed: accumulates X^T X and X^T Y, memory (D+1) x C*H*W
-    float64). The target is noise - starting noise when the dataset's seeds say what the starting
-    noise was (it has mean 0, so this estimates the noise's mean with far less variance), else the
-    noise itself. ``var`` is the per-dimension residual variance of the noise on the training split
-    (a second pass; fitted, not unit). ``ridge`` is relative: lambda = ridge * mean diagonal of X^T X.
-    It generalises to unseen (validation) prompts, which a table of per-prompt means could not.
-    """
-
-    def __init__(
-        self,
-        dataset: ShardDataset,
-        validation_fraction: float,
-        ridge: float = 0.1,
-        batch_size: int = 256,
-        seed_fraction: float = 0.0,
-    ) -> None:
-        width = dataset.item_shapes["text"][1] + 1
-        dims = math.prod(dataset.item_shapes["noise"])
-        self.uses_start_noise = known_start_noise(dataset.info)
-        gram = torch.zeros(width, width, dtype=torch.float64)
-        cross = torch.zeros(width, dims, dtype=torch.float64)
-        count = 0
-        for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
-            x = self.features(batch.text, batch.text_mask)
-            target = shift_from_start(batch.noise, batch.seed) if self.uses_start_noise else batch.noise
-            gram += x.T @ x
-            cross += x.T @ target.flatten(1).double()
-            count += len(batch)
-        if count == 0:
-            raise DatasetError("the training split is empty; cannot fit the prompt-mean baseline")
-        penalty = ridge * gram.diagonal()[:-1].mean() * torch.eye(width, dtype=torch.float64)
-        penalty[-1, -1] = 0.0  # the intercept is not shrunk
-        self.weight = torch.linalg.solve(gram + penalty, cross)
-        squares = torch.zeros(dims, dtype=torch.float64)
-        for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
-            squares += (batch.noise.flatten(1).double() - self.mean(batch.text, batch.text_mask)).pow(2).sum(0)
-        self.var = (squares / count).clamp_min(1e-6)
-
-    @staticmethod
-    def features(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """[B,T,D], [B,T] -> [B, D+1] float64: pooled embedding and a 1 for the intercept."""
-        pooled = masked_mean_pool(text.cpu().double(), text_mask.cpu())
-        return torch.cat([pooled, torch.ones(len(pooled), 1, dtype=torch.float64)], dim=1)
-
-    def mean(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """[B, C*H*W] float64: the baseline's mean noise (the predicted prompt-mean shift) for the prompts."""
-        return self.features(text, text_mask) @ self.weight
-
-    def nll_per_dim(self, batch: Batch) -> torch.Tensor:
-        """[B] nats per dimension of the batch's noise under this baseline."""
-        y = batch.noise.cpu().flatten(1).double()
-        mean = self.mean(batch.text, batch.text_mask)
-        return 0.5 * ((y - mean) ** 2 / self.var + self.var.log() + math.log(2 * math.pi)).mean(1)
-
-
-def standard_normal_nll_per_dim(noise: torch.Tensor) -> torch.Tensor:
-    """[B] nats per dimension under N(0, I)."""
-    return 0.5 * (noise.flatten(1).double() ** 2 + math.log(2 * math.pi)).mean(1)
-
-
-@torch.no_grad()
-def held_out_metrics(
-    model: NoiseAR,
-    dataset: ShardDataset,
-    validation_fraction: float,
-    seed_fraction: float = 0.0,
-    baseline: PromptMeanBaseline | None = None,
-    batch_size: int = 64,
-    max_prompts: int = 64,
-) -> dict[str, float]:
-    """What a prior has learned, measured on the validation split only (unseen prompts and/or unseen noises).
-
-    - ``val_nll`` (nats/dim) next to ``nll_standard_normal`` (N(0,I)) and ``nll_prompt_mean`` (``baseline``,
-      when given), and ``gap_vs_*`` = baseline - prior (positive: the prior is better);
-      ``val_nll_unseen_prompts`` / ``val_nll_seen_prompts``: the same by kind of held-out pair, with counts;
-    - calibration: ``sample_std_t1``, the std of T=1 samples, against ``data_std``, the validation noise's std;
-    - ``mean_shift_cosine``: cosine between the prior's T=0 noise and the data's prompt-mean shift (per
-      validation prompt, the mean of noise - starting noise when the seeds say what the starting noise was,
-      else the mean noise), over the first ``max_prompts`` prompts; ``mean_shift_cosine_prompt_mean`` is the
-      baseline's. Few pairs per prompt make the shift estimate noisy, so both cosines stay well below 1.
-    Empty when the validation split is empty.
-    """
-    device = next(model.parameters()).device
-    dims_of = {shape: math.prod(shape) for shape in dataset.noise_shapes}
-    sums: dict[str, float] = {}
-    counts = {"val_pairs": 0, "val_pairs_unseen_prompts": 0}
-    data_sum = data_squares = data_values = 0.0
-    prompts: dict[tuple, dict] = {}  # (prompt, shape) -> first text, mask and the summed shift
-    known_start = known_start_noise(dataset.info)
-
-    def add(name: str, values: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
-
-    for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
-        shape = tuple(batch.noise.shape[1:])
-        nll = nll_per_dim(
-            model.log_prob(batch.text.to(device), batch.noise.to(device), batch.text_mask.to(device)), dims_of[shape]
-        ).cpu()
-        unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
-        add("val_nll", nll)
-        add("val_nll_unseen_prompts", nll[unseen])
-        add("val_nll_seen_prompts", nll[~unseen])
-        add("nll_standard_normal", standard_normal_nll_per_dim(batch.noise))
-        if baseline is not None:
-            add("nll_prompt_mean", baseline.nll_per_dim(batch))
-        counts["val_pairs"] += len(batch)
-        counts["val_pairs_unseen_prompts"] += int(unseen.sum())
-        data_sum += float(batch.noise.double().sum())
-        data_squares += float(batch.noise.double().pow(2).sum())
-        data_values += batch.noise.numel()
-        shift = shift_from_start(batch.noise, batch.seed) if known_start else batch.noise
-        for i, p in enumerate(batch.prompt_index.tolist()):
-            key = (p, shape)
-            if key not in prompts and len(prompts) < max_prompts:
-                prompts[key] = {
-                    "text": batch.text[i],
-                    "mask": batch.text_mask[i],
-                    "count": 0,
-                    "shift": torch.zeros(shape, dtype=torch.float64),
-                }
-            if key in prompts:
-                prompts[key]["shift"] += shift[i].double()
-                prompts[key]["count"] += 1
-    if counts["val_pairs"] == 0:
-        return {}
-    seen = counts["val_pairs"] - counts["val_pairs_unseen_prompts"]
-    metrics = {"val_nll": sums["val_nll"] / counts["val_pairs"]}
-    if counts["val_pairs_unseen_prompts"]:
-        metrics["val_nll_unseen_prompts"] = sums["val_nll_unseen_prompts"] / counts["val_pairs_unseen_prompts"]
-    if seen:
-        metrics["val_nll_seen_prompts"] = sums["val_nll_seen_prompts"] / seen
-    baselines = {name: sums[name] / counts["val_pairs"] for name in ("nll_standard_normal", "nll_prompt_mean") if name in sums}
-    metrics.update(baselines)
-    metrics.update({f"gap_vs_{name[4:]}": value - metrics["val_nll"] for name, value in baselines.items()})
-    data_mean = data_sum / data_values
-    metrics["data_std"] = math.sqrt(max(data_squares / data_values - data_mean**2, 0.0))
-    samples, dots, norms = [], {"prior": 0.0, "prompt_mean": 0.0}, {"prior": 0.0, "prompt_mean": 0.0, "data": 0.0}
-    for (_, shape), item in prompts.items():
-        text, mask = item["text"][None].to(device), item["mask"][None].to(device)
-        generator = torch.Generator().manual_seed(len(samples))
-        samples.append(
-            model.sample(text, standard_normal((1, *shape), generator).to(device), temperature=1.0, text_mask=mask)
-            .double()
-            .cpu()
-            .flatten()
-        )
-        shift = (item["shift"] / item["count"]).flatten()
-        means = {
-            "prior": model.sample(text, torch.zeros(1, *shape, device=device), temperature=0.0, text_mask=mask)
-            .double()
-            .cpu()
-            .flatten()
-        }
-        if baseline is not None:
-            means["prompt_mean"] = baseline.mean(item["text"][None], item["mask"][None])[0]
-        norms["data"] += float(shift @ shift)
-        for name, mean in means.items():
-            dots[name] += float(mean @ shift)
-            norms[name] += float(mean @ mean)
-    metrics["sample_std_t1"] = float(torch.cat(samples).std())
-    for name, key in (("prior", "mean_shift_cosine"), ("prompt_mean", "mean_shift_cosine_prompt_mean")):
-        if norms[name] > 0 and norms["data"] > 0:
-            metrics[key] = dots[name] / math.sqrt(norms[name] * norms["data"])
-    metrics.update({k: float(v) for k, v in counts.items()})
-    return metrics
-
-
-def describe_held_out(metrics: dict[str, float]) -> str:
-    """Readable lines of :func:`held_out_metrics` (what ``noisear train`` prints)."""
-    if not metrics:
-        return (
-            "no held-out pairs (every prompt and seed was trained on, or every held-out pair shares a noise with "
-            "training): nothing to report. The training loss is not a result; set --validation-fraction and/or "
-            "--validation-seed-fraction."
-        )
-    lines = [
-        f"held-out pairs: {int(metrics['val_pairs'])} ({int(metrics['val_pairs_unseen_prompts'])} of unseen "
-        f"prompts), none of their starting noises trained on",
-        f"NLL nats/dim: prior {metrics['val_nll']:.5f}, N(0,I) {metrics['nll_standard_normal']:.5f}"
-        + (f", prompt-mean baseline {metrics['nll_prompt_mean']:.5f}" if "nll_prompt_mean" in metrics else ""),
-    ]
-    for group in ("unseen_prompts", "seen_prompts"):
-        if f"val_nll_{group}" in metrics:
-            lines.append(f"  prior on {group.replace('_', ' ')}: {metrics[f'val_nll_{group}']:.5f}")
-    names = {"gap_vs_standard_normal": "vs N(0,I)", "gap_vs_prompt_mean": "vs prompt-mean baseline"}
-    lines.append(
-        "gap (baseline - prior, > 0: the prior is better): "
-        + ", ".join(f"{names[k]} {v:+.5f}" for k, v in metrics.items() if k in names)
-    )
-    lines.append(f"calibration: sample std at T=1 {metrics['sample_std_t1']:.4f}, data std {metrics['data_std']:.4f}")
-    if "mean_shift_cosine" in metrics:
-        lines.append(
-            f"cosine of the mean (T=0) with the data's prompt-mean shift: prior {metrics['mean_shift_cosine']:+.4f}"
-            + (
-                f", prompt-mean baseline {metrics['mean_shift_cosine_prompt_mean']:+.4f}"
-                if "mean_shift_cosine_prompt_mean" in metrics
-                else ""
-            )
-        )
-    return "\n".join(lines)
-
-
-class LikelihoodObjective:
-    """Teacher-forced Gaussian NLL in nats/dim on the training split of a shard dataset.
-
-    Its loss is logged as ``train_loss`` (a training figure, never a result). With ``control_variate``
-    the means learn from noise - starting noise (``mean_target`` of NoiseAR.log_prob): golden noise is its
-    starting noise plus a small prompt-dependent shift, and the starting noise's patch is independent of the
-    prompt and of the earlier patches, so the expected gradient is the same while the per-sample noise no
-    longer swamps the shift; the loss value is still the NLL. It needs the dataset's seeds to say what the
-    starting noise was (``known_start_noise``). Validation: :func:`held_out_metrics` on the held-out pairs,
-    with the prompt-mean baseline fitted on the training split (single-size data only).
-    """
-
-    uses_dropout = True
-
-    def __init__(
-        self,
-        dataset: ShardDataset,
-        config: TrainConfig,
-        baseline_ridge: float = 0.1,
-        eval_batch_size: int = 64,
-        control_variate: bool = False,
-    ) -> None:
-        if control_variate and not known_start_noise(dataset.info):
-            raise DatasetError(
-                f"the control variate needs each pair's starting noise, but {dataset.directory} "
-                f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
-                f"collectors or train without it (--control-variate off)"
-            )
-        self.control_variate = control_variate
-        self.dataset, self.eval_batch_size = dataset, eval_batch_size
-        self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
-        self.plan = BatchPlan(
-            dataset, config.batch_size, config.seed, config.validation_fraction, seed_fraction=config.validation_seed_fraction
-        )
-        self.baseline_ridge = baseline_ridge
-        self._baseline: PromptMeanBaseline | None = None
-
-    def batch(self, step: int, runtime: Runtime) -> Batch:
-        return self.plan.batch(step, runtime.rank, runtime.world).to(runtime.device)
-
-    def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        mean_target = None
-        if self.control_variate:
-            mean_target = shift_from_start(batch.noise, batch.seed.tolist())
-        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
-        return nll, {"train_loss": nll.item()}
-
-    def validate(self, model: NoiseAR) -> dict[str, float]:
-        if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction, self.seed_fraction)):
-            return {}
-        # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
-        if self._baseline is None and len(self.dataset.noise_shapes) == 1:
-            self._baseline = PromptMeanBaseline(
-                self.dataset, self.validation_fraction, self.baseline_ridge, seed_fraction=self.seed_fraction
-            )
-        return held_out_metrics(
-            model, self.dataset, self.validation_fraction, self.seed_fraction, self._baseline, self.eval_batch_size
-        )
-
-    def state_dict(self) -> dict:
-        return {}  # the data order is a function of (seed, step)
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 def initial_model(model_config: NoiseARConfig | None = None, init: str | os.PathLike | None = None, seed: int = 0) -> NoiseAR:
     """A prior to start from: ``init`` (a published .pth or our .safetensors via noisear.load) or a fresh
     ``NoiseAR(model_config)`` with the published initialisation (untrained prior ~ N(0, I)), seeded."""
@@ -776,60 +507,3 @@ def initial_model(model_config: NoiseARConfig | None = None, init: str | os.Path
         return model
     torch.manual_seed(seed)
     return NoiseAR(model_config)
-
-
-def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
-    """The dataset's noise [C,H,W] and text width must be what the prior models."""
-    c = model.config
-    text = dataset.item_shapes["text"]
-    for noise in dataset.noise_shapes:
-        fits = (
-            noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
-            if c.positions == "2d"
-            else tuple(noise) == (c.channels, c.latent_height, c.latent_width)
-        )
-        if not fits or text[1] != c.text_dim:
-            models = (
-                f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})"
-                if c.positions == "2d"
-                else str([c.channels, c.latent_height, c.latent_width])
-            )
-            raise DatasetError(
-                f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
-                f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
-                f"buckets) need a prior with positions='2d'"
-            )
-
-
-def refuse_repeated_noises(dataset: ShardDataset) -> None:
-    """Raise when starting noises repeat across prompts (see ShardDataset.seed_counts)."""
-    seeds = dataset.seed_counts()
-    if seeds["shared_seeds"]:
-        raise DatasetError(
-            f"{dataset.directory}: {repeated_noises_message(seeds)} To train on it anyway (e.g. to "
-            f"reproduce an old result), pass --allow-repeated-noises (allow_repeated_noises=True) and "
-            f"hold out seeds with --validation-seed-fraction so that validation noises are unseen."
-        )
-
-
-def train_likelihood(
-    data_dir: str | os.PathLike,
-    config: TrainConfig,
-    model_config: NoiseARConfig | None = None,
-    init: str | os.PathLike | None = None,
-    baseline_ridge: float = 0.1,
-    allow_repeated_noises: bool = False,
-    control_variate: bool | None = None,
-) -> NoiseAR:
-    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
-    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``.
-    ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say what the starting
-    noises were."""
-    dataset = ShardDataset(data_dir)
-    if not allow_repeated_noises:
-        refuse_repeated_noises(dataset)
-    if control_variate is None:
-        control_variate = known_start_noise(dataset.info)
-    model = initial_model(model_config, init, config.seed)
-    check_compatible(model, dataset)
-    return train(model, LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate), config)

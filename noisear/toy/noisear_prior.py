@@ -1,7 +1,6 @@
-"""The paper's pipeline on the toy: golden-noise pairs (a distinct starting noise per (class, j)) ->
-NoiseAR prior trained by likelihood (the means learn from golden minus starting noise, noisear.train's
-control variate) -> DPO
-with the classifier as the reward, all through noisear.train.
+"""The toy's NoiseAR prior, made as in the paper: golden-noise pairs (a distinct starting noise per (class, j))
+-> likelihood training (the means learn from golden minus starting noise, noisear.train's control variate)
+-> DPO with the classifier as the reward, all through noisear.train.
 
 The "prompt" is the class: its text embedding is the one-hot vector [B, 1, 10], which the prior's
 ``dim_adapter`` (text_dim 10 -> d_model) turns into one cross-attention token.
@@ -18,10 +17,11 @@ import torch
 from ..config import NoiseARConfig
 from ..golden import GoldenConfig
 from ..model import NoiseAR
-from ..train.collect import PromptItem, collect
+from ..train.collect import PromptItem, collect, golden_function
 from ..train.data import SEED_SCHEME, DatasetInfo, PromptSet, ShardDataset, ShardWriter, shift_from_start
 from ..train.dpo import DPOConfig, train_dpo
-from ..train.trainer import TrainConfig, train_likelihood
+from ..train.likelihood import train_likelihood
+from ..train.loop import TrainConfig
 from .classifier import DigitClassifier
 from .data import IMAGE_SHAPE, NUM_CLASSES
 from .diffusion import Denoiser, ddim_sample, schedule, unconditional
@@ -99,17 +99,15 @@ def collect_golden_pairs(
     ]
     with ShardWriter(out_dir, info, shard_size=4096) as writer:
         return collect(
-            denoiser,
-            schedule(STEPS),
+            golden_function(denoiser, schedule(STEPS), GOLDEN),
             writer,
             items,
             seeds_per_class,
             IMAGE_SHAPE,
-            GOLDEN,
             reward=classifier_reward(denoiser, classifier),
+            margin=GOLDEN.margin,
             batch_size=batch_size,
             first_seed=first_seed,
-            progress=False,
         )
 
 
@@ -120,7 +118,7 @@ def train_prior(
     data_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, lr: float = 2e-3, control_variate: bool = True
 ) -> tuple[NoiseAR, dict[str, float]]:
     """Train PRIOR_CONFIG on the golden pairs with HELD_OUT_SEEDS of the starting noises held out; returns the
-    prior and its held-out metrics (noisear.train.trainer.held_out_metrics: NLL on unseen noises next to
+    prior and its held-out metrics (noisear.train.metrics.held_out_metrics: NLL on unseen noises next to
     N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the class shift).
 
     ``control_variate``: the means learn from golden minus starting noise (noisear.train's control variate).

@@ -2,8 +2,8 @@
 
 import torch
 
-from noisear.toy.ar_prior import PixelPrior, PixelPriorConfig
-from noisear.toy.methods import ar_blend_noise
+from noisear.toy.blog_methods import ar_blend_noise
+from noisear.toy.pixel_prior import PixelPrior, PixelPriorConfig
 
 
 def test_pixel_logits_depend_on_earlier_pixels_only():

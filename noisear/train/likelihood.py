@@ -1,0 +1,142 @@
+"""Likelihood training: teacher-forced Gaussian NLL of a prior on a shard dataset, on the shared loop.
+
+:func:`train_likelihood` is what ``noisear train`` runs: it refuses datasets whose starting noises repeat
+across prompts, starts from a fresh or published prior (noisear.train.loop.initial_model), checks that the
+dataset fits it and runs :class:`LikelihoodObjective` on noisear.train.loop.train; validation is
+noisear.train.metrics.held_out_metrics on the held-out pairs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..config import NoiseARConfig
+from ..model import NoiseAR
+from .data import Batch, BatchPlan, DatasetError, ShardDataset, known_start_noise, repeated_noises_message, shift_from_start
+from .loop import LogProb, Runtime, TrainConfig, initial_model, train
+from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim
+
+
+class LikelihoodObjective:
+    """Teacher-forced Gaussian NLL in nats/dim on the training split of a shard dataset.
+
+    Its loss is logged as ``train_loss`` (a training figure, never a result). With ``control_variate``
+    the means learn from noise - starting noise (``mean_target`` of NoiseAR.log_prob): golden noise is its
+    starting noise plus a small prompt-dependent shift, and the starting noise's patch is independent of the
+    prompt and of the earlier patches, so the expected gradient is the same while the per-sample noise no
+    longer swamps the shift; the loss value is still the NLL. It needs the dataset's seeds to say what the
+    starting noise was (``known_start_noise``). Validation: :func:`held_out_metrics` on the held-out pairs,
+    with the prompt-mean baseline fitted on the training split (single-size data only).
+    """
+
+    uses_dropout = True
+
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        config: TrainConfig,
+        baseline_ridge: float = 0.1,
+        eval_batch_size: int = 64,
+        control_variate: bool = False,
+    ) -> None:
+        if control_variate and not known_start_noise(dataset.info):
+            raise DatasetError(
+                f"the control variate needs each pair's starting noise, but {dataset.directory} "
+                f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
+                f"collectors or train without it (--control-variate off)"
+            )
+        self.control_variate = control_variate
+        self.dataset, self.eval_batch_size = dataset, eval_batch_size
+        self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
+        self.plan = BatchPlan(
+            dataset, config.batch_size, config.seed, config.validation_fraction, seed_fraction=config.validation_seed_fraction
+        )
+        self.baseline_ridge = baseline_ridge
+        self._baseline: PromptMeanBaseline | None = None
+
+    def batch(self, step: int, runtime: Runtime) -> Batch:
+        return self.plan.batch(step, runtime.rank, runtime.world).to(runtime.device)
+
+    def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        mean_target = None
+        if self.control_variate:
+            mean_target = shift_from_start(batch.noise, batch.seed.tolist())
+        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
+        return nll, {"train_loss": nll.item()}
+
+    def validate(self, model: NoiseAR) -> dict[str, float]:
+        if not any(len(rows) for rows in self.dataset.rows("validation", self.validation_fraction, self.seed_fraction)):
+            return {}
+        # the prompt-mean baseline regresses a fixed-size noise: only without aspect-ratio buckets
+        if self._baseline is None and len(self.dataset.noise_shapes) == 1:
+            self._baseline = PromptMeanBaseline(
+                self.dataset, self.validation_fraction, self.baseline_ridge, seed_fraction=self.seed_fraction
+            )
+        return held_out_metrics(
+            model, self.dataset, self.validation_fraction, self.seed_fraction, self._baseline, self.eval_batch_size
+        )
+
+    def state_dict(self) -> dict:
+        return {}  # the data order is a function of (seed, step)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
+    """The dataset's noise [C,H,W] and text width must be what the prior models."""
+    c = model.config
+    text = dataset.item_shapes["text"]
+    for noise in dataset.noise_shapes:
+        fits = (
+            noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
+            if c.positions == "2d"
+            else tuple(noise) == (c.channels, c.latent_height, c.latent_width)
+        )
+        if not fits or text[1] != c.text_dim:
+            models = (
+                f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})"
+                if c.positions == "2d"
+                else str([c.channels, c.latent_height, c.latent_width])
+            )
+            raise DatasetError(
+                f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
+                f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
+                f"buckets) need a prior with positions='2d'"
+            )
+
+
+def refuse_repeated_noises(dataset: ShardDataset) -> None:
+    """Raise when starting noises repeat across prompts (see ShardDataset.seed_counts)."""
+    seeds = dataset.seed_counts()
+    if seeds["shared_seeds"]:
+        raise DatasetError(
+            f"{dataset.directory}: {repeated_noises_message(seeds)} To train on it anyway (e.g. to "
+            f"reproduce an old result), pass --allow-repeated-noises (allow_repeated_noises=True) and "
+            f"hold out seeds with --validation-seed-fraction so that validation noises are unseen."
+        )
+
+
+def train_likelihood(
+    data_dir: str | os.PathLike,
+    config: TrainConfig,
+    model_config: NoiseARConfig | None = None,
+    init: str | os.PathLike | None = None,
+    baseline_ridge: float = 0.1,
+    allow_repeated_noises: bool = False,
+    control_variate: bool | None = None,
+) -> NoiseAR:
+    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
+    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``.
+    ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say what the starting
+    noises were."""
+    dataset = ShardDataset(data_dir)
+    if not allow_repeated_noises:
+        refuse_repeated_noises(dataset)
+    if control_variate is None:
+        control_variate = known_start_noise(dataset.info)
+    model = initial_model(model_config, init, config.seed)
+    check_compatible(model, dataset)
+    return train(model, LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate), config)
