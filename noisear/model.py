@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,87 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+# Building blocks of the attention layers ---------------------------------------------------------------
+
+LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x [..., in], weight, bias) -> [..., out]
+TextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: the text's cross-attention keys, values [B, h, T, d/h]
+
+
+def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.linear for a handful of rows, [..., in] -> [..., out]; fp32 as bias + weight @ x^T.
+
+    Same math; in fp32 on the CPU (MKL) this streams the weight once for all rows, where F.linear
+    packs it first. In bf16/fp16, F.linear (oneDNN) is the faster path: at 1 row 10 % and at 4 rows
+    40 % faster than the fp32 trick in bf16 on this project's CPU (docs/testing-and-benchmarks.md).
+    Decoding a step is bound by this read. Both take x as contiguous rows [N, in]: on a strided 3-D x
+    (as :func:`merge_heads` gives) F.linear would multiply and add the bias in two separate roundings.
+    """
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # rows.T below must be a transposed view: contiguous is 5x slower
+    if weight.dtype != torch.float32:
+        return F.linear(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return torch.addmm(bias[:, None], weight, rows.T).T.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _sequence_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.linear on x [B, L, in] read sequence-first ([L, B, in], as nn.MultiheadAttention reads its
+    inputs) -> [B, L, out]. Rows in the same order through the same call round the same: teacher
+    forcing is bit for bit the published network with its nn.MultiheadAttention layers."""
+    return F.linear(x.transpose(0, 1), weight, bias).transpose(0, 1)
+
+
+class Linears(NamedTuple):
+    """How each kind of linear layer is computed. The choices below are the same math, rounded in a different order."""
+
+    attention: LinearFn  # the attention layers' projections of the rows being computed
+    mlp: LinearFn  # the feed-forward layers and the output heads
+    text: LinearFn  # the text's cross-attention keys/values, once per call
+
+
+# Teacher forcing: every row at once, as the published network computes them.
+TEACHER_FORCING = Linears(attention=_sequence_first_linear, mlp=F.linear, text=_sequence_first_linear)
+# Cached decoding: a few new rows a step, each weight matrix read once for all of them.
+CACHED_DECODING = Linears(attention=_few_rows_linear, mlp=_few_rows_linear, text=F.linear)
+
+
+def mlp(layers: nn.Sequential, x: torch.Tensor, linear: LinearFn) -> torch.Tensor:
+    """``layers(x)``, its nn.Linear layers computed by ``linear``."""
+    for layer in layers:
+        x = linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+    return x
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, d] -> [B, h, L, d/h]."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, h, L, d/h] -> [B, L, d], stored sequence-first: :func:`_sequence_first_linear` then projects
+    one contiguous [L*B, d] matrix, as nn.MultiheadAttention does."""
+    return x.permute(2, 0, 1, 3).flatten(2).transpose(0, 1)
+
+
+def causal_mask(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """[count, start + count] bool: new row i (at position start + i) may attend to positions <= start + i."""
+    return torch.arange(start + count, device=device)[None, :] <= torch.arange(start, start + count, device=device)[:, None]
+
+
+class KVCache:
+    """Self-attention keys/values of one sequence, per layer [B, h, length, d/h]; the first ``position`` are filled."""
+
+    def __init__(self, config: NoiseARConfig, batch: int, length: int, like: torch.Tensor) -> None:
+        shape = (batch, config.n_heads, length, config.d_model // config.n_heads)
+        self.layers = [(like.new_empty(shape), like.new_empty(shape)) for _ in range(config.n_layers)]
+        self.position = 0  # advanced by the caller once every layer has its new rows
+
+    def extend(self, k: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer k's new keys/values [B, h, n, d/h] after ``position`` -> all its keys/values so far."""
+        cached_keys, cached_values = self.layers[k]
+        end = self.position + keys.shape[2]
+        cached_keys[:, :, self.position : end], cached_values[:, :, self.position : end] = keys, values
+        return cached_keys[:, :, :end], cached_values[:, :, :end]
+
+
 class NoiseAR(nn.Module):
     """p(noise | text) as a product of diagonal Gaussians over patches, each given the earlier ones.
 
@@ -221,13 +302,14 @@ class NoiseAR(nn.Module):
         text = text.to(device=self._anchor.device, dtype=self._anchor.dtype)
         return self.dim_adapter(text) if c.has_text_adapter else text
 
-    def _key_padding_mask(self, text_mask: torch.Tensor | None, text: torch.Tensor) -> torch.Tensor | None:
-        """[B, T] mask (1/True = attend) -> MultiheadAttention's mask (True = ignore), or None."""
+    def _text_attend(self, text_mask: torch.Tensor | None, text: torch.Tensor) -> torch.Tensor | None:
+        """[B or 1, T] mask (1/True = attend) for the text [B, T, d] -> [B, 1, 1, T] bool (True = may attend), or None."""
         if text_mask is None:
             return None
+        text_mask = self._expand_text(text_mask, text.shape[0])
         if tuple(text_mask.shape) != tuple(text.shape[:2]):
             raise NoiseARInputError(f"text_mask has shape {list(text_mask.shape)}; expected {list(text.shape[:2])}")
-        return ~text_mask.to(device=text.device, dtype=torch.bool)
+        return text_mask.to(device=text.device, dtype=torch.bool)[:, None, None, :]
 
     def _expand_text(self, text: torch.Tensor, batch: int) -> torch.Tensor:
         if text.shape[0] == batch:
@@ -235,6 +317,63 @@ class NoiseAR(nn.Module):
         if text.shape[0] == 1:
             return text.expand(batch, *text.shape[1:])
         raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
+
+    # The network: one block for teacher forcing and cached decoding ----------------------------------
+    def block(
+        self,
+        k: int,
+        x: torch.Tensor,
+        causal: torch.Tensor,
+        text_kv: TextKV,
+        text_attend: torch.Tensor | None,
+        linears: Linears,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Layer ``k`` on the n new rows x [B, n, d] -> [B, n, d] (``last_only``: [B, 1, d], the last row's).
+
+        Self-attention over the rows in ``cache`` (if any, which then keeps the new rows' keys/values)
+        and the new ones, with ``causal`` [n, keys] (True = may attend, see :func:`causal_mask`);
+        cross-attention over ``text_kv`` with ``text_attend`` [B, 1, 1, T] or None; feed-forward. Each
+        part normalises its input first and adds its output to it. Attention dropout is applied as
+        nn.MultiheadAttention applies it (to the attention probabilities, in training only).
+        """
+        d, heads = self.config.d_model, self.config.n_heads
+        attention, cross = self.self_attn_layers[k], self.cross_attn_layers[k]
+
+        x = self.self_attn_norm[k](x)
+        q, keys, values = linears.attention(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+        q, keys, values = split_heads(q, heads), split_heads(keys, heads), split_heads(values, heads)
+        if cache is not None:
+            keys, values = cache.extend(k, keys, values)
+        if last_only:  # only the last row is read: the rest of the block for it alone
+            x, q, causal = x[:, -1:], q[:, :, -1:], causal[-1:]
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=causal, dropout_p=attention.dropout if self.training else 0.0
+        )
+        x = linears.attention(merge_heads(out), attention.out_proj.weight, attention.out_proj.bias) + x
+
+        x = self.cross_attn_norm[k](x)
+        q = split_heads(linears.attention(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d]), heads)
+        out = F.scaled_dot_product_attention(
+            q, *text_kv[k], attn_mask=text_attend, dropout_p=cross.dropout if self.training else 0.0
+        )
+        x = linears.attention(merge_heads(out), cross.out_proj.weight, cross.out_proj.bias) + x
+
+        x = self.ffn_norm[k](x)
+        return mlp(self.ffn_layers[k], x, linears.mlp) + x
+
+    def text_keys_values(self, text: torch.Tensor, linears: Linears) -> TextKV:
+        """The encoded text [B, T, d] -> per layer its cross-attention keys and values, each [B, h, T, d/h]."""
+        d, heads, layers = self.config.d_model, self.config.n_heads, []
+        for cross in self.cross_attn_layers:
+            keys, values = linears.text(text, cross.in_proj_weight[d:], cross.in_proj_bias[d:]).chunk(2, dim=-1)
+            layers.append((split_heads(keys, heads), split_heads(values, heads)))
+        return layers
+
+    def predict(self, x: torch.Tensor, linears: Linears) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's output [B, n, d] -> (mu, logvar), each [B, n, K], logvar unclamped."""
+        return mlp(self.prediction_head_mu, x, linears.mlp), mlp(self.prediction_head_logvar, x, linears.mlp)
 
     # Teacher forcing (the published forward pass) --------------------------------------------------
     def forward(
@@ -248,19 +387,14 @@ class NoiseAR(nn.Module):
         grid = grid or (self.config.grid_height, self.config.grid_width)
         batch, length = prefix.shape[0], prefix.shape[1] + 1
         memory = self._expand_text(self.encode_text(text), batch)
-        ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None, memory)
+        text_kv, text_attend = self.text_keys_values(memory, TEACHER_FORCING), self._text_attend(text_mask, memory)
         start = self.learnable_start_token_emb.expand(batch, 1, -1)
         x = torch.cat([start, self.latent_patch_encoder(prefix.to(start.dtype))], dim=1)
         x = x + self.positions(grid)[:, :length]
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype), 1)
+        causal = causal_mask(0, length, x.device)
         for k in range(self.config.n_layers):
-            x = self.self_attn_norm[k](x)
-            x = self.self_attn_layers[k](x, x, x, attn_mask=causal, need_weights=False)[0] + x
-            x = self.cross_attn_norm[k](x)
-            x = self.cross_attn_layers[k](x, memory, memory, key_padding_mask=ignore, need_weights=False)[0] + x
-            x = self.ffn_norm[k](x)
-            x = self.ffn_layers[k](x) + x
-        return self.prediction_head_mu(x), self.prediction_head_logvar(x)
+            x = self.block(k, x, causal, text_kv, text_attend, TEACHER_FORCING)
+        return self.predict(x, TEACHER_FORCING)
 
     def log_prob(
         self,
@@ -377,23 +511,22 @@ class NoiseAR(nn.Module):
             eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             batch = eps_tokens.shape[0]
             memory = self._expand_text(self.encode_text(text), batch)
-            ignore = self._key_padding_mask(self._expand_text(text_mask, batch) if text_mask is not None else None, memory)
-            text_kv = _TextKV(self, memory, ignore)
+            text_kv, text_attend = self.text_keys_values(memory, CACHED_DECODING), self._text_attend(text_mask, memory)
             positions, start = self.positions(plan.window), self.learnable_start_token_emb.expand(batch, 1, -1)
             decoders: dict[tuple[int, int], _CachedDecoder] = {}
             tokens, inputs = [], []  # per decoded patch: its token [B,1,K] and its embedding [B,1,d]
             for index in range(plan.patches):
                 origin, local = plan.origin(index), plan.local(index)
                 decoders = {key: decoder for key, decoder in decoders.items() if key[0] == origin[0]}  # rows done
-                decoder = decoders.setdefault(origin, _CachedDecoder(self, text_kv, plan.window_length))
-                new = range(decoder.position, local + 1)  # window positions not yet in its cache
+                decoder = decoders.setdefault(origin, _CachedDecoder(self, text_kv, text_attend, plan.window_length))
+                new = range(decoder.cache.position, local + 1)  # window positions not yet in its cache
                 x = torch.cat([start if t == 0 else inputs[plan.member(origin, t - 1)] for t in new], dim=1)
                 mu, logvar = decoder.step(x + positions[:, new.start : new.stop])
                 tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, index : index + 1], temperature))
                 if callback is not None:
                     callback(index + 1, plan.patches)
                 if index + 1 < plan.patches:
-                    inputs.append(decoder.mlp(self.latent_patch_encoder, tokens[-1]))
+                    inputs.append(mlp(self.latent_patch_encoder, tokens[-1], CACHED_DECODING.mlp))
             return _finite_noise(self._finish(tokens, plan))
 
     @torch.no_grad()
@@ -426,96 +559,24 @@ class NoiseAR(nn.Module):
             return _finite_noise(self._finish(tokens, plan))
 
 
-def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """F.linear for a handful of rows, [..., in] -> [..., out]; fp32 as bias + weight @ x^T.
-
-    Same math; in fp32 on the CPU (MKL) this streams the weight once for all rows, where F.linear
-    packs it first. In bf16/fp16, F.linear (oneDNN) is the faster path: at 1 row 10 % and at 4 rows
-    40 % faster than the fp32 trick in bf16 on this project's CPU (docs/testing-and-benchmarks.md).
-    Decoding a step is bound by this read.
-    """
-    if weight.dtype != torch.float32:
-        return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1]).contiguous()  # rows.T must be a transposed view: contiguous is 5x slower
-    return torch.addmm(bias[:, None], weight, rows.T).T.reshape(*x.shape[:-1], weight.shape[0])
-
-
-class _TextKV:
-    """The text's keys/values of every cross-attention layer, projected once per call and shared by all windows."""
-
-    def __init__(self, model: NoiseAR, memory: torch.Tensor, ignore: torch.Tensor | None) -> None:
-        d, self.heads = model.config.d_model, model.config.n_heads
-        self.layers = []  # per layer: keys, values [B, h, T, dh]
-        for cross in model.cross_attn_layers:
-            _, w_kv = cross.in_proj_weight.split([d, 2 * d])
-            _, b_kv = cross.in_proj_bias.split([d, 2 * d])
-            keys, values = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
-            self.layers.append((split_heads(keys, self.heads), split_heads(values, self.heads)))
-        # [B, 1, 1, T] boolean "may attend" mask for scaled_dot_product_attention
-        self.attend = None if ignore is None else ~ignore[:, None, None, :]
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, L, d] -> [B, h, L, d/h]."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[B, h, L, d/h] -> [B, L, d]."""
-    return x.transpose(1, 2).flatten(2)
-
-
 class _CachedDecoder:
     """The positions of one sequence (a window) through the blocks, self-attention keys/values cached.
 
-    Same math as `NoiseAR.forward` (in eval mode), written with the packed in_proj weights so that
-    each step costs one read of every weight matrix for its few new rows.
+    Each step runs the blocks on its new rows only, with :data:`CACHED_DECODING`'s products: one read
+    of every weight matrix for those few rows.
     """
 
-    def __init__(self, model: NoiseAR, text: _TextKV, length: int) -> None:
-        c = model.config
-        self.model, self.text, self.heads, self.position = model, text, c.n_heads, 0
-        keys = text.layers[0][0]
-        shape = (keys.shape[0], c.n_heads, length, c.d_model // c.n_heads)
-        self.cache = [(keys.new_empty(shape), keys.new_empty(shape)) for _ in range(c.n_layers)]
+    def __init__(self, model: NoiseAR, text_kv: TextKV, text_attend: torch.Tensor | None, length: int) -> None:
+        self.model, self.text_kv, self.text_attend = model, text_kv, text_attend
+        keys = text_kv[0][0]
+        self.cache = KVCache(model.config, keys.shape[0], length, keys)
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, n, d] (embeddings + positions of the next n tokens) -> (mu, logvar) [B, 1, K] of the last."""
-        m, t, n = self.model, self.position, x.shape[1]
-        # new token i (at t + i) attends to positions <= t + i; a single new token attends to all
-        causal = (
-            None
-            if n == 1
-            else (torch.arange(t + n, device=x.device)[None, :] <= torch.arange(t, t + n, device=x.device)[:, None])
-        )
-        last = m.config.n_layers - 1
+        m, n = self.model, x.shape[1]
+        causal = causal_mask(self.cache.position, n, x.device)
         for k in range(m.config.n_layers):
-            attn, keys, values = m.self_attn_layers[k], *self.cache[k]
-            x = m.self_attn_norm[k](x)
-            q, key, value = _few_rows_linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-            keys[:, :, t : t + n], values[:, :, t : t + n] = split_heads(key, self.heads), split_heads(value, self.heads)
-            if k == last and n > 1:  # only the last position's output is read: the rest of the block for it alone
-                x, q, causal = x[:, -1:], q[:, -1:], None
-            out = F.scaled_dot_product_attention(
-                split_heads(q, self.heads), keys[:, :, : t + n], values[:, :, : t + n], attn_mask=causal
-            )
-            x = _few_rows_linear(merge_heads(out), attn.out_proj.weight, attn.out_proj.bias) + x
-
-            cross, (text_keys, text_values) = m.cross_attn_layers[k], self.text.layers[k]
-            x = m.cross_attn_norm[k](x)
-            d = m.config.d_model
-            q = _few_rows_linear(x, cross.in_proj_weight[:d], cross.in_proj_bias[:d])
-            out = F.scaled_dot_product_attention(split_heads(q, self.heads), text_keys, text_values, attn_mask=self.text.attend)
-            x = _few_rows_linear(merge_heads(out), cross.out_proj.weight, cross.out_proj.bias) + x
-
-            x = m.ffn_norm[k](x)
-            x = self.mlp(m.ffn_layers[k], x) + x
-        self.position += n
-        return self.mlp(m.prediction_head_mu, x), self.mlp(m.prediction_head_logvar, x)
-
-    @staticmethod
-    def mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        """``layers(x)`` for a few rows, its Linear layers through :func:`_few_rows_linear`."""
-        for layer in layers:
-            x = _few_rows_linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
-        return x
+            last_only = k == m.config.n_layers - 1
+            x = m.block(k, x, causal, self.text_kv, self.text_attend, CACHED_DECODING, self.cache, last_only)
+        self.cache.position += n
+        return m.predict(x, CACHED_DECODING)
