@@ -335,6 +335,13 @@ class NoiseARConfig:
             return "Hunyuan-DiT"
         return "own"
 
+    @property
+    def title(self) -> str:
+        """How messages name the prior: 'SDXL' or 'Hunyuan-DiT' (published shapes), 'own <family title>', or 'own'."""
+        if self.variant != "own":
+            return self.variant
+        return f"own {FAMILIES[self.family].title}" if self.family else "own"
+
     def plan(self, *size: int) -> DecodingPlan:
         """How a latent of ``size`` cells per axis ((H, W), or (T, H, W) for video) is decoded (see DecodingPlan)."""
         if self.positions == "table":

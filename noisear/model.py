@@ -1,6 +1,8 @@
 """The NoiseAR network (published layout and math) with teacher forcing, log-probability and sampling.
 
-Shapes: B batch, T text tokens, D text width, d d_model, M patches, K = C*P*P values per patch.
+Shapes: B batch, T text tokens, D text width, d d_model, M patches, K = C*P*P values per patch (C*Pt*P*P for
+a video prior). Latents are [B, C, H, W], or [B, C, T, H, W] for video (and for image models whose latents carry a
+singleton time axis, such as Qwen-Image: an image prior takes those with T = 1 and gives the same rank back).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cost
 from .config import NoiseARConfig
 from .patches import DecodingPlan, pad_eps, patchify, unpatchify
 
@@ -45,11 +48,13 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return _sinusoid(torch.arange(length, device="cpu"), d_model)[None].to(torch.get_default_device())
 
 
-def grid_positions(rows: int, cols: int, d_model: int) -> torch.Tensor:
-    """[1, rows*cols, d_model] in raster order: row sinusoid in the first half, column in the second."""
-    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    half = d_model // 2
-    return torch.cat([_sinusoid(row.flatten(), half), _sinusoid(col.flatten(), half)], dim=1)[None]
+def grid_positions(grid: tuple[int, ...], d_model: int) -> torch.Tensor:
+    """[1, prod(grid), d_model] in raster order. (rows, cols): row sinusoid in the first half, column in the
+    second. (frames, rows, cols): frame sinusoid in the first d - 2s dims, row and column in s each, s = 2*(d//6)."""
+    coords = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+    side = d_model // 2 if len(grid) == 2 else 2 * (d_model // 6)
+    widths = [d_model - side * (len(grid) - 1)] + [side] * (len(grid) - 1)
+    return torch.cat([_sinusoid(axis.flatten(), width) for axis, width in zip(coords, widths)], dim=1)[None]
 
 
 def standard_normal(shape: Sequence[int], generator: Generator = None) -> torch.Tensor:
@@ -100,6 +105,11 @@ def check_sampling_inputs(
     if eps is not None and (not eps.is_floating_point() or not torch.isfinite(eps).all()):
         raise NoiseARInputError(
             "eps must be finite standard-normal draws; it holds NaN or infinite values (or is not floating point)"
+        )
+    if text.ndim == 3 and text.shape[1] == 0:
+        raise NoiseARInputError(
+            "the text has no tokens, so no prompt would shape the noise; encode a prompt (an empty prompt still "
+            "gives the encoder's start/end tokens)"
         )
     if text_mask is not None and text_mask.ndim == 2 and not text_mask.bool().any(dim=1).all():
         raise NoiseARInputError(
@@ -278,13 +288,14 @@ class NoiseAR(nn.Module):
         """A tensor that always exists, for the model's device and dtype."""
         return self.learnable_start_token_emb
 
-    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[1, M, d]: what is added to input token j, the one that predicts patch j of a (rows, cols) grid.
+    def positions(self, grid: tuple[int, ...]) -> torch.Tensor:
+        """[1, M, d]: what is added to input token j, the one that predicts patch j of a (rows, cols) grid
+        ((frames, rows, cols) for video).
 
         A 1-D table covers its native grid and its top rows (a window of a shorter latent)."""
         c = self.config
-        if c.positions == "2d":
-            return grid_positions(*grid, c.d_model).to(self._anchor)
+        if c.positions != "table":
+            return grid_positions(tuple(grid), c.d_model).to(self._anchor)
         if grid[1] != c.grid_width or not 1 <= grid[0] <= c.grid_height:
             raise NoiseARInputError(
                 f"this prior's position table covers a {c.grid_height} x {c.grid_width} patch grid "
@@ -297,7 +308,7 @@ class NoiseAR(nn.Module):
         c = self.config
         if text.ndim != 3 or text.shape[-1] != c.text_dim:
             raise NoiseARInputError(
-                f"text embedding has shape {list(text.shape)}; this {c.variant} prior expects [batch, tokens, {c.text_dim}]"
+                f"text embedding has shape {list(text.shape)}; this {c.title} prior expects [batch, tokens, {c.text_dim}]"
             )
         text = text.to(device=self._anchor.device, dtype=self._anchor.dtype)
         return self.dim_adapter(text) if c.has_text_adapter else text
@@ -317,6 +328,27 @@ class NoiseAR(nn.Module):
         if text.shape[0] == 1:
             return text.expand(batch, *text.shape[1:])
         raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
+
+    def attended_text(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Drop the tokens that no item attends to: text [B, T, D] and mask [B or 1, T] -> text [B, T', D] and a
+        mask [B or 1, T'], or None when every item attends to every token left.
+
+        Padding therefore never reaches the network: the same prompt padded to any length gives the same
+        tokens (and, for one item, bit for bit the same noise and log-probability)."""
+        if text_mask is None:
+            return text, None
+        if text_mask.ndim != 2 or text_mask.shape[1] != text.shape[1]:
+            raise NoiseARInputError(f"text_mask has shape {list(text_mask.shape)}; expected [batch, {text.shape[1]}]")
+        keep = text_mask.bool().any(dim=0).to(text.device)
+        text, text_mask = text[:, keep], text_mask[:, keep.to(text_mask.device)]
+        return text, None if bool(text_mask.bool().all()) else text_mask
+
+    def _check_text_length(self, tokens: int) -> None:
+        limit = self.config.text_tokens
+        if limit and tokens > limit:
+            raise NoiseARInputError(
+                f"the text has {tokens} tokens (padding excluded); this {self.config.title} prior reads at most {limit}"
+            )
 
     # The network: one block for teacher forcing and cached decoding ----------------------------------
     def block(
@@ -377,14 +409,14 @@ class NoiseAR(nn.Module):
 
     # Teacher forcing (the published forward pass) --------------------------------------------------
     def forward(
-        self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None, grid: tuple[int, int] | None = None
+        self, text: torch.Tensor, prefix: torch.Tensor, text_mask: torch.Tensor | None = None, grid: tuple[int, ...] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict patches 0..L from text [B,T,D] and the first L patch tokens ``prefix`` [B,L,K].
 
-        ``grid`` (patch rows, columns) defaults to the config's. Returns (mu, logvar), each
+        ``grid`` (patch rows, columns; frames first for video) defaults to the config's. Returns (mu, logvar), each
         [B, L+1, K], logvar unclamped.
         """
-        grid = grid or (self.config.grid_height, self.config.grid_width)
+        grid = tuple(grid or (self.config.grid_height, self.config.grid_width))
         batch, length = prefix.shape[0], prefix.shape[1] + 1
         memory = self._expand_text(self.encode_text(text), batch)
         text_kv, text_attend = self.text_keys_values(memory, TEACHER_FORCING), self._text_attend(text_mask, memory)
@@ -406,78 +438,126 @@ class NoiseAR(nn.Module):
         """log p(noise | text) in nats, [B]: sum over patches of the diagonal-Gaussian log density.
 
         Defined on the grids training sees: the native latent for a 1-D position table (the published
-        priors; a sliding-window sample of another size is not scored), any grid of whole patches
-        for a 2-D prior.
+        priors; a sliding-window sample of another size is not scored), any grid of whole patches within
+        one decoding window for a 2-D or video prior. ``noise`` is [B, C, H, W] ([B, C, T, H, W] for video).
 
-        ``mean_target`` [B,C,H,W] (training only): the value is unchanged, but the means' gradient comes
-        from (mean_target - mu) instead of (noise - mu), and the log-variances' from the full residual with
-        the means held fixed. With mean_target = noise - z for a part z of zero mean that is independent of
-        the prompt and the earlier patches (golden noise minus its starting noise), the expected gradient
+        ``mean_target`` (training only, shaped like noise): the value is unchanged, but the means' gradient
+        comes from (mean_target - mu) instead of (noise - mu), and the log-variances' from the full residual
+        with the means held fixed. With mean_target = noise - z for a part z of zero mean that is independent
+        of the prompt and the earlier patches (golden noise minus its starting noise), the expected gradient
         is the same and its variance far smaller (a control variate).
         """
-        noise = self._check_noise(noise)
-        tokens = patchify(noise.to(self._anchor.dtype), self.config.patch_size)
-        mu, logvar = self(text, tokens[:, :-1], text_mask, self._grid(noise))
+        c = self.config
+        text, text_mask = self.attended_text(text, text_mask)
+        self._check_text_length(text.shape[1])
+        noise, grid = self._check_noise(noise)
+        tokens = patchify(noise.to(self._anchor.dtype), c.patch_size, c.patch_frames)
+        mu, logvar = self(text, tokens[:, :-1], text_mask, grid)
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         density = -0.5 * ((tokens - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
         if mean_target is not None:
-            target = patchify(self._check_noise(mean_target).to(tokens.dtype), self.config.patch_size)
+            target = patchify(self._check_noise(mean_target)[0].to(tokens.dtype), c.patch_size, c.patch_frames)
             surrogate = -0.5 * (
                 (target - mu) ** 2 * torch.exp(-logvar.detach()) + (tokens - mu.detach()) ** 2 * torch.exp(-logvar) + logvar
             )
             density = density.detach() + surrogate - surrogate.detach()  # value: density; gradient: surrogate's
         return density.float().sum(dim=(1, 2))
 
-    def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """Refuse a noise that log_prob cannot score: channels, and size (native only for "table")."""
+    def _check_noise(self, noise: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Refuse a noise that log_prob cannot score (rank, channels, size); -> the noise on the model's
+        device and its patch grid."""
         c = self.config
-        if c.positions == "2d":
-            fits = (
-                noise.ndim == 4
-                and noise.shape[1] == c.channels
-                and noise.shape[2] % c.patch_size == 0
-                and noise.shape[3] % c.patch_size == 0
-                and noise.shape[2] > 0
-                and noise.shape[3] > 0
-            )
-            expected = f"[batch, {c.channels}, H, W] with H and W multiples of {c.patch_size}"
-        else:
+        rank = 5 if c.video else 4
+        if c.positions == "table":
             fits = noise.ndim == 4 and tuple(noise.shape[1:]) == (c.channels, c.latent_height, c.latent_width)
             expected = f"[batch, {c.channels}, {c.latent_height}, {c.latent_width}]"
+        else:
+            size = tuple(noise.shape[2:])
+            fits = (
+                noise.ndim == rank
+                and noise.shape[1] == c.channels
+                and all(n > 0 and n % p == 0 for n, p in zip(size, c.patch))
+                and c.plan(*size).mode != "sliding window"
+            )
+            axes = "T, H, W" if c.video else "H, W"
+            window = f" and at most {c.window} patches per side" if c.window else ""
+            window += f", {c.window_frames} patch frames" if c.window_frames else ""
+            expected = f"[batch, {c.channels}, {axes}] in whole {' x '.join(map(str, c.patch))}-cell patches{window}"
         if not fits:
-            raise NoiseARInputError(f"noise has shape {list(noise.shape)}; this prior models {expected}")
-        return noise.to(self._anchor.device)
-
-    def _grid(self, noise: torch.Tensor) -> tuple[int, int]:
-        """(patch rows, patch columns) of a [B, C, H, W] noise."""
-        return noise.shape[2] // self.config.patch_size, noise.shape[3] // self.config.patch_size
+            raise NoiseARInputError(f"noise has shape {list(noise.shape)}; this prior scores {expected}")
+        return noise.to(self._anchor.device), tuple(n // p for n, p in zip(noise.shape[2:], c.patch))
 
     # Sampling ----------------------------------------------------------------------------------------
-    def _prepare_sampling(
-        self, text: torch.Tensor, eps: torch.Tensor | None, generator: Generator
-    ) -> tuple[torch.Tensor, DecodingPlan]:
-        """Check the sampling inputs; eps [B,C,H,W] (drawn at the config's size when not given) ->
-        patch tokens [B, rows*cols, K] of the padded eps on the model's device and dtype, and the plan."""
+    def _latent(self, eps: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """eps as this prior's rank: [B, C, H, W] for an image prior (a [B, C, 1, H, W] latent of an image
+        model such as Qwen-Image is squeezed: True is returned so the noise gets its time axis back),
+        [B, C, T, H, W] for a video prior. A video latent meets an image prior (or the reverse): error."""
         c = self.config
-        if eps is None:
-            eps = standard_normal((text.shape[0], c.channels, c.latent_height, c.latent_width), generator)
-        if eps.ndim != 4 or eps.shape[1] != c.channels or eps.shape[2] < 1 or eps.shape[3] < 1:
+        if eps.ndim == 5 and not c.video:
+            if eps.shape[2] != 1:
+                raise NoiseARInputError(
+                    f"eps has shape {list(eps.shape)}, a video latent of {eps.shape[2]} frames; this {c.title} prior is an "
+                    f"image prior. Use a video prior (trained on video latents), or an image latent"
+                )
+            return eps[:, :, 0], True
+        if eps.ndim == 4 and c.video:
             raise NoiseARInputError(
-                f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, H, W] (any H, W >= 1 latent cells)"
+                f"eps has shape {list(eps.shape)}, an image latent; this {c.title} prior is a video prior and samples "
+                f"[batch, {c.channels}, frames, H, W] (a one-frame video has frames = 1)"
             )
-        plan = c.plan(eps.shape[2], eps.shape[3])
-        eps = pad_eps(eps.to(self._anchor.device), plan)
-        return patchify(eps.to(self._anchor.dtype), c.patch_size), plan
+        rank = 5 if c.video else 4
+        if eps.ndim != rank or eps.shape[1] != c.channels or any(n < 1 for n in eps.shape[2:]):
+            axes = "frames, H, W" if c.video else "H, W"
+            raise NoiseARInputError(
+                f"eps has shape {list(eps.shape)}; this prior samples [batch, {c.channels}, {axes}] (any H, W >= 1 latent cells)"
+            )
+        return eps, False
+
+    def draw_cost(self, size: Sequence[int], text_tokens: int) -> cost.DrawCost:
+        """The estimated cost of drawing one item of a latent of ``size`` cells ((H, W) or (T, H, W))."""
+        return cost.estimate(self.config, tuple(size), text_tokens, self._anchor.element_size())
 
     def _draw_patch(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, temperature: float) -> torch.Tensor:
         """The published rule: mu + eps * temperature * exp(clamp(logvar) / 2)."""
         return mu + eps * (temperature * torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)))
 
     def _finish(self, tokens: list[torch.Tensor], plan: DecodingPlan) -> torch.Tensor:
-        """The decoded patch tokens (each [B,1,K], raster order) -> fp32 noise [B,C,height,width]."""
-        p, missing = plan.patch_size, plan.rows * plan.cols - len(tokens)
+        """The decoded patch tokens (each [B,1,K], raster order) -> fp32 noise [B, C, *plan.size]."""
+        missing = math.prod(plan.grid) - len(tokens)
         tokens = torch.cat(tokens + [torch.zeros_like(tokens[0]).expand(-1, missing, -1)], dim=1)
-        return unpatchify(tokens, p, plan.rows * p, plan.cols * p)[:, :, : plan.height, : plan.width].float()
+        noise = unpatchify(tokens, plan.patch, plan.padded_size)
+        return noise[(slice(None), slice(None), *(slice(0, n) for n in plan.size))].float()
+
+    def _prepare_sampling(
+        self,
+        text: torch.Tensor,
+        eps: torch.Tensor | None,
+        temperature: float,
+        text_mask: torch.Tensor | None,
+        generator: Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, DecodingPlan, Callable[[torch.Tensor], torch.Tensor]]:
+        """The checks and preparation both samplers share -> (text, mask, eps_tokens, plan, restore).
+
+        Padding tokens are dropped from the text; eps [B, C, *size] (drawn at the config's size when not given)
+        becomes the patch tokens [B, M, K] of the padded eps on the model's device and dtype; ``restore(noise)``
+        gives the noise the caller's rank. Shapes and the estimated cost (noisear.cost) are checked before
+        anything the size of the latent is allocated or scanned; a draw over the bound is refused."""
+        check_sampling_inputs(text, None, temperature, text_mask)
+        text, text_mask = self.attended_text(text, text_mask)
+        self._check_text_length(text.shape[1])
+        c, squeezed = self.config, False
+        if eps is not None:
+            eps, squeezed = self._latent(eps)
+        plan = c.plan(*(eps.shape[2:] if eps is not None else c.latent_size))
+        problem = cost.problem(self.draw_cost(plan.size, text.shape[1]), self._anchor.device.type)
+        if problem:
+            raise NoiseARInputError(problem)
+        if eps is None:
+            eps = standard_normal((text.shape[0], c.channels, *c.latent_size), generator)
+        check_sampling_inputs(text, eps, temperature, text_mask)
+        eps = pad_eps(eps.to(self._anchor.device), plan)
+        eps_tokens = patchify(eps.to(self._anchor.dtype), c.patch_size, c.patch_frames)
+        return text, text_mask, eps_tokens, plan, (lambda noise: noise[:, :, None] if squeezed else noise)
 
     @torch.no_grad()
     def sample(
@@ -490,44 +570,45 @@ class NoiseAR(nn.Module):
         text_mask: torch.Tensor | None = None,
         callback: StepCallback | None = None,
     ) -> torch.Tensor:
-        """Draw noise [B,C,H,W] (fp32, model's device) given text [B or 1, T, D] with cached decoding.
+        """Draw noise shaped like eps (fp32, model's device) given text [B or 1, T, D] with cached decoding.
 
-        ``eps`` are the standard-normal draws, shape of the output: any latent size H, W >= 1 cell.
-        Without it they come from :func:`standard_normal` with ``generator`` at the config's size.
-        The latent is padded up to whole patches (cells beyond it get Gaussian draws seeded by eps,
-        see :func:`pad_eps`) and cropped back. At the native size of a 1-D position table (the
-        published priors) this is the published sampler; at other sizes each patch, in raster order,
-        is predicted from the native window anchored as far up and left as possible that contains
-        it, with that window's earlier patches as its prefix at the window's own positions (a grid
-        narrower than the window is widened with padding patches; rows below it are never needed).
-        So for sizes at least native on both sides, the top-left native window is the native sample
-        of the cropped eps. A 2-D prior decodes any grid as one sequence. Self-attention keys/values
-        are cached per window, text keys/values computed once; each patch costs at most one pass
-        over a window's length, so the cost grows linearly with the number of patches.
+        ``eps`` are the standard-normal draws, shape of the output: [B, C, H, W] (or [B, C, T, H, W], see the
+        module docstring) of any size of at least one cell. Without it they come from :func:`standard_normal`
+        with ``generator`` at the config's size. Tokens no item attends to (``text_mask``) are dropped first.
+        The latent is padded up to whole patches (cells beyond it get Gaussian draws seeded by eps, see
+        :func:`pad_eps`) and cropped back. At the native size of a 1-D position table (the published priors)
+        this is the published sampler; at other sizes each patch, in raster order, is predicted from the
+        native window anchored as far up and left as possible that contains it, with that window's earlier
+        patches as its prefix at the window's own positions (a grid narrower than the window is widened with
+        padding patches; rows below it are never needed). So for sizes at least native on both sides, the
+        top-left native window is the native sample of the cropped eps. A 2-D or video prior decodes a grid
+        within its window as one sequence, and a larger one with a sliding window of that size. Self-attention
+        keys/values are cached per window (DecodingPlan.schedule decides which), text keys/values computed
+        once; each patch costs at most one pass over a window's length, so the cost grows linearly with the
+        number of patches. A draw estimated over noisear.cost's bound is refused before anything is allocated.
         ``callback(patches done, patches decoded in all)``.
         """
-        check_sampling_inputs(text, eps, temperature, text_mask)
+        text, text_mask, eps_tokens, plan, restore = self._prepare_sampling(text, eps, temperature, text_mask, generator)
         with eval_mode(self):
-            eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             batch = eps_tokens.shape[0]
             memory = self._expand_text(self.encode_text(text), batch)
             text_kv, text_attend = self.text_keys_values(memory, CACHED_DECODING), self._text_attend(text_mask, memory)
             positions, start = self.positions(plan.window), self.learnable_start_token_emb.expand(batch, 1, -1)
-            decoders: dict[tuple[int, int], _CachedDecoder] = {}
+            decoders: dict[tuple[int, ...], _CachedDecoder] = {}
             tokens, inputs = [], []  # per decoded patch: its token [B,1,K] and its embedding [B,1,d]
-            for index in range(plan.patches):
-                origin, local = plan.origin(index), plan.local(index)
-                decoders = {key: decoder for key, decoder in decoders.items() if key[0] == origin[0]}  # rows done
-                decoder = decoders.setdefault(origin, _CachedDecoder(self, text_kv, text_attend, plan.window_length))
-                new = range(decoder.cache.position, local + 1)  # window positions not yet in its cache
-                x = torch.cat([start if t == 0 else inputs[plan.member(origin, t - 1)] for t in new], dim=1)
-                mu, logvar = decoder.step(x + positions[:, new.start : new.stop])
-                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, index : index + 1], temperature))
+            for step in plan.schedule():
+                for key in step.dropped:
+                    del decoders[key]
+                if step.origin not in decoders:
+                    decoders[step.origin] = _CachedDecoder(self, text_kv, text_attend, plan.window_length)
+                x = torch.cat([start if t == 0 else inputs[plan.member(step.origin, t - 1)] for t in step.new], dim=1)
+                mu, logvar = decoders[step.origin].step(x + positions[:, step.new.start : step.new.stop])
+                tokens.append(self._draw_patch(mu, logvar, eps_tokens[:, step.index : step.index + 1], temperature))
                 if callback is not None:
-                    callback(index + 1, plan.patches)
-                if index + 1 < plan.patches:
+                    callback(step.index + 1, plan.patches)
+                if step.index + 1 < plan.patches:
                     inputs.append(mlp(self.latent_patch_encoder, tokens[-1], CACHED_DECODING.mlp))
-            return _finite_noise(self._finish(tokens, plan))
+            return restore(_finite_noise(self._finish(tokens, plan)))
 
     @torch.no_grad()
     def sample_naive(
@@ -544,9 +625,8 @@ class NoiseAR(nn.Module):
 
         Same plan and result as :meth:`sample` (at the native size: the published sampler). Reference for tests.
         """
-        check_sampling_inputs(text, eps, temperature, text_mask)
+        text, text_mask, eps_tokens, plan, restore = self._prepare_sampling(text, eps, temperature, text_mask, generator)
         with eval_mode(self):
-            eps_tokens, plan = self._prepare_sampling(text, eps, generator)
             tokens = []
             for index in range(plan.patches):
                 origin, local = plan.origin(index), plan.local(index)
@@ -556,7 +636,7 @@ class NoiseAR(nn.Module):
                 tokens.append(self._draw_patch(mu[:, -1:], logvar[:, -1:], eps_tokens[:, index : index + 1], temperature))
                 if callback is not None:
                     callback(index + 1, plan.patches)
-            return _finite_noise(self._finish(tokens, plan))
+            return restore(_finite_noise(self._finish(tokens, plan)))
 
 
 class _CachedDecoder:

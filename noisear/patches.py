@@ -192,17 +192,17 @@ def pad_eps(eps: torch.Tensor, plan: DecodingPlan) -> torch.Tensor:
     The padded cells are never seen, but the patches they belong to are the prefix of later ones:
     with fresh Gaussian draws such a patch is an ordinary sample of the prior (zeros would give it
     the variance of mu alone, a mirror copy of eps repeated structure). Padding is drawn in fp32 whatever
-    eps's dtype, so fp16 eps give the same noise as the same values in fp32.
+    eps's dtype (at least fp32), so fp16 eps give the same noise as the same values in fp32.
     """
     channels, size = eps.shape[1], tuple(eps.shape[2:])
     shape = (channels, *plan.padded_size)
     if shape[1:] == size:
         return eps
-    items = []
+    dtype, items = torch.promote_types(eps.dtype, torch.float32), []  # fp16/bf16 eps are padded in fp32
     for item in eps:
         data = item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
         seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
-        padded = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(eps.device)
+        padded = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(eps.device, dtype)
         padded[(slice(None), *(slice(0, s) for s in size))] = item
         items.append(padded)
     return torch.stack(items)
