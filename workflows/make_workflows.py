@@ -510,18 +510,19 @@ COMPARE_NOTE = (
 def compare_graph(name: str, description: str, rows: list[tuple[str, Node]], note: str, extra: list[Node], links: list) -> Graph:
     """SDXL base graph with ``rows`` (label, sampler node whose output 0 is a LATENT) joined by LatentBatch in order,
     decoded once and laid out by NoiseAR Compare Grid; ``extra`` nodes and ``links`` wire the samplers' inputs."""
+    join = max(node.column for _, node in rows) + 1  # the column right of the samplers
     base = sdxl_base(LOADER_SDXL, batch=COMPARE_BATCH)
-    base.append(Node("compare_note", "Note", 4, 1.7, [note], "How to read the grid", 260))
+    base.append(Node("compare_note", "Note", join + 1, 1.7, [note], "How to read the grid", 260))
     joins, join_links, previous = [], [], rows[0][1].key
     for i, (_, node) in enumerate(rows[1:], start=1):
-        joins.append(Node(f"join{i}", "LatentBatch", 3, 0.35 * (i - 1), [], height=70))
+        joins.append(Node(f"join{i}", "LatentBatch", join, 0.35 * (i - 1), [], height=70))
         join_links += [(previous, 0, f"join{i}", "samples1"), (node.key, 0, f"join{i}", "samples2")]
         previous = f"join{i}"
     labels = "\n".join(label for label, _ in rows)
     tail = [
-        Node("decode", "VAEDecode", 3, 0.35 * len(joins), [], height=50),
-        Node("grid", "NoiseARCompareGrid", 3, 0.35 * len(joins) + 0.4, [labels, COMPARE_COLUMNS], height=200),
-        Node("save", "SaveImage", 4, 0, ["NoiseAR_compare"], height=400),
+        Node("decode", "VAEDecode", join, 0.35 * len(joins), [], height=50),
+        Node("grid", "NoiseARCompareGrid", join, 0.35 * len(joins) + 0.4, [labels, COMPARE_COLUMNS], height=200),
+        Node("save", "SaveImage", join + 1, 0, ["NoiseAR_compare"], height=400),
     ]
     tail_links = [(previous, 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"), ("decode", 0, "grid", "images")]
     tail_links.append(("grid", 0, "save", "images"))
@@ -533,7 +534,9 @@ def compare_graph(name: str, description: str, rows: list[tuple[str, Node]], not
     )
 
 
-def ksampler_row(key: str, row: float, temperature: float | None) -> tuple[list[Node], list[tuple[str, int, str, str]]]:
+def ksampler_row(
+    key: str, column: float, row: float, temperature: float | None
+) -> tuple[list[Node], list[tuple[str, int, str, str]]]:
     """KSampler (temperature None) or NoiseAR KSampler at ``temperature``, same seed and settings, fed the prompts,
     the batch latent and (NoiseAR) the prior and the prompt's prior_text."""
     widgets = [SEED, "fixed", COMPARE_STEPS, COMPARE_CFG, *COMPARE_SAMPLING, 1.0]
@@ -544,8 +547,10 @@ def ksampler_row(key: str, row: float, temperature: float | None) -> tuple[list[
         ("latent", 0, key, "latent_image"),
     ]
     if temperature is None:
-        return [Node(key, "KSampler", 2, row, widgets, "KSampler (Gaussian noise)", 270)], links
-    node = Node(key, "NoiseARKSampler", 2, row, widgets + [temperature, "any size"], f"NoiseAR KSampler, T {temperature:g}", 330)
+        return [Node(key, "KSampler", column, row, widgets, "KSampler (Gaussian noise)", 270)], links
+    node = Node(
+        key, "NoiseARKSampler", column, row, widgets + [temperature, "any size"], f"NoiseAR KSampler, T {temperature:g}", 400
+    )
     return [node], links + [("loader", 0, key, "noisear_model"), ("pos", PRIOR_TEXT, key, "prior_text")]
 
 
@@ -553,7 +558,7 @@ def compare_ksamplers_graph(name: str, description: str, temperatures: list[floa
     """Core KSampler, then NoiseAR KSampler at each temperature: one row each."""
     rows, links = [], []
     for i, temperature in enumerate([None, *temperatures]):
-        nodes, node_links = ksampler_row(f"sampler{i}", 1.35 * i, temperature)
+        nodes, node_links = ksampler_row(f"sampler{i}", 2 + i // 2, 1.75 * (i % 2), temperature)  # two per column
         label = "KSampler (Gaussian)" if temperature is None else f"NoiseAR KSampler, temperature {temperature:g}"
         rows.append((label, nodes[0]))
         links += node_links
@@ -568,10 +573,10 @@ def compare_blend_graph() -> Graph:
     per strength sharing sampler, schedule and guider."""
     shared = [
         prior_noise(),
-        Node("gauss", "RandomNoise", 1, 3.8, [SEED + 1, "fixed"], height=80),
-        Node("select", "KSamplerSelect", 1, 4.2, [COMPARE_SAMPLING[0]], height=60),
-        Node("sched", "BasicScheduler", 1, 4.5, [COMPARE_SAMPLING[1], COMPARE_STEPS, 1.0], height=110),
-        Node("guider", "CFGGuider", 1, 5.0, [COMPARE_CFG], height=100),
+        Node("gauss", "RandomNoise", 1, 3.4, [SEED + 1, "fixed"], height=80),
+        Node("guider", "CFGGuider", 3, 3.45, [COMPARE_CFG], height=100),
+        Node("select", "KSamplerSelect", 3, 3.95, [COMPARE_SAMPLING[0]], height=60),
+        Node("sched", "BasicScheduler", 3, 4.3, [COMPARE_SAMPLING[1], COMPARE_STEPS, 1.0], height=110),
     ]
     links = [
         ("loader", 0, "noise", "noisear_model"),
@@ -584,10 +589,8 @@ def compare_blend_graph() -> Graph:
     rows = []
     for i, strength in enumerate(BLEND_STRENGTHS):
         blend, sample = f"blend{i}", f"sample{i}"
-        shared.append(Node(blend, "NoiseARBlend", 2, 0.9 * i, [strength, "linear", False], f"Blend {strength:g}", 130))
-        rows.append(
-            (f"NoiseAR Blend, strength {strength:g}", Node(sample, "SamplerCustomAdvanced", 2.9, 0.9 * i, [], height=110))
-        )
+        shared.append(Node(blend, "NoiseARBlend", 2, 0.68 * i, [strength, "linear", False], f"Blend {strength:g}", 130))
+        rows.append((f"NoiseAR Blend, strength {strength:g}", Node(sample, "SamplerCustomAdvanced", 3, 0.68 * i, [], height=130)))
         links += [
             ("noise", 0, blend, "noisear_noise"),
             ("gauss", 0, blend, "gaussian_noise"),
