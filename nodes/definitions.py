@@ -16,6 +16,7 @@ from noisear.train.collect import Reward
 from noisear.train.data import SHARD_BYTES
 
 from . import collector, host, ksampler, text_encode
+from .compare_grid import compare_grid
 from .golden import GOLDEN_NODE, GoldenNoise
 from .noise import BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
@@ -747,6 +748,46 @@ class NoiseARKSamplerAdvancedNode:
         )
 
 
+class NoiseARCompareGridNode:
+    DESCRIPTION = (
+        "One labelled picture of a batch of images, a row per noise and a column per image, to judge noises by "
+        "eye: e.g. the same seed's batch sampled with KSampler and with NoiseAR KSampler, joined by LatentBatch "
+        "and decoded once."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "grid"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("grid",)
+    OUTPUT_TOOLTIPS = ("One image: the rows with their labels on the left, the column labels on top (for SaveImage).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Every row's images, row after row (rows x columns images)."}),
+                "row_labels": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "KSampler\nNoiseAR KSampler",
+                        "tooltip": "One label per line, one line per row.",
+                    },
+                ),
+                "column_labels": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "image 1\nimage 2\nimage 3\nimage 4",
+                        "tooltip": "One label per line, one line per column (images per row), or empty for none.",
+                    },
+                ),
+            }
+        }
+
+    def grid(self, images: Any, row_labels: str, column_labels: str) -> tuple[Any]:
+        return (compare_grid(images, row_labels, column_labels),)
+
+
 # class_type (saved in workflows: never rename), display name, class
 NODES = (
     ("NoiseARLoader", "NoiseAR Loader", NoiseARLoader),
@@ -759,6 +800,7 @@ NODES = (
     ("NoiseARTextEncode", "NoiseAR Text Encode", NoiseARTextEncodeNode),
     ("NoiseARKSampler", "NoiseAR KSampler", NoiseARKSamplerNode),
     ("NoiseARKSamplerAdvanced", "NoiseAR KSampler (Advanced)", NoiseARKSamplerAdvancedNode),
+    ("NoiseARCompareGrid", "NoiseAR Compare Grid", NoiseARCompareGridNode),
 )
 NODE_CLASS_MAPPINGS = {class_type: cls for class_type, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {class_type: name for class_type, name, _ in NODES}

@@ -424,7 +424,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     with torch.device("meta"):
         model = NoiseAR(config)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device).eval()
+    return model.to(device=device).train(False)
 
 
 def save(model: NoiseAR, path: str | os.PathLike) -> None:

@@ -131,7 +131,7 @@ def _finite_noise(noise: torch.Tensor) -> torch.Tensor:
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Run in eval mode (no dropout) and restore the previous mode afterwards."""
     was_training = module.training
-    module.eval()
+    module.train(False)
     try:
         yield
     finally:

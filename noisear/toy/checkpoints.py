@@ -71,7 +71,7 @@ def load_net(cls: type, config_cls: type | None, path: Path) -> torch.nn.Module:
     missing = [k for k in missing if not k.endswith(".mask")]
     if missing or unexpected:
         raise ToyCheckpointError(f"{path.name} does not fit {cls.__name__}: missing {missing}, unexpected {unexpected}")
-    return module.eval()
+    return module.train(False)
 
 
 @dataclass

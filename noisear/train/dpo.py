@@ -106,7 +106,7 @@ class DPOObjective:
         train_config: TrainConfig,
         validation_prompts: PromptSet | None = None,
     ) -> None:
-        self.reference = copy.deepcopy(reference).float().eval().requires_grad_(False)
+        self.reference = copy.deepcopy(reference).float().train(False).requires_grad_(False)
         self.prompts, self.scorer, self.config = prompts, scorer, config
         self.batch_size, self.seed = train_config.batch_size, train_config.seed
         self.validation_prompts = validation_prompts

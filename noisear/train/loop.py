@@ -472,7 +472,7 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
     finally:
         bar.close()
     final = ema.copy_to(model) if ema is not None else model
-    final.eval()
+    final.train(False)
     _validate(model, ema, objective, runtime, log, step, final=final)
     if runtime.rank == 0:
         save(final, out_dir / "prior.safetensors")
