@@ -338,7 +338,7 @@ class NoiseAR(nn.Module):
         if text_mask is None:
             return text, None
         if text_mask.ndim != 2 or text_mask.shape[1] != text.shape[1]:
-            raise NoiseARInputError(f"text_mask has shape {list(text_mask.shape)}; expected [batch, {text.shape[1]}]")
+            raise NoiseARInputError(f"text_mask has shape {list(text_mask.shape)}; expected {list(text.shape[:2])}")
         keep = text_mask.bool().any(dim=0).to(text.device)
         text, text_mask = text[:, keep], text_mask[:, keep.to(text_mask.device)]
         return text, None if bool(text_mask.bool().all()) else text_mask
