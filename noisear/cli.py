@@ -46,9 +46,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         "parameters": f"{info['parameters']:,}",
         "dtype": ", ".join(info["dtypes"]),
         **vars(info["config"]),
+        "family": info["config"].family_key or "(unknown)",  # published checkpoints: the one their shapes say
     }
     for name, value in lines.items():
-        print(f"{name:<14}{value}")
+        print(f"{name:<17}{value}")
     return 0
 
 

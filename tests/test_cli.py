@@ -31,8 +31,9 @@ def test_inspect_prints_variant_config_parameters_and_dtype(published, published
     assert fields["parameters"] == expected_parameters
     assert fields["dtype"] == "float32"
     assert fields["file"].startswith(str(published_pth)) and fields["file"].endswith("MiB)")
+    assert fields["family"] == {"SDXL": "sdxl", "Hunyuan-DiT": "hunyuan-dit"}[published.variant]
     for name, value in vars(published.config).items():
-        assert fields[name] == str(value), name
+        assert name == "family" or fields[name] == str(value), name
 
 
 def test_convert_then_inspect_shows_the_same_config(tmp_path, capsys):
