@@ -7,7 +7,6 @@ golden, collector, text_encode, ksampler and noisear); shared input specs and nu
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from noisear.golden import GoldenConfig
@@ -19,7 +18,7 @@ from . import collector, host, ksampler, text_encode
 from .golden import GOLDEN_NODE, GoldenNoise
 from .noise import BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_problem, device_problem, load_prior
+from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, device_problem, load_prior
 from .widgets import (
     CATEGORY,
     CFG_RANGE,
@@ -99,12 +98,8 @@ class NoiseARLoader:
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:
-        """Re-run when the file on disk changes."""
-        try:
-            path = host.checkpoint_path(ckpt_name)
-            return f"{path}:{os.path.getmtime(path)}:{device}:{dtype}"
-        except FileNotFoundError:
-            return f"missing:{ckpt_name}"
+        """Re-run when the file's content may have changed (also when replaced with the same mtime and size)."""
+        return f"{checkpoint_identity(ckpt_name)}:{device}:{dtype}"
 
     def load(self, ckpt_name: str, device: str, dtype: str) -> dict[str, Any]:
         prior = load_prior(ckpt_name, device, dtype)

@@ -37,6 +37,7 @@ from nodes.preview import colour_matrix, noise_to_image
 from nodes.prior import NoiseARPrior
 from nodes.widgets import RETIRED_SIZE_MODE, SIZE_MODES, NoiseARNodeError, size_text
 from noisear import NoiseARConfig, save
+from noisear.io import NoiseARCheckpointError, file_identity
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 channels like SDXL latents, 8x8 latent in 4x4 patches, 2x2 grid, 24-d text
@@ -123,6 +124,64 @@ def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
     os.utime(path, (os.path.getmtime(path) + 10, os.path.getmtime(path) + 10))
     assert load().model is not first.model
     assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != NoiseARLoader.IS_CHANGED("gone", "auto", "fp32")
+
+
+def replace_keeping_mtime(path: Path, content: bytes, how: str) -> None:
+    """Put ``content`` at ``path`` with the old modification time, as cp -p, rsync -a or an archive does."""
+    old = os.stat(path)
+    if how == "rename":  # rsync -a, tar, a download: a new file renamed over the old one
+        temporary = path.with_name(".incoming")
+        temporary.write_bytes(content)
+        os.utime(temporary, ns=(old.st_atime_ns, old.st_mtime_ns))
+        os.replace(temporary, path)
+    else:  # cp -p onto the file, or a rewrite in place: same inode
+        with open(path, "r+b") as handle:
+            handle.write(content)
+            handle.truncate()
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == old.st_mtime_ns
+
+
+@pytest.mark.parametrize("how", ["rename", "in place"])
+def test_a_checkpoint_replaced_with_the_same_mtime_and_size_is_read_again(small_ckpt, tmp_path, how):
+    """ComfyUI reuses the Loader's output while IS_CHANGED says the same: it must change with the content."""
+    first, before = load(), NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32")
+    path = Path(host.checkpoint_path(small_ckpt))
+    retrained = random_model(SMALL, seed=4)
+    save(retrained, tmp_path / "retrained.safetensors")
+    content = (tmp_path / "retrained.safetensors").read_bytes()
+    assert len(content) == path.stat().st_size  # same size, so only the content tells them apart
+    replace_keeping_mtime(path, content, how)
+    assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != before
+    second = load()
+    assert second.model is not first.model
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(), retrained.state_dict().values()))
+    assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") == NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32")
+
+
+def test_file_identity_names_the_real_file_and_samples_its_first_and_last_64_kib(tmp_path):
+    path, link = tmp_path / "weights.bin", tmp_path / "link.bin"
+    path.write_bytes(bytes(300 * 1024))
+    link.symlink_to(path)
+    identity = file_identity(path)
+    assert file_identity(link) == identity == file_identity(path) and identity.path == str(path.resolve())
+    assert (identity.size, identity.inode) == (300 * 1024, os.stat(path).st_ino)
+    samples = {}
+    for where in (0, 150 * 1024, 300 * 1024 - 1):  # a change at the start, in the middle, at the end
+        content = bytearray(300 * 1024)
+        content[where] = 1
+        path.write_bytes(bytes(content))
+        samples[where] = file_identity(path)
+        assert samples[where] != identity  # ctime moves with every write
+    assert samples[0].content != identity.content and samples[300 * 1024 - 1].content != identity.content
+    assert samples[150 * 1024].content == identity.content  # the middle is ctime's job (see file_identity)
+
+
+def test_file_identity_refuses_what_is_not_a_regular_file_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for name in ("pipe.safetensors", "."):
+        with pytest.raises(NoiseARCheckpointError, match="not a regular file"):
+            file_identity(tmp_path / name)
 
 
 def test_the_loader_cache_holds_only_what_comfyui_holds(small_ckpt, host_fakes):
