@@ -18,7 +18,7 @@ from . import collector, host, ksampler, text_encode
 from .golden import GOLDEN_NODE, GoldenNoise
 from .noise import BlendedNoise, NoiseARNoise, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, device_problem, load_prior
+from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, load_prior
 from .widgets import (
     CATEGORY,
     CFG_RANGE,
@@ -90,11 +90,12 @@ class NoiseARLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name: str, device: str, dtype: str) -> bool | str:
+    def VALIDATE_INPUTS(cls, ckpt_name: str) -> bool | str:
         """Refuse a file that is not in the list (ComfyUI skips its own list check for an input named here:
-        this says where files go and how to get them) and device/dtype pairs this host cannot run (both
-        checked again when loading)."""
-        return checkpoint_problem(ckpt_name) or device_problem(device, dtype) or True
+        this says where files go and how to get them). Only ckpt_name is taken: ComfyUI attaches the message
+        to every input named here, so naming device and dtype too would show it three times; device/dtype
+        pairs this host cannot run are refused when the Loader runs, before any file is read."""
+        return checkpoint_problem(ckpt_name) or True
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:

@@ -228,7 +228,7 @@ def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fak
     host.register_model_folder()  # models/noisear does not even exist yet
     folder = os.path.join(host_fakes.folder_paths.models_dir, "noisear")
     assert NoiseARLoader.INPUT_TYPES()["required"]["ckpt_name"][0] == []
-    message = NoiseARLoader.VALIDATE_INPUTS("sdxl_and_dreamshaper.safetensors", "auto", "fp32")
+    message = NoiseARLoader.VALIDATE_INPUTS("sdxl_and_dreamshaper.safetensors")
     assert "there is no checkpoint there" in message
     for part in guidance_for(folder):
         assert part in message
@@ -239,16 +239,28 @@ def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fak
 
 def test_a_file_not_in_the_list_is_refused_like_comfyuis_list_check_with_the_files_found(small_ckpt, host_fakes):
     host_fakes.folder_paths.folder_names_and_paths["noisear"][0].insert(0, "/extra/noisear")
-    message = NoiseARLoader.VALIDATE_INPUTS("dit.safetensors", "auto", "fp32")
+    message = NoiseARLoader.VALIDATE_INPUTS("dit.safetensors")
     assert "go in /extra/noisear or " in message and "'dit.safetensors' is not there (found: small.safetensors)" in message
     assert all(part in message for part in guidance_for("/extra/noisear"))
-    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp32") is True
+    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt) is True
+
+
+def inputs_given_the_validation_message(node: type) -> list[str]:
+    """The inputs ComfyUI attaches a VALIDATE_INPUTS message to, one copy each (execution.validate_inputs): the
+    node's inputs among the function's arguments, or every input when it takes **kwargs."""
+    spec = inspect.getfullargspec(node.VALIDATE_INPUTS)
+    inputs = {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+    return list(inputs) if spec.varkw else [name for name in spec.args if name in inputs]
+
+
+def test_the_missing_checkpoint_message_appears_once_in_comfyuis_error_dialog(host_fakes):
+    host.register_model_folder()
+    assert inputs_given_the_validation_message(NoiseARLoader) == ["ckpt_name"]
 
 
 def test_loader_refuses_impossible_device_and_dtype(small_ckpt):
-    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp16")  # the fake host runs on the CPU
-    assert "choose 'auto' or 'cpu'" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "gpu", "fp32")
-    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "bf16") is True
+    """device and dtype are checked when the Loader runs (before any file is read), with ComfyUI's own list check
+    before that: a VALIDATE_INPUTS that took them would repeat the missing-checkpoint message three times."""
     with pytest.raises(NoiseARNodeError, match="ComfyUI runs on the CPU"):
         load(device="gpu")
     with pytest.raises(NoiseARNodeError, match="fp16 runs on a GPU only"):

@@ -53,3 +53,11 @@ def test_a_hostile_checkpoint_is_refused_at_once_with_one_line(comfy, prior_name
     assert time.monotonic() - start < 60  # the whole prompt round trip; the refusal itself is milliseconds
     assert error["node_type"] == "NoiseARLoader"
     assert error["exception_message"].strip() == "hostile.safetensors: n_layers must be between 1 and 64, got 100000"
+
+
+def test_the_missing_checkpoint_message_appears_once_in_the_prompt_errors(comfy, prior_name):  # noqa: F811
+    """ComfyUI attaches a VALIDATE_INPUTS message to each input the function takes; the dialog lists them all."""
+    status, body = comfy.post_prompt(graph("sdxl_and_dreamshaper.safetensors"))
+    assert status in (200, 400) and "prior" in body["node_errors"], body
+    messages = [e for e in body["node_errors"]["prior"]["errors"] if "NoiseAR checkpoints go in" in e["details"]]
+    assert len(messages) == 1 and messages[0]["extra_info"]["input_name"] == "ckpt_name", messages
