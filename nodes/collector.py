@@ -16,6 +16,7 @@ subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
 from __future__ import annotations
 
 import os
+import unicodedata
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ from .golden import golden_noise
 from .widgets import NoiseARNodeError
 
 MAX_NAME = 1024  # characters of a dataset name (deeper paths make os.makedirs recurse too far)
+# Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates): a name holding them
+# shows as another name
+BIDI_CONTROLS = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 
 
 def prompt_lines(prompts: str) -> list[str]:
@@ -75,6 +79,15 @@ def dataset_directory(name: str) -> str:
         raise NoiseARNodeError("dataset must name a folder inside ComfyUI's output folder, e.g. noisear_dataset/1024x1024")
     if "\0" in name or len(name) > MAX_NAME:
         raise NoiseARNodeError(f"dataset must be a plain folder name of at most {MAX_NAME} characters without NUL")
+    hidden = next(
+        (i for i, char in enumerate(name) if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp")), None
+    )
+    if hidden is not None:
+        raise NoiseARNodeError(
+            f"dataset must not hold control or bidirectional-formatting characters (found U+{ord(name[hidden]):04X} at "
+            f"position {hidden + 1}): the folder would show under another name, or break lines in logs. Type the "
+            f"name again in plain characters, e.g. noisear_dataset/1024x1024"
+        )
     if os.path.isabs(name) or os.path.splitdrive(name)[0]:
         raise NoiseARNodeError(
             f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "

@@ -435,6 +435,49 @@ def test_channel_mismatch_is_refused_naming_the_node_and_the_size():
         noise_for(recording_prior(SMALL), empty_latent(channels=16))
 
 
+HOSTILE_NOISE_INPUTS = {  # what reaches NoiseAR Noise -> (conditioning, latent, the message expected)
+    "two prompts for three images": (
+        conditioning(batch=2),
+        empty_latent(batch=3),
+        r"NoiseAR Noise: the positive conditioning holds 2 embeddings \(batch 2\) for a latent batch of 3 images; "
+        r"give one conditioning \(batch 1, used for every image\) or one per image \(batch 3\)",
+    ),
+    "three prompts for two images": (
+        conditioning(batch=3),
+        empty_latent(batch=2),
+        r"holds 3 embeddings \(batch 3\) for a latent batch of 2 images; .* \(batch 1, .*\(batch 2\)",
+    ),
+    "integer conditioning": (
+        [[torch.ones(1, 77, 24, dtype=torch.int64), {}]],
+        empty_latent(),
+        r"the positive conditioning is a torch.int64 tensor, not floating point",
+    ),
+    "no tokens": (conditioning(tokens=0), empty_latent(), r"the positive conditioning has no tokens"),
+    "every token masked": (
+        conditioning(tokens=5, attention_mask=torch.zeros(1, 5)),
+        empty_latent(),
+        r"attention_mask marks no token of the prompt as real",
+    ),
+    "batch 0": (conditioning(), empty_latent(batch=0), r"NoiseAR Noise: the latent holds no image \(batch 0"),
+    "height 0": (conditioning(), empty_latent(height=0), r"NoiseAR Noise: the latent has shape \[1, 4, 0, 8\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_NOISE_INPUTS))
+def test_hostile_noise_inputs_are_refused_naming_what_was_expected(case):
+    cond, latent, message = HOSTILE_NOISE_INPUTS[case]
+    prior = NoiseARPrior(random_model(SMALL, seed=3), "small", "auto", "fp32")  # the real network
+    with pytest.raises(NoiseARNodeError, match=message):
+        noise_for(prior, latent, cond)
+
+
+def test_one_embedding_per_image_is_read_by_its_image():
+    prior = recording_prior(SMALL)
+    cond = conditioning(batch=2)
+    noise_for(prior, empty_latent(batch=2), cond)
+    assert [torch.equal(call["text"], cond[0][0][i : i + 1]) for i, call in enumerate(prior.model.calls)] == [True, True]
+
+
 # NoiseAR Latent -------------------------------------------------------------------------------------------
 def latent_node(prior, model, latent, seed=11, **kwargs):
     return NoiseARLatentNode().make(
