@@ -500,7 +500,7 @@ class DatasetCollectorNode:
         )
         config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
         directory = collector.dataset_directory(dataset)
-        counts = collector.collect_dataset(
+        counts, note = collector.collect_dataset(
             model,
             clip,
             prompts,
@@ -511,6 +511,7 @@ class DatasetCollectorNode:
             scheduler,
             steps,
             config,
+            dataset,
             directory,
             text_tokens,
             batch_size,
@@ -519,8 +520,8 @@ class DatasetCollectorNode:
             reward,
         )
         summary = (
-            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
-            f"rejected {counts['rejected']} by the reward filter"
+            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already "
+            f"present, rejected {counts['rejected']} by the reward filter" + (f". NOTE: {note}" if note else "")
         )
         return {"ui": {"text": (summary,)}, "result": (summary,)}
 
