@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from noisear.golden import GoldenConfig
 from noisear.mixing import MODES
 from noisear.train.collect import Reward
@@ -16,7 +18,7 @@ from noisear.train.data import SHARD_BYTES
 
 from . import collector, host, ksampler, text_encode
 from .golden import GOLDEN_NODE, GoldenNoise
-from .noise import BlendedNoise, NoiseARNoise, start_latent
+from .noise import BlendedNoise, NoiseARNoise, latent_samples, start_latent
 from .preview import channel_stats, noise_to_image
 from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, load_prior
 from .widgets import (
@@ -177,6 +179,12 @@ class NoiseARLatentNode:
         latent_image: dict,
         noise: Any = None,
     ) -> dict[str, Any]:
+        samples = latent_samples(latent_image, "NoiseAR Latent")
+        if not torch.isfinite(samples).all():
+            raise NoiseARNodeError(
+                "NoiseAR Latent: the latent_image holds NaN or infinite values, which would reach the sampler; give "
+                "an empty latent (EmptyLatentImage) or a finite one"
+            )
         if "noise_mask" in latent_image:
             raise NoiseARNodeError(
                 "NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
@@ -184,7 +192,7 @@ class NoiseARLatentNode:
             )
         source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise, "NoiseAR Latent")
         drawn = source.generate_noise(latent_image)
-        samples = start_latent(model, drawn, latent_image["samples"]).to(host.intermediate_device())
+        samples = start_latent(model, drawn, samples).to(host.intermediate_device())
         info = "\n".join(filter(None, [source.info, channel_stats(drawn)]))
         latent = {key: value for key, value in latent_image.items() if key != "samples"}
         latent["samples"] = samples

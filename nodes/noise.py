@@ -77,6 +77,17 @@ def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, nod
     return plan
 
 
+def latent_samples(latent: Any, node: str) -> torch.Tensor:
+    """``latent["samples"]``, or NoiseARNodeError naming ``node`` when ``latent`` is not a LATENT."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise NoiseARNodeError(
+            f"{node}: latent_image is not a LATENT (a dict with a 'samples' tensor), got "
+            f"{type(samples if isinstance(latent, dict) else latent).__name__}; connect e.g. EmptyLatentImage"
+        )
+    return samples
+
+
 def check_text_batch(embeddings: int, images: int, node: str) -> None:
     """One conditioning serves the whole batch, or there is one per image; anything else is refused."""
     if embeddings not in (1, images):
@@ -142,7 +153,7 @@ class NoiseARNoise:
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         """Noise of ``latent["samples"]``'s exact shape, unit-variance space, fp32 on the intermediate device."""
-        samples = latent["samples"]
+        samples = latent_samples(latent, self.node)
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
             plan = latent_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)

@@ -460,6 +460,8 @@ HOSTILE_NOISE_INPUTS = {  # what reaches NoiseAR Noise -> (conditioning, latent,
     ),
     "batch 0": (conditioning(), empty_latent(batch=0), r"NoiseAR Noise: the latent holds no image \(batch 0"),
     "height 0": (conditioning(), empty_latent(height=0), r"NoiseAR Noise: the latent has shape \[1, 4, 0, 8\]"),
+    "no samples": (conditioning(), {}, r"NoiseAR Noise: latent_image is not a LATENT \(a dict with a 'samples' tensor\)"),
+    "samples not a tensor": (conditioning(), {"samples": [[0.0]]}, r"latent_image is not a LATENT .* got list"),
 }
 
 
@@ -501,6 +503,14 @@ def test_latent_path_starts_where_the_noise_path_starts(small_ckpt, filled):
     if not filled:
         torch.testing.assert_close(start_latent["samples"], noise * math.sqrt(1 + 14.6146**2) / 0.13025)
     assert start_latent["batch_index"] == [4, 7] and "channel 3" in info
+
+
+def test_latent_path_refuses_a_latent_with_nan_or_inf(small_ckpt):
+    for bad in (float("nan"), float("inf")):
+        latent = empty_latent()
+        latent["samples"][0, 0, 0, 0] = bad
+        with pytest.raises(NoiseARNodeError, match="NoiseAR Latent: the latent_image holds NaN or infinite values"):
+            latent_node(load(), fake_comfy.Model(), latent)
 
 
 def test_latent_path_refuses_flow_models_and_masks(small_ckpt):
