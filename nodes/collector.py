@@ -142,7 +142,7 @@ def comfy_golden(model: Any, sigmas: torch.Tensor, config: GoldenConfig) -> Gold
     return golden
 
 
-IDENTITY_PARTS = {"class": "its model class", "weights": "its weights", "patches": "its weight patches (LoRAs)"}
+IDENTITY_PARTS = {"class": "the model class", "weights": "the weights", "patches": "the weight patches (LoRAs)"}
 UNCHECKED_MODEL = (
     "was collected before model identities were recorded, so the MODEL could not be checked against it (the prompt "
     "embeddings were): make sure it is the model the folder was collected with"
@@ -160,7 +160,7 @@ def check_model(name: str, held: DatasetInfo | None, info: DatasetInfo) -> Datas
         IDENTITY_PARTS.get(key, key) for key in info.model_identity if held.model_identity.get(key) != info.model_identity[key]
     ]
     raise NoiseARNodeError(
-        f"NoiseAR Dataset Collector: {name[:200]} was collected with another MODEL ({' and '.join(parts)} differ). Golden "
+        f"NoiseAR Dataset Collector: {name[:200]} was collected with another MODEL (what differs: {', '.join(parts)}). Golden "
         f"noise of two models must not be mixed in one dataset: connect the model the folder was collected with, or "
         f"set dataset to a new folder for this model"
     )

@@ -227,19 +227,19 @@ LORA_PATCH = (0.8, torch.ones(4), 1.0, None, None)  # as ModelPatcher.add_patche
 @pytest.mark.parametrize(
     "other, differs",
     [
-        (lambda: fake_comfy.Model(weights=fake_comfy.tiny_weights(seed=1)), "its weights"),
+        (lambda: fake_comfy.Model(weights=fake_comfy.tiny_weights(seed=1)), "the weights"),
         (
             lambda: fake_comfy.Model(patches={"out.bias": [(0.8, torch.ones(4), 1.0, None, None)]}),
-            r"its weight patches \(LoRAs\)",
+            r"the weight patches \(LoRAs\)",
         ),
-        (lambda: fake_comfy.Model(model=type("SD3", (), {})()), "its model class"),
+        (lambda: fake_comfy.Model(model=type("SD3", (), {})()), "the model class"),
     ],
     ids=["weights", "a LoRA", "model class"],
 )
 def test_another_model_under_the_same_name_is_refused(fakes, tmp_path, other, differs):
     run("one\ntwo")
     before = shard_bytes(tmp_path / "output" / "set")
-    with pytest.raises(NoiseARNodeError, match=rf"set was collected with another MODEL \({differs} differ"):
+    with pytest.raises(NoiseARNodeError, match=rf"set was collected with another MODEL \(what differs: {differs}\)"):
         run("one\ntwo", k=4, model=other())
     assert shard_bytes(tmp_path / "output" / "set") == before
     assert "skipped 6" in run("one\ntwo", model=fake_comfy.Model())  # the same weights in a new MODEL: same model

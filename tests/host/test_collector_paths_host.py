@@ -120,4 +120,4 @@ def test_a_lora_is_part_of_the_model_and_a_loaded_patched_model_is_the_same_mode
     assert "wrote 1, skipped 2" in comfy.run(collector(name, seeds=3, lora=1.0))["outputs"]["collect"]["text"][0]
     for strength in (None, 0.5):
         error = execution_error(comfy.run(collector(name, seeds=4, lora=strength)))
-        assert "another MODEL (its weight patches (LoRAs) differ)" in error["exception_message"], (strength, error)
+        assert "another MODEL (what differs: the weight patches (LoRAs))" in error["exception_message"], (strength, error)
