@@ -18,7 +18,8 @@ from nodes.collector import fixed_tokens
 from nodes.definitions import DatasetCollectorNode, GoldenNoiseNode
 from nodes.widgets import NoiseARNodeError
 from noisear import NoiseARConfig
-from noisear.train.data import SEED_SCHEME, Batch, ShardDataset, pair_seed, prompt_index
+from noisear.train.collect import EmbeddingMismatch, PromptItem, SizeMismatch, collect
+from noisear.train.data import SEED_SCHEME, Batch, DatasetInfo, ShardDataset, ShardWriter, pair_seed, prompt_index
 from noisear.train.trainer import TrainConfig, train_likelihood
 
 WIDTH = 8
@@ -251,7 +252,9 @@ def test_another_model_under_the_same_name_is_refused(fakes, tmp_path, other, di
 def test_another_text_encoder_is_refused_whatever_the_prompts(fakes, tmp_path, prompts, k):
     run("one\ntwo")
     before = shard_bytes(tmp_path / "output" / "set")
-    with pytest.raises(ValueError, match=r"embedding of prompt '(one|two)' in .*set differs from what the CLIP gives now"):
+    with pytest.raises(
+        ValueError, match=r"embedding of prompt '(one|two)' in .*set differs from what the text encoder gives now"
+    ):
         run(prompts, k=k, clip=Clip(scale=2.0))
     assert shard_bytes(tmp_path / "output" / "set") == before
 
@@ -298,3 +301,28 @@ def test_the_model_identity_reads_a_few_values_of_each_weight_and_names_the_patc
     assert unreadable["weights"] != identity["weights"]  # named by its name, shape and dtype
     with pytest.raises(ValueError, match=r"the MODEL input \(object\) is not a ComfyUI model"):
         host.model_identity(object())
+
+
+def test_the_library_loop_checks_the_size_and_the_embeddings_before_any_golden_noise(tmp_path):
+    """noisear.train.collect.collect, as any host calls it: the checks are the loop's, not the node's."""
+    calls = []
+
+    def golden(noise, item, seeds):
+        calls.append(seeds)
+        return noise
+
+    def item(index, scale=1.0):
+        return PromptItem(index, scale * torch.ones(3, 4), cond=None, prompt=f"p{index}")
+
+    info = DatasetInfo(seed_scheme=SEED_SCHEME)
+    with ShardWriter(tmp_path, info) as writer:
+        collect(golden, writer, [item(0)], 2, (1, 2, 2))
+    calls.clear()
+    with ShardWriter(tmp_path, info) as writer, pytest.raises(SizeMismatch) as mismatch:
+        collect(golden, writer, [item(0)], 3, (1, 4, 2))
+    assert (mismatch.value.held, mismatch.value.given) == ((1, 2, 2), (1, 4, 2))
+    with ShardWriter(tmp_path, info) as writer, pytest.raises(EmbeddingMismatch, match=r"prompt 'p0' .*by 100%"):
+        collect(golden, writer, [item(0, scale=2.0)], 3, (1, 2, 2))
+    with ShardWriter(tmp_path, info) as writer, pytest.raises(EmbeddingMismatch, match=r"prompt 'p0' .*by 50%"):
+        collect(golden, writer, [item(1, scale=0.5)], 2, (1, 2, 2), probe=item(0, scale=0.5))
+    assert calls == [] and len(ShardDataset(tmp_path)) == 2

@@ -73,7 +73,7 @@ def test_runs_of_the_collector_keep_every_earlier_pair_and_do_what_they_say(tmp_
         "another size": (dict(height=16), "holds latents of 64 x 64 px .* set dataset to sets/64x128"),
         "another MODEL": (dict(model=fake_comfy.Model(weights=fake_comfy.tiny_weights(seed=7))), "another MODEL"),
         "another model_name": (dict(model_name="renamed"), r"source_model 'tiny' there, 'renamed' here"),
-        "another text encoder": (dict(clip=Clip(scale=3.0)), "differs from what the CLIP gives now"),
+        "another text encoder": (dict(clip=Clip(scale=3.0)), "differs from what the text encoder gives now"),
     }
     for change, (arguments, message) in refusals.items():
         with pytest.raises(ValueError, match=message):

@@ -94,9 +94,9 @@ def check_embedding(writer: ShardWriter, item: PromptItem) -> None:
     (text, mask), now = stored, item.text.float().cpu()
     now_mask = torch.ones(now.shape[0], dtype=torch.bool) if item.text_mask is None else item.text_mask.bool().cpu()
     if now.shape != text.shape:
-        difference = f"it holds [tokens, width] {list(text.shape)}, the CLIP now gives {list(now.shape)}"
+        difference = f"it holds [tokens, width] {list(text.shape)}, the encoder now gives {list(now.shape)}"
     elif not torch.equal(now_mask, mask):
-        difference = f"it holds {int(mask.sum())} real tokens, the CLIP now gives {int(now_mask.sum())}"
+        difference = f"it holds {int(mask.sum())} real tokens, the encoder now gives {int(now_mask.sum())}"
     else:
         change = float((now - text).norm() / text.norm().clamp_min(1e-12))
         if not change > EMBEDDING_TOLERANCE:  # NaN never passes: the writer never stored one
@@ -104,9 +104,10 @@ def check_embedding(writer: ShardWriter, item: PromptItem) -> None:
         difference = f"by {change:.0%} (relative L2; {EMBEDDING_TOLERANCE:.0%} allowed)"
     name = quoted(item.prompt, 80) if item.prompt else f"#{item.index}"
     raise EmbeddingMismatch(
-        f"the embedding of prompt {name} in {writer.directory} differs from what the CLIP gives now ({difference}): "
-        f"the text encoder, its layer or its settings changed since the folder was collected. A dataset holds one "
-        f"encoder's embeddings: connect the CLIP the folder was collected with, or collect into a new folder"
+        f"the embedding of prompt {name} in {writer.directory} differs from what the text encoder gives now "
+        f"({difference}): the encoder, its layer or its settings changed since the folder was collected. A dataset "
+        f"holds one encoder's embeddings: use the encoder the folder was collected with (in ComfyUI: that CLIP, "
+        f"unchanged), or collect into a new folder"
     )
 
 
