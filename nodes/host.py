@@ -187,6 +187,7 @@ def prediction_kind(model: Any) -> str:
 
 
 IDENTITY_SAMPLES = 8  # values read from each weight tensor for model_identity
+SAMPLING_PREFIX = "model_sampling."  # the model's noise schedule buffers, left out of model_identity
 
 
 def model_identity(model: Any) -> dict[str, str]:
@@ -196,15 +197,18 @@ def model_identity(model: Any) -> dict[str, str]:
     The weights are ModelPatcher.get_key_patches()'s originals (unpatched even while ComfyUI has a patch applied,
     so the identity does not depend on whether the model is loaded), each hashed as its name, shape, dtype and
     IDENTITY_SAMPLES values at evenly spaced positions (a few thousand values in all, read in place); the patches
-    as their keys, strengths and tensors sampled the same way. Object patches (ModelSamplingDiscrete and the like)
-    show in the dataset's prediction kind and sigmas instead. Two checkpoints that differ only between the sampled
-    positions (a hand-edited weight) look the same.
+    as their keys, strengths and tensors sampled the same way. The model's sampling (its ``model_sampling.*``
+    buffers, which a ModelSampling* object patch replaces and ComfyUI leaves in place on the shared model after a
+    run) is left out: the dataset records it as the prediction kind and sigmas. Two checkpoints that differ only
+    between the sampled positions (a hand-edited weight) look the same.
     """
     _require()
     if not callable(getattr(model, "get_key_patches", None)):
         raise ValueError(f"the MODEL input ({type(model).__name__}) is not a ComfyUI model; connect a model loader's MODEL")
     weights, patches, patched = hashlib.sha256(), hashlib.sha256(), False
     for key, (original, *added) in sorted(model.get_key_patches().items()):
+        if key.startswith(SAMPLING_PREFIX):
+            continue
         _hash_value(weights, key, original[0])
         if added:
             patched = True

@@ -297,6 +297,8 @@ def test_the_model_identity_reads_a_few_values_of_each_weight_and_names_the_patc
     assert host.model_identity(fake_comfy.Model(weights=weights))["weights"] != identity["weights"]
     patched = host.model_identity(fake_comfy.Model(patches={"out.bias": [LORA_PATCH]}))
     assert patched["weights"] == identity["weights"] and patched["patches"] != "none"
+    sampling = {**fake_comfy.tiny_weights(), "model_sampling.sigmas": torch.linspace(0.03, 14.6, 1000)}
+    assert host.model_identity(fake_comfy.Model(weights=sampling)) == identity  # recorded as prediction and sigmas
     unreadable = host.model_identity(fake_comfy.Model(weights={"w": torch.empty(3, 4, device="meta")}))
     assert unreadable["weights"] != identity["weights"]  # named by its name, shape and dtype
     with pytest.raises(ValueError, match=r"the MODEL input \(object\) is not a ComfyUI model"):

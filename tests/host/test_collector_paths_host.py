@@ -15,16 +15,25 @@ LORA_FILE = "noisear_test_lora.safetensors"
 LORA_TARGET = "diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q"  # a [64, 64] weight of the tiny SDXL
 
 
-def collector(dataset: str, width: int = 64, model_seed: int = 0, seeds: int = 1, lora: float | None = None) -> dict:
-    nodes = model_nodes("epsilon")
+def collector(
+    dataset: str,
+    width: int = 64,
+    model_seed: int = 0,
+    seeds: int = 1,
+    lora: float | None = None,
+    clip_seed: int | None = None,
+    kind: str = "epsilon",
+) -> dict:
+    nodes = model_nodes(kind)
     nodes["base"]["inputs"]["seed"] = model_seed  # another seed: another tiny SDXL's weights
     if lora is not None:
         nodes["lora"] = node("LoraLoaderModelOnly", model=["base", 0], lora_name=LORA_FILE, strength_model=lora)
         nodes["model"]["inputs"]["model"] = ["lora", 0]
+    clip = node("NoiseARTestCLIP") if clip_seed is None else node("NoiseARTestTinySDXLClip", seed=clip_seed)
     return {
         **nodes,
         "negative": conds()["negative"],
-        "clip": node("NoiseARTestCLIP"),
+        "clip": clip,
         "empty": node("EmptyLatentImage", width=width, height=64, batch_size=1),
         "collect": node(
             "NoiseARDatasetCollector",
@@ -121,3 +130,21 @@ def test_a_lora_is_part_of_the_model_and_a_loaded_patched_model_is_the_same_mode
     for strength in (None, 0.5):
         error = execution_error(comfy.run(collector(name, seeds=4, lora=strength)))
         assert "another MODEL (what differs: the weight patches (LoRAs))" in error["exception_message"], (strength, error)
+
+
+def test_another_text_encoder_is_refused(comfy):
+    """ComfyUI's own SDXL text encoders with other (random) weights: another encoder for the same prompts."""
+    name = "clip_host/64x64"
+    assert "wrote 2" in comfy.run(collector(name, seeds=2, clip_seed=0))["outputs"]["collect"]["text"][0]
+    assert "wrote 0, skipped 2" in comfy.run(collector(name, seeds=2, clip_seed=0))["outputs"]["collect"]["text"][0]
+    error = execution_error(comfy.run(collector(name, seeds=2, clip_seed=1)))
+    assert "differs from what the text encoder gives now" in error["exception_message"], error
+
+
+def test_the_sampling_another_graph_left_on_the_model_does_not_change_its_identity(comfy):
+    """ComfyUI leaves a ModelSampling* object patch on the shared model after a run; the next graph's MODEL,
+    before it is loaded, still has it. The sampling is recorded in the dataset info, not in the identity."""
+    name = "sampling_host/64x64"
+    assert "wrote 1" in comfy.run(collector(name, seeds=1))["outputs"]["collect"]["text"][0]
+    assert "wrote 1" in comfy.run(collector("sampling_host_flow/64x64", seeds=1, kind="flow"))["outputs"]["collect"]["text"][0]
+    assert "wrote 1, skipped 1" in comfy.run(collector(name, seeds=2))["outputs"]["collect"]["text"][0]
