@@ -7,28 +7,42 @@ computation, same scheduler, steps and guidances), the node's progress bar and C
 Per prompt (one per line; see prompt_conditionings for what the model and the prior get) and j < k,
 the seed is ``pair_seed(first_seed, prompt index, j)`` (distinct for every pair, so no starting
 noise repeats across prompts) and the source noise is RandomNoise's draw for that seed on a
-[1, C, H, W] empty latent. A pair is keyed by (prompt index = a hash of the prompt text, seed), so a re-run
-skips what is written, also after a crash or with prompts added or reordered. Memory: one batch, one prompt's
-encoding and one shard (the writer flushes every ``shard_size`` samples or ``SHARD_BYTES``). The shards go to a
-subfolder of ComfyUI's output folder and nowhere else (see dataset_directory).
+[1, C, H, W] empty latent. Memory: one batch, one prompt's encoding and one shard (the writer flushes every
+``shard_size`` samples or ``SHARD_BYTES``). The shards go to a subfolder of ComfyUI's output folder and nowhere
+else (see dataset_directory).
+
+What makes a pair, so that a re-run skips exactly what is written (also after a crash or with prompts added or
+reordered) and never mixes in what was made otherwise: the folder's latent size (one per folder), its MODEL
+(DatasetInfo.model_identity: host.model_identity's model class and hashes of weights and weight patches), the
+model_name and collection settings (the rest of DatasetInfo), the prompt's embedding (compared with the stored
+one for every prompt encoded and for one stored prompt per run), then (prompt index = a hash of the prompt text,
+seed). Another size, MODEL or text encoder is refused before anything is computed, naming what to do. A folder
+written before model identities were recorded is continued as it is: its new shards carry its info without one,
+and the summary says the MODEL could not be checked (the embeddings still are).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from noisear.golden import GoldenConfig
-from noisear.train.collect import Golden, PromptItem, Reward, collect
-from noisear.train.data import SEED_SCHEME, DatasetInfo, ShardWriter, prompt_index
+from noisear.train.collect import Golden, PromptItem, Reward, SizeMismatch, collect
+from noisear.train.data import SEED_SCHEME, DatasetInfo, ShardWriter, folder_info, prompt_index
 
 from . import host, text_encode
 from .golden import golden_noise
-from .widgets import NoiseARNodeError
+from .widgets import PIXELS_PER_CELL, NoiseARNodeError, size_text
 
 MAX_NAME = 1024  # characters of a dataset name (deeper paths make os.makedirs recurse too far)
+# Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates): a name holding them
+# shows as another name
+BIDI_CONTROLS = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 
 
 def prompt_lines(prompts: str) -> list[str]:
@@ -75,6 +89,15 @@ def dataset_directory(name: str) -> str:
         raise NoiseARNodeError("dataset must name a folder inside ComfyUI's output folder, e.g. noisear_dataset/1024x1024")
     if "\0" in name or len(name) > MAX_NAME:
         raise NoiseARNodeError(f"dataset must be a plain folder name of at most {MAX_NAME} characters without NUL")
+    hidden = next(
+        (i for i, char in enumerate(name) if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp")), None
+    )
+    if hidden is not None:
+        raise NoiseARNodeError(
+            f"dataset must not hold control or bidirectional-formatting characters (found U+{ord(name[hidden]):04X} at "
+            f"position {hidden + 1}): the folder would show under another name, or break lines in logs. Type the "
+            f"name again in plain characters, e.g. noisear_dataset/1024x1024"
+        )
     if os.path.isabs(name) or os.path.splitdrive(name)[0]:
         raise NoiseARNodeError(
             f"dataset must be a folder name relative to ComfyUI's output folder, got {name[:200]!r}: "
@@ -119,6 +142,58 @@ def comfy_golden(model: Any, sigmas: torch.Tensor, config: GoldenConfig) -> Gold
     return golden
 
 
+IDENTITY_PARTS = {"class": "the model class", "weights": "the weights", "patches": "the weight patches (LoRAs)"}
+UNCHECKED_MODEL = (
+    "was collected before model identities were recorded, so the MODEL could not be checked against it (the prompt "
+    "embeddings were): make sure it is the model the folder was collected with"
+)
+
+
+def check_model(name: str, held: DatasetInfo | None, info: DatasetInfo) -> DatasetInfo:
+    """The info to write with: ``info``, or for a folder from before model identities ``info`` without one;
+    NoiseARNodeError when the folder (dataset ``name``) was collected with another MODEL."""
+    if held is None or held.model_identity == info.model_identity:
+        return info
+    if not held.model_identity:
+        return replace(info, model_identity={})
+    parts = [
+        IDENTITY_PARTS.get(key, key) for key in info.model_identity if held.model_identity.get(key) != info.model_identity[key]
+    ]
+    raise NoiseARNodeError(
+        f"NoiseAR Dataset Collector: {name[:200]} was collected with another MODEL (what differs: {', '.join(parts)}). Golden "
+        f"noise of two models must not be mixed in one dataset: connect the model the folder was collected with, or "
+        f"set dataset to a new folder for this model"
+    )
+
+
+def size_folder(shape: tuple[int, ...]) -> str:
+    """A size folder's name for latents (C, H, W): pixels, W x H, as the default dataset name '.../1024x1024'."""
+    return f"{shape[2] * PIXELS_PER_CELL}x{shape[1] * PIXELS_PER_CELL}"
+
+
+def size_message(name: str, mismatch: SizeMismatch) -> str:
+    """What to do when dataset ``name`` holds another latent size: the sibling size folder to collect into."""
+    held, given, name = mismatch.held, mismatch.given, os.path.normpath(name)[:200]
+    channels = f"{held[0]}-channel " if held[0] != given[0] else ""
+    parent, leaf = os.path.split(name)
+    if parent and re.fullmatch(r"\d+x\d+", leaf):
+        where = (
+            f"set dataset to {os.path.join(parent, size_folder(given))}, a size folder next to it "
+            f"(`python -m noisear train` on {parent} reads its size folders as buckets)"
+        )
+    else:
+        where = (
+            f"set dataset to a folder of its own for this size, e.g. {name}_{size_folder(given)}; to train on both "
+            f"sizes as buckets, put one folder per size in one dataset folder (e.g. noisear_dataset/1024x1024 and "
+            f"noisear_dataset/832x1216) and train on that folder"
+        )
+    return (
+        f"NoiseAR Dataset Collector: {name} holds {channels}latents of {size_text(*held[1:])}; this latent is "
+        f"{f'{given[0]}-channel ' if channels else ''}{size_text(*given[1:])}. A dataset folder holds one size: {where}. "
+        f"Nothing was written"
+    )
+
+
 def collect_dataset(
     model: Any,
     clip: Any,
@@ -130,14 +205,17 @@ def collect_dataset(
     scheduler: str,
     steps: int,
     config: GoldenConfig,
+    name: str,
     directory: str,
     text_tokens: int,
     batch_size: int,
     shard_size: int,
     model_name: str = "",
     reward: Reward | None = None,
-) -> dict[str, int]:
-    """Write the missing pairs with noisear.train.collect.collect; returns counts written / skipped / rejected."""
+) -> tuple[dict[str, int], str | None]:
+    """Write the missing pairs to ``directory`` (dataset_directory of the dataset widget's ``name``, which the
+    messages use) with noisear.train.collect.collect; returns the counts written / skipped / rejected and a note
+    for the summary (or None)."""
     lines = prompt_lines(prompts)
     if not lines:
         raise NoiseARNodeError("prompts is empty: give one prompt per line")
@@ -159,20 +237,30 @@ def collect_dataset(
             "sigmas": [round(float(s), 6) for s in sigmas[:2]],
             "text_tokens": text_tokens,
         },
+        model_identity=host.model_identity(model),
     )
+    held = folder_info(directory)
+    info = check_model(name, held, info)
+    note = f"{name[:200]} {UNCHECKED_MODEL}" if held is not None and not info.model_identity else None
     items = [PromptLine(clip, line, negative, text_tokens) for line in lines]
     bar = host.progress_bar(len(items) * seeds_per_prompt)
     with ShardWriter(directory, info, shard_size) as writer:
-        return collect(
-            comfy_golden(model, sigmas, config),
-            writer,
-            items,
-            seeds_per_prompt,
-            samples.shape[1:],
-            reward=reward,
-            margin=config.margin,
-            batch_size=batch_size,
-            first_seed=first_seed,
-            progress=bar.update_absolute,
-            interrupt=host.throw_if_interrupted,
-        )
+        probe = next((PromptLine(clip, text, negative, text_tokens) for text in writer.stored_prompts.values()), None)
+        try:
+            counts = collect(
+                comfy_golden(model, sigmas, config),
+                writer,
+                items,
+                seeds_per_prompt,
+                samples.shape[1:],
+                reward=reward,
+                margin=config.margin,
+                batch_size=batch_size,
+                first_seed=first_seed,
+                progress=bar.update_absolute,
+                interrupt=host.throw_if_interrupted,
+                probe=probe,
+            )
+        except SizeMismatch as mismatch:
+            raise NoiseARNodeError(size_message(name, mismatch)) from None
+    return counts, note

@@ -59,8 +59,18 @@ def text_from_conditioning(conditioning: list, prior: NoiseARPrior) -> PriorText
     if not conditioning:
         raise NoiseARNodeError("the positive conditioning is empty; connect a text encode node")
     cond, extras = _first_entry(conditioning)
+    if not cond.is_floating_point():
+        raise NoiseARNodeError(
+            f"the positive conditioning is a {cond.dtype} tensor, not floating point: text encoders give float "
+            f"embeddings. Connect a text encode node's CONDITIONING (a node in between changed its type)"
+        )
     check_width(prior, cond.shape[-1])
-    if not cond.is_floating_point() or not torch.isfinite(cond).all():
+    if cond.shape[1] == 0:
+        raise NoiseARNodeError(
+            f"the positive conditioning has no tokens (shape {list(cond.shape)}), so the prior would draw noise "
+            f"no prompt influenced. Connect a text encode node's CONDITIONING of the prompt"
+        )
+    if not torch.isfinite(cond).all():
         raise NoiseARNodeError(
             "the positive conditioning holds NaN or infinite values (a text encoder overflowing in fp16?); "
             "encode the prompt in fp32 or bf16 (e.g. ComfyUI's --fp32-text-enc) and run again"
@@ -78,6 +88,11 @@ def text_from_conditioning(conditioning: list, prior: NoiseARPrior) -> PriorText
         if mask.numel() != cond.shape[0] * cond.shape[1]:
             raise NoiseARNodeError(f"the conditioning's attention_mask has {mask.numel()} values for {cond.shape[1]} tokens")
         mask = mask.reshape(cond.shape[:2]).bool()
+        if not mask.any(dim=1).all():
+            raise NoiseARNodeError(
+                "the conditioning's attention_mask marks no token of the prompt as real (all 0), so the prior would "
+                "draw noise no prompt influenced. Connect the text encode node's CONDITIONING unchanged"
+            )
     return PriorText(cond.float(), mask, warning)
 
 

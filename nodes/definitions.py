@@ -7,8 +7,9 @@ golden, collector, text_encode, ksampler and noisear); shared input specs and nu
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
+
+import torch
 
 from noisear.golden import GoldenConfig
 from noisear.mixing import MODES
@@ -18,9 +19,9 @@ from noisear.train.data import SHARD_BYTES
 from . import collector, host, ksampler, text_encode
 from .compare_grid import compare_grid
 from .golden import GOLDEN_NODE, GoldenNoise
-from .noise import BlendedNoise, NoiseARNoise, start_latent
+from .noise import BlendedNoise, NoiseARNoise, latent_samples, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_problem, device_problem, load_prior
+from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, load_prior
 from .widgets import (
     CATEGORY,
     CFG_RANGE,
@@ -92,20 +93,17 @@ class NoiseARLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name: str, device: str, dtype: str) -> bool | str:
+    def VALIDATE_INPUTS(cls, ckpt_name: str) -> bool | str:
         """Refuse a file that is not in the list (ComfyUI skips its own list check for an input named here:
-        this says where files go and how to get them) and device/dtype pairs this host cannot run (both
-        checked again when loading)."""
-        return checkpoint_problem(ckpt_name) or device_problem(device, dtype) or True
+        this says where files go and how to get them). Only ckpt_name is taken: ComfyUI attaches the message
+        to every input named here, so naming device and dtype too would show it three times; device/dtype
+        pairs this host cannot run are refused when the Loader runs, before any file is read."""
+        return checkpoint_problem(ckpt_name) or True
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:
-        """Re-run when the file on disk changes."""
-        try:
-            path = host.checkpoint_path(ckpt_name)
-            return f"{path}:{os.path.getmtime(path)}:{device}:{dtype}"
-        except FileNotFoundError:
-            return f"missing:{ckpt_name}"
+        """Re-run when the file's content may have changed (also when replaced with the same mtime and size)."""
+        return f"{checkpoint_identity(ckpt_name)}:{device}:{dtype}"
 
     def load(self, ckpt_name: str, device: str, dtype: str) -> dict[str, Any]:
         prior = load_prior(ckpt_name, device, dtype)
@@ -182,6 +180,12 @@ class NoiseARLatentNode:
         latent_image: dict,
         noise: Any = None,
     ) -> dict[str, Any]:
+        samples = latent_samples(latent_image, "NoiseAR Latent")
+        if not torch.isfinite(samples).all():
+            raise NoiseARNodeError(
+                "NoiseAR Latent: the latent_image holds NaN or infinite values, which would reach the sampler; give "
+                "an empty latent (EmptyLatentImage) or a finite one"
+            )
         if "noise_mask" in latent_image:
             raise NoiseARNodeError(
                 "NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
@@ -189,7 +193,7 @@ class NoiseARLatentNode:
             )
         source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise, "NoiseAR Latent")
         drawn = source.generate_noise(latent_image)
-        samples = start_latent(model, drawn, latent_image["samples"]).to(host.intermediate_device())
+        samples = start_latent(model, drawn, samples).to(host.intermediate_device())
         info = "\n".join(filter(None, [source.info, channel_stats(drawn)]))
         latent = {key: value for key, value in latent_image.items() if key != "samples"}
         latent["samples"] = samples
@@ -505,7 +509,7 @@ class DatasetCollectorNode:
         )
         config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
         directory = collector.dataset_directory(dataset)
-        counts = collector.collect_dataset(
+        counts, note = collector.collect_dataset(
             model,
             clip,
             prompts,
@@ -516,6 +520,7 @@ class DatasetCollectorNode:
             scheduler,
             steps,
             config,
+            dataset,
             directory,
             text_tokens,
             batch_size,
@@ -524,8 +529,8 @@ class DatasetCollectorNode:
             reward,
         )
         summary = (
-            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
-            f"rejected {counts['rejected']} by the reward filter"
+            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already "
+            f"present, rejected {counts['rejected']} by the reward filter" + (f". NOTE: {note}" if note else "")
         )
         return {"ui": {"text": (summary,)}, "result": (summary,)}
 

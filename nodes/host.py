@@ -8,6 +8,7 @@ files; devices, progress and interrupts; sampling (noise, model sampling, guider
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import uuid
@@ -183,6 +184,70 @@ def prediction_kind(model: Any) -> str:
     if isinstance(ms, kinds.EPS):
         return "epsilon"
     raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow")
+
+
+IDENTITY_SAMPLES = 8  # values read from each weight tensor for model_identity
+SAMPLING_PREFIX = "model_sampling."  # the model's noise schedule buffers, left out of model_identity
+
+
+def model_identity(model: Any) -> dict[str, str]:
+    """What tells this MODEL's golden noise from another's, cheaply: ComfyUI's model class, and the first 16 hex
+    digits of a sha256 of its weights and of its weight patches (LoRAs and the like).
+
+    The weights are ModelPatcher.get_key_patches()'s originals (unpatched even while ComfyUI has a patch applied,
+    so the identity does not depend on whether the model is loaded), each hashed as its name, shape, dtype and
+    IDENTITY_SAMPLES values at evenly spaced positions (a few thousand values in all, read in place); the patches
+    as their keys, strengths and tensors sampled the same way. The model's sampling (its ``model_sampling.*``
+    buffers, which a ModelSampling* object patch replaces and ComfyUI leaves in place on the shared model after a
+    run) is left out: the dataset records it as the prediction kind and sigmas. Two checkpoints that differ only
+    between the sampled positions (a hand-edited weight) look the same.
+    """
+    _require()
+    if not callable(getattr(model, "get_key_patches", None)):
+        raise ValueError(f"the MODEL input ({type(model).__name__}) is not a ComfyUI model; connect a model loader's MODEL")
+    weights, patches, patched = hashlib.sha256(), hashlib.sha256(), False
+    for key, (original, *added) in sorted(model.get_key_patches().items()):
+        if key.startswith(SAMPLING_PREFIX):
+            continue
+        _hash_value(weights, key, original[0])
+        if added:
+            patched = True
+            _hash_value(patches, key, added)
+    return {
+        "class": type(getattr(model, "model", None)).__name__,
+        "weights": weights.hexdigest()[:16],
+        "patches": patches.hexdigest()[:16] if patched else "none",
+    }
+
+
+def _hash_value(digest: Any, key: str, value: Any, depth: int = 0) -> None:
+    """Feed ``value`` (a tensor, a patch tuple, a weight adapter with .weights, a number...) to ``digest``."""
+    digest.update(key.encode())
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{list(value.shape)}:{value.dtype}".encode() + _tensor_sample(value))
+    elif isinstance(value, (list, tuple)) and depth < 8:
+        for item in value:
+            _hash_value(digest, key, item, depth + 1)
+    elif isinstance(value, (bool, int, float, str, type(None))):
+        digest.update(repr(value).encode())
+    elif hasattr(value, "weights") and depth < 8:  # ComfyUI's weight adapters (LoRA, LoHa, ...)
+        digest.update(type(value).__name__.encode())
+        _hash_value(digest, key, value.weights, depth + 1)
+    else:  # functions and other objects: their kind
+        digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
+
+
+def _tensor_sample(tensor: torch.Tensor) -> bytes:
+    """IDENTITY_SAMPLES values of ``tensor`` at evenly spaced positions, as float32 bytes (b"" where unreadable)."""
+    count = tensor.numel()
+    if count == 0:
+        return b""
+    positions = torch.linspace(0, count - 1, min(count, IDENTITY_SAMPLES)).round().long()
+    try:
+        index = torch.unravel_index(positions.to(tensor.device), tuple(tensor.shape)) if tensor.ndim else ()
+        return tensor.detach()[index].float().cpu().numpy().tobytes()
+    except Exception:  # meta tensors, quantized or custom tensor types: the name, shape and dtype stand for it
+        return b"unsampled"
 
 
 def scheduler_names() -> list[str]:

@@ -19,6 +19,7 @@ from . import host
 from .conditioning import text_from_conditioning
 from .prior import NoiseARPrior
 from .widgets import (
+    PIXELS_PER_CELL,
     SIZE_MODES,
     TEMPERATURE_RANGE,
     NoiseARNodeError,
@@ -48,7 +49,17 @@ def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, nod
         raise NoiseARNodeError(
             f"{node}: NoiseAR works on image latents [batch, channels, height, width]; got shape {list(shape)}"
         )
-    _, channels, height, width = shape
+    batch, channels, height, width = shape
+    if batch == 0:
+        raise NoiseARNodeError(
+            f"{node}: the latent holds no image (batch 0, shape {list(shape)}); give a latent of batch 1 or more "
+            f"(e.g. EmptyLatentImage with batch_size 1)"
+        )
+    if 0 in (height, width):
+        raise NoiseARNodeError(
+            f"{node}: the latent has shape {list(shape)}: height and width must be at least 1 latent cell "
+            f"({PIXELS_PER_CELL} px); give an image latent such as EmptyLatentImage's"
+        )
     if channels != c.channels:
         raise NoiseARNodeError(
             f"{node}: the latent ({size_text(height, width)}) has {channels} channels, but the NoiseAR prior "
@@ -64,6 +75,27 @@ def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, nod
             f"(sliding-window decoding)"
         )
     return plan
+
+
+def latent_samples(latent: Any, node: str) -> torch.Tensor:
+    """``latent["samples"]``, or NoiseARNodeError naming ``node`` when ``latent`` is not a LATENT."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise NoiseARNodeError(
+            f"{node}: latent_image is not a LATENT (a dict with a 'samples' tensor), got "
+            f"{type(samples if isinstance(latent, dict) else latent).__name__}; connect e.g. EmptyLatentImage"
+        )
+    return samples
+
+
+def check_text_batch(embeddings: int, images: int, node: str) -> None:
+    """One conditioning serves the whole batch, or there is one per image; anything else is refused."""
+    if embeddings not in (1, images):
+        raise NoiseARNodeError(
+            f"{node}: the positive conditioning holds {embeddings} embeddings (batch {embeddings}) for a latent batch "
+            f"of {images} images; give one conditioning (batch 1, used for every image) or one per image "
+            f"(batch {images})"
+        )
 
 
 def decoding_info(plan: DecodingPlan) -> str:
@@ -121,10 +153,11 @@ class NoiseARNoise:
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         """Noise of ``latent["samples"]``'s exact shape, unit-variance space, fp32 on the intermediate device."""
-        samples = latent["samples"]
+        samples = latent_samples(latent, self.node)
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
             plan = latent_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
+            check_text_batch(self.text.shape[0], samples.shape[0], self.node)
             log.info(decoding_info(plan))
             self.info = "\n".join(filter(None, [decoding_info(plan), self.warning]))
             self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), plan))

@@ -7,6 +7,8 @@ v0.3.64):
   batch_index one randn of the latent's shape; with it, one [1, C, H, W] draw per index 0..max
   in order, item k taking the draw of its index (so a split batch reproduces the full batch).
 - model_sampling: EPS/V-prediction objects with a 0-d tensor sigma_max; flow models are CONST.
+- A MODEL (ModelPatcher) holds its model (class comfy.model_base.SDXL, ...) as .model;
+  get_key_patches() gives every weight's original (its backup while a patch is applied) and its patches.
 - latent formats: process_in(x) = (x - shift) * scale, process_out the inverse.
 - ProgressBar(total).update_absolute(value, total=None); folder_paths.folder_names_and_paths
   entries are ([dirs], extensions); get_full_path_or_raise resolves the name as
@@ -80,15 +82,35 @@ class LatentFormat:
         return latent / self.scale_factor + self.shift_factor
 
 
+class SDXL:
+    """ComfyUI's model class (comfy.model_base.SDXL) as far as its name goes."""
+
+
+def tiny_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"input.weight": torch.randn(8, 4, 3, 3, generator=generator), "out.bias": torch.randn(4, generator=generator)}
+
+
 @dataclass
 class Model:
-    """A MODEL (ModelPatcher) as far as get_model_object goes."""
+    """A MODEL (ModelPatcher) as far as get_model_object, its model class and its weights go.
+
+    get_key_patches() is ModelPatcher's: {key: [(original weight, convert function), *patches]}, the original even
+    while a patch is applied; a patch is (strength_patch, value, strength_model, offset, function) as
+    ModelPatcher.add_patches stores it.
+    """
 
     sampling: object = field(default_factory=EPS)
     latent_format: LatentFormat = field(default_factory=LatentFormat)
+    weights: dict = field(default_factory=tiny_weights)
+    patches: dict = field(default_factory=dict)
+    model: object = field(default_factory=SDXL)
 
     def get_model_object(self, name: str) -> object:
         return {"model_sampling": self.sampling, "latent_format": self.latent_format}[name]
+
+    def get_key_patches(self) -> dict[str, list]:
+        return {key: [(weight, None), *self.patches.get(key, [])] for key, weight in self.weights.items()}
 
 
 def fix_empty_latent_channels(model: Model, latent: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import quoted
+from ..config import listing, quoted
 from ..io import write_atomically
 from ..model import standard_normal
 
@@ -87,6 +87,9 @@ class DatasetInfo:
     guidance_invert: float = 0.0  # golden noise: w_w
     extra: dict = field(default_factory=dict)
     seed_scheme: str = "unknown"  # how the seeds were made, e.g. "pair-sha256-v1" (pair_seed)
+    # what tells the model the targets were made with from another (the ComfyUI collector: its model class and
+    # hashes of its weights and weight patches); {} when not recorded, as in datasets written before it was
+    model_identity: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -104,6 +107,7 @@ class DatasetInfo:
             "guidance_invert": float,
             "extra": dict,
             "seed_scheme": str,
+            "model_identity": dict,
         }
         unknown = sorted(set(values) - set(kinds))
         if unknown:
@@ -151,6 +155,23 @@ def shard_paths(directory: Path) -> list[Path]:
             raise DatasetError(f"{path} is not named shard-<number>.safetensors; rename or remove it")
         numbered.append((int(match.group(1)), path.name, path))
     return [path for *_, path in sorted(numbered)]
+
+
+def folder_info(directory: str | os.PathLike) -> DatasetInfo | None:
+    """The DatasetInfo of the shards directly in ``directory`` (its first shard's, read from the header), or None
+    when it holds none: what a collector checks before it opens a :class:`ShardWriter` there."""
+    directory = Path(directory)
+    paths = shard_paths(directory) if directory.is_dir() else []
+    return _shard_info(paths[0], _shard_header(paths[0])[0]) if paths else None
+
+
+def _shard_info(path: Path, metadata: dict[str, str]) -> DatasetInfo:
+    try:
+        return DatasetInfo.from_json(metadata.get("info", "{}"))
+    except DatasetError as err:
+        raise DatasetError(
+            f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
+        ) from None
 
 
 @dataclass
@@ -330,8 +351,8 @@ class ShardDataset:
         self.item_shapes: dict[str, tuple[int, ...]] = {}
         for path in paths:
             metadata, shapes = _shard_header(path)
+            info = _shard_info(path, metadata)
             try:
-                info = DatasetInfo.from_json(metadata.get("info", "{}"))
                 prompts = _prompts_from_json(metadata.get("prompts", "{}"))
             except DatasetError as err:
                 raise DatasetError(
@@ -525,7 +546,11 @@ class ShardWriter:
 
     Resumable: opening a directory that already holds shards continues the numbering, checks that
     ``info`` and shapes match, and ``has(prompt_index, seed)`` tells a collector what to skip; a
-    temporary file left by a killed writer is removed.
+    temporary file left by a killed writer is removed. So a pair is known by its folder (one latent size, one
+    ``info``: model, schedule, guidance, seeds) and, in it, by (prompt, seed); ``item_shapes`` and
+    ``stored_text`` let a collector check the rest of what makes a pair (the latent size it draws, the
+    embedding its text encoder gives) before it computes anything. A folder that holds size folders (a bucketed
+    dataset) is refused: shards of its own would hide them from ShardDataset.
     Use as a context manager (or call ``close()``) so the last partial shard is written.
     """
 
@@ -545,17 +570,25 @@ class ShardWriter:
         self._pairs: set[tuple[int, int]] = set()
         self._next_shard = 0
         self.item_shapes: dict[str, tuple[int, ...]] | None = None
+        self._stored: ShardDataset | None = None
+        self._first_rows: dict[int, tuple[int, int]] | None = None
+        existing = shard_paths(self.directory)
+        buckets = [] if existing else sorted(sub.name for sub in self.directory.iterdir() if sub.is_dir() and shard_paths(sub))
+        if buckets:
+            raise DatasetError(
+                f"{self.directory} holds size folders ({listing(buckets)}) with shards: it is a "
+                f"dataset of aspect-ratio buckets. Write into one of them (one latent size each) or a new one next to "
+                f"them, not into this folder (shards of its own would hide them from training)"
+            )
         for stale in (path for pattern in TEMP_GLOBS for path in self.directory.glob(pattern)):
             stale.unlink(missing_ok=True)
-        existing = shard_paths(self.directory)
         if existing:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
                 old_seeds = dataset.info.seed_scheme != info.seed_scheme
                 differ = "; ".join(
-                    f"{key} {quoted(getattr(dataset.info, key), 60)} there, {quoted(value, 60)} here"
-                    for key, value in asdict(info).items()
-                    if getattr(dataset.info, key) != value
+                    f"{key} {quoted(there, 60)} there, {quoted(here, 60)} here"
+                    for key, there, here in _differences(asdict(dataset.info), asdict(info))
                 )
                 raise DatasetError(
                     f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
@@ -563,11 +596,32 @@ class ShardWriter:
                     + (" (its seeds were made another way, e.g. the same seeds for every prompt)." if old_seeds else ".")
                 )
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
+            self._stored = dataset
             self._next_shard = int(SHARD_NAME.fullmatch(existing[-1].name).group(1)) + 1
 
     def has(self, prompt_index: int, seed: int) -> bool:
         """Whether the sample for (prompt, seed) is already written or buffered."""
         return (int(prompt_index), int(seed)) in self._pairs
+
+    @property
+    def stored_prompts(self) -> dict[int, str]:
+        """Prompt index -> text of the prompts the folder held when the writer opened it (where texts were given)."""
+        return self._stored.prompts() if self._stored is not None else {}
+
+    def stored_text(self, prompt_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(text [T,D], text_mask [T]) of the prompt's first sample in the folder as the writer opened it, or None."""
+        if self._stored is None:
+            return None
+        if self._first_rows is None:
+            self._first_rows = {}
+            for shard_id, shard in enumerate(self._stored.shards):
+                for row, index in enumerate(shard.prompt_index.tolist()):
+                    self._first_rows.setdefault(index, (shard_id, row))
+        where = self._first_rows.get(int(prompt_index))
+        if where is None:
+            return None
+        batch = self._stored.load_rows(where[0], np.array([where[1]]))
+        return batch.text[0], batch.text_mask[0]
 
     @property
     def pending(self) -> int:
@@ -658,6 +712,16 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _differences(there: dict, here: dict, prefix: str = "") -> Iterator[tuple[str, object, object]]:
+    """(name, value there, value here) of every field that differs, naming the differing keys of dict fields."""
+    for key in [*here, *(key for key in there if key not in here)]:
+        old, new = there.get(key), here.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and old and new:
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield f"{prefix}{key}", old, new
 
 
 def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0) -> dict:

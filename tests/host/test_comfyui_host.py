@@ -261,12 +261,9 @@ def test_the_retired_centre_mode_passes_validation_and_runs_as_any_size(comfy, p
     assert "was retired" in entry["outputs"]["preview"]["text"][0]
 
 
-def test_fp16_on_the_cpu_is_refused_at_validation(comfy, prior_name):
-    status, body = comfy.post_prompt(graph(prior_name, dtype="fp16"))
-    # outputs that do not need the prior (the RandomNoise draw) stay valid, so the prompt may still run
-    assert status in (200, 400) and "prior" in body["node_errors"]
-    details = [e["details"] for e in body["node_errors"]["prior"]["errors"]]
-    assert any("GPU only" in d for d in details), body
+def test_fp16_on_the_cpu_is_refused_when_the_loader_runs(comfy, prior_name):
+    error = execution_error(comfy.run(graph(prior_name, dtype="fp16")))
+    assert error["node_type"] == "NoiseARLoader" and "fp16 runs on a GPU only" in error["exception_message"]
 
 
 def test_a_missing_checkpoint_says_where_files_go_and_which_fits_which_model(comfy, prior_name):
