@@ -232,3 +232,16 @@ def test_no_file_of_a_run_is_a_pickle(data):
         "prior.safetensors",
         "run.json",
     ]
+
+
+def test_dpo_into_a_likelihood_run_says_the_method_differs(data, capsys):
+    run(data, out="S")
+    run(data, out="R")
+    argv = ["dpo", str(data / "S/prior.safetensors"), "--prompts", str(data / "data"), "--scorer"]
+    argv += ["test_train_cli:first_channel_mean", "--out", str(data / "R"), "--steps", "4", "--batch-size", "8"]
+    argv += ["--prompts-per-round", "4", "--rollouts", "4", "--device", "cpu", "--no-progress", "--validation-fraction", "0.2"]
+    before = digests(data / "R")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "it differs in the method (likelihood there, dpo now)" in err and "(none)" not in err, err
+    assert digests(data / "R") == before

@@ -168,6 +168,10 @@ def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
     """What differs between two identities, one readable item per setting."""
     before, now = _flat(saved), _flat(current)
     items = []
+    if before.get("objective.method") != now.get("objective.method"):  # another method: its options do not compare
+        items.append(f"the method ({before.get('objective.method')} there, {now.get('objective.method')} now)")
+        before = {key: value for key, value in before.items() if not key.startswith("objective.")}
+        now = {key: value for key, value in now.items() if not key.startswith("objective.")}
     for key in sorted(set(before) | set(now)):
         if before.get(key, "(none)") == now.get(key, "(none)"):
             continue
