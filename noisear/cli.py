@@ -2,6 +2,10 @@
 
 A module in COMMAND_MODULES defines ``register(subparsers)``, which adds its parsers and sets
 ``run=function(args) -> int`` on each. Heavy imports stay inside the run functions.
+
+Errors: a user error (USER_ERRORS: bad input, settings or files, a missing package, a file the system
+refuses) is printed as one line, ``error: ...``, with exit status 2; Ctrl-C exits with 130; any other
+exception is a bug: its traceback is printed with a line that says so, exit status 1.
 """
 
 from __future__ import annotations
@@ -9,9 +13,46 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+import unicodedata
 from pathlib import Path
 
 COMMAND_MODULES = ("noisear.cli", "noisear.train.cli", "noisear.toy.cli")
+# The errors a user can fix. The library's own: noisear.io.NoiseARError (checkpoint, dataset, training and
+# evaluation errors derive from it) and the three that predate it; OSError (a file or folder the system refuses:
+# missing, no permission, disk full) and ImportError (a package or plugin module that is not installed).
+# Looked up in sys.modules: an error of a module that was never imported cannot have been raised.
+USER_ERRORS = (
+    ("noisear.io", "NoiseARError"),
+    ("noisear.config", "NoiseARConfigError"),
+    ("noisear.model", "NoiseARInputError"),
+    ("noisear.mixing", "NoiseMixingError"),
+)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is bad input the user can fix (see USER_ERRORS) rather than a bug."""
+    if isinstance(err, (OSError, ImportError)):
+        return True
+    classes = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
+    return isinstance(err, classes)
+
+
+def printable(text: object) -> str:
+    """``text`` with control, bidi-override and other invisible format characters (newlines included) written
+    as escapes, so that a file or folder name cannot rewrite the terminal or reorder what is shown."""
+    return "".join(
+        (repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in str(text)
+    )
+
+
+def user_message(err: BaseException) -> str:
+    """One line for a user error: its message, or for an OSError what the system said about which file."""
+    if isinstance(err, OSError) and err.strerror:
+        target = f": {err.filename}" if err.filename is not None else ""
+        return f"{err.strerror}{target}"
+    return str(err) or type(err).__name__
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # every NoiseAR error is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(printable(f"interrupted: {err}" if str(err) else "interrupted"), file=sys.stderr)
         return 130
+    except Exception as err:
+        if is_user_error(err):
+            print(f"error: {printable(user_message(err))}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(
+            f"error: this is a bug ({type(err).__name__}), not a problem with your input: please report it with the "
+            f"command and the traceback above (if the traceback ends in a plugin you gave, e.g. --scorer, look there first)",
+            file=sys.stderr,
+        )
+        return 1

@@ -46,7 +46,13 @@ STATE_DICT_GLOBALS = {
 }
 
 
-class NoiseARCheckpointError(ValueError):
+class NoiseARError(ValueError):
+    """Bad input, settings or files that the user can fix; the message says what to do. ``python -m noisear``
+    prints such an error as one line and exits with status 2 (see noisear.cli.USER_ERRORS); anything else
+    is a bug and keeps its traceback."""
+
+
+class NoiseARCheckpointError(NoiseARError):
     """A file that is not a usable NoiseAR checkpoint. The message says what was expected."""
 
 

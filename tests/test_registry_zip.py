@@ -31,7 +31,6 @@ import pytest
 # comfy-cli's .comfyignore parser uses a pattern name that pathspec deprecates (theirs to change)
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
-TRAINER = "noisear/train/loop.py"  # the training loop writes its resume state with torch.save (checkpoint.pt)
 
 SHIPPED_TOP_LEVEL = {
     "__init__.py",
@@ -246,17 +245,7 @@ def test_no_pickles(findings):
 
 
 def test_no_shipped_code_writes_pickles(findings):
-    others = [finding for finding in findings["pickle writers"] if not finding.startswith(TRAINER)]
-    assert not others, "code that writes pickles:\n" + "\n".join(others)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{TRAINER} saves its resume state with torch.save (checkpoint.pt); to become safetensors + JSON",
-)
-def test_the_trainer_writes_no_pickles(findings):
-    ours = [finding for finding in findings["pickle writers"] if finding.startswith(TRAINER)]
-    assert not ours, "the trainer writes pickles:\n" + "\n".join(ours)
+    assert not findings["pickle writers"], "code that writes pickles:\n" + "\n".join(findings["pickle writers"])
 
 
 def test_no_eval_or_exec(findings):

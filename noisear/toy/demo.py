@@ -43,7 +43,7 @@ MakeNoise = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 def items(samples: int) -> PromptSet:
     """The evaluation's items: item i asks for class i mod 10 (its one-hot text; index = the class)."""
     if samples % NUM_CLASSES:
-        raise ValueError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
+        raise evaluation.EvaluationError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
     labels = torch.arange(samples) % NUM_CLASSES
     return PromptSet(class_text(labels), torch.ones(samples, 1, dtype=torch.bool), labels)
 

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -49,7 +50,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import listing, quoted
-from ..io import write_atomically
+from ..io import NoiseARError, write_atomically
 from ..model import standard_normal
 
 FORMAT_NAME = "noisear-dataset"
@@ -71,7 +72,7 @@ TENSOR_NAMES = ("text", "text_mask", "noise", "prompt_index", "seed")
 SPLITS = ("train", "validation")
 
 
-class DatasetError(ValueError):
+class DatasetError(NoiseARError):
     """A dataset directory or a batch that does not fit the shard format. The message says what to do."""
 
 
@@ -147,12 +148,21 @@ def _prompts_from_json(text: str) -> dict[int, str]:
 
 
 def shard_paths(directory: Path) -> list[Path]:
-    """The shard files directly in ``directory``, in numeric order (shard-99999 before shard-100000)."""
+    """The shard files directly in ``directory``, in numeric order (shard-99999 before shard-100000). Anything
+    named like a shard that is not a regular file (a folder, a FIFO, a device, a broken link) is refused before
+    it is opened: opening a FIFO would wait forever."""
     numbered = []
     for path in directory.glob(SHARD_GLOB):
         match = SHARD_NAME.fullmatch(path.name)
         if match is None:
             raise DatasetError(f"{path} is not named shard-<number>.safetensors; rename or remove it")
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            raise DatasetError(f"{path} cannot be read ({err.strerror}; a broken link?); remove it or fix it") from None
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise DatasetError(f"{path} is {kind}, not a shard file; remove it or rename it")
         numbered.append((int(match.group(1)), path.name, path))
     return [path for *_, path in sorted(numbered)]
 
@@ -172,6 +182,19 @@ def _shard_info(path: Path, metadata: dict[str, str]) -> DatasetInfo:
         raise DatasetError(
             f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
         ) from None
+
+
+def _file_state(path: Path) -> tuple[int, ...]:
+    """What tells a file apart from a replaced or rewritten one: device, inode, size, modification time."""
+    status = path.stat()
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _header_bytes(path: Path) -> bytes:
+    """A safetensors file's raw header (length prefix and JSON: metadata, names, dtypes, shapes, offsets)."""
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        return prefix + handle.read(min(int.from_bytes(prefix, "little"), 100_000_000))
 
 
 @dataclass
@@ -321,6 +344,8 @@ class ShardInfo:
     seed: np.ndarray  # [count] int64
     prompts: dict[int, str]
     noise_shape: tuple[int, ...] = ()  # (C, H, W)
+    state: tuple[int, ...] = ()  # _file_state when the dataset was opened: a later change is refused
+    digest: str = ""  # sha256 of the shard's header, prompt_index / seed columns and a few rows
 
 
 class ShardDataset:
@@ -331,7 +356,8 @@ class ShardDataset:
 
     Aspect-ratio buckets: a directory without shards of its own whose subdirectories hold shards
     (one latent size each, e.g. ``1024x1024/`` and ``1216x832/``) is one dataset whose noise H, W
-    differ between buckets (``noise_shapes``); text shape, channels and info must agree.
+    differ between buckets (``noise_shapes``); text shape, channels and info must agree. A shard reached
+    twice (a bucket linked twice, a hard link) is refused, as is a shard that changes after it was opened.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -346,6 +372,15 @@ class ShardDataset:
                 f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
                 f"with ShardWriter (or a collector) first"
             )
+        seen: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            status = path.stat()
+            first = seen.setdefault((status.st_dev, status.st_ino), path)
+            if first != path:
+                raise DatasetError(
+                    f"{first} and {path} are the same file (reached through a link); a dataset holds each shard "
+                    f"once: remove one of the links"
+                )
         self.shards: list[ShardInfo] = []
         self.info: DatasetInfo | None = None
         self.item_shapes: dict[str, tuple[int, ...]] = {}
@@ -373,7 +408,14 @@ class ShardDataset:
                     f"(info or tensor shapes differ); keep one dataset per directory (one latent "
                     f"size per bucket subdirectory)"
                 )
+            state = _file_state(path)
             columns = _read_tensors(path, ("prompt_index", "seed"))
+            digest = hashlib.sha256(_header_bytes(path))
+            digest.update(columns["prompt_index"].numpy().tobytes() + columns["seed"].numpy().tobytes())
+            count = shapes["noise"][0]
+            if count:  # a few whole rows too: same prompts and seeds with other values are other data
+                sample = _read_rows(path, np.unique(np.linspace(0, count - 1, num=min(count, 4)).astype(np.int64)))
+                digest.update(sample["text"].numpy().tobytes() + sample["noise"].numpy().tobytes())
             self.shards.append(
                 ShardInfo(
                     path,
@@ -382,6 +424,8 @@ class ShardDataset:
                     columns["seed"].numpy(),
                     prompts,
                     item_shapes["noise"],
+                    state,
+                    digest.hexdigest(),
                 )
             )
         self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
@@ -393,6 +437,20 @@ class ShardDataset:
 
     def __len__(self) -> int:
         return sum(shard.count for shard in self.shards)
+
+    def fingerprint(self) -> str:
+        """sha256 over every shard's name (relative to the directory), size, header, prompt_index / seed columns
+        and up to four whole rows: equal for the same data wherever it lies, different when a shard is added,
+        removed or rewritten (cheap: only those few rows of text and noise are read)."""
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            name = shard.path.relative_to(self.directory).as_posix()
+            digest.update(f"{name}:{shard.state[2]}:{shard.digest};".encode())
+        return "sha256:" + digest.hexdigest()
+
+    def input_paths(self) -> list[Path]:
+        """The directory, its bucket subdirectories and every shard: what a run on this dataset reads."""
+        return [self.directory, *sorted({shard.path.parent for shard in self.shards}), *(shard.path for shard in self.shards)]
 
     def prompt_indices(self) -> np.ndarray:
         """Sorted unique prompt indices."""
@@ -451,10 +509,21 @@ class ShardDataset:
 
     def load_rows(self, shard_id: int, rows: np.ndarray) -> Batch:
         """``rows`` of one shard, in the given order; reads only those rows."""
-        path = self.shards[shard_id].path
+        shard = self.shards[shard_id]
+        path = shard.path
+        try:
+            changed = _file_state(path) != shard.state
+        except OSError:
+            changed = True
+        if changed:
+            raise DatasetError(
+                f"{path} was replaced, changed or removed after the dataset was opened; a run reads the data it "
+                f"started with. Restore the shard (a training run resumes from its last checkpoint), or start a new "
+                f"run on the changed data"
+            )
         try:
             tensors = _read_rows(path, rows)
-        except Exception as err:  # changed or damaged since it was opened
+        except Exception as err:  # damaged since it was opened
             raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
         batch = Batch(
             tensors["text"].float(),
@@ -726,7 +795,8 @@ def _differences(there: dict, here: dict, prefix: str = "") -> Iterator[tuple[st
 
 def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0) -> dict:
     """Counts, shapes, split sizes, distinct starting seeds and per-channel mean/std of the noise (streamed,
-    float64). ``warnings``: what makes the dataset unfit for training (noises repeated across prompts)."""
+    float64; empty lists for a dataset without samples). ``warnings``: what makes the dataset unfit for training
+    (noises repeated across prompts, no samples at all)."""
     dataset = ShardDataset(directory)
     channels = dataset.item_shapes["noise"][0]
     total = np.zeros(channels)
@@ -737,14 +807,16 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         total += noise.sum(dim=(0, 2, 3)).numpy()
         squares += (noise**2).sum(dim=(0, 2, 3)).numpy()
         values += noise[:, 0].numel()
-    mean = total / values
-    std = np.sqrt(np.maximum(squares / values - mean**2, 0.0))
+    mean = total / max(values, 1)
+    std = np.sqrt(np.maximum(squares / max(values, 1) - mean**2, 0.0))
     split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction))) for split in SPLITS}
     prompts = dataset.prompt_indices()
     split_prompts = {"validation": int(sum(validation_prompt(int(p), validation_fraction) for p in prompts))}
     split_prompts["train"] = len(prompts) - split_prompts["validation"]
     seeds = dataset.seed_counts()
     warnings = [repeated_noises_message(seeds)] if seeds["shared_seeds"] else []
+    if values == 0:
+        warnings.append("the dataset is empty: its shards hold no samples, so there is nothing to train on")
     return {
         "directory": str(dataset.directory),
         "shards": len(dataset.shards),
@@ -754,8 +826,8 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         "noise_shape": dataset.item_shapes["noise"],
         "split_samples": split_sizes,
         "split_prompts": split_prompts,
-        "channel_mean": mean.tolist(),
-        "channel_std": std.tolist(),
+        "channel_mean": mean.tolist() if values else [],
+        "channel_std": std.tolist() if values else [],
         "info": dataset.info,
         "seeds": seeds,
         "warnings": warnings,
@@ -799,7 +871,7 @@ class PromptSet:
                 if split is None or (split == "validation") == validation_prompt(index, validation_fraction):
                     first.setdefault(index, (shard_id, row))
         if not first:
-            raise ValueError(f"the {split} split of {dataset.directory} holds no prompts")
+            raise DatasetError(f"the {split} split of {dataset.directory} holds no prompts")
         order = sorted(first)
         rows = {}  # read only those rows, one shard at a time
         for shard_id in sorted({shard_id for shard_id, _ in first.values()}):
