@@ -523,7 +523,7 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig, inputs: Seq
         runtime.barrier()
         if runtime.owns_group:
             dist.destroy_process_group()
-        return (ema.copy_to(model) if ema is not None else model).eval()
+        return (ema.copy_to(model) if ema is not None else model).train(False)
     log_prob: nn.Module = _LogProbModule(model)
     if runtime.world > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
