@@ -14,37 +14,20 @@ import argparse
 import importlib
 import sys
 import traceback
-import unicodedata
 from pathlib import Path
 
+from .config import NoiseARError, printable
+
 COMMAND_MODULES = ("noisear.cli", "noisear.train.cli", "noisear.toy.cli")
-# The errors a user can fix. The library's own: noisear.io.NoiseARError (checkpoint, dataset, training and
-# evaluation errors derive from it) and the three that predate it; OSError (a file or folder the system refuses:
-# missing, no permission, disk full) and ImportError (a package or plugin module that is not installed).
-# Looked up in sys.modules: an error of a module that was never imported cannot have been raised.
-USER_ERRORS = (
-    ("noisear.io", "NoiseARError"),
-    ("noisear.config", "NoiseARConfigError"),
-    ("noisear.model", "NoiseARInputError"),
-    ("noisear.mixing", "NoiseMixingError"),
-)
+# The errors a user can fix: the library's own (every one derives from noisear.config.NoiseARError), OSError (a
+# file or folder the system refuses: missing, no permission, disk full) and ImportError (a package or plugin
+# module that is not installed).
+USER_ERRORS = (NoiseARError, OSError, ImportError)
 
 
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is bad input the user can fix (see USER_ERRORS) rather than a bug."""
-    if isinstance(err, (OSError, ImportError)):
-        return True
-    classes = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
-    return isinstance(err, classes)
-
-
-def printable(text: object) -> str:
-    """``text`` with control, bidi-override and other invisible format characters (newlines included) written
-    as escapes, so that a file or folder name cannot rewrite the terminal or reorder what is shown."""
-    return "".join(
-        (repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
-        for ch in str(text)
-    )
+    return isinstance(err, USER_ERRORS)
 
 
 def user_message(err: BaseException) -> str:

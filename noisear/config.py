@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -79,7 +80,13 @@ class Limits:
 LIMITS = Limits()
 
 
-class NoiseARConfigError(ValueError):
+class NoiseARError(ValueError):
+    """Bad input, settings or files that the user can fix; the message says what to do. Every error of the
+    library derives from it; ``python -m noisear`` prints one as a single line and exits with status 2, anything
+    else is a bug and keeps its traceback (noisear.cli)."""
+
+
+class NoiseARConfigError(NoiseARError):
     """A config that cannot describe a NoiseAR network, or a state dict it cannot be read from."""
 
 
@@ -88,6 +95,15 @@ def listing(items: Iterable[str], limit: int | None = None) -> str:
     items, limit = list(items), limit or LIMITS.message_items
     shown = [item if len(item) <= 80 else item[:77] + "..." for item in items[:limit]]
     return ", ".join(shown) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def printable(text: object) -> str:
+    """``text`` with control, bidi-override and other invisible format characters (newlines included) written
+    as escapes, so that a file or folder name cannot rewrite the terminal or reorder what is shown."""
+    return "".join(
+        (repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in str(text)
+    )
 
 
 def quoted(value: Any, limit: int = 80) -> str:

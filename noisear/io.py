@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import LIMITS, NoiseARConfig, NoiseARConfigError, listing, quoted
+from .config import LIMITS, NoiseARConfig, NoiseARConfigError, NoiseARError, listing, quoted
 from .model import NoiseAR
 
 CONTENT_SAMPLE_BYTES = 64 * 2**10  # file_identity hashes this many bytes at each end of a file
@@ -44,12 +44,6 @@ STATE_DICT_GLOBALS = {
     "torch._utils._rebuild_parameter_with_state",
     *(f"torch.{kind}Storage" for kind in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")),
 }
-
-
-class NoiseARError(ValueError):
-    """Bad input, settings or files that the user can fix; the message says what to do. ``python -m noisear``
-    prints such an error as one line and exits with status 2 (see noisear.cli.USER_ERRORS); anything else
-    is a bug and keeps its traceback."""
 
 
 class NoiseARCheckpointError(NoiseARError):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cost
-from .config import NoiseARConfig
+from .config import NoiseARConfig, NoiseARError
 from .patches import DecodingPlan, pad_eps, patchify, unpatchify
 
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0  # published clamp before std = exp(logvar / 2)
@@ -27,7 +27,7 @@ Generator = int | Sequence[int] | torch.Generator | Sequence[torch.Generator] | 
 StepCallback = Callable[[int, int], None]  # (patches done, patches in all); may raise to interrupt
 
 
-class NoiseARInputError(ValueError):
+class NoiseARInputError(NoiseARError):
     """Inputs that do not fit the prior (embedding width, eps shape, mask shape)."""
 
 

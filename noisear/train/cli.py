@@ -17,8 +17,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from ..cli import printable
-from ..io import NoiseARError
+from ..config import NoiseARError, printable
 
 EVAL_OUTPUTS = ("results.md", "grid.png", "plot.png")
 FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # NoiseARConfig fields read from the dataset

@@ -49,8 +49,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import listing, quoted
-from ..io import NoiseARError, write_atomically
+from ..config import NoiseARError, listing, quoted
+from ..io import write_atomically
 from ..model import standard_normal
 
 FORMAT_NAME = "noisear-dataset"

@@ -40,9 +40,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..config import NoiseARError
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
-from ..io import NoiseARError
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet

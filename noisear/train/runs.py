@@ -33,7 +33,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..io import NoiseARError, write_atomically
+from ..config import NoiseARError
+from ..io import write_atomically
 
 RUN_FORMAT = "noisear-run-1"
 CHECKPOINT_FORMAT = "noisear-train-checkpoint-2"
