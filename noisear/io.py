@@ -90,6 +90,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
 
 
 # Knowing when a file changed ---------------------------------------------------------------------
+def file_state(path: str | os.PathLike) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime_ns, ctime_ns) of the file at ``path``: one stat, for noticing cheaply that a
+    file changed while it is in use (a dataset's shards during a run). :func:`file_identity` adds a content
+    sample, for cache keys that must hold over days."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 class FileIdentity(NamedTuple):
     """What a file's content is known by: see :func:`file_identity`."""
 

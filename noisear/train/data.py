@@ -50,7 +50,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import NoiseARError, listing, quoted
-from ..io import write_atomically
+from ..io import file_state, write_atomically
 from ..model import standard_normal
 
 FORMAT_NAME = "noisear-dataset"
@@ -182,12 +182,6 @@ def _shard_info(path: Path, metadata: dict[str, str]) -> DatasetInfo:
         raise DatasetError(
             f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
         ) from None
-
-
-def _file_state(path: Path) -> tuple[int, ...]:
-    """What tells a file apart from a replaced or rewritten one: device, inode, size, modification time."""
-    status = path.stat()
-    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _header_bytes(path: Path) -> bytes:
@@ -344,7 +338,7 @@ class ShardInfo:
     seed: np.ndarray  # [count] int64
     prompts: dict[int, str]
     noise_shape: tuple[int, ...] = ()  # (C, H, W)
-    state: tuple[int, ...] = ()  # _file_state when the dataset was opened: a later change is refused
+    state: tuple[int, ...] = ()  # file_state when the dataset was opened: a later change is refused
     digest: str = ""  # sha256 of the shard's header, prompt_index / seed columns and a few rows
 
 
@@ -408,7 +402,7 @@ class ShardDataset:
                     f"(info or tensor shapes differ); keep one dataset per directory (one latent "
                     f"size per bucket subdirectory)"
                 )
-            state = _file_state(path)
+            state = file_state(path)
             columns = _read_tensors(path, ("prompt_index", "seed"))
             digest = hashlib.sha256(_header_bytes(path))
             digest.update(columns["prompt_index"].numpy().tobytes() + columns["seed"].numpy().tobytes())
@@ -512,7 +506,7 @@ class ShardDataset:
         shard = self.shards[shard_id]
         path = shard.path
         try:
-            changed = _file_state(path) != shard.state
+            changed = file_state(path) != shard.state
         except OSError:
             changed = True
         if changed:

@@ -67,9 +67,10 @@ def refuse_unsafe_name(path: str | os.PathLike, what: str = "output folder") -> 
         )
 
 
-def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
+def same_object_key(path: str | os.PathLike) -> tuple[int, int] | None:
     """(device, inode) of what ``path`` leads to, through symlinks; None when nothing is there. Two paths with
-    the same identity are the same file or folder (a symlink or a hard link)."""
+    the same key are the same file or folder (a symlink or a hard link). Whether a file's content changed is
+    another question: noisear.io.file_identity."""
     try:
         status = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -81,15 +82,15 @@ def refuse_replacing_inputs(out_dir: Path, outputs: Iterable[str], inputs: Itera
     """No output may be an input: neither ``out_dir`` itself (e.g. the data folder) nor any of ``out_dir``'s
     ``outputs`` that exist may be the same file or folder as an input, however either is reached."""
     inputs = [Path(path) for path in inputs]
-    known = {file_identity(path): path for path in inputs if file_identity(path) is not None}
-    clash = known.get(file_identity(out_dir)) if out_dir.exists() else None
+    known = {same_object_key(path): path for path in inputs if same_object_key(path) is not None}
+    clash = known.get(same_object_key(out_dir)) if out_dir.exists() else None
     if clash is not None:
         raise TrainingError(
             f"the output folder {out_dir} is the input {clash} (the same folder); writing there would mix the run's "
             f"files into its input. Give another output folder"
         )
     for name in outputs:
-        clash = known.get(file_identity(out_dir / name))
+        clash = known.get(same_object_key(out_dir / name))
         if clash is not None:
             raise TrainingError(
                 f"{out_dir / name} is the input {clash} (the same file, reached through a link or the same path); "
