@@ -128,7 +128,7 @@ def fakes(monkeypatch, tmp_path):
     sigmas = torch.tensor([14.6146, 10.0, 5.0, 0.0])
     runs = []
 
-    def run_guided(model, positive, negative, noise, given_sigmas, seed, work):
+    def run_guided(model, positive, negative, noise, given_sigmas, seed, work, embedded_guidance=False):
         runs.append({"noise": noise.clone(), "seed": seed, "positive": positive, "negative": negative})
         scale = math.sqrt(1 + float(given_sigmas[0]) ** 2)
         denoised = comfy_denoised(net, "epsilon", lambda s: s, positive, negative)
