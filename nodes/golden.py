@@ -177,7 +177,15 @@ class GoldenNoise:
             )
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._compute(gaussian_draws(latent, self.seed, self.upstream)))
+            # computed at the MODEL's rank (a NoiseAR Preview may ask with Qwen-Image's 4-D empty latent)
+            model_shape = tuple(host.fix_empty_latent(self.model, samples).shape)
+            if math.prod(model_shape) != samples.numel():
+                raise NoiseARNodeError(
+                    f"{GOLDEN_NODE}: the latent {list(samples.shape)} is not this MODEL's (its sampler takes it as "
+                    f"{list(model_shape)}); give the empty latent node of the MODEL's family"
+                )
+            eps = gaussian_draws(latent, self.seed, self.upstream)
+            self._last = (key, self._compute(eps.reshape(model_shape)).reshape(samples.shape))
         return self._last[1].to(host.intermediate_device())
 
     def _compute(self, eps: torch.Tensor) -> torch.Tensor:

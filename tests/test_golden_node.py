@@ -146,7 +146,7 @@ def empty(batch=2, **extra):
 
 
 def make(noise=None, seed=7, steps=3, cfgs=(5.5, 1.0)) -> GoldenNoise:
-    return GoldenNoiseNode().make(object(), 0.3, -0.2, seed, "normal", steps, *cfgs, noise=noise)[0]
+    return GoldenNoiseNode().make(fake_comfy.Model(), 0.3, -0.2, seed, "normal", steps, *cfgs, noise=noise)[0]
 
 
 def test_node_improves_randomnoise_draws_for_the_seed_and_carries_the_seed(fakes):

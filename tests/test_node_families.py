@@ -365,6 +365,24 @@ def test_the_golden_node_picks_the_recipe_of_the_models_family(monkeypatch, host
     assert any("has no guidance input" in text for _, text in host_fakes.node_texts) == note
 
 
+def test_golden_noise_runs_at_the_models_rank_whatever_latent_asks(monkeypatch):
+    shapes = []
+
+    def run_guided(model, positive, negative, noise, sigmas, seed, work, embedded_guidance=False):
+        shapes.append(tuple(noise.shape))
+        return work(lambda x, s, cfg, guidance=None: x * 0.9, noise, 1.0)
+
+    monkeypatch.setattr(host, "run_guided", run_guided)
+    monkeypatch.setattr(host, "schedule_sigmas", lambda model, scheduler, steps: torch.tensor([1.0, 0.75, 0.5, 0.0]))
+    model, cond = model_of("QwenImage", latent_channels=16, latent_dimensions=3), conditioning(width=3584)
+    golden = GoldenNoiseNode().make(model, cond, cond, SEED, "simple", 3, 5.5, 1.0)[0]
+    asked = golden.generate_noise({"samples": torch.zeros(1, 16, 8, 8)})  # EmptySD3LatentImage's, as a Preview asks
+    sampled = golden.generate_noise({"samples": torch.zeros(1, 16, 1, 8, 8)})  # as SamplerCustomAdvanced asks
+    assert shapes == [(1, 16, 1, 8, 8)] * 2 and torch.equal(asked, sampled[:, :, 0])
+    with pytest.raises(NoiseARNodeError, match=r"the latent \[1, 4, 8, 8\] is not this MODEL's .*\[1, 16, 1, 8, 8\]"):
+        golden.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
+
+
 # The Dataset Collector for every latent rank ----------------------------------------------------------
 class FamilyClip:
     """A CLIP stand-in of a family without padding: [1, 5 + words, width] rows seeded by the text."""
