@@ -105,7 +105,7 @@ def prompt_mask(cond: torch.Tensor, extras: dict[str, Any], family: Family | Non
         return _given_mask(extras["attention_mask"], cond, "attention_mask"), None
     if padding == "zeros":
         rows = torch.arange(cond.shape[1])
-        last = torch.where(cond.abs().amax(dim=-1) > 0, rows, -1).amax(dim=1)  # [B]: the last row holding a value
+        last = torch.where((cond.abs().amax(dim=-1) > 0).cpu(), rows, -1).amax(dim=1)  # [B]: the last row with a value
         mask = rows[None, :] <= last[:, None]
         return _checked(mask, "the conditioning has only zero rows (the padding Wan's encoder zeroes)"), None
     if padding == "t5":

@@ -6,11 +6,14 @@ models, and what the Dataset Collector stores per family.
 
 from __future__ import annotations
 
+import json
 import math
 
 import fake_comfy
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from test_nodes import RecordingModel, conditioning
 
 from nodes import host
@@ -247,6 +250,28 @@ def test_wan_reads_the_prompt_without_the_rows_comfyui_zeroes():
     assert not torch.equal(noises[0], draw(prior, [[torch.cat([rows, torch.ones(1, 506, 4096)], dim=1), {}]], latent("wan")))
 
 
+@pytest.mark.parametrize(
+    "key, cond, message",
+    [
+        ("wan", [[torch.zeros(1, 512, 4096), {}]], r"the conditioning has only zero rows \(the padding Wan's encoder zeroes\)"),
+        (
+            "flux",
+            [[torch.ones(1, 256, 4096), {TEXT_MASK: torch.ones(1, 77, dtype=torch.bool)}]],
+            r"the conditioning's noisear_text_mask has 77 values for 256 tokens",
+        ),
+        (
+            "lumina2",
+            [[torch.ones(1, 8, 2304), {"attention_mask": torch.zeros(1, 8)}]],
+            r"attention_mask marks no token of the prompt as real",
+        ),
+    ],
+    ids=["wan all zeros", "flux mask of another length", "lumina2 all masked"],
+)
+def test_a_conditioning_whose_rule_leaves_no_prompt_is_refused(key, cond, message):
+    with pytest.raises(NoiseARNodeError, match=message):
+        NoiseARNoiseNode().make(family_prior(key), cond, SEED, 0.5, "any size")
+
+
 @pytest.mark.parametrize("key", ["lumina2", "hunyuan-image-2.1", "hunyuan-dit"])
 def test_an_attention_mask_family_reads_the_masked_prompt(key):
     prior, rows = family_prior(key), prompt_rows(key, 6)
@@ -477,3 +502,23 @@ def test_the_collector_records_the_embedded_guidance_recipe(tmp_path):
     batch = next(iter(data.iterate()))
     assert set(batch.text_mask.sum(dim=1).tolist()) == {4, 3}  # T5's words and end token, not its 256 rows
     assert math.isclose(data.info.guidance_denoise, 5.5)
+
+
+@pytest.mark.usefixtures("flow_host")
+def test_a_folder_from_before_families_were_recorded_is_continued_without_one(tmp_path):
+    model = model_of("Chroma", latent_channels=16)
+    collect(model, "chroma", torch.zeros(1, 16, 8, 8), "chroma")
+    folder = tmp_path / "output" / "chroma"
+    for path in folder.glob("*.safetensors"):  # the shards as the collector wrote them before DatasetInfo.family
+        with safe_open(str(path), framework="pt") as handle:
+            tensors, metadata = {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+        info = json.loads(metadata["info"])
+        del info["family"]
+        save_file(tensors, str(path), metadata={**metadata, "info": json.dumps(info)})
+    width = FAMILIES["chroma"].text_dim
+    summary = DatasetCollectorNode().collect(
+        model, FamilyClip(width), "a red car\nblue boat", [[torch.zeros(1, 5, width), {}]], {"samples": torch.zeros(1, 16, 8, 8)},
+        3, 0, "simple", 3, 5.5, 1.0, "chroma", 16, 2, 8, "tiny",
+    )["result"][0]  # fmt: skip
+    assert "wrote 2, skipped 4" in summary and "before model families were recorded" in summary
+    assert ShardDataset(folder).info.family == ""
