@@ -18,6 +18,7 @@ from noisear.train.data import SHARD_BYTES
 
 from . import collector, host, ksampler, text_encode
 from .compare_grid import compare_grid
+from .family import check_model
 from .golden import GOLDEN_NODE, GoldenNoise
 from .noise import BlendedNoise, NoiseARNoise, latent_samples, start_latent
 from .preview import channel_stats, noise_to_image
@@ -46,8 +47,8 @@ COLLECTOR_NODE = "NoiseAR Dataset Collector"
 class NoiseARLoader:
     DESCRIPTION = (
         "Loads a NoiseAR prior (.safetensors or the published model.pth) from models/noisear and "
-        "shows which variant it is. The weights stay on the CPU and visit the GPU only while "
-        "noise is drawn, so the prior holds no VRAM while the diffusion model samples."
+        "shows which variant it is and the model family it serves. The weights stay on the CPU and visit the GPU "
+        "only while noise is drawn, so the prior holds no VRAM while the diffusion model samples."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -55,7 +56,7 @@ class NoiseARLoader:
     RETURN_NAMES = ("noisear_model", "info")
     OUTPUT_TOOLTIPS = (
         "The loaded prior, for NoiseAR Noise / NoiseAR Latent.",
-        "The detected variant (SDXL, Hunyuan-DiT or own) and the prior's shapes.",
+        "The detected variant (SDXL, Hunyuan-DiT or own), the model family it serves and the prior's shapes.",
     )
 
     @classmethod
@@ -146,7 +147,8 @@ class NoiseARLatentNode:
         "NoiseAR noise as a start LATENT for KSamplerAdvanced with add_noise = disable and "
         "start_at_step = 0: the noise is scaled with the MODEL's sigma_max and latent format so "
         "sampling starts from exactly the state NoiseAR Noise + SamplerCustomAdvanced gives. "
-        "Not for flow models (SD3, Flux): use NoiseAR Noise there."
+        "Epsilon / v-prediction models only (SDXL, Hunyuan-DiT); not for flow models (SD3, Flux, Chroma, Lumina2, "
+        "Qwen-Image, HunyuanImage, Wan): use NoiseAR KSampler or NoiseAR Noise there."
     )
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -191,6 +193,7 @@ class NoiseARLatentNode:
                 "NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
                 "NoiseAR Noise with SamplerCustomAdvanced, which keeps the mask"
             )
+        check_model(noisear_model, model, "NoiseAR Latent")
         source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise, "NoiseAR Latent")
         drawn = source.generate_noise(latent_image)
         samples = start_latent(model, drawn, samples).to(host.intermediate_device())
@@ -293,8 +296,10 @@ class GoldenNoiseNode:
     DESCRIPTION = (
         "Training-free golden noise (Golden Noise paper's re-denoise step): the seed's Gaussian noise "
         "goes one denoising step down the sampling schedule at cfg_denoise and one inversion step back "
-        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. Costs about three "
-        "model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced with an empty latent."
+        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. On guidance-distilled models "
+        "(Flux dev) both steps run at cfg 1 with the conditioning's guidance value set to cfg_denoise, then "
+        "cfg_invert. Costs about three model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced "
+        "with an empty latent (image or video)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -361,9 +366,9 @@ class DatasetCollectorNode:
     DESCRIPTION = (
         "Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
         "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
-        "noise repeats across prompts) with the prompt's embedding, written as dataset "
-        "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
-        "folder per latent size (aspect-ratio bucket)."
+        "noise repeats across prompts) with the prompt's embedding (the text the prior will read, padding left "
+        "out), written as dataset shards for `python -m noisear train`, for the MODEL's family (recorded). "
+        "Resumable: pairs already in the folder are skipped. Use one folder per latent size (aspect-ratio bucket)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "collect"
@@ -383,8 +388,9 @@ class DatasetCollectorNode:
                 "latent_image": (
                     "LATENT",
                     {
-                        "tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
-                        "EmptyLatentImage; its batch size is ignored."
+                        "tooltip": "An empty latent of the size (and channels) to collect at: the model family's "
+                        "empty latent node (EmptyLatentImage, EmptySD3LatentImage, EmptyHunyuanLatentVideo for Wan, "
+                        "...); its batch size is ignored."
                     },
                 ),
                 "seeds_per_prompt": (
@@ -427,7 +433,11 @@ class DatasetCollectorNode:
                         "default": 77,
                         "min": 1,
                         "max": 4096,
-                        "tooltip": ("Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0."),
+                        "tooltip": (
+                            "Token slots stored per prompt: the prompt's tokens (the family's padding left out), then "
+                            "empty slots with mask 0. A prompt with more tokens is refused, not cut (SDXL: 77; SD3 "
+                            "reads 77 CLIP rows plus its T5 tokens, Wan, Flux, Chroma up to 512)."
+                        ),
                     },
                 ),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
@@ -538,8 +548,9 @@ class DatasetCollectorNode:
 class NoiseARTextEncodeNode:
     DESCRIPTION = (
         "One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
-        "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
-        "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs."
+        "prior_text is exactly what the prior reads: for SDXL and Hunyuan-DiT CLIPs the embedding the published "
+        "priors were trained on (diffusers' tokenization: at most 75 tokens, no weight syntax); for SD3 and Flux "
+        "CLIPs the prompt with its true length (T5 padding marked, no weight syntax)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "encode"
@@ -549,14 +560,18 @@ class NoiseARTextEncodeNode:
         "For the sampler (CFGGuider, KSampler positive): exactly what CLIPTextEncode gives for this text, weight "
         "syntax honoured, the whole prompt.",
         "For the NoiseAR node's positive input: the prompt as the prior was trained on it (CLIP's own tokenizer, "
-        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).",
+        "weight syntax read as plain text, ComfyUI's own encoder at the model's default layer; SDXL / Hunyuan-DiT cut "
+        "to 77 tokens, SD3 / Flux with the T5 padding marked).",
     )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
+                "clip": (
+                    "CLIP",
+                    {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL, Hunyuan-DiT, SD3 or Flux)."},
+                ),
                 "text": (
                     "STRING",
                     {

@@ -16,6 +16,7 @@ import torch
 import noisear
 from noisear import NoiseAR, NoiseARConfig
 from noisear.config import listing, quoted
+from noisear.families import FAMILIES
 from noisear.io import FileIdentity, file_identity
 
 from . import host
@@ -69,7 +70,8 @@ class NoiseARPrior:
         text_mask: torch.Tensor | None,
         callback: Callable[[int, int], None],
     ) -> torch.Tensor:
-        """Noise [B,C,H,W] fp32 on the CPU for text [1 or B, T, D], mask [1 or B, T] and draws eps [B,C,H,W].
+        """Noise fp32 on the CPU shaped like the draws eps ([B,C,H,W], or [B,C,T,H,W]: see noisear.model) for text
+        [1 or B, T, D] and mask [1 or B, T].
 
         One batch item at a time, so an item's noise never depends on the rest of the batch;
         ``callback(patches done, patches in all)`` counts over the whole batch. The weights visit the
@@ -103,12 +105,21 @@ class NoiseARPrior:
                 host.soft_empty_cache()
 
     def describe(self) -> str:
+        """The Loader's info: the family the prior serves, its size, patches, text and where it draws."""
         c = self.config
-        sizes = "any size directly (2-D positions)" if c.positions == "2d" else "other sizes by sliding-window decoding"
+        family = FAMILIES.get(c.family_key)
+        sizes = {
+            "table": "other sizes by sliding-window decoding",
+            "2d": "any size directly (2-D positions)",
+            "3d": "any size and length (video positions)",
+        }[c.positions]
+        window = f", in windows of at most {c.window} patches a side" if c.window else ""
+        tokens = f", at most {c.text_tokens} tokens" if c.text_tokens else ""
         return (
-            f"{self.name}: {self.variant} prior, native {size_text(c.latent_height, c.latent_width)}, "
-            f"{c.channels} channels in {c.patch_size} x {c.patch_size}-cell patches, {sizes}; text width "
-            f"{c.text_dim}, {self.dtype} on {self.device}"
+            f"{self.name}: {self.variant} prior for {family.title if family else 'an unknown family'}, "
+            f"{'native' if c.positions == 'table' else 'trained at'} {size_text(c.latent_size, family)}, {c.channels} "
+            f"channels in {' x '.join(map(str, c.patch))}-cell patches, {sizes}{window}; text width {c.text_dim}{tokens}, "
+            f"{self.dtype} on {self.device}"
         )
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from test_golden_node import Net, comfy_denoised
 
 from nodes import host, text_encode
-from nodes.collector import fixed_tokens
+from nodes.collector import stored_text
 from nodes.definitions import DatasetCollectorNode, GoldenNoiseNode
 from nodes.widgets import NoiseARNodeError
 from noisear import NoiseARConfig
@@ -48,7 +48,7 @@ def fakes(monkeypatch, tmp_path):
     installed = fake_comfy.install(monkeypatch, tmp_path)
     net, installed.golden_runs = Net(gain=0.5), []
 
-    def run_guided(model, positive, negative, noise, sigmas, seed, work):
+    def run_guided(model, positive, negative, noise, sigmas, seed, work, embedded_guidance=False):
         installed.golden_runs.append(noise.shape[0])
         scale = math.sqrt(1 + float(sigmas[0]) ** 2)
         cond, uncond = float(positive[0][0].mean()), float(negative[0][0].mean())
@@ -101,7 +101,7 @@ def test_writes_the_golden_noise_of_every_prompt_and_seed_with_its_embedding(fak
     )[0]
     expected = node_noise.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
     torch.testing.assert_close(batch.noise[row], expected[0])  # the node's golden noise for that seed
-    text, mask = fixed_tokens(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), 12)
+    text, mask = stored_text(Clip().encode_from_tokens_scheduled("a blue sphere on grass"), None, 12)
     assert torch.equal(batch.text[row], text) and torch.equal(batch.text_mask[row], mask)
     assert mask.tolist() == [True] * 10 + [False] * 2
 
@@ -115,8 +115,8 @@ def test_the_prior_is_trained_on_what_noisear_text_encode_gives_at_inference(fak
     )
     stored = Batch.concat(list(ShardDataset(tmp_path / "output" / "exact").iterate())).text
     conditioning, prior_text, _ = text_encode.encode(clip, prompt)
-    assert torch.equal(stored[0], fixed_tokens(prior_text, 77)[0])  # the prompt-exact route's embedding
-    assert not torch.equal(stored[0], fixed_tokens(conditioning, 77)[0])  # not CLIPTextEncode's (weights)
+    assert torch.equal(stored[0], stored_text(prior_text, None, 77)[0])  # the prompt-exact route's embedding
+    assert not torch.equal(stored[0], conditioning[0][0][0, :77])  # not CLIPTextEncode's (weights)
 
 
 def test_a_rerun_skips_written_pairs_and_adds_only_new_prompts_and_seeds(fakes, tmp_path):

@@ -37,6 +37,8 @@ from nodes.preview import colour_matrix, noise_to_image
 from nodes.prior import NoiseARPrior
 from nodes.widgets import RETIRED_SIZE_MODE, SIZE_MODES, NoiseARNodeError, size_text
 from noisear import NoiseARConfig, save
+from noisear.cost import estimate
+from noisear.families import FAMILIES
 from noisear.io import NoiseARCheckpointError, file_identity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +83,9 @@ class RecordingModel:
     def to(self, device):
         self.moves.append(torch.device(device).type)
         return self
+
+    def draw_cost(self, size, text_tokens):
+        return estimate(self.config, tuple(size), text_tokens)
 
     def sample(self, text, eps, *, temperature, text_mask, callback):
         self.calls.append({"text": text, "eps": eps, "mask": text_mask})
@@ -391,12 +396,17 @@ def test_info_says_which_decoding_was_used(config, shape, decoding):
     prior = recording_prior(config)
     node_noise = NoiseARNoiseNode().make(prior, conditioning(width=config.text_dim), 0, 0.5, "any size")[0]
     node_noise.generate_noise(empty_latent(height=shape[0], width=shape[1]))
-    assert node_noise.info == f"NoiseAR decoding: {decoding} for {size_text(*shape)}"
+    assert node_noise.info == f"NoiseAR decoding: {decoding} for {size_text(shape)}"
     assert prior.model.calls[0]["eps"].shape == (1, 4, *shape)
 
 
-def test_size_text_labels_pixels_and_latent_cells():
-    assert size_text(152, 104) == "832 x 1216 px (W x H), latent 152 x 104 cells (H x W)"
+def test_size_text_labels_pixels_and_latent_cells_in_the_familys_pixels_and_frames():
+    assert size_text((152, 104)) == "832 x 1216 px (W x H), latent 152 x 104 cells (H x W)"
+    assert size_text((32, 32), FAMILIES["hunyuan-image-2.1"]) == "1024 x 1024 px (W x H), latent 32 x 32 cells (H x W)"
+    assert size_text((64, 48), FAMILIES["chroma-radiance"]) == "48 x 64 px (W x H), latent 64 x 48 cells (H x W)"
+    assert size_text((21, 60, 104), FAMILIES["wan"]) == (
+        "832 x 480 px x 81 frames (W x H x frames), latent 21 x 60 x 104 cells (T x H x W)"
+    )
 
 
 def test_native_only_refuses_other_sizes_naming_both_sizes_and_the_way_out():
@@ -426,11 +436,11 @@ def test_the_retired_centre_mode_runs_as_any_size_with_a_note(caplog):
         NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, "centre")
 
 
-def test_channel_mismatch_is_refused_naming_the_node_and_the_size():
+def test_channel_mismatch_is_refused_naming_the_node_the_latent_and_the_prior():
     with pytest.raises(
         NoiseARNodeError,
-        match=r"NoiseAR Noise: the latent \(64 x 64 px \(W x H\), latent 8 x 8 cells "
-        r"\(H x W\)\) has 16 channels.*4-channel",
+        match=r"NoiseAR Noise: the latent \[1, 16, 8, 8\] has 16 channels \(SD3 / SD3.5, Flux.1 dev / schnell, .*latents\), "
+        r"but the NoiseAR prior 'stand-in' \(own prior: 4-channel latents, 24-wide text\) models 4-channel latents",
     ):
         noise_for(recording_prior(SMALL), empty_latent(channels=16))
 

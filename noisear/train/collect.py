@@ -40,12 +40,12 @@ EMBEDDING_TOLERANCE = 0.02
 
 
 class SizeMismatch(DatasetError):
-    """The folder holds noise of another latent size (``held``, ``given``: (C, H, W)); a folder holds one size."""
+    """The folder holds noise of another latent size (``held``, ``given``: (C, H, W) or (C, T, H, W)); a folder holds one size."""
 
     def __init__(self, directory: str, held: tuple[int, ...], given: tuple[int, ...]) -> None:
         self.directory, self.held, self.given = directory, held, given
         super().__init__(
-            f"{directory} holds noise of {list(held)} (C, H, W latent cells), this collection {list(given)}; a folder "
+            f"{directory} holds noise of {list(held)} (C, [T,] H, W latent cells), this collection {list(given)}; a folder "
             f"holds one latent size: collect this size into a folder of its own next to it (ShardDataset reads the "
             f"size folders of one dataset folder as buckets)"
         )
@@ -87,7 +87,8 @@ class Prompt(Protocol):
 
 
 def check_embedding(writer: ShardWriter, item: PromptItem) -> None:
-    """EmbeddingMismatch when the folder holds another embedding (or token mask) for ``item``'s prompt."""
+    """EmbeddingMismatch when the folder holds another embedding (or token mask) for ``item``'s prompt. Only the rows
+    of its tokens are compared: padding rows (mask 0) are never read."""
     stored = writer.stored_text(item.index)
     if stored is None:
         return
@@ -98,7 +99,7 @@ def check_embedding(writer: ShardWriter, item: PromptItem) -> None:
     elif not torch.equal(now_mask, mask):
         difference = f"it holds {int(mask.sum())} real tokens, the encoder now gives {int(now_mask.sum())}"
     else:
-        change = float((now - text).norm() / text.norm().clamp_min(1e-12))
+        change = float((now[mask] - text[mask]).norm() / text[mask].norm().clamp_min(1e-12))
         if not change > EMBEDDING_TOLERANCE:  # NaN never passes: the writer never stored one
             return
         difference = f"by {change:.0%} (relative L2; {EMBEDDING_TOLERANCE:.0%} allowed)"
@@ -111,7 +112,7 @@ def check_embedding(writer: ShardWriter, item: PromptItem) -> None:
     )
 
 
-# (noise [B,C,H,W] unit-variance, the prompt, the B seeds of the noise) -> golden noise [B,C,H,W], same space
+# (noise [B,C,H,W] (video: [B,C,T,H,W]) unit-variance, the prompt, the B seeds) -> golden noise, same shape and space
 Golden = Callable[[torch.Tensor, PromptItem, list[int]], torch.Tensor]
 
 
@@ -142,7 +143,7 @@ def collect(
 
     Pair (prompt, j) starts from seed ``pair_seed(first_seed, prompt.index, j)``, whose noise is
     ``standard_normal([1, *shape], [seed])`` (ComfyUI's RandomNoise draw of the seed, the same on every
-    device); the writer's info must say ``seed_scheme=SEED_SCHEME``. ``shape`` is [C, H, W]. Up to
+    device); the writer's info must say ``seed_scheme=SEED_SCHEME``. ``shape`` is [C, H, W] ([C, T, H, W] for video). Up to
     ``batch_size`` seeds of one prompt go to ``golden`` together; ``interrupt`` is called before each
     batch, ``progress`` after it. A pair is kept when ``keep_improved`` with ``margin`` says so (all pairs
     without a reward). Returns counts: written, skipped (already present), rejected (by the reward

@@ -7,7 +7,7 @@ tensor          shape / dtype    meaning
 =============== ================ ===============================================================
 ``text``        [N, T, D] float  prompt embedding the prior is conditioned on
 ``text_mask``   [N, T] uint8     1 = real token, 0 = padding
-``noise``       [N, C, H, W]     target noise (e.g. golden noise) in unit-variance latent space
+``noise``       [N, C, H, W]     target noise (e.g. golden noise) in unit-variance latent space (video: [N, C, T, H, W])
 ``prompt_index`` [N] int64       which prompt; the train/validation split is made on this
 ``seed``        [N] int64        seed of the starting noise the target was made from
 =============== ================ ===============================================================
@@ -60,13 +60,13 @@ SHARD_NAME = re.compile(r"shard-(\d{1,18})\.safetensors")
 # a shard being written (io.write_atomically; older versions wrote shard-N.tmp): left only by a killed writer
 TEMP_GLOBS = (".shard-*.tmp", "shard-*.tmp")
 SHARD_BYTES = 256 * 2**20  # default byte budget of a shard (and of the writer's buffer)
-# tensor -> (number of dimensions, safetensors dtypes accepted)
+# tensor -> (numbers of dimensions, safetensors dtypes accepted)
 TENSOR_LAYOUT = {
-    "text": (3, ("F32", "F16", "BF16")),
-    "text_mask": (2, ("U8", "BOOL")),
-    "noise": (4, ("F32", "F16", "BF16")),
-    "prompt_index": (1, ("I64",)),
-    "seed": (1, ("I64",)),
+    "text": ((3,), ("F32", "F16", "BF16")),
+    "text_mask": ((2,), ("U8", "BOOL")),
+    "noise": ((4, 5), ("F32", "F16", "BF16")),  # images [N, C, H, W], videos [N, C, T, H, W]
+    "prompt_index": ((1,), ("I64",)),
+    "seed": ((1,), ("I64",)),
 }
 TENSOR_NAMES = ("text", "text_mask", "noise", "prompt_index", "seed")
 SPLITS = ("train", "validation")
@@ -91,6 +91,8 @@ class DatasetInfo:
     # what tells the model the targets were made with from another (the ComfyUI collector: its model class and
     # hashes of its weights and weight patches); {} when not recorded, as in datasets written before it was
     model_identity: dict = field(default_factory=dict)
+    # the model family of that model (a key of noisear.families.FAMILIES); "" when unknown or not recorded
+    family: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -109,6 +111,7 @@ class DatasetInfo:
             "extra": dict,
             "seed_scheme": str,
             "model_identity": dict,
+            "family": str,
         }
         unknown = sorted(set(values) - set(kinds))
         if unknown:
@@ -289,11 +292,11 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
     missing = [name for name in TENSOR_NAMES if name not in shapes]
     if missing:
         raise DatasetError(f"{path.name} lacks tensors {missing}; a shard holds {list(TENSOR_NAMES)}")
-    for name, (ndim, accepted) in TENSOR_LAYOUT.items():
-        if len(shapes[name]) != ndim or dtypes[name] not in accepted:
+    for name, (ndims, accepted) in TENSOR_LAYOUT.items():
+        if len(shapes[name]) not in ndims or dtypes[name] not in accepted:
             raise DatasetError(
                 f"{path.name}: tensor {name!r} is {dtypes[name]} {list(shapes[name])}; expected "
-                f"{ndim} dimensions of {'/'.join(accepted)} (see noisear.train.data)"
+                f"{' or '.join(map(str, ndims))} dimensions of {'/'.join(accepted)} (see noisear.train.data)"
             )
     count, tokens = shapes["text"][:2]
     if (
@@ -699,16 +702,17 @@ class ShardWriter:
         text_mask: torch.Tensor | None = None,
         prompts: dict[int, str] | None = None,
     ) -> None:
-        """Add a batch: text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B], text_mask [B,T] (1 = token).
+        """Add a batch: text [B,T,D], noise [B,C,H,W] (video: [B,C,T,H,W]), prompt_index [B], seed [B], text_mask
+        [B,T] (1 = token).
 
         ``prompts`` optionally maps prompt index -> prompt text.
         """
         prompt_index = torch.as_tensor(prompt_index, dtype=torch.int64).reshape(-1)
         seed = torch.as_tensor(seed, dtype=torch.int64).reshape(-1)
         size = noise.shape[0]
-        if text.ndim != 3 or noise.ndim != 4 or text.shape[0] != size or len(prompt_index) != size or len(seed) != size:
+        if text.ndim != 3 or noise.ndim not in (4, 5) or text.shape[0] != size or len(prompt_index) != size or len(seed) != size:
             raise DatasetError(
-                f"append expects text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B]; got "
+                f"append expects text [B,T,D], noise [B,C,H,W] or [B,C,T,H,W], prompt_index [B], seed [B]; got "
                 f"{list(text.shape)}, {list(noise.shape)}, {list(prompt_index.shape)}, {list(seed.shape)}"
             )
         if text_mask is None:

@@ -49,7 +49,7 @@ def collector(
             cfg_denoise=5.5,
             cfg_invert=1.0,
             dataset=dataset,
-            text_tokens=8,
+            text_tokens=77,  # the 77 tokens SDXL-width CLIPs give: a prompt is stored whole, never cut
             batch_size=1,
             shard_size=4,
             model_name="tiny-sdxl",

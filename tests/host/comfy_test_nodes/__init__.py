@@ -241,7 +241,7 @@ def row_widths(rows):
 
 
 class NoiseARTestDescribeConditioning:
-    """The first entry of a CONDITIONING as JSON: shapes, keys, row widths, guidance, digests of its tensors."""
+    """The first entry of a CONDITIONING as JSON: shapes, keys, row widths, guidance, masks, digests of its tensors."""
 
     CATEGORY = "testing/NoiseAR"
     FUNCTION = "describe"
@@ -254,13 +254,15 @@ class NoiseARTestDescribeConditioning:
 
     def describe(self, conditioning):
         cross, extras = conditioning[0]
-        pooled, mask = extras.get("pooled_output"), extras.get("attention_mask")
+        pooled, mask, text_mask = extras.get("pooled_output"), extras.get("attention_mask"), extras.get("noisear_text_mask")
         info = {
             "cross_attn": list(cross.shape),
             "row_widths": row_widths(cross[0]),
             "keys": sorted(extras),
             "pooled_output": None if pooled is None else list(pooled.shape),
             "attention_mask": None if mask is None else [list(mask.shape), str(mask.dtype), int(mask.sum())],
+            # the rows of the prompt NoiseAR Text Encode marks on SD3 / Flux prior_text (nodes.conditioning.TEXT_MASK)
+            "text_mask": None if text_mask is None else [list(text_mask.shape), int(text_mask.sum())],
             "guidance": extras.get("guidance"),
             "digests": [digest(cross), digest(pooled)],
         }

@@ -326,7 +326,11 @@ def encode(encoder: str, tokens: dict) -> tuple[torch.Tensor, dict]:
 
 
 class StandInClip:
-    """ComfyUI's CLIP as CLIPTextEncode and the Dataset Collector use it, for one family's encoder."""
+    """ComfyUI's CLIP as CLIPTextEncode and the Dataset Collector use it, for one family's encoder (the model's
+    default layer, no tokenizer options, as CLIP.layer_idx and CLIP.tokenizer_options say)."""
+
+    layer_idx = None
+    tokenizer_options: dict = {}
 
     def __init__(self, family: str) -> None:
         self.encoder = FAMILIES[family].text_encoder
