@@ -7,8 +7,9 @@ golden, collector, text_encode, ksampler and noisear); shared input specs and nu
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
+
+import torch
 
 from noisear.golden import GoldenConfig
 from noisear.mixing import MODES
@@ -16,10 +17,12 @@ from noisear.train.collect import Reward
 from noisear.train.data import SHARD_BYTES
 
 from . import collector, host, ksampler, text_encode
+from .compare_grid import compare_grid
+from .family import check_model
 from .golden import GOLDEN_NODE, GoldenNoise
-from .noise import BlendedNoise, NoiseARNoise, start_latent
+from .noise import BlendedNoise, NoiseARNoise, latent_samples, start_latent
 from .preview import channel_stats, noise_to_image
-from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_problem, device_problem, load_prior
+from .prior import DEVICES, DTYPES, NoiseARPrior, checkpoint_identity, checkpoint_problem, load_prior
 from .widgets import (
     CATEGORY,
     CFG_RANGE,
@@ -44,8 +47,8 @@ COLLECTOR_NODE = "NoiseAR Dataset Collector"
 class NoiseARLoader:
     DESCRIPTION = (
         "Loads a NoiseAR prior (.safetensors or the published model.pth) from models/noisear and "
-        "shows which variant it is. The weights stay on the CPU and visit the GPU only while "
-        "noise is drawn, so the prior holds no VRAM while the diffusion model samples."
+        "shows which variant it is and the model family it serves. The weights stay on the CPU and visit the GPU "
+        "only while noise is drawn, so the prior holds no VRAM while the diffusion model samples."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -53,7 +56,7 @@ class NoiseARLoader:
     RETURN_NAMES = ("noisear_model", "info")
     OUTPUT_TOOLTIPS = (
         "The loaded prior, for NoiseAR Noise / NoiseAR Latent.",
-        "The detected variant (SDXL, Hunyuan-DiT or own) and the prior's shapes.",
+        "The detected variant (SDXL, Hunyuan-DiT or own), the model family it serves and the prior's shapes.",
     )
 
     @classmethod
@@ -91,20 +94,17 @@ class NoiseARLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name: str, device: str, dtype: str) -> bool | str:
+    def VALIDATE_INPUTS(cls, ckpt_name: str) -> bool | str:
         """Refuse a file that is not in the list (ComfyUI skips its own list check for an input named here:
-        this says where files go and how to get them) and device/dtype pairs this host cannot run (both
-        checked again when loading)."""
-        return checkpoint_problem(ckpt_name) or device_problem(device, dtype) or True
+        this says where files go and how to get them). Only ckpt_name is taken: ComfyUI attaches the message
+        to every input named here, so naming device and dtype too would show it three times; device/dtype
+        pairs this host cannot run are refused when the Loader runs, before any file is read."""
+        return checkpoint_problem(ckpt_name) or True
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name: str, device: str, dtype: str) -> str:
-        """Re-run when the file on disk changes."""
-        try:
-            path = host.checkpoint_path(ckpt_name)
-            return f"{path}:{os.path.getmtime(path)}:{device}:{dtype}"
-        except FileNotFoundError:
-            return f"missing:{ckpt_name}"
+        """Re-run when the file's content may have changed (also when replaced with the same mtime and size)."""
+        return f"{checkpoint_identity(ckpt_name)}:{device}:{dtype}"
 
     def load(self, ckpt_name: str, device: str, dtype: str) -> dict[str, Any]:
         prior = load_prior(ckpt_name, device, dtype)
@@ -147,7 +147,8 @@ class NoiseARLatentNode:
         "NoiseAR noise as a start LATENT for KSamplerAdvanced with add_noise = disable and "
         "start_at_step = 0: the noise is scaled with the MODEL's sigma_max and latent format so "
         "sampling starts from exactly the state NoiseAR Noise + SamplerCustomAdvanced gives. "
-        "Not for flow models (SD3, Flux): use NoiseAR Noise there."
+        "Epsilon / v-prediction models only (SDXL, Hunyuan-DiT); not for flow models (SD3, Flux, Chroma, Lumina2, "
+        "Qwen-Image, HunyuanImage, Wan): use NoiseAR KSampler or NoiseAR Noise there."
     )
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -181,14 +182,21 @@ class NoiseARLatentNode:
         latent_image: dict,
         noise: Any = None,
     ) -> dict[str, Any]:
+        samples = latent_samples(latent_image, "NoiseAR Latent")
+        if not torch.isfinite(samples).all():
+            raise NoiseARNodeError(
+                "NoiseAR Latent: the latent_image holds NaN or infinite values, which would reach the sampler; give "
+                "an empty latent (EmptyLatentImage) or a finite one"
+            )
         if "noise_mask" in latent_image:
             raise NoiseARNodeError(
                 "NoiseAR Latent does not support latents with a noise_mask (inpainting); use "
                 "NoiseAR Noise with SamplerCustomAdvanced, which keeps the mask"
             )
+        check_model(noisear_model, model, "NoiseAR Latent")
         source = NoiseARNoise(noisear_model, positive, noise_seed, temperature, size_mode, noise, "NoiseAR Latent")
         drawn = source.generate_noise(latent_image)
-        samples = start_latent(model, drawn, latent_image["samples"]).to(host.intermediate_device())
+        samples = start_latent(model, drawn, samples).to(host.intermediate_device())
         info = "\n".join(filter(None, [source.info, channel_stats(drawn)]))
         latent = {key: value for key, value in latent_image.items() if key != "samples"}
         latent["samples"] = samples
@@ -288,8 +296,10 @@ class GoldenNoiseNode:
     DESCRIPTION = (
         "Training-free golden noise (Golden Noise paper's re-denoise step): the seed's Gaussian noise "
         "goes one denoising step down the sampling schedule at cfg_denoise and one inversion step back "
-        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. Costs about three "
-        "model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced with an empty latent."
+        "at cfg_invert with this MODEL, for epsilon, v-prediction and flow models. On guidance-distilled models "
+        "(Flux dev) both steps run at cfg 1 with the conditioning's guidance value set to cfg_denoise, then "
+        "cfg_invert. Costs about three model evaluations. Output is unit-variance NOISE for SamplerCustomAdvanced "
+        "with an empty latent (image or video)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -356,9 +366,9 @@ class DatasetCollectorNode:
     DESCRIPTION = (
         "Collects a NoiseAR training set for this MODEL: for every prompt line and j < seeds_per_prompt, the "
         "golden noise of RandomNoise's draw for the pair's own seed (see NoiseAR Golden Noise; no starting "
-        "noise repeats across prompts) with the prompt's embedding, written as dataset "
-        "shards for `python -m noisear train`. Resumable: pairs already in the folder are skipped. Use one "
-        "folder per latent size (aspect-ratio bucket)."
+        "noise repeats across prompts) with the prompt's embedding (the text the prior will read, padding left "
+        "out), written as dataset shards for `python -m noisear train`, for the MODEL's family (recorded). "
+        "Resumable: pairs already in the folder are skipped. Use one folder per latent size (aspect-ratio bucket)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "collect"
@@ -378,8 +388,9 @@ class DatasetCollectorNode:
                 "latent_image": (
                     "LATENT",
                     {
-                        "tooltip": "An empty latent of the size (and channels) to collect at, e.g. "
-                        "EmptyLatentImage; its batch size is ignored."
+                        "tooltip": "An empty latent of the size (and channels) to collect at: the model family's "
+                        "empty latent node (EmptyLatentImage, EmptySD3LatentImage, EmptyHunyuanLatentVideo for Wan, "
+                        "...); its batch size is ignored."
                     },
                 ),
                 "seeds_per_prompt": (
@@ -422,7 +433,11 @@ class DatasetCollectorNode:
                         "default": 77,
                         "min": 1,
                         "max": 4096,
-                        "tooltip": ("Tokens stored per prompt: longer embeddings are cut, shorter ones zero-padded with mask 0."),
+                        "tooltip": (
+                            "Token slots stored per prompt: the prompt's tokens (the family's padding left out), then "
+                            "empty slots with mask 0. A prompt with more tokens is refused, not cut (SDXL: 77; SD3 "
+                            "reads 77 CLIP rows plus its T5 tokens, Wan, Flux, Chroma up to 512)."
+                        ),
                     },
                 ),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Seeds computed together."}),
@@ -504,7 +519,7 @@ class DatasetCollectorNode:
         )
         config = GoldenConfig(cfg_denoise, cfg_invert, reward_margin)
         directory = collector.dataset_directory(dataset)
-        counts = collector.collect_dataset(
+        counts, note = collector.collect_dataset(
             model,
             clip,
             prompts,
@@ -515,6 +530,7 @@ class DatasetCollectorNode:
             scheduler,
             steps,
             config,
+            dataset,
             directory,
             text_tokens,
             batch_size,
@@ -523,8 +539,8 @@ class DatasetCollectorNode:
             reward,
         )
         summary = (
-            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already present, "
-            f"rejected {counts['rejected']} by the reward filter"
+            f"{directory}: wrote {counts['written']}, skipped {counts['skipped']} already "
+            f"present, rejected {counts['rejected']} by the reward filter" + (f". NOTE: {note}" if note else "")
         )
         return {"ui": {"text": (summary,)}, "result": (summary,)}
 
@@ -532,8 +548,9 @@ class DatasetCollectorNode:
 class NoiseARTextEncodeNode:
     DESCRIPTION = (
         "One prompt for both the sampler and the NoiseAR prior. conditioning is exactly CLIPTextEncode's; "
-        "prior_text is exactly the embedding the prior was trained on (diffusers' tokenization: at most "
-        "75 tokens, no weight syntax). SDXL and Hunyuan-DiT CLIPs."
+        "prior_text is exactly what the prior reads: for SDXL and Hunyuan-DiT CLIPs the embedding the published "
+        "priors were trained on (diffusers' tokenization: at most 75 tokens, no weight syntax); for SD3 and Flux "
+        "CLIPs the prompt with its true length (T5 padding marked, no weight syntax)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "encode"
@@ -543,14 +560,18 @@ class NoiseARTextEncodeNode:
         "For the sampler (CFGGuider, KSampler positive): exactly what CLIPTextEncode gives for this text, weight "
         "syntax honoured, the whole prompt.",
         "For the NoiseAR node's positive input: the prompt as the prior was trained on it (CLIP's own tokenizer, "
-        "weight syntax read as plain text, cut to 77 tokens, ComfyUI's own encoder at the model's default layer).",
+        "weight syntax read as plain text, ComfyUI's own encoder at the model's default layer; SDXL / Hunyuan-DiT cut "
+        "to 77 tokens, SD3 / Flux with the T5 padding marked).",
     )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL or Hunyuan-DiT)."}),
+                "clip": (
+                    "CLIP",
+                    {"tooltip": "The text encoder of the checkpoint (SDXL / DreamShaper-XL, Hunyuan-DiT, SD3 or Flux)."},
+                ),
                 "text": (
                     "STRING",
                     {
@@ -747,6 +768,46 @@ class NoiseARKSamplerAdvancedNode:
         )
 
 
+class NoiseARCompareGridNode:
+    DESCRIPTION = (
+        "One labelled picture of a batch of images, a row per noise and a column per image, to judge noises by "
+        "eye: e.g. the same seed's batch sampled with KSampler and with NoiseAR KSampler, joined by LatentBatch "
+        "and decoded once."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "grid"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("grid",)
+    OUTPUT_TOOLTIPS = ("One image: the rows with their labels on the left, the column labels on top (for SaveImage).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Every row's images, row after row (rows x columns images)."}),
+                "row_labels": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "KSampler\nNoiseAR KSampler",
+                        "tooltip": "One label per line, one line per row.",
+                    },
+                ),
+                "column_labels": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "image 1\nimage 2\nimage 3\nimage 4",
+                        "tooltip": "One label per line, one line per column (images per row), or empty for none.",
+                    },
+                ),
+            }
+        }
+
+    def grid(self, images: Any, row_labels: str, column_labels: str) -> tuple[Any]:
+        return (compare_grid(images, row_labels, column_labels),)
+
+
 # class_type (saved in workflows: never rename), display name, class
 NODES = (
     ("NoiseARLoader", "NoiseAR Loader", NoiseARLoader),
@@ -759,6 +820,7 @@ NODES = (
     ("NoiseARTextEncode", "NoiseAR Text Encode", NoiseARTextEncodeNode),
     ("NoiseARKSampler", "NoiseAR KSampler", NoiseARKSamplerNode),
     ("NoiseARKSamplerAdvanced", "NoiseAR KSampler (Advanced)", NoiseARKSamplerAdvancedNode),
+    ("NoiseARCompareGrid", "NoiseAR Compare Grid", NoiseARCompareGridNode),
 )
 NODE_CLASS_MAPPINGS = {class_type: cls for class_type, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {class_type: name for class_type, name, _ in NODES}

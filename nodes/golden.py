@@ -10,10 +10,22 @@ the golden noise of a ComfyUI MODEL is what golden.golden_noise gives for the sa
 
 Cost: one denoising step at guidance w_l (2 model evaluations when w_l != 1) and one inversion step
 at w_w (1 evaluation when w_w == 1): about three, as much as 1.5 sampling steps with CFG.
+
+The recipe per family (``embedded_guidance``): models with real CFG (epsilon, v and flow alike) take w_l and w_w as
+the cfg of the two steps. Guidance-distilled models (Family.guidance "embedded": Flux dev) are sampled at cfg 1 and
+steered by a guidance value in the conditioning ("guidance", which FluxGuidance sets); CFG on them leaves their
+training. Their golden step runs both model evaluations at cfg 1 with the guidance value set to w_l for the denoising
+step and to w_w for the inversion step (the conditioning's own value is replaced for those two evaluations only), so
+the step keeps the paper's asymmetry, strong guidance down and weak guidance back, in the form the model was trained
+to take it (one evaluation per step, no unconditional pass). FluxSchnell (timestep-distilled) has no guidance input:
+its two steps see the same model, so golden noise is one Euler step down and back with the same prediction, the
+discretisation error of that round trip and nothing more toward the prompt; keep only pairs a reward says improve
+(the Dataset Collector's reward filter).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable
 
@@ -22,10 +34,14 @@ import torch
 from noisear.golden import GoldenConfig, Level, Schedule, compose, re_denoise
 
 from . import host
+from .family import check_model
 from .noise import gaussian_draws
 from .widgets import NoiseARNodeError
 
 GOLDEN_NODE = "NoiseAR Golden Noise"
+NO_GUIDANCE_INPUT = ("FluxSchnell",)  # models of a guidance-distilled family without a guidance input
+
+log = logging.getLogger("NoiseAR")
 
 StepHook = Callable[[], None]  # called before each guided prediction (progress, interrupt)
 
@@ -54,6 +70,23 @@ def comfy_schedule(sigmas: torch.Tensor, kind: str) -> Schedule:
     return Schedule(kind, (level(first, kind), level(second, kind)))
 
 
+def embedded_guidance(model: Any) -> bool:
+    """Whether the MODEL is steered by a guidance value in its conditioning rather than by CFG (see the module doc)."""
+    family = host.model_family(model)
+    return family is not None and family.guidance == "embedded"
+
+
+def recipe_note(model: Any) -> str | None:
+    """What the user should know about golden noise of this MODEL (FluxSchnell: no guidance input), or None."""
+    if host.model_config_name(model) not in NO_GUIDANCE_INPUT:
+        return None
+    return (
+        f"NoiseAR note: {host.model_config_name(model)} has no guidance input, so golden noise is one step down and back "
+        f"with the same model (cfg 1): it moves the noise little and not by guidance. Use the Dataset Collector's reward "
+        f"filter to keep only pairs that improve."
+    )
+
+
 def golden_from_denoised(
     denoised: host.Denoised,
     x_start: torch.Tensor,
@@ -62,16 +95,19 @@ def golden_from_denoised(
     kind: str,
     config: GoldenConfig,
     before_step: StepHook | None = None,
+    embedded: bool = False,
 ) -> torch.Tensor:
-    """ComfyUI's start x_start = start_scale * noise -> golden noise [B,C,H,W] in the same unit-variance space."""
+    """ComfyUI's start x_start = start_scale * noise -> golden noise in the same unit-variance space (any rank).
+    ``embedded``: w_l and w_w are the guidance values of a guidance-distilled model, both steps at cfg 1."""
     schedule = comfy_schedule(sigmas, kind)
     top = schedule.levels[0]
 
-    def predict(x: torch.Tensor, timestep: float, cfg: float) -> torch.Tensor:
+    def predict(x: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         if before_step is not None:
             before_step()
         at = level(timestep, kind)
-        x0 = denoised(x * k_scale(at, kind), timestep, cfg)
+        x_k = x * k_scale(at, kind)
+        x0 = denoised(x_k, timestep, 1.0, scale) if embedded else denoised(x_k, timestep, scale)
         return compose(x0.to(x.dtype), x, at, kind)
 
     x_back = re_denoise(predict, x_start / k_scale(top, kind), schedule, config)
@@ -88,27 +124,30 @@ def golden_noise(
     config: GoldenConfig,
     before_step: StepHook | None = None,
 ) -> torch.Tensor:
-    """Unit-variance noise [B,C,H,W] -> golden noise, fp32 on the CPU, with the host's MODEL and conds."""
+    """Unit-variance noise (the latent's shape) -> golden noise, fp32 on the CPU, with the host's MODEL and conds,
+    by the MODEL's recipe (CFG, or embedded guidance: see the module doc). The one golden function of the Golden Noise
+    node and the Dataset Collector."""
     try:
         kind = host.prediction_kind(model)
     except ValueError as err:
         raise NoiseARNodeError(f"{GOLDEN_NODE} supports epsilon, v-prediction and flow models: {err}") from None
     comfy_schedule(sigmas, kind)  # refuse a bad schedule before the model is loaded
+    embedded = embedded_guidance(model)
 
     def work(denoised: host.Denoised, x_start: torch.Tensor, start_scale: float) -> torch.Tensor:
-        return (
-            golden_from_denoised(denoised, x_start, start_scale, sigmas.to(x_start.device), kind, config, before_step)
-            .float()
-            .cpu()
+        golden = golden_from_denoised(
+            denoised, x_start, start_scale, sigmas.to(x_start.device), kind, config, before_step, embedded
         )
+        return golden.float().cpu()
 
-    return host.run_guided(model, positive, negative, noise.float(), sigmas, seed, work)
+    return host.run_guided(model, positive, negative, noise.float(), sigmas, seed, work, embedded_guidance=embedded)
 
 
 class GoldenNoise:
     """NOISE: the draws of an upstream NOISE (or RandomNoise's for ``seed``) after one golden step.
 
-    Needs an empty latent (text-to-image); carries the seed for ancestral/SDE samplers.
+    Needs an empty latent (text-to-image); carries the seed for ancestral/SDE samplers. An upstream NoiseAR noise
+    whose prior serves another family than the MODEL is refused.
     """
 
     def __init__(
@@ -122,6 +161,7 @@ class GoldenNoise:
         config: GoldenConfig,
         upstream: Any = None,
     ) -> None:
+        check_model(getattr(upstream, "prior", None), model, GOLDEN_NODE)
         self.model, self.positive, self.negative, self.upstream = model, positive, negative, upstream
         self.scheduler, self.steps, self.config = scheduler, steps, config
         self.seed = int(upstream.seed if upstream is not None else seed)
@@ -137,10 +177,22 @@ class GoldenNoise:
             )
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._compute(gaussian_draws(latent, self.seed, self.upstream)))
+            # computed at the MODEL's rank (a NoiseAR Preview may ask with Qwen-Image's 4-D empty latent)
+            model_shape = tuple(host.fix_empty_latent(self.model, samples).shape)
+            if math.prod(model_shape) != samples.numel():
+                raise NoiseARNodeError(
+                    f"{GOLDEN_NODE}: the latent {list(samples.shape)} is not this MODEL's (its sampler takes it as "
+                    f"{list(model_shape)}); give the empty latent node of the MODEL's family"
+                )
+            eps = gaussian_draws(latent, self.seed, self.upstream)
+            self._last = (key, self._compute(eps.reshape(model_shape)).reshape(samples.shape))
         return self._last[1].to(host.intermediate_device())
 
     def _compute(self, eps: torch.Tensor) -> torch.Tensor:
+        note = recipe_note(self.model)
+        if note:
+            log.warning(note)
+            host.show_on_node(note)
         sigmas = host.schedule_sigmas(self.model, self.scheduler, self.steps)
         bar, done = host.progress_bar(2), [0]
 

@@ -3,11 +3,13 @@
 Imports are guarded: outside ComfyUI `AVAILABLE` is False and each function raises HostUnavailable,
 so the node logic stays importable and testable (tests replace these functions with fakes that
 follow ComfyUI's documented shapes, see tests/fake_comfy.py). Grouped by ComfyUI subsystem: folders and
-files; devices, progress and interrupts; sampling (noise, model sampling, guiders, KSampler); CLIP and text.
+files; devices, progress and interrupts; models (family, latent); sampling (noise, model sampling, guiders,
+KSampler); CLIP and text.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import uuid
@@ -16,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
+
+from noisear.families import Family, family_of_comfy_model
 
 try:
     import comfy.model_management
@@ -141,9 +145,31 @@ def show_on_node(text: str) -> None:
         server.send_progress_text(text, context.node_id)
 
 
+# Models: family and latent -------------------------------------------------------------------------
+def model_config_name(model: Any) -> str | None:
+    """The name of the MODEL's ComfyUI ``supported_models`` class (``model.model.model_config``: "SDXL", "Flux",
+    "FluxSchnell", "QwenImage", "WAN21_T2V", ...), or None for an object without one."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return None if config is None else type(config).__name__
+
+
+def model_family(model: Any) -> Family | None:
+    """The NoiseAR family of the MODEL (noisear.families), or None when its class is in no family."""
+    name = model_config_name(model)
+    return None if name is None else family_of_comfy_model(name)
+
+
+def fix_empty_latent(model: Any, samples: torch.Tensor) -> torch.Tensor:
+    """The latent as ComfyUI's samplers hand it to a NOISE (comfy.sample.fix_empty_latent_channels): an all-zero
+    latent gets the MODEL's channels, and a 4-D latent of a 3-D latent format (Qwen-Image) its time axis."""
+    _require()
+    return comfy.sample.fix_empty_latent_channels(model, samples)
+
+
 # Sampling: noise, model sampling, guiders, KSampler -----------------------------------------------
-# denoised(x [B,C,H,W] k-diffusion space, sigma, cfg) -> the guider's CFG-combined denoised estimate x0
-Denoised = Callable[[torch.Tensor, float, float], torch.Tensor]
+# denoised(x [B,C,...] k-diffusion space, sigma, cfg, guidance=None) -> the guider's CFG-combined denoised
+# estimate x0; ``guidance`` (run_guided with embedded_guidance) replaces the conditioning's guidance value
+Denoised = Callable[..., torch.Tensor]
 GuidedWork = Callable[[Denoised, torch.Tensor, float], Any]  # (denoised, x_start, start_scale) -> result
 
 
@@ -185,6 +211,70 @@ def prediction_kind(model: Any) -> str:
     raise ValueError(f"the MODEL's sampling ({name}) is not epsilon, v-prediction or flow")
 
 
+IDENTITY_SAMPLES = 8  # values read from each weight tensor for model_identity
+SAMPLING_PREFIX = "model_sampling."  # the model's noise schedule buffers, left out of model_identity
+
+
+def model_identity(model: Any) -> dict[str, str]:
+    """What tells this MODEL's golden noise from another's, cheaply: ComfyUI's model class, and the first 16 hex
+    digits of a sha256 of its weights and of its weight patches (LoRAs and the like).
+
+    The weights are ModelPatcher.get_key_patches()'s originals (unpatched even while ComfyUI has a patch applied,
+    so the identity does not depend on whether the model is loaded), each hashed as its name, shape, dtype and
+    IDENTITY_SAMPLES values at evenly spaced positions (a few thousand values in all, read in place); the patches
+    as their keys, strengths and tensors sampled the same way. The model's sampling (its ``model_sampling.*``
+    buffers, which a ModelSampling* object patch replaces and ComfyUI leaves in place on the shared model after a
+    run) is left out: the dataset records it as the prediction kind and sigmas. Two checkpoints that differ only
+    between the sampled positions (a hand-edited weight) look the same.
+    """
+    _require()
+    if not callable(getattr(model, "get_key_patches", None)):
+        raise ValueError(f"the MODEL input ({type(model).__name__}) is not a ComfyUI model; connect a model loader's MODEL")
+    weights, patches, patched = hashlib.sha256(), hashlib.sha256(), False
+    for key, (original, *added) in sorted(model.get_key_patches().items()):
+        if key.startswith(SAMPLING_PREFIX):
+            continue
+        _hash_value(weights, key, original[0])
+        if added:
+            patched = True
+            _hash_value(patches, key, added)
+    return {
+        "class": type(getattr(model, "model", None)).__name__,
+        "weights": weights.hexdigest()[:16],
+        "patches": patches.hexdigest()[:16] if patched else "none",
+    }
+
+
+def _hash_value(digest: Any, key: str, value: Any, depth: int = 0) -> None:
+    """Feed ``value`` (a tensor, a patch tuple, a weight adapter with .weights, a number...) to ``digest``."""
+    digest.update(key.encode())
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{list(value.shape)}:{value.dtype}".encode() + _tensor_sample(value))
+    elif isinstance(value, (list, tuple)) and depth < 8:
+        for item in value:
+            _hash_value(digest, key, item, depth + 1)
+    elif isinstance(value, (bool, int, float, str, type(None))):
+        digest.update(repr(value).encode())
+    elif hasattr(value, "weights") and depth < 8:  # ComfyUI's weight adapters (LoRA, LoHa, ...)
+        digest.update(type(value).__name__.encode())
+        _hash_value(digest, key, value.weights, depth + 1)
+    else:  # functions and other objects: their kind
+        digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
+
+
+def _tensor_sample(tensor: torch.Tensor) -> bytes:
+    """IDENTITY_SAMPLES values of ``tensor`` at evenly spaced positions, as float32 bytes (b"" where unreadable)."""
+    count = tensor.numel()
+    if count == 0:
+        return b""
+    positions = torch.linspace(0, count - 1, min(count, IDENTITY_SAMPLES)).round().long()
+    try:
+        index = torch.unravel_index(positions.to(tensor.device), tuple(tensor.shape)) if tensor.ndim else ()
+        return tensor.detach()[index].float().cpu().numpy().tobytes()
+    except Exception:  # meta tensors, quantized or custom tensor types: the name, shape and dtype stand for it
+        return b"unsampled"
+
+
 def scheduler_names() -> list[str]:
     """ComfyUI's scheduler names (BasicScheduler's list)."""
     _require()
@@ -204,17 +294,42 @@ def schedule_sigmas(model: Any, scheduler: str, steps: int) -> torch.Tensor:
 
 
 def run_guided(
-    model: Any, positive: list, negative: list, noise: torch.Tensor, sigmas: torch.Tensor, seed: int, work: GuidedWork
+    model: Any,
+    positive: list,
+    negative: list,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    seed: int,
+    work: GuidedWork,
+    embedded_guidance: bool = False,
 ) -> Any:
     """Run ``work`` inside ComfyUI's own sampling set-up (model loaded, conds prepared, model patches on).
 
-    A CFGGuider samples ``noise`` [B,C,H,W] (unit variance) from an empty latent over ``sigmas``
-    with a one-off sampler whose function calls ``work(denoised, x_start, start_scale)``:
+    A CFGGuider samples ``noise`` [B,C,...] (unit variance, the latent's rank) from an empty latent over
+    ``sigmas`` with a one-off sampler whose function calls ``work(denoised, x_start, start_scale)``:
     x_start = model_sampling.noise_scaling(sigmas[0], noise, 0) is where any ComfyUI sampler starts,
     start_scale = x_start / noise, and ``denoised(x, sigma, cfg)`` is the guider's CFG-combined
     denoised estimate (what every ComfyUI sampler steps with). Returns what ``work`` returned.
+
+    ``embedded_guidance`` (guidance-distilled models such as Flux dev): ``denoised(x, sigma, cfg, guidance)``
+    runs the model with its ``guidance`` input (the conditioning's "guidance" value, or the model's default) set
+    to ``guidance``, through a model_function_wrapper on a clone of the MODEL (an existing wrapper still runs).
     """
     _require()
+    override: dict[str, float | None] = {"guidance": None}
+    if embedded_guidance:
+        model = model.clone()
+        inner = model.model_options.get("model_function_wrapper")
+
+        def with_guidance(apply_model: Callable, args: dict) -> torch.Tensor:
+            c = args["c"]
+            if override["guidance"] is not None and "guidance" in c:
+                args = {**args, "c": {**c, "guidance": torch.full_like(c["guidance"], override["guidance"])}}
+            if inner is not None:
+                return inner(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        model.set_model_unet_function_wrapper(with_guidance)
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     results = []
@@ -223,8 +338,9 @@ def run_guided(
         extra_args = extra_args or {}
         ones = x.new_ones([x.shape[0]])
 
-        def denoised(x_k: torch.Tensor, sigma: float, cfg: float) -> torch.Tensor:
+        def denoised(x_k: torch.Tensor, sigma: float, cfg: float, guidance: float | None = None) -> torch.Tensor:
             guider.set_cfg(cfg)
+            override["guidance"] = guidance
             return model_k(x_k, ones * sigma, **extra_args)
 
         unit = torch.ones((1,) * x.ndim, dtype=x.dtype, device=x.device)

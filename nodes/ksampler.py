@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import host
+from .family import check_model
 from .noise import NoiseARNoise
 from .prior import NoiseARPrior
 from .widgets import NoiseARNodeError
@@ -80,10 +81,11 @@ def sample(
     """The sampled LATENT; ``prior_text`` is the conditioning the prior reads (see prior_conditioning).
 
     add_noise False is KSamplerAdvanced's add_noise disable: no noise at all, the prior is not used.
-    ``node`` names the node in error messages.
+    ``node`` names the node in error messages. A prior of another family than the MODEL's is refused.
     """
     noise = None
     if add_noise:
+        check_model(noisear_model, model, node)
         check_text_to_image(latent_image, denoise, start_at_step)
         noise = NoiseARNoise(noisear_model, prior_text, seed, temperature, size_mode, node=node)
     return host.common_ksampler(

@@ -1,7 +1,9 @@
 """NoiseAR noise for ComfyUI: the NOISE objects and the start LATENT for KSamplerAdvanced.
 
-Shapes: latents are [B, C, H, W] (latent cells, 8 pixels each for SDXL-family VAEs); eps are the
-standard-normal draws ComfyUI would have used; noise is in unit-variance space.
+Shapes: latents are [B, C, H, W] images, [B, C, T, H, W] videos (Wan) and [B, C, 1, H, W] images of a
+3-D latent format (Qwen-Image); a cell is the family's pixels (8 for most VAEs, 32 for HunyuanImage 2.1, 1 for
+ChromaRadiance's pixels). eps are the standard-normal draws ComfyUI would have used; noise is in unit-variance
+space, with the latent's shape.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any, Protocol
 
 import torch
 
+from noisear.cost import problem as cost_problem
 from noisear.mixing import blend
 from noisear.patches import DecodingPlan
 
 from . import host
 from .conditioning import text_from_conditioning
+from .family import of_prior, prior_side, with_channels
 from .prior import NoiseARPrior
 from .widgets import (
     SIZE_MODES,
@@ -29,6 +33,7 @@ from .widgets import (
 )
 
 log = logging.getLogger("NoiseAR")
+LONG_DRAW_SECONDS = 10.0  # an estimated draw longer than this per item is announced before it starts
 
 
 class Noise(Protocol):
@@ -40,35 +45,93 @@ class Noise(Protocol):
 
 
 def latent_plan(prior: NoiseARPrior, shape: tuple[int, ...], size_mode: str, node: str) -> DecodingPlan:
-    """Check a latent shape [B,C,H,W] against the prior; say how its noise is decoded. ``size_mode`` is
-    one NoiseARNoise checked when it was made; ``node`` names the NoiseAR node in messages (errors
-    inside a NOISE are shown on the sampler that asked for it)."""
-    c = prior.config
-    if len(shape) != 4:
+    """Check a latent shape ([B,C,H,W], or [B,C,T,H,W]) against the prior; say how its noise is decoded.
+    ``size_mode`` is one NoiseARNoise checked when it was made; ``node`` names the NoiseAR node in messages
+    (errors inside a NOISE are shown on the sampler that asked for it)."""
+    c, family = prior.config, of_prior(prior)
+    if len(shape) not in (4, 5):
         raise NoiseARNodeError(
-            f"{node}: NoiseAR works on image latents [batch, channels, height, width]; got shape {list(shape)}"
+            f"{node}: NoiseAR works on image latents [batch, channels, height, width] and video latents [batch, "
+            f"channels, frames, height, width]; got shape {list(shape)}"
         )
-    _, channels, height, width = shape
+    batch, channels, *size = shape
+    if batch == 0:
+        raise NoiseARNodeError(
+            f"{node}: the latent holds no image (batch 0, shape {list(shape)}); give a latent of batch 1 or more "
+            f"(e.g. EmptyLatentImage with batch_size 1)"
+        )
+    if 0 in size:
+        raise NoiseARNodeError(
+            f"{node}: the latent has shape {list(shape)}: every side must be at least 1 latent cell; give the empty "
+            f"latent of the model's family ({family.empty_latent if family is not None else 'EmptyLatentImage'})"
+        )
     if channels != c.channels:
         raise NoiseARNodeError(
-            f"{node}: the latent ({size_text(height, width)}) has {channels} channels, but the NoiseAR prior "
-            f"'{prior.name}' ({prior.variant}) models {c.channels}-channel latents; use it with the model family "
-            f"it was trained for"
+            f"{node}: the latent {list(shape)} has {channels} channels{with_channels(channels)}, but {prior_side(prior)} "
+            f"models {c.channels}-channel latents; use the prior with the model family it was trained for (and that "
+            f"family's empty latent node)"
         )
-    plan = c.plan(height, width)
-    if size_mode == "native only" and plan.mode != "native" and c.positions != "2d":
+    if c.video and len(size) == 2:
+        raise NoiseARNodeError(
+            f"{node}: the latent {list(shape)} is an image latent, but {prior_side(prior)} is a video prior: give it a "
+            f"video latent [batch, {c.channels}, frames, H, W] ({family.empty_latent if family else 'a video latent node'}"
+            f"; one frame is length 1)"
+        )
+    if not c.video and len(size) == 3 and size[0] != 1:
+        raise NoiseARNodeError(
+            f"{node}: the latent {list(shape)} is a video of {size[0]} latent frames, but {prior_side(prior)} is an "
+            f"image prior: use a video prior of the family, or an image latent"
+        )
+    size = tuple(size) if c.video else tuple(size[-2:])
+    plan = c.plan(*size)
+    if size_mode == "native only" and plan.mode != "native" and c.positions == "table":
         raise NoiseARNodeError(
             f"{node}: the NoiseAR prior '{prior.name}' ({prior.variant}) is native to "
-            f"{size_text(c.latent_height, c.latent_width)}; this latent is {size_text(height, width)} and "
+            f"{size_text(c.latent_size, family)}; this latent is {size_text(size, family)} and "
             f"size_mode is 'native only'. Set the latent to the native size, or size_mode to '{SIZE_MODES[0]}' "
             f"(sliding-window decoding)"
         )
     return plan
 
 
-def decoding_info(plan: DecodingPlan) -> str:
+def latent_samples(latent: Any, node: str) -> torch.Tensor:
+    """``latent["samples"]``, or NoiseARNodeError naming ``node`` when ``latent`` is not a LATENT."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise NoiseARNodeError(
+            f"{node}: latent_image is not a LATENT (a dict with a 'samples' tensor), got "
+            f"{type(samples if isinstance(latent, dict) else latent).__name__}; connect e.g. EmptyLatentImage"
+        )
+    return samples
+
+
+def check_text_batch(embeddings: int, images: int, node: str) -> None:
+    """One conditioning serves the whole batch, or there is one per image; anything else is refused."""
+    if embeddings not in (1, images):
+        raise NoiseARNodeError(
+            f"{node}: the positive conditioning holds {embeddings} embeddings (batch {embeddings}) for a latent batch "
+            f"of {images} images; give one conditioning (batch 1, used for every image) or one per image "
+            f"(batch {images})"
+        )
+
+
+def decoding_info(plan: DecodingPlan, prior: NoiseARPrior) -> str:
     """One line for info/preview: which decoding was used, for which size."""
-    return f"NoiseAR decoding: {plan.describe()} for {size_text(plan.height, plan.width)}"
+    return f"NoiseAR decoding: {plan.describe()} for {size_text(plan.size, of_prior(prior))}"
+
+
+def announce_cost(prior: NoiseARPrior, plan: DecodingPlan, text_tokens: int, batch: int, node: str) -> None:
+    """Before a draw: refuse one over the library's bound (LIMITS.draw_*, with its estimate), and announce a long
+    one (over LONG_DRAW_SECONDS per item on the drawing device) on the console and under the node's title."""
+    device = prior.compute_device().type
+    cost = prior.model.draw_cost(plan.size, text_tokens)
+    problem = cost_problem(cost, device)
+    if problem:
+        raise NoiseARNodeError(f"{node}: {problem}")
+    if cost.seconds(device) > LONG_DRAW_SECONDS:
+        note = f"{node}: drawing {batch} item{'s' if batch > 1 else ''}, each {cost.describe(device)}"
+        log.warning(note)
+        host.show_on_node(note)
 
 
 def gaussian_draws(latent: dict[str, Any], seed: int, upstream: Noise | None) -> torch.Tensor:
@@ -107,9 +170,9 @@ class NoiseARNoise:
         self.temperature = number_in_range(node, "temperature", temperature, *TEMPERATURE_RANGE)
         self.prior, self.size_mode, self.upstream = prior, size_mode, upstream
         self.node = node
-        # refuse a wrong width early; warn now (console and on the node) about a prompt cut for the prior
-        # and about a retired size_mode
-        self.text, self.text_mask, self.text_warning = text_from_conditioning(conditioning, prior)
+        # refuse a wrong width early; warn now (console and on the node) about a prompt cut for the prior, padding
+        # read as text, and a retired size_mode
+        self.text, self.text_mask, self.text_warning = text_from_conditioning(conditioning, prior, node)
         self.note = size_mode_note(size_mode)
         self.warning = "\n".join(filter(None, [self.text_warning, self.note])) or None
         if self.warning:
@@ -121,14 +184,21 @@ class NoiseARNoise:
 
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         """Noise of ``latent["samples"]``'s exact shape, unit-variance space, fp32 on the intermediate device."""
-        samples = latent["samples"]
+        samples = latent_samples(latent, self.node)
         key = (tuple(samples.shape), tuple(latent.get("batch_index") or ()))
         if self._last is None or self._last[0] != key:
             plan = latent_plan(self.prior, tuple(samples.shape), self.size_mode, self.node)
-            log.info(decoding_info(plan))
-            self.info = "\n".join(filter(None, [decoding_info(plan), self.warning]))
+            check_text_batch(self.text.shape[0], samples.shape[0], self.node)
+            log.info(decoding_info(plan, self.prior))
+            self.info = "\n".join(filter(None, [decoding_info(plan, self.prior), self.warning]))
+            announce_cost(self.prior, plan, self.text_tokens, samples.shape[0], self.node)
             self._last = (key, self._draw(gaussian_draws(latent, self.seed, self.upstream), plan))
         return self._last[1].to(host.intermediate_device())
+
+    @property
+    def text_tokens(self) -> int:
+        """Tokens the prior reads: those some item attends to (padding is dropped before the network)."""
+        return self.text.shape[1] if self.text_mask is None else int(self.text_mask.any(dim=0).sum())
 
     def _draw(self, eps: torch.Tensor, plan: DecodingPlan) -> torch.Tensor:
         bar = host.progress_bar(eps.shape[0] * plan.patches)
@@ -153,6 +223,11 @@ class BlendedNoise:
     def info(self) -> str | None:
         return getattr(self.noisear_noise, "info", None)
 
+    @property
+    def prior(self) -> NoiseARPrior | None:
+        """The NoiseAR input's prior (checked against a MODEL downstream), if it has one."""
+        return getattr(self.noisear_noise, "prior", None)
+
     def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
         x = self.noisear_noise.generate_noise(latent)
         eta = self.gaussian_noise.generate_noise(latent)
@@ -169,8 +244,9 @@ def start_latent(model: Any, noise: torch.Tensor, samples: torch.Tensor) -> torc
     sampling, latent_format = host.model_sampling(model), host.latent_format(model)
     if host.is_flow(sampling):
         raise NoiseARNodeError(
-            "this MODEL is a flow model (SD3, Flux, ...): it starts from sigma*noise + (1-sigma)*latent with "
-            "sigma = 1, so no start LATENT can carry the noise. Use NoiseAR Noise -> SamplerCustomAdvanced instead"
+            "NoiseAR Latent: this MODEL is a flow model (SD3, Flux, Chroma, Lumina2, Qwen-Image, HunyuanImage, Wan, ...): "
+            "it starts from sigma*noise + (1-sigma)*latent with sigma = 1, so no start LATENT can carry the noise. "
+            "Use NoiseAR KSampler (in place of KSampler), or NoiseAR Noise -> SamplerCustomAdvanced instead"
         )
     channels = getattr(latent_format, "latent_channels", samples.shape[1])
     if channels != samples.shape[1]:

@@ -16,6 +16,8 @@ import torch
 import noisear
 from noisear import NoiseAR, NoiseARConfig
 from noisear.config import listing, quoted
+from noisear.families import FAMILIES
+from noisear.io import FileIdentity, file_identity
 
 from . import host
 from .widgets import NoiseARNodeError, size_text
@@ -68,7 +70,8 @@ class NoiseARPrior:
         text_mask: torch.Tensor | None,
         callback: Callable[[int, int], None],
     ) -> torch.Tensor:
-        """Noise [B,C,H,W] fp32 on the CPU for text [1 or B, T, D], mask [1 or B, T] and draws eps [B,C,H,W].
+        """Noise fp32 on the CPU shaped like the draws eps ([B,C,H,W], or [B,C,T,H,W]: see noisear.model) for text
+        [1 or B, T, D] and mask [1 or B, T].
 
         One batch item at a time, so an item's noise never depends on the rest of the batch;
         ``callback(patches done, patches in all)`` counts over the whole batch. The weights visit the
@@ -102,12 +105,21 @@ class NoiseARPrior:
                 host.soft_empty_cache()
 
     def describe(self) -> str:
+        """The Loader's info: the family the prior serves, its size, patches, text and where it draws."""
         c = self.config
-        sizes = "any size directly (2-D positions)" if c.positions == "2d" else "other sizes by sliding-window decoding"
+        family = FAMILIES.get(c.family_key)
+        sizes = {
+            "table": "other sizes by sliding-window decoding",
+            "2d": "any size directly (2-D positions)",
+            "3d": "any size and length (video positions)",
+        }[c.positions]
+        window = f", in windows of at most {c.window} patches a side" if c.window else ""
+        tokens = f", at most {c.text_tokens} tokens" if c.text_tokens else ""
         return (
-            f"{self.name}: {self.variant} prior, native {size_text(c.latent_height, c.latent_width)}, "
-            f"{c.channels} channels in {c.patch_size} x {c.patch_size}-cell patches, {sizes}; text width "
-            f"{c.text_dim}, {self.dtype} on {self.device}"
+            f"{self.name}: {self.variant} prior for {family.title if family else 'an unknown family'}, "
+            f"{'native' if c.positions == 'table' else 'trained at'} {size_text(c.latent_size, family)}, {c.channels} "
+            f"channels in {' x '.join(map(str, c.patch))}-cell patches, {sizes}{window}; text width {c.text_dim}{tokens}, "
+            f"{self.dtype} on {self.device}"
         )
 
 
@@ -158,7 +170,20 @@ def checkpoint_problem(name: str) -> str | None:
     return None if name in available else missing_checkpoint(name, available, host.model_folders())
 
 
-# Loaded priors by (path, file identity, dtype), held weakly: a prior lives as long as ComfyUI keeps a node
+def checkpoint_identity(name: str) -> str:
+    """What the Loader's IS_CHANGED returns: the file identity of checkpoint ``name`` (noisear.io.file_identity:
+    real path, device, inode, size, mtime, ctime and a hash of its first and last 64 KiB), so a file replaced
+    or rewritten with the same mtime and size is read again; for a missing or unreadable file a text saying
+    so (the Loader then reports it)."""
+    try:
+        return repr(file_identity(host.checkpoint_path(name)))
+    except FileNotFoundError:
+        return f"missing:{name}"
+    except (OSError, ValueError) as err:
+        return f"unreadable:{name}:{err}"
+
+
+# Loaded priors by (file identity, dtype), held weakly: a prior lives as long as ComfyUI keeps a node
 # output that uses it (its cache of the Loader's result, a NOISE being sampled). So this cache holds at most
 # what ComfyUI holds, and "Free model and node cache" (or a new checkpoint in the Loader) frees the memory.
 # ComfyUI offers no hook to register CPU-side memory with; its own node cache is that hook.
@@ -168,8 +193,8 @@ _cache: weakref.WeakValueDictionary[tuple, NoiseAR] = weakref.WeakValueDictionar
 def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
     """Load (or reuse) the checkpoint ``name`` from the noisear model folder, weights on the CPU.
 
-    Reused while any node output still holds it and the file is unchanged (same modification time,
-    size and inode: a file replaced on disk is read again).
+    Reused while any node output still holds it and the file is unchanged (same noisear.io.file_identity,
+    the key IS_CHANGED gives ComfyUI too: a file replaced or rewritten on disk is read again).
     """
     problem = device_problem(device, dtype)
     if problem:
@@ -178,10 +203,23 @@ def load_prior(name: str, device: str, dtype: str) -> NoiseARPrior:
         path = host.checkpoint_path(name)
     except FileNotFoundError:
         raise NoiseARNodeError(missing_checkpoint(name, host.checkpoint_names(), host.model_folders())) from None
-    stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino, dtype)
-    model = _cache.get(key)
+    identity = readable_identity(name, path)
+    model = _cache.get((identity, dtype))
     if model is None:
         log.info("NoiseAR: loading %s (%s)", path, dtype)
-        model = _cache[key] = noisear.load(path, device=OFFLOAD_DEVICE, dtype=DTYPES[dtype])
+        model = noisear.load(path, device=OFFLOAD_DEVICE, dtype=DTYPES[dtype])
+        if readable_identity(name, path) != identity:
+            raise NoiseARNodeError(
+                f"NoiseAR Loader: {name} changed while it was being read (still being copied?); queue again once "
+                f"the file is complete"
+            )
+        _cache[(identity, dtype)] = model
     return NoiseARPrior(model, name, device, dtype)
+
+
+def readable_identity(name: str, path: str) -> FileIdentity:
+    """file_identity of the checkpoint, or a NoiseARNodeError saying why it cannot be read."""
+    try:
+        return file_identity(path)
+    except OSError as err:
+        raise NoiseARNodeError(f"NoiseAR Loader: cannot read {name}: {err.strerror or err}; check the file") from None

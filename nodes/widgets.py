@@ -7,14 +7,15 @@ check_numbers). Sizes are said the same way in every message (size_text).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from noisear.config import quoted
+from noisear.families import Family
 
 from . import host
 
 CATEGORY = "sampling/noise/NoiseAR"  # where every NoiseAR node appears in ComfyUI's menu
-PIXELS_PER_CELL = 8  # SDXL and Hunyuan-DiT VAEs; only used to say sizes in pixels
+PIXELS_PER_CELL = 8  # pixels per latent cell when the family is unknown (SDXL-era VAEs); only used to say sizes
 SIZE_MODES = ("any size", "native only")
 RETIRED_SIZE_MODE = "centre + Gaussian border"  # read from old workflows as "any size", with a note
 TEMPERATURE_RANGE = (0.0, 2.0)  # the temperature widget's min and max, checked again at run time
@@ -26,9 +27,17 @@ class NoiseARNodeError(ValueError):
     """Wrong input to a NoiseAR node; the message says what was expected and what to do."""
 
 
-def size_text(height: int, width: int) -> str:
-    """A latent size as every NoiseAR message gives it: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)'."""
-    return f"{width * PIXELS_PER_CELL} x {height * PIXELS_PER_CELL} px (W x H), latent {height} x {width} cells (H x W)"
+def size_text(size: Sequence[int], family: Family | None = None) -> str:
+    """A latent size (H, W) or (T, H, W) in cells as every NoiseAR message gives it, in the family's pixels per cell
+    (8 when unknown) and, for a video, frames: '832 x 1216 px (W x H), latent 152 x 104 cells (H x W)',
+    '64 x 64 px x 5 frames (W x H x frames), latent 2 x 8 x 8 cells (T x H x W)'."""
+    *frames, height, width = size
+    pixels = family.cell_pixels if family is not None else PIXELS_PER_CELL
+    picture = f"{width * pixels} x {height * pixels} px"
+    if not frames:
+        return f"{picture} (W x H), latent {height} x {width} cells (H x W)"
+    video_frames = (frames[0] - 1) * (family.frame_stride if family is not None and family.video else 1) + 1
+    return f"{picture} x {video_frames} frames (W x H x frames), latent {frames[0]} x {height} x {width} cells (T x H x W)"
 
 
 def _bound(value: float) -> str:

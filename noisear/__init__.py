@@ -1,6 +1,6 @@
 """NoiseAR: a learned, prompt-conditioned initial noise for diffusion models (arXiv 2506.01337)."""
 
-from .config import NoiseARConfig, NoiseARConfigError
+from .config import NoiseARConfig, NoiseARConfigError, NoiseARError
 from .io import NoiseARCheckpointError, convert, describe, load, read_checkpoint, save
 from .model import NoiseAR, NoiseARInputError, standard_normal
 
@@ -8,6 +8,7 @@ __all__ = [
     "NoiseAR",
     "NoiseARConfig",
     "NoiseARConfigError",
+    "NoiseARError",
     "NoiseARCheckpointError",
     "NoiseARInputError",
     "convert",

@@ -2,6 +2,10 @@
 
 A module in COMMAND_MODULES defines ``register(subparsers)``, which adds its parsers and sets
 ``run=function(args) -> int`` on each. Heavy imports stay inside the run functions.
+
+Errors: a user error (USER_ERRORS: bad input, settings or files, a missing package, a file the system
+refuses) is printed as one line, ``error: ...``, with exit status 2; Ctrl-C exits with 130; any other
+exception is a bug: its traceback is printed with a line that says so, exit status 1.
 """
 
 from __future__ import annotations
@@ -9,9 +13,29 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from pathlib import Path
 
+from .config import NoiseARError, printable
+
 COMMAND_MODULES = ("noisear.cli", "noisear.train.cli", "noisear.toy.cli")
+# The errors a user can fix: the library's own (every one derives from noisear.config.NoiseARError), OSError (a
+# file or folder the system refuses: missing, no permission, disk full) and ImportError (a package or plugin
+# module that is not installed).
+USER_ERRORS = (NoiseARError, OSError, ImportError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is bad input the user can fix (see USER_ERRORS) rather than a bug."""
+    return isinstance(err, USER_ERRORS)
+
+
+def user_message(err: BaseException) -> str:
+    """One line for a user error: its message, or for an OSError what the system said about which file."""
+    if isinstance(err, OSError) and err.strerror:
+        target = f": {err.filename}" if err.filename is not None else ""
+        return f"{err.strerror}{target}"
+    return str(err) or type(err).__name__
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,9 +70,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         "parameters": f"{info['parameters']:,}",
         "dtype": ", ".join(info["dtypes"]),
         **vars(info["config"]),
+        "family": info["config"].family_key or "(unknown)",  # published checkpoints: the one their shapes say
     }
     for name, value in lines.items():
-        print(f"{name:<14}{value}")
+        print(f"{name:<17}{value}")
     return 0
 
 
@@ -77,9 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # every NoiseAR error is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(printable(f"interrupted: {err}" if str(err) else "interrupted"), file=sys.stderr)
         return 130
+    except Exception as err:
+        if is_user_error(err):
+            print(f"error: {printable(user_message(err))}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(
+            f"error: this is a bug ({type(err).__name__}), not a problem with your input: please report it with the "
+            f"command and the traceback above (if the traceback ends in a plugin you gave, e.g. --scorer, look there first)",
+            file=sys.stderr,
+        )
+        return 1

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
+from .families import FAMILIES
 from .patches import DecodingPlan, decoding_plan
 
-POSITION_SCHEMES = ("table", "2d")
-INT_FIELDS = ("patch_size", "channels", "latent_height", "latent_width", "d_model", "d_ff", "n_layers", "n_heads", "text_dim")
+POSITION_SCHEMES = ("table", "2d", "3d")
+INT_FIELDS = (
+    "patch_size",
+    "channels",
+    "latent_height",
+    "latent_width",
+    "d_model",
+    "d_ff",
+    "n_layers",
+    "n_heads",
+    "text_dim",
+    "latent_frames",
+    "patch_frames",
+    "window",
+    "window_frames",
+    "text_tokens",
+    "patch_hidden_dim",
+)
+ZERO_MEANS_ANY = ("window", "window_frames", "text_tokens", "patch_hidden_dim")  # int fields where 0 means "no bound"
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,12 @@ class Limits:
                 "n_layers": 64,
                 "n_heads": 4096,
                 "text_dim": 65536,
+                "latent_frames": 4096,
+                "patch_frames": 64,
+                "window": 4096,
+                "window_frames": 4096,
+                "text_tokens": 65536,
+                "patch_hidden_dim": 262144,
             }
         )
     )
@@ -46,12 +71,22 @@ class Limits:
     pickle_bytes: int = 2**20  # the pickle part of a .pth (without its tensors' data; published: 3 KiB)
     pickle_ops: int = 2**18  # opcodes in that pickle (about 30 per tensor)
     message_items: int = 5  # problems listed in one error message before "... and N more"
+    # One draw (one batch item), estimated before anything is allocated (noisear.cost): refused above these.
+    draw_patches: int = 2**20  # patches of the decoded grid
+    draw_seconds: float = 600.0  # estimated time on the device that draws (noisear.cost.DEVICE_SPEEDS)
+    draw_bytes: int = 16 * 2**30  # estimated peak memory of the draw beyond the weights
 
 
 LIMITS = Limits()
 
 
-class NoiseARConfigError(ValueError):
+class NoiseARError(ValueError):
+    """Bad input, settings or files that the user can fix; the message says what to do. Every error of the
+    library derives from it; ``python -m noisear`` prints one as a single line and exits with status 2, anything
+    else is a bug and keeps its traceback (noisear.cli)."""
+
+
+class NoiseARConfigError(NoiseARError):
     """A config that cannot describe a NoiseAR network, or a state dict it cannot be read from."""
 
 
@@ -60,6 +95,15 @@ def listing(items: Iterable[str], limit: int | None = None) -> str:
     items, limit = list(items), limit or LIMITS.message_items
     shown = [item if len(item) <= 80 else item[:77] + "..." for item in items[:limit]]
     return ", ".join(shown) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def printable(text: object) -> str:
+    """``text`` with control, bidi-override and other invisible format characters (newlines included) written
+    as escapes, so that a file or folder name cannot rewrite the terminal or reorder what is shown."""
+    return "".join(
+        (repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in str(text)
+    )
 
 
 def quoted(value: Any, limit: int = 80) -> str:
@@ -73,7 +117,9 @@ class NoiseARConfig:
     """Shape of a NoiseAR prior. Defaults are the published SDXL checkpoint.
 
     The noise it models is ``[channels, latent_height, latent_width]`` (unit-variance latent space),
-    cut into ``patch_size`` x ``patch_size`` patches read in raster order.
+    cut into ``patch_size`` x ``patch_size`` patches read in raster order; a video prior ("3d" positions)
+    models ``[channels, latent_frames, latent_height, latent_width]`` in ``patch_frames`` x ``patch_size`` x
+    ``patch_size`` space-time patches, frames outer.
     """
 
     patch_size: int = field(
@@ -92,21 +138,41 @@ class NoiseARConfig:
     dropout: float = field(default=0.15, metadata={"help": "dropout rate"})
     positions: str = field(
         default="table",
-        metadata={"help": "'table' (published 1-D table) or '2d' (row/column sinusoids; one prior for every grid)"},
+        metadata={
+            "help": "'table' (published 1-D table), '2d' (row/column sinusoids; one prior for every grid) or '3d' "
+            "(frame/row/column sinusoids: a video prior)"
+        },
     )
+    family: str = field(default="", metadata={"help": "the model family the prior serves (noisear.families), '' if unknown"})
+    latent_frames: int = field(default=1, metadata={"help": "latent frames T of a video prior (the count trained at)"})
+    patch_frames: int = field(default=1, metadata={"help": "frames per patch of a video prior"})
+    window: int = field(
+        default=0, metadata={"help": "most patch rows and columns of one decoding window (2-D and video priors); 0: unbounded"}
+    )
+    window_frames: int = field(default=0, metadata={"help": "most frames of one decoding window (video priors); 0: unbounded"})
+    text_tokens: int = field(default=0, metadata={"help": "most text tokens the prior reads; 0: any number"})
+    patch_hidden_dim: int = field(default=0, metadata={"help": "hidden width of the patch encoder; 0: 2*Pt*P*P as published"})
 
     # positions: "table" is the published scheme, a 1-D sinusoidal table stored in the checkpoint
     # for the native grid only; "2d" computes row/column sinusoids so one prior samples every grid
-    # (any latent whose sides are multiples of patch_size). latent_height/width are then the size
-    # the prior was trained at, not a limit.
+    # (any latent whose sides are multiples of patch_size); "3d" adds a frame sinusoid (video).
+    # latent_height/width/frames are then the size the prior was trained at, not a limit.
+    # family: a key of noisear.families.FAMILIES (the model family the prior serves), "" when unknown
+    # (published checkpoints are recognised by their shapes, see `family_key`).
+    # window / window_frames (2d, 3d): the most patch rows and columns / frames of one decoding window;
+    # a larger latent is decoded with a sliding window, so the cost of a draw grows linearly. 0: unbounded.
+    # text_tokens: the most text tokens the prior reads (0: any number).
+    # patch_hidden_dim: hidden width of the patch encoder; 0: 2*Pt*P*P as published (a bottleneck for
+    # latents of many channels, where `noisear train` chooses a wider one).
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
             value, largest = getattr(self, name), LIMITS.fields[name]
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NoiseARConfigError(f"{name} must be an integer, got {type(value).__name__} {quoted(value)}")
-            if not 1 <= value <= largest:
-                raise NoiseARConfigError(f"{name} must be between 1 and {largest}, got {quoted(value)}")
+            lowest = 0 if name in ZERO_MEANS_ANY else 1
+            if not lowest <= value <= largest:
+                raise NoiseARConfigError(f"{name} must be between {lowest} and {largest}, got {quoted(value)}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
             raise NoiseARConfigError(f"dropout must be a number, got {type(self.dropout).__name__} {quoted(self.dropout)}")
         if not isinstance(self.positions, str):
@@ -121,12 +187,42 @@ class NoiseARConfig:
             raise NoiseARConfigError(f"positions must be one of {POSITION_SCHEMES}, got {quoted(self.positions)}")
         if self.positions == "2d" and self.d_model % 4:
             raise NoiseARConfigError(f"2-D positions need d_model divisible by 4, got {self.d_model}")
+        if self.positions == "3d" and self.d_model % 2:
+            raise NoiseARConfigError(f"video positions need an even d_model, got {self.d_model}")
+        if self.positions != "3d" and (self.latent_frames, self.patch_frames, self.window_frames) != (1, 1, 0):
+            raise NoiseARConfigError(
+                f"latent_frames, patch_frames and window_frames describe video priors (positions '3d'); this prior "
+                f"has positions {self.positions!r}, so they must stay 1, 1 and 0"
+            )
+        if self.latent_frames % self.patch_frames:
+            raise NoiseARConfigError(f"latent_frames {self.latent_frames} is not a multiple of patch_frames {self.patch_frames}")
+        if self.positions == "table" and (self.window or self.window_frames):
+            raise NoiseARConfigError("a 1-D position table decodes in windows of its native grid; window must stay 0")
+        self._check_family()
         if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise NoiseARConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_values > LIMITS.values:
             raise NoiseARConfigError(
                 f"this config describes {self.num_values:,} values, more than any NoiseAR prior (limit {LIMITS.values:,})"
             )
+
+    def _check_family(self) -> None:
+        """``family`` names a known family whose latent and text this prior fits."""
+        if not isinstance(self.family, str):
+            raise NoiseARConfigError(f"family must be a string, got {quoted(self.family)}")
+        if not self.family:
+            return
+        if self.family not in FAMILIES:
+            raise NoiseARConfigError(f"family must be one of {', '.join(FAMILIES)} (or empty), got {quoted(self.family)}")
+        family = FAMILIES[self.family]
+        if self.channels != family.channels:
+            raise NoiseARConfigError(
+                f"a {family.title} prior models {family.channels}-channel latents, but channels is {self.channels}"
+            )
+        if self.text_dim != family.text_dim:
+            raise NoiseARConfigError(f"{family.title} text is {family.text_dim} wide, but text_dim is {self.text_dim}")
+        if self.positions == "3d" and not family.video:
+            raise NoiseARConfigError(f"{family.title} makes images; a video prior (positions '3d') cannot serve it")
 
     # Derived sizes -------------------------------------------------------------------------
     @property
@@ -146,13 +242,34 @@ class NoiseARConfig:
 
     @property
     def patch_dim(self) -> int:
-        """Values in one patch token, C*P*P."""
-        return self.channels * self.patch_size**2
+        """Values in one patch token, C*P*P (C*Pt*P*P for video)."""
+        return self.channels * self.patch_frames * self.patch_size**2
+
+    @property
+    def video(self) -> bool:
+        """Whether the prior models [C, T, H, W] video latents."""
+        return self.positions == "3d"
+
+    @property
+    def patch(self) -> tuple[int, ...]:
+        """Cells per patch along each latent axis: (P, P), or (Pt, P, P) for video."""
+        return (self.patch_frames, self.patch_size, self.patch_size) if self.video else (self.patch_size, self.patch_size)
+
+    @property
+    def latent_size(self) -> tuple[int, ...]:
+        """The size it was trained at (native for a table), cells per axis: (H, W) or (T, H, W)."""
+        size = (self.latent_height, self.latent_width)
+        return (self.latent_frames, *size) if self.video else size
+
+    @property
+    def family_key(self) -> str:
+        """The family it serves: ``family``, or for a published checkpoint the one its shapes say; "" if unknown."""
+        return self.family or {"SDXL": "sdxl", "Hunyuan-DiT": "hunyuan-dit"}.get(self.variant, "")
 
     @property
     def patch_hidden(self) -> int:
-        """Width of the patch encoder's hidden layer, 2*P*P as published."""
-        return 2 * self.patch_size**2
+        """Width of the patch encoder's hidden layer: ``patch_hidden_dim``, else 2*Pt*P*P as published."""
+        return self.patch_hidden_dim or 2 * self.patch_frames * self.patch_size**2
 
     @property
     def has_text_adapter(self) -> bool:
@@ -234,11 +351,19 @@ class NoiseARConfig:
             return "Hunyuan-DiT"
         return "own"
 
-    def plan(self, height: int, width: int) -> DecodingPlan:
-        """How a latent of height x width cells is decoded: native, sliding window or 2-D (see DecodingPlan)."""
-        return decoding_plan(
-            height, width, self.patch_size, None if self.positions == "2d" else (self.grid_height, self.grid_width)
-        )
+    @property
+    def title(self) -> str:
+        """How messages name the prior: 'SDXL' or 'Hunyuan-DiT' (published shapes), 'own <family title>', or 'own'."""
+        if self.variant != "own":
+            return self.variant
+        return f"own {FAMILIES[self.family].title}" if self.family else "own"
+
+    def plan(self, *size: int) -> DecodingPlan:
+        """How a latent of ``size`` cells per axis ((H, W), or (T, H, W) for video) is decoded (see DecodingPlan)."""
+        if self.positions == "table":
+            return decoding_plan(size, self.patch, (self.grid_height, self.grid_width))
+        window = (self.window_frames, self.window, self.window) if self.video else (self.window, self.window)
+        return decoding_plan(size, self.patch, None, window)
 
     # Serialisation ---------------------------------------------------------------------------
     def to_json(self) -> str:

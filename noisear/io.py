@@ -7,6 +7,7 @@ and every tensor is checked against the config (name, shape, dtype, finite value
 from __future__ import annotations
 
 import _compat_pickle  # the Python 2 -> 3 name table pickle itself uses
+import hashlib
 import io
 import json
 import math
@@ -15,18 +16,20 @@ import pickle
 import pickletools
 import re
 import secrets
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping, NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import LIMITS, NoiseARConfig, NoiseARConfigError, listing, quoted
+from .config import LIMITS, NoiseARConfig, NoiseARConfigError, NoiseARError, listing, quoted
 from .model import NoiseAR
 
+CONTENT_SAMPLE_BYTES = 64 * 2**10  # file_identity hashes this many bytes at each end of a file
 FORMAT_NAME = "noisear"
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -43,7 +46,7 @@ STATE_DICT_GLOBALS = {
 }
 
 
-class NoiseARCheckpointError(ValueError):
+class NoiseARCheckpointError(NoiseARError):
     """A file that is not a usable NoiseAR checkpoint. The message says what was expected."""
 
 
@@ -84,6 +87,55 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+# Knowing when a file changed ---------------------------------------------------------------------
+def file_state(path: str | os.PathLike) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime_ns, ctime_ns) of the file at ``path``: one stat, for noticing cheaply that a
+    file changed while it is in use (a dataset's shards during a run). :func:`file_identity` adds a content
+    sample, for cache keys that must hold over days."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+class FileIdentity(NamedTuple):
+    """What a file's content is known by: see :func:`file_identity`."""
+
+    path: str  # real path (symlinks resolved)
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    content: str  # sha256 of the first and last CONTENT_SAMPLE_BYTES
+
+
+def file_identity(path: str | os.PathLike) -> FileIdentity:
+    """The identity of the file at ``path``: it changes whenever the file's content may have changed.
+
+    The one key for caches of what a file holds (the ComfyUI Loader's IS_CHANGED and its cache of loaded
+    priors). Why this is enough: every write to a file sets its ctime to the current time, and nothing a
+    user runs can set a ctime back (cp -p, rsync -a, tar and os.utime restore atime and mtime only, which
+    itself sets ctime to now); a file replaced by a rename has another inode and a new ctime. So where
+    ctime has nanoseconds (ext4, xfs, btrfs, tmpfs, APFS, NTFS) every change is seen. The content sample
+    is for coarse clocks (FAT keeps 2 s and no ctime, some network mounts whole seconds): a rewrite within
+    one tick is still seen when it changes the first or last 64 KiB, which for a checkpoint hold the header
+    (config, tensor layout) and values of the first and last tensors, changed by any retraining,
+    conversion or dtype change. Cost: one stat and two 64 KiB reads. Raises OSError when the file cannot
+    be read and NoiseARCheckpointError for a pipe, device or folder (opened without blocking).
+    """
+    real = os.path.realpath(path)
+    descriptor = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise NoiseARCheckpointError(f"{Path(real).name} is not a regular file (a folder, pipe or device)")
+    with os.fdopen(descriptor, "rb") as handle:
+        digest = hashlib.sha256(handle.read(CONTENT_SAMPLE_BYTES))
+        if info.st_size > CONTENT_SAMPLE_BYTES:
+            handle.seek(max(CONTENT_SAMPLE_BYTES, info.st_size - CONTENT_SAMPLE_BYTES))
+            digest.update(handle.read(CONTENT_SAMPLE_BYTES))
+    return FileIdentity(real, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, digest.hexdigest())
 
 
 # Reading: everything a file declares is checked before its data is read ------------------------------
@@ -424,7 +476,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     with torch.device("meta"):
         model = NoiseAR(config)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device).eval()
+    return model.to(device=device).train(False)
 
 
 def save(model: NoiseAR, path: str | os.PathLike) -> None:

@@ -21,11 +21,13 @@ import numbers
 
 import torch
 
+from .config import NoiseARError
+
 MODES = ("linear", "variance-preserving", "slerp")
 SLERP_PARALLEL = 1e-4  # below this angle (radians) slerp equals linear to fp32 precision
 
 
-class NoiseMixingError(ValueError):
+class NoiseMixingError(NoiseARError):
     """Inputs that cannot be mixed (shapes, strength, mode)."""
 
 

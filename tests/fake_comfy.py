@@ -7,7 +7,12 @@ v0.3.64):
   batch_index one randn of the latent's shape; with it, one [1, C, H, W] draw per index 0..max
   in order, item k taking the draw of its index (so a split batch reproduces the full batch).
 - model_sampling: EPS/V-prediction objects with a 0-d tensor sigma_max; flow models are CONST.
-- latent formats: process_in(x) = (x - shift) * scale, process_out the inverse.
+- A MODEL (ModelPatcher) holds its model (class comfy.model_base.SDXL, ...) as .model, whose .model_config is an
+  instance of its comfy.supported_models class ("SDXL", "Flux", "FluxSchnell", "QwenImage", "WAN21_T2V", ...; the
+  default fake model has none, as an object of no known family);
+  get_key_patches() gives every weight's original (its backup while a patch is applied) and its patches.
+- latent formats: process_in(x) = (x - shift) * scale, process_out the inverse; latent_dimensions 2, or 3 for the
+  Wan 2.1 format (Wan, Qwen-Image).
 - ProgressBar(total).update_absolute(value, total=None); folder_paths.folder_names_and_paths
   entries are ([dirs], extensions); get_full_path_or_raise resolves the name as
   os.path.relpath(os.path.join("/", name), "/") (a leading ".." cannot climb out of the folder);
@@ -17,11 +22,14 @@ v0.3.64):
   and "g" in chunks of exactly 77 ([start 49406, up to 75 tokens, end 49407], padded with 49407 for
   "l" and 0 for "g"; a prompt over 75 tokens goes on in the next chunk); Hunyuan-DiT's "hydit_clip"
   is one chunk [101, tokens, 102] padded with 0 to at least 77, "mt5xl" [tokens, 1] padded to 256.
+  SD3 ("l", "g", "t5xxl") and Flux ("l", "t5xxl"): T5-XXL is one chunk [tokens, end 1] padded with 0 to at least
+  77 (SD3) or 256 (Flux); SD3's conditioning is its CLIP rows (77 per chunk) then its T5 rows, Flux's the T5 rows.
   encode_from_tokens_scheduled(tokens) -> [[cond [1, T, width], dict]] (Hunyuan-DiT's dict holds the
   BERT attention_mask [1, T]); CLIPSetLastLayer sets layer_idx, clone() copies it.
 - Text on a node: server.PromptServer.instance.send_progress_text(text, node_id) for the node in
   comfy_execution.utils.get_executing_context() (None outside a node's execution).
-- comfy.sample.fix_empty_latent_channels as ComfyUI's; comfy.sample.sample records its arguments
+- comfy.sample.fix_empty_latent_channels as ComfyUI's (channels, then a time axis for a 3-D latent format);
+  comfy.sample.sample records its arguments
   (Sampling.calls) and, standing in for the sampler, returns noise + latent_image on the intermediate
   device (so a test sees which noise went in); latent_preview.prepare_callback(model, steps) makes a
   ProgressBar(steps) as ComfyUI's does.
@@ -72,6 +80,7 @@ class LatentFormat:
     scale_factor: float = SDXL_SCALE
     shift_factor: float = 0.0
     latent_channels: int = 4
+    latent_dimensions: int = 2  # 3: the Wan 2.1 format (Wan, Qwen-Image), [B, C, T, H, W]
 
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
         return (latent - self.shift_factor) * self.scale_factor
@@ -80,22 +89,51 @@ class LatentFormat:
         return latent / self.scale_factor + self.shift_factor
 
 
+class SDXL:
+    """ComfyUI's model class (comfy.model_base.SDXL) as far as its name goes."""
+
+
+def base_model(config: str) -> object:
+    """A comfy.model_base model whose model_config is an instance of the comfy.supported_models class ``config``."""
+    return type("BaseModel", (), {"model_config": type(config, (), {})()})()
+
+
+def tiny_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"input.weight": torch.randn(8, 4, 3, 3, generator=generator), "out.bias": torch.randn(4, generator=generator)}
+
+
 @dataclass
 class Model:
-    """A MODEL (ModelPatcher) as far as get_model_object goes."""
+    """A MODEL (ModelPatcher) as far as get_model_object, its model class and its weights go.
+
+    get_key_patches() is ModelPatcher's: {key: [(original weight, convert function), *patches]}, the original even
+    while a patch is applied; a patch is (strength_patch, value, strength_model, offset, function) as
+    ModelPatcher.add_patches stores it.
+    """
 
     sampling: object = field(default_factory=EPS)
     latent_format: LatentFormat = field(default_factory=LatentFormat)
+    weights: dict = field(default_factory=tiny_weights)
+    patches: dict = field(default_factory=dict)
+    model: object = field(default_factory=SDXL)
 
     def get_model_object(self, name: str) -> object:
         return {"model_sampling": self.sampling, "latent_format": self.latent_format}[name]
 
+    def get_key_patches(self) -> dict[str, list]:
+        return {key: [(weight, None), *self.patches.get(key, [])] for key, weight in self.weights.items()}
+
 
 def fix_empty_latent_channels(model: Model, latent: torch.Tensor) -> torch.Tensor:
-    """An all-zero latent gets the model's channel count (ComfyUI: repeat_to_batch_size on dim 1)."""
-    channels = model.get_model_object("latent_format").latent_channels
+    """An all-zero latent gets the model's channel count (ComfyUI: repeat_to_batch_size on dim 1); a 4-D latent of a
+    3-D latent format gets a time axis (unsqueeze(2))."""
+    latent_format = model.get_model_object("latent_format")
+    channels = latent_format.latent_channels
     if channels != latent.shape[1] and torch.count_nonzero(latent) == 0:
-        return torch.zeros(latent.shape[0], channels, *latent.shape[2:], dtype=latent.dtype)
+        latent = torch.zeros(latent.shape[0], channels, *latent.shape[2:], dtype=latent.dtype)
+    if latent_format.latent_dimensions == 3 and latent.ndim == 4:
+        latent = latent.unsqueeze(2)
     return latent
 
 
@@ -209,10 +247,14 @@ class FolderPaths:
         return self.output_directory
 
 
-CLIP_FAMILIES = {  # family -> (width, {stream: (start, end, pad, chunk length or None, minimum length)})
-    "sdxl": (2048, {"l": (49406, 49407, 49407, 77, 77), "g": (49406, 49407, 0, 77, 77)}),
-    "hunyuan": (1024, {"hydit_clip": (101, 102, 0, None, 77), "mt5xl": (None, 1, 0, None, 256)}),
-    "sd1": (768, {"l": (49406, 49407, 49407, 77, 77)}),
+CLIP_L, CLIP_G = (49406, 49407, 49407, 77, 77), (49406, 49407, 0, 77, 77)
+# family -> (width, {stream: (start, end, pad, chunk length or None, minimum length)}, streams whose tokens are rows)
+CLIP_FAMILIES = {
+    "sdxl": (2048, {"l": CLIP_L, "g": CLIP_G}, ("l",)),
+    "hunyuan": (1024, {"hydit_clip": (101, 102, 0, None, 77), "mt5xl": (None, 1, 0, None, 256)}, ("hydit_clip",)),
+    "sd1": (768, {"l": CLIP_L}, ("l",)),
+    "sd3": (4096, {"l": CLIP_L, "g": CLIP_G, "t5xxl": (None, 1, 0, None, 77)}, ("l", "t5xxl")),
+    "flux": (4096, {"l": CLIP_L, "t5xxl": (None, 1, 0, None, 256)}, ("t5xxl",)),
 }
 
 
@@ -226,7 +268,7 @@ class CLIP:
 
     def __init__(self, family: str = "sdxl") -> None:
         self.family, self.layer_idx, self.tokenizer_options = family, None, {}
-        self.width, self.streams = CLIP_FAMILIES[family]
+        self.width, self.streams, self.row_streams = CLIP_FAMILIES[family]
         self.vocab: dict[str, int] = {}
         self.calls: list[tuple[dict, int | None]] = []
 
@@ -258,8 +300,8 @@ class CLIP:
 
     def encode_from_tokens_scheduled(self, tokens: dict) -> list:
         self.calls.append((tokens, self.layer_idx))
-        first = next(iter(self.streams))
-        flat = [token for chunk in tokens[first] for token in chunk]
+        first = self.row_streams[0]
+        flat = [token for stream in self.row_streams for chunk in tokens[stream] for token in chunk]
         layer = 0 if self.layer_idx is None else self.layer_idx + 2
         cond = torch.tensor([[float(w) * (t + layer)] * self.width for t, w in flat]).unsqueeze(0)
         extras = {"pooled_output": torch.zeros(1, 1280)}

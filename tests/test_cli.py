@@ -31,8 +31,9 @@ def test_inspect_prints_variant_config_parameters_and_dtype(published, published
     assert fields["parameters"] == expected_parameters
     assert fields["dtype"] == "float32"
     assert fields["file"].startswith(str(published_pth)) and fields["file"].endswith("MiB)")
+    assert fields["family"] == {"SDXL": "sdxl", "Hunyuan-DiT": "hunyuan-dit"}[published.variant]
     for name, value in vars(published.config).items():
-        assert fields[name] == str(value), name
+        assert name == "family" or fields[name] == str(value), name
 
 
 def test_convert_then_inspect_shows_the_same_config(tmp_path, capsys):
@@ -132,3 +133,43 @@ def test_the_demos_manifest_records_the_command_without_absolute_paths():
     command = recorded_command(argv)
     assert command == "python -m noisear demo --retrain --checkpoints ckpt '--out=demo out' --seeds 1 2"
     assert recorded_command(["demo", "--retrain", "--checkpoints", "runs/ckpt"]).endswith("--checkpoints runs/ckpt")
+
+
+# Errors: a user error is one line and exit status 2, anything else is a bug with its traceback ---------------
+def failing_command(error):
+    def run(args):
+        raise error
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        noisear.NoiseARCheckpointError("a bad checkpoint"),
+        noisear.NoiseARConfigError("a bad config"),
+        noisear.NoiseARInputError("a bad input"),
+        PermissionError(13, "Permission denied", "/some/file"),
+        ModuleNotFoundError("No module named 'plugin'"),
+    ],
+)
+def test_a_user_error_is_one_line_with_exit_status_2(monkeypatch, capsys, error):
+    monkeypatch.setattr("noisear.cli.run_inspect", failing_command(error))
+    assert main(["inspect", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("a plain ValueError from deep inside"), KeyError("k")])
+def test_any_other_error_is_a_bug_that_keeps_its_traceback(monkeypatch, capsys, error):
+    monkeypatch.setattr("noisear.cli.run_inspect", failing_command(error))
+    assert main(["inspect", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "this is a bug" in err and type(error).__name__ in err
+
+
+def test_error_lines_escape_control_and_bidi_characters(monkeypatch, capsys):
+    monkeypatch.setattr("noisear.cli.run_inspect", failing_command(noisear.NoiseARCheckpointError("x\x1b[2Jy\u202ez\nw")))
+    assert main(["inspect", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: x\\x1b[2Jy\\u202ez\\nw\n"

@@ -79,6 +79,29 @@ def test_odd_names_get_a_clear_message(tmp_path):
         run("one", dataset="taken")
 
 
+CONTROL_NAMES = {
+    "newline": "set\nnext",
+    "tab": "set\tx",
+    "escape": "set\x1b[31m",
+    "delete": "set\x7f",
+    "C1 control": "set\x85x",
+    "right-to-left override": "set\u202etxt.exe",
+    "left-to-right embedding": "\u202aset",
+    "pop directional formatting": "set\u202c",
+    "first strong isolate": "set/\u2068x",
+    "pop directional isolate": "set\u2069",
+    "line separator": "set\u2028x",
+}
+
+
+@pytest.mark.parametrize("case", list(CONTROL_NAMES))
+def test_names_with_control_or_bidirectional_characters_are_refused_and_nothing_is_created(tmp_path, case):
+    """Such a folder name shows as another name in file managers and terminals (or breaks lines in logs)."""
+    with pytest.raises(NoiseARNodeError, match=r"dataset must not hold control or bidirectional-formatting characters"):
+        run("one", dataset=CONTROL_NAMES[case])
+    assert files_under(tmp_path) == [] and sorted(os.listdir(tmp_path)) == []
+
+
 def test_widget_limits_cannot_hold_more_than_the_byte_budget_before_a_write(tmp_path):
     required = DatasetCollectorNode.INPUT_TYPES()["required"]
     largest_shard, largest_batch = required["shard_size"][1]["max"], required["batch_size"][1]["max"]

@@ -128,7 +128,7 @@ def fakes(monkeypatch, tmp_path):
     sigmas = torch.tensor([14.6146, 10.0, 5.0, 0.0])
     runs = []
 
-    def run_guided(model, positive, negative, noise, given_sigmas, seed, work):
+    def run_guided(model, positive, negative, noise, given_sigmas, seed, work, embedded_guidance=False):
         runs.append({"noise": noise.clone(), "seed": seed, "positive": positive, "negative": negative})
         scale = math.sqrt(1 + float(given_sigmas[0]) ** 2)
         denoised = comfy_denoised(net, "epsilon", lambda s: s, positive, negative)
@@ -146,7 +146,7 @@ def empty(batch=2, **extra):
 
 
 def make(noise=None, seed=7, steps=3, cfgs=(5.5, 1.0)) -> GoldenNoise:
-    return GoldenNoiseNode().make(object(), 0.3, -0.2, seed, "normal", steps, *cfgs, noise=noise)[0]
+    return GoldenNoiseNode().make(fake_comfy.Model(), 0.3, -0.2, seed, "normal", steps, *cfgs, noise=noise)[0]
 
 
 def test_node_improves_randomnoise_draws_for_the_seed_and_carries_the_seed(fakes):

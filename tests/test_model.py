@@ -20,6 +20,7 @@ from builders import (
 )
 
 from noisear import NoiseAR, NoiseARConfig, NoiseARInputError, standard_normal
+from noisear.model import CACHED_DECODING, _CachedDecoder
 from noisear.patches import patchify
 
 TINY_CONFIGS = {
@@ -114,6 +115,73 @@ def test_cached_sampler_equals_naive_on_published_size(published):
     naive = published.model.sample_naive(text, eps)
     assert cached.shape == (1, 4, 128, 128) and cached.dtype == torch.float32
     torch.testing.assert_close(cached, naive, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+@pytest.mark.parametrize("masked", [False, True], ids=["all-tokens", "text-mask"])
+def test_cached_decoding_equals_teacher_forcing_position_by_position(name, masked):
+    """Fed in chunks of 1, 2 and the rest, the cached decoder predicts the last patch of each chunk as
+    teacher forcing over the whole sequence does (fp64; a chunk of several rows runs the last layer for
+    its last row alone)."""
+    config = TINY_CONFIGS[name]
+    model = model_from_state(config, as_double(random_state_dict(config, seed=5)))
+    text, noise = random_text(config, 2, tokens=6).double(), random_eps(config, 2).double()
+    mask = text_mask_for(2, 6) if masked else None
+    prefix = patchify(noise, config.patch_size)[:, :-1]
+    mu, logvar = model(text, prefix, mask)
+
+    memory = model.encode_text(text)
+    decoder = _CachedDecoder(
+        model, model.text_keys_values(memory, CACHED_DECODING), model._text_attend(mask, memory), config.num_patches
+    )
+    start = model.learnable_start_token_emb.expand(2, 1, -1)
+    x = torch.cat([start, model.latent_patch_encoder(prefix)], dim=1) + model.positions((config.grid_height, config.grid_width))
+    ends = [1, 3, config.num_patches]  # every tiny config has more than 3 patches
+    for begin, end in zip([0, *ends], ends):
+        step_mu, step_logvar = decoder.step(x[:, begin:end])
+        torch.testing.assert_close(step_mu, mu[:, end - 1 : end], atol=1e-12, rtol=0)
+        torch.testing.assert_close(step_logvar, logvar[:, end - 1 : end], atol=1e-12, rtol=0)
+    assert decoder.cache.position == config.num_patches
+
+
+def multihead_attention_forward(
+    model: NoiseAR, text: torch.Tensor, prefix: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher forcing through the network's nn.MultiheadAttention modules themselves, as the published code runs them."""
+    batch, length = prefix.shape[0], prefix.shape[1] + 1
+    memory = model.encode_text(text)
+    x = torch.cat([model.learnable_start_token_emb.expand(batch, 1, -1), model.latent_patch_encoder(prefix)], dim=1)
+    x = x + model.positions((model.config.grid_height, model.config.grid_width))[:, :length]
+    causal = torch.triu(torch.full((length, length), float("-inf")), 1)
+    for k in range(model.config.n_layers):
+        x = model.self_attn_norm[k](x)
+        x = model.self_attn_layers[k](x, x, x, attn_mask=causal, need_weights=False)[0] + x
+        x = model.cross_attn_norm[k](x)
+        x = model.cross_attn_layers[k](x, memory, memory, key_padding_mask=~mask, need_weights=False)[0] + x
+        x = model.ffn_norm[k](x)
+        x = model.ffn_layers[k](x) + x
+    return model.prediction_head_mu(x), model.prediction_head_logvar(x)
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_teacher_forcing_trains_as_nn_multihead_attention_does(name):
+    """Same values, same dropout (attention probabilities and feed-forward, drawn in the same order)
+    and same gradients as the published layers; dropout is active in training only."""
+    config = TINY_CONFIGS[name]
+    model, text, noise = random_model(config), random_text(config, 3, tokens=6), random_eps(config, 3)
+    prefix, mask = patchify(noise, config.patch_size)[:, :-1], text_mask_for(3, 6)
+    outputs = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        for path, forward in (("ours", model), ("nn", lambda *args: multihead_attention_forward(model, *args))):
+            model.zero_grad()
+            torch.manual_seed(7)
+            mu, logvar = forward(text, prefix, mask)
+            (mu.square().sum() + logvar.sum()).backward()
+            outputs[mode, path] = (mu, logvar, *(p.grad.clone() for p in model.parameters()))
+        for ours, theirs in zip(outputs[mode, "ours"], outputs[mode, "nn"], strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(outputs["train", "ours"][0], outputs["eval", "ours"][0])
 
 
 def test_one_text_embedding_serves_a_whole_batch():

@@ -37,6 +37,9 @@ from nodes.preview import colour_matrix, noise_to_image
 from nodes.prior import NoiseARPrior
 from nodes.widgets import RETIRED_SIZE_MODE, SIZE_MODES, NoiseARNodeError, size_text
 from noisear import NoiseARConfig, save
+from noisear.cost import estimate
+from noisear.families import FAMILIES
+from noisear.io import NoiseARCheckpointError, file_identity
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 channels like SDXL latents, 8x8 latent in 4x4 patches, 2x2 grid, 24-d text
@@ -81,6 +84,9 @@ class RecordingModel:
         self.moves.append(torch.device(device).type)
         return self
 
+    def draw_cost(self, size, text_tokens):
+        return estimate(self.config, tuple(size), text_tokens)
+
     def sample(self, text, eps, *, temperature, text_mask, callback):
         self.calls.append({"text": text, "eps": eps, "mask": text_mask})
         steps = self.config.plan(*eps.shape[2:]).patches
@@ -123,6 +129,64 @@ def test_loader_caches_by_path_and_mtime(small_ckpt, host_fakes):
     os.utime(path, (os.path.getmtime(path) + 10, os.path.getmtime(path) + 10))
     assert load().model is not first.model
     assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != NoiseARLoader.IS_CHANGED("gone", "auto", "fp32")
+
+
+def replace_keeping_mtime(path: Path, content: bytes, how: str) -> None:
+    """Put ``content`` at ``path`` with the old modification time, as cp -p, rsync -a or an archive does."""
+    old = os.stat(path)
+    if how == "rename":  # rsync -a, tar, a download: a new file renamed over the old one
+        temporary = path.with_name(".incoming")
+        temporary.write_bytes(content)
+        os.utime(temporary, ns=(old.st_atime_ns, old.st_mtime_ns))
+        os.replace(temporary, path)
+    else:  # cp -p onto the file, or a rewrite in place: same inode
+        with open(path, "r+b") as handle:
+            handle.write(content)
+            handle.truncate()
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == old.st_mtime_ns
+
+
+@pytest.mark.parametrize("how", ["rename", "in place"])
+def test_a_checkpoint_replaced_with_the_same_mtime_and_size_is_read_again(small_ckpt, tmp_path, how):
+    """ComfyUI reuses the Loader's output while IS_CHANGED says the same: it must change with the content."""
+    first, before = load(), NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32")
+    path = Path(host.checkpoint_path(small_ckpt))
+    retrained = random_model(SMALL, seed=4)
+    save(retrained, tmp_path / "retrained.safetensors")
+    content = (tmp_path / "retrained.safetensors").read_bytes()
+    assert len(content) == path.stat().st_size  # same size, so only the content tells them apart
+    replace_keeping_mtime(path, content, how)
+    assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") != before
+    second = load()
+    assert second.model is not first.model
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(), retrained.state_dict().values()))
+    assert NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32") == NoiseARLoader.IS_CHANGED(small_ckpt, "auto", "fp32")
+
+
+def test_file_identity_names_the_real_file_and_samples_its_first_and_last_64_kib(tmp_path):
+    path, link = tmp_path / "weights.bin", tmp_path / "link.bin"
+    path.write_bytes(bytes(300 * 1024))
+    link.symlink_to(path)
+    identity = file_identity(path)
+    assert file_identity(link) == identity == file_identity(path) and identity.path == str(path.resolve())
+    assert (identity.size, identity.inode) == (300 * 1024, os.stat(path).st_ino)
+    samples = {}
+    for where in (0, 150 * 1024, 300 * 1024 - 1):  # a change at the start, in the middle, at the end
+        content = bytearray(300 * 1024)
+        content[where] = 1
+        path.write_bytes(bytes(content))
+        samples[where] = file_identity(path)
+        assert samples[where] != identity  # ctime moves with every write
+    assert samples[0].content != identity.content and samples[300 * 1024 - 1].content != identity.content
+    assert samples[150 * 1024].content == identity.content  # the middle is ctime's job (see file_identity)
+
+
+def test_file_identity_refuses_what_is_not_a_regular_file_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for name in ("pipe.safetensors", "."):
+        with pytest.raises(NoiseARCheckpointError, match="not a regular file"):
+            file_identity(tmp_path / name)
 
 
 def test_the_loader_cache_holds_only_what_comfyui_holds(small_ckpt, host_fakes):
@@ -169,7 +233,7 @@ def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fak
     host.register_model_folder()  # models/noisear does not even exist yet
     folder = os.path.join(host_fakes.folder_paths.models_dir, "noisear")
     assert NoiseARLoader.INPUT_TYPES()["required"]["ckpt_name"][0] == []
-    message = NoiseARLoader.VALIDATE_INPUTS("sdxl_and_dreamshaper.safetensors", "auto", "fp32")
+    message = NoiseARLoader.VALIDATE_INPUTS("sdxl_and_dreamshaper.safetensors")
     assert "there is no checkpoint there" in message
     for part in guidance_for(folder):
         assert part in message
@@ -180,16 +244,28 @@ def test_an_empty_model_folder_tells_where_files_go_and_how_to_get_them(host_fak
 
 def test_a_file_not_in_the_list_is_refused_like_comfyuis_list_check_with_the_files_found(small_ckpt, host_fakes):
     host_fakes.folder_paths.folder_names_and_paths["noisear"][0].insert(0, "/extra/noisear")
-    message = NoiseARLoader.VALIDATE_INPUTS("dit.safetensors", "auto", "fp32")
+    message = NoiseARLoader.VALIDATE_INPUTS("dit.safetensors")
     assert "go in /extra/noisear or " in message and "'dit.safetensors' is not there (found: small.safetensors)" in message
     assert all(part in message for part in guidance_for("/extra/noisear"))
-    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp32") is True
+    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt) is True
+
+
+def inputs_given_the_validation_message(node: type) -> list[str]:
+    """The inputs ComfyUI attaches a VALIDATE_INPUTS message to, one copy each (execution.validate_inputs): the
+    node's inputs among the function's arguments, or every input when it takes **kwargs."""
+    spec = inspect.getfullargspec(node.VALIDATE_INPUTS)
+    inputs = {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+    return list(inputs) if spec.varkw else [name for name in spec.args if name in inputs]
+
+
+def test_the_missing_checkpoint_message_appears_once_in_comfyuis_error_dialog(host_fakes):
+    host.register_model_folder()
+    assert inputs_given_the_validation_message(NoiseARLoader) == ["ckpt_name"]
 
 
 def test_loader_refuses_impossible_device_and_dtype(small_ckpt):
-    assert "GPU only" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "fp16")  # the fake host runs on the CPU
-    assert "choose 'auto' or 'cpu'" in NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "gpu", "fp32")
-    assert NoiseARLoader.VALIDATE_INPUTS(small_ckpt, "auto", "bf16") is True
+    """device and dtype are checked when the Loader runs (before any file is read), with ComfyUI's own list check
+    before that: a VALIDATE_INPUTS that took them would repeat the missing-checkpoint message three times."""
     with pytest.raises(NoiseARNodeError, match="ComfyUI runs on the CPU"):
         load(device="gpu")
     with pytest.raises(NoiseARNodeError, match="fp16 runs on a GPU only"):
@@ -320,12 +396,17 @@ def test_info_says_which_decoding_was_used(config, shape, decoding):
     prior = recording_prior(config)
     node_noise = NoiseARNoiseNode().make(prior, conditioning(width=config.text_dim), 0, 0.5, "any size")[0]
     node_noise.generate_noise(empty_latent(height=shape[0], width=shape[1]))
-    assert node_noise.info == f"NoiseAR decoding: {decoding} for {size_text(*shape)}"
+    assert node_noise.info == f"NoiseAR decoding: {decoding} for {size_text(shape)}"
     assert prior.model.calls[0]["eps"].shape == (1, 4, *shape)
 
 
-def test_size_text_labels_pixels_and_latent_cells():
-    assert size_text(152, 104) == "832 x 1216 px (W x H), latent 152 x 104 cells (H x W)"
+def test_size_text_labels_pixels_and_latent_cells_in_the_familys_pixels_and_frames():
+    assert size_text((152, 104)) == "832 x 1216 px (W x H), latent 152 x 104 cells (H x W)"
+    assert size_text((32, 32), FAMILIES["hunyuan-image-2.1"]) == "1024 x 1024 px (W x H), latent 32 x 32 cells (H x W)"
+    assert size_text((64, 48), FAMILIES["chroma-radiance"]) == "48 x 64 px (W x H), latent 64 x 48 cells (H x W)"
+    assert size_text((21, 60, 104), FAMILIES["wan"]) == (
+        "832 x 480 px x 81 frames (W x H x frames), latent 21 x 60 x 104 cells (T x H x W)"
+    )
 
 
 def test_native_only_refuses_other_sizes_naming_both_sizes_and_the_way_out():
@@ -355,13 +436,58 @@ def test_the_retired_centre_mode_runs_as_any_size_with_a_note(caplog):
         NoiseARNoiseNode().make(prior, conditioning(width=2048), 11, 0.5, "centre")
 
 
-def test_channel_mismatch_is_refused_naming_the_node_and_the_size():
+def test_channel_mismatch_is_refused_naming_the_node_the_latent_and_the_prior():
     with pytest.raises(
         NoiseARNodeError,
-        match=r"NoiseAR Noise: the latent \(64 x 64 px \(W x H\), latent 8 x 8 cells "
-        r"\(H x W\)\) has 16 channels.*4-channel",
+        match=r"NoiseAR Noise: the latent \[1, 16, 8, 8\] has 16 channels \(SD3 / SD3.5, Flux.1 dev / schnell, .*latents\), "
+        r"but the NoiseAR prior 'stand-in' \(own prior: 4-channel latents, 24-wide text\) models 4-channel latents",
     ):
         noise_for(recording_prior(SMALL), empty_latent(channels=16))
+
+
+HOSTILE_NOISE_INPUTS = {  # what reaches NoiseAR Noise -> (conditioning, latent, the message expected)
+    "two prompts for three images": (
+        conditioning(batch=2),
+        empty_latent(batch=3),
+        r"NoiseAR Noise: the positive conditioning holds 2 embeddings \(batch 2\) for a latent batch of 3 images; "
+        r"give one conditioning \(batch 1, used for every image\) or one per image \(batch 3\)",
+    ),
+    "three prompts for two images": (
+        conditioning(batch=3),
+        empty_latent(batch=2),
+        r"holds 3 embeddings \(batch 3\) for a latent batch of 2 images; .* \(batch 1, .*\(batch 2\)",
+    ),
+    "integer conditioning": (
+        [[torch.ones(1, 77, 24, dtype=torch.int64), {}]],
+        empty_latent(),
+        r"the positive conditioning is a torch.int64 tensor, not floating point",
+    ),
+    "no tokens": (conditioning(tokens=0), empty_latent(), r"the positive conditioning has no tokens"),
+    "every token masked": (
+        conditioning(tokens=5, attention_mask=torch.zeros(1, 5)),
+        empty_latent(),
+        r"attention_mask marks no token of the prompt as real",
+    ),
+    "batch 0": (conditioning(), empty_latent(batch=0), r"NoiseAR Noise: the latent holds no image \(batch 0"),
+    "height 0": (conditioning(), empty_latent(height=0), r"NoiseAR Noise: the latent has shape \[1, 4, 0, 8\]"),
+    "no samples": (conditioning(), {}, r"NoiseAR Noise: latent_image is not a LATENT \(a dict with a 'samples' tensor\)"),
+    "samples not a tensor": (conditioning(), {"samples": [[0.0]]}, r"latent_image is not a LATENT .* got list"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_NOISE_INPUTS))
+def test_hostile_noise_inputs_are_refused_naming_what_was_expected(case):
+    cond, latent, message = HOSTILE_NOISE_INPUTS[case]
+    prior = NoiseARPrior(random_model(SMALL, seed=3), "small", "auto", "fp32")  # the real network
+    with pytest.raises(NoiseARNodeError, match=message):
+        noise_for(prior, latent, cond)
+
+
+def test_one_embedding_per_image_is_read_by_its_image():
+    prior = recording_prior(SMALL)
+    cond = conditioning(batch=2)
+    noise_for(prior, empty_latent(batch=2), cond)
+    assert [torch.equal(call["text"], cond[0][0][i : i + 1]) for i, call in enumerate(prior.model.calls)] == [True, True]
 
 
 # NoiseAR Latent -------------------------------------------------------------------------------------------
@@ -387,6 +513,14 @@ def test_latent_path_starts_where_the_noise_path_starts(small_ckpt, filled):
     if not filled:
         torch.testing.assert_close(start_latent["samples"], noise * math.sqrt(1 + 14.6146**2) / 0.13025)
     assert start_latent["batch_index"] == [4, 7] and "channel 3" in info
+
+
+def test_latent_path_refuses_a_latent_with_nan_or_inf(small_ckpt):
+    for bad in (float("nan"), float("inf")):
+        latent = empty_latent()
+        latent["samples"][0, 0, 0, 0] = bad
+        with pytest.raises(NoiseARNodeError, match="NoiseAR Latent: the latent_image holds NaN or infinite values"):
+            latent_node(load(), fake_comfy.Model(), latent)
 
 
 def test_latent_path_refuses_flow_models_and_masks(small_ckpt):

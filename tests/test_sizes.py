@@ -154,7 +154,7 @@ def test_callback_counts_the_decoded_patches():
 
 
 def test_padding_keeps_eps_and_adds_gaussian_draws_seeded_by_each_items_eps():
-    plan = decoding_plan(9, 7, 4, (2, 2))  # 3 x 2 patches of 4 cells
+    plan = decoding_plan((9, 7), (4, 4), (2, 2))  # 3 x 2 patches of 4 cells
     eps = draws(3, 4, 9, 7)
     padded = pad_eps(eps, plan)
     assert padded.shape == (3, 4, 12, 8) and torch.equal(padded[:, :, :9, :7], eps)
@@ -162,7 +162,7 @@ def test_padding_keeps_eps_and_adds_gaussian_draws_seeded_by_each_items_eps():
     changed = eps.clone()
     changed[0, 0, 0, 0] += 1.0
     assert not torch.equal(pad_eps(changed, plan)[0, :, 9:], padded[0, :, 9:])
-    large = pad_eps(draws(1, 4, 1, 1), decoding_plan(1, 1, 64, None))[0].flatten()[1:]  # 16383 padded cells
+    large = pad_eps(draws(1, 4, 1, 1), decoding_plan((1, 1), (64, 64), None))[0].flatten()[1:]  # 16383 padded cells
     assert abs(large.mean().item()) < 0.03 and abs(large.std().item() - 1.0) < 0.03
 
 
@@ -181,7 +181,7 @@ def test_two_d_priors_decode_any_grid_as_one_sequence(height, width):
     model, text = two_d_model(), random_text(TWO_D, 2)
     eps = draws(2, 3, height, width)
     plan = model.config.plan(height, width)
-    assert (plan.window_rows, plan.window_cols) == (plan.rows, plan.cols) and plan.describe() == "2-D prior"
+    assert plan.window == plan.grid and plan.describe() == "2-D prior"
     noise = model.sample(text, eps)
     assert noise.shape == eps.shape
     torch.testing.assert_close(noise, model.sample_naive(text, eps), atol=1e-5, rtol=0)
@@ -191,17 +191,17 @@ def test_two_d_priors_decode_any_grid_as_one_sequence(height, width):
 
 
 def test_plan_names_the_decoding_and_anchors_windows_as_far_up_and_left_as_possible():
-    native = decoding_plan(128, 128, 32, (4, 4))
+    native = decoding_plan((128, 128), (32, 32), (4, 4))
     assert native.describe() == "native" and native.patches == 16 and {native.origin(k) for k in range(16)} == {(0, 0)}
-    wide = decoding_plan(104, 152, 32, (4, 4))  # 1216 x 832 px
+    wide = decoding_plan((104, 152), (32, 32), (4, 4))  # 1216 x 832 px
     assert wide.describe() == "sliding window over 4 x 5 patches" and wide.patches == 20
     assert [wide.origin(k) for k in range(10)] == [(0, 0)] * 4 + [(0, 1)] + [(0, 0)] * 4 + [(0, 1)]
     assert wide.local(9) == 7 and wide.member((0, 1), 7) == 9
-    tall = decoding_plan(192, 80, 32, (4, 4))  # 640 x 1536 px: 6 x 3 patches, widened to 4 columns
-    assert (tall.rows, tall.cols, tall.window_rows, tall.patches) == (6, 4, 4, 23)
+    tall = decoding_plan((192, 80), (32, 32), (4, 4))  # 640 x 1536 px: 6 x 3 patches, widened to 4 columns
+    assert (tall.rows, tall.cols, tall.window[0], tall.patches) == (6, 4, 4, 23)
     assert tall.origin(4 * 5 + 2) == (2, 0) and tall.local(4 * 5 + 2) == 14
-    short = decoding_plan(80, 192, 32, (4, 4))  # 1536 x 640 px: a 3 x 4 window
-    assert (short.window_rows, short.window_cols, short.origin(17)) == (3, 4, (0, 2))
+    short = decoding_plan((80, 192), (32, 32), (4, 4))  # 1536 x 640 px: a 3 x 4 window
+    assert (short.window, short.origin(17)) == ((3, 4), (0, 2))
 
 
 def test_log_prob_stays_on_the_native_grid_of_a_position_table():

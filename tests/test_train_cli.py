@@ -7,11 +7,12 @@ import pytest
 import torch
 from test_train_likelihood import make_dataset, one_thread  # noqa: F401  (fixture)
 
+from noisear import save
 from noisear.cli import build_parser, main
 from noisear.config import NoiseARConfig
 from noisear.train.cli import FROM_DATA, add_dataclass_options
 from noisear.train.dpo import DPOConfig
-from noisear.train.loop import TrainConfig
+from noisear.train.loop import TrainConfig, initial_model
 
 TINY = [
     "--patch-size",
@@ -34,6 +35,9 @@ TINY = [
     "--validation-fraction",
     "0.2",
 ]
+
+
+DPO_MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4)
 
 
 def first_channel_mean(noise, prompts):
@@ -191,3 +195,174 @@ def test_train_dpo_and_eval_commands_run_end_to_end(tmp_path, capsys):
     ]
     assert "matched Gaussian bright" in table and all(row.count("/2 |") == 1 for row in rows[1:])  # seeds better
     assert (tmp_path / "eval/grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# Every user error of the training commands: one line on stderr, exit status 2, nothing written -----------------
+def train_argv(tmp_path, *extra, out="run"):
+    return ["train", str(tmp_path / "data"), "--out", str(tmp_path / out), "--steps", "2", *TINY, *extra]
+
+
+def eval_argv(tmp_path, *extra, scorer="bright=test_train_cli:brightness", out="eval"):
+    return [
+        "eval",
+        "--prompts",
+        str(tmp_path / "data"),
+        "--split",
+        "all",
+        "--max-prompts",
+        "2",
+        "--seeds",
+        "2",
+        "--first-seed",
+        "1000",
+        "--backend",
+        "test_train_cli:backend",
+        "--scorer",
+        scorer,
+        "--out",
+        str(tmp_path / out),
+        *extra,
+    ]
+
+
+def dpo_argv(tmp_path, scorer):
+    return [
+        "dpo",
+        str(tmp_path / "prior.safetensors"),
+        "--prompts",
+        str(tmp_path / "data"),
+        "--scorer",
+        scorer,
+        "--out",
+        str(tmp_path / "dpo"),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+
+
+def existing_file(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    return train_argv(tmp_path, out="file")
+
+
+def under_a_file(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    return train_argv(tmp_path, out="file/run")
+
+
+def prior_is_a_folder(tmp_path):
+    (tmp_path / "run" / "prior.safetensors").mkdir(parents=True)
+    return train_argv(tmp_path)
+
+
+def eval_out_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    return eval_argv(tmp_path, out="file")
+
+
+USER_ERRORS = {
+    "--log-every 0": (lambda t: train_argv(t, "--log-every", "0"), "log_every (--log-every) must be an integer in [1, inf)"),
+    "--checkpoint-every -1": (lambda t: train_argv(t, "--checkpoint-every", "-1"), "checkpoint_every"),
+    "--val-every -1": (lambda t: train_argv(t, "--val-every", "-1"), "val_every"),
+    "--device foo": (lambda t: train_argv(t, "--device", "foo"), "device must be cpu, cuda, cuda:N or mps"),
+    "--device cuda:99": (lambda t: train_argv(t, "--device", "cuda:99"), "device cuda:99 is not available here"),
+    "--seed -1": (lambda t: train_argv(t, "--seed", "-1"), "seed (--seed) must be an integer in [0, 4.29497e+09)"),
+    "--seed 2**70": (lambda t: train_argv(t, "--seed", str(2**70)), "seed (--seed)"),
+    "--out an existing file": (existing_file, "is an existing file"),
+    "--out under a file": (under_a_file, "cannot create the output folder"),
+    "OUT/prior.safetensors a folder": (prior_is_a_folder, "is not a file (a folder?)"),
+    "eval --out an existing file": (eval_out_is_a_file, "is an existing file"),
+    "eval --first-seed -5": (lambda t: eval_argv(t, "--first-seed", "-5"), "--first-seed must be an integer in [0,"),
+    "eval --blend 2": (lambda t: eval_argv(t, "--blend", "2"), "--blend must be a number in [0, 1]"),
+    "eval --max-prompts 0": (lambda t: eval_argv(t, "--max-prompts", "0"), "--max-prompts"),
+    "eval one pair": (lambda t: eval_argv(t, "--seeds", "1", "--max-prompts", "1"), "the paired tests need two"),
+    "eval an empty split": (
+        lambda t: [*eval_argv(t), "--split", "validation", "--validation-fraction", "0"],
+        "split of",
+    ),
+    "eval --scorer without a colon": (lambda t: eval_argv(t, scorer="b=os"), "expects package.module:callable"),
+    "eval --scorer of a missing module": (
+        lambda t: eval_argv(t, scorer="b=no_such_module:f"),
+        "no module named 'no_such_module'",
+    ),
+    "eval --scorer of a missing attribute": (lambda t: eval_argv(t, scorer="b=os:no_such_function"), "has no attribute"),
+    "eval --scorer not callable": (lambda t: eval_argv(t, scorer="b=os:sep"), "not a callable"),
+    "eval --scorer without a name": (lambda t: eval_argv(t, scorer="test_train_cli:brightness"), "must be NAME=VALUE"),
+    "eval a scorer returning NaN": (
+        lambda t: eval_argv(t, scorer="b=test_train_cli:nan_score"),
+        "scorer 'b' (test_train_cli:nan_score) returned NaN",
+    ),
+    "eval a backend of the wrong shape": (
+        lambda t: [*eval_argv(t), "--backend", "test_train_cli:brightness"],
+        "--backend test_train_cli:brightness returned shape",
+    ),
+    "dpo --scorer of a missing module": (lambda t: dpo_argv(t, "no_such_module:f"), "no module named 'no_such_module'"),
+    "dpo --scorer not callable": (lambda t: dpo_argv(t, "os:sep"), "not a callable"),
+    "--out with an escape sequence": (lambda t: train_argv(t, out="evil\x1b[2J"), "control or bidi-override characters"),
+    "--out with a bidi override": (lambda t: train_argv(t, out="run\u202egnp"), "control or bidi-override characters"),
+}
+
+
+def nan_score(images, prompts):
+    return torch.full((len(images),), float("nan"))
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS))
+def test_a_user_error_of_a_training_command_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    save(initial_model(DPO_MODEL), tmp_path / "prior.safetensors")  # what the dpo cases start from
+    make, message = USER_ERRORS[case]
+    argv = make(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert message in captured.err, captured.err
+    assert "\x1b" not in captured.err and "\u202e" not in captured.err
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before and not p.startswith("eval")] == []
+    if (tmp_path / "file").exists():
+        assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_eval_into_an_earlier_evaluation_is_refused_unless_overwrite(tmp_path, capsys):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    assert main(eval_argv(tmp_path)) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+    assert main(eval_argv(tmp_path, "--seeds", "3")) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == before
+    assert main(eval_argv(tmp_path, "--seeds", "3", "--overwrite")) == 0
+    assert (tmp_path / "eval/results.md").read_bytes() != before["results.md"]
+
+
+def test_eval_never_writes_into_the_prompts_folder(tmp_path, capsys):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    assert main(eval_argv(tmp_path, out="data")) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shard-00000.safetensors"]
+
+
+def test_data_inspect_escapes_a_folder_name_and_says_when_a_dataset_is_empty(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from noisear.train.data import FORMAT_NAME, FORMAT_VERSION, DatasetInfo
+
+    folder = tmp_path / "evil\x1b[2J"
+    folder.mkdir()
+    empty = {
+        "text": torch.zeros(0, 2, 4),
+        "text_mask": torch.zeros(0, 2, dtype=torch.uint8),
+        "noise": torch.zeros(0, 2, 4, 4),
+        "prompt_index": torch.zeros(0, dtype=torch.int64),
+        "seed": torch.zeros(0, dtype=torch.int64),
+    }
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": DatasetInfo().to_json(), "prompts": "{}"}
+    save_file(empty, str(folder / "shard-00000.safetensors"), metadata=metadata)
+    assert main(["data", "inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\x1b[2J" in out
+    assert "nan" not in out.lower() and "samples      0" in out and "the dataset is empty" in out

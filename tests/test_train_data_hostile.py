@@ -1,15 +1,29 @@
 """Dataset shards under stress: hostile metadata and headers, byte-bounded buffering, killed writers,
-numeric shard order past shard 99999."""
+numeric shard order past shard 99999, files that are not shards (FIFOs, folders, broken links), shards reached
+twice through links, shards that change while a run reads them, empty datasets."""
 
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from noisear.train.data import FORMAT_NAME, FORMAT_VERSION, DatasetError, DatasetInfo, ShardDataset, ShardWriter, shard_paths
+from noisear.train.data import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    DatasetError,
+    DatasetInfo,
+    ShardDataset,
+    ShardWriter,
+    inspect_dataset,
+    shard_paths,
+)
 
 INFO = DatasetInfo(source_model="test", prediction="epsilon", steps=10)
 
@@ -167,3 +181,82 @@ def test_shards_get_normal_permissions_from_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "shard-00000.safetensors").stat().st_mode) == 0o644  # safetensors alone: 0o600
+
+
+# Files that are not plain shards, shards reached twice, shards that change ------------------------------------
+@pytest.mark.parametrize("reader", ["ShardDataset", "inspect_dataset"])
+def test_a_fifo_named_like_a_shard_is_refused_before_it_is_opened(tmp_path, reader):
+    shard(tmp_path, 0)
+    os.mkfifo(tmp_path / "shard-00001.safetensors")
+    code = (
+        "import sys\nfrom noisear.train.data import DatasetError, ShardDataset, inspect_dataset\n"
+        f"try:\n    {reader}(sys.argv[1])\nexcept DatasetError as err:\n    print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:  # in a process of its own: opening a FIFO blocks inside safetensors, holding the interpreter
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("still waiting on the FIFO after 60 s")
+    assert "shard-00001.safetensors is a FIFO, not a shard file" in done.stdout, done.stderr
+
+
+def test_a_folder_or_a_broken_link_named_like_a_shard_is_refused(tmp_path):
+    shard(tmp_path, 0)
+    (tmp_path / "shard-00001.safetensors").mkdir()
+    with pytest.raises(DatasetError, match="shard-00001.safetensors is a folder"):
+        ShardDataset(tmp_path)
+    (tmp_path / "shard-00001.safetensors").rmdir()
+    os.symlink(tmp_path / "gone", tmp_path / "shard-00001.safetensors")
+    with pytest.raises(DatasetError, match="a broken link"):
+        ShardDataset(tmp_path)
+
+
+@pytest.mark.parametrize("link", ["bucket symlinked twice", "shard hard-linked into two buckets"])
+def test_a_shard_reached_twice_is_refused(tmp_path, link):
+    shard(tmp_path / "one", 0)
+    if link == "bucket symlinked twice":
+        os.symlink(tmp_path / "one", tmp_path / "two")
+    else:
+        (tmp_path / "two").mkdir()
+        os.link(tmp_path / "one/shard-00000.safetensors", tmp_path / "two/shard-00000.safetensors")
+    with pytest.raises(DatasetError, match="are the same file .*remove one of the links"):
+        ShardDataset(tmp_path)
+
+
+def test_a_shard_replaced_after_the_dataset_was_opened_is_refused_when_read(tmp_path):
+    shard(tmp_path, 0)
+    dataset = ShardDataset(tmp_path)
+    wider = tmp_path / "elsewhere"
+    shard(wider, 0, tensor_changes={"noise": torch.zeros(2, 2, 8, 8)})
+    os.replace(wider / "shard-00000.safetensors", tmp_path / "shard-00000.safetensors")  # what a collector's rename does
+    with pytest.raises(DatasetError, match="was replaced, changed or removed after the dataset was opened"):
+        dataset.load_rows(0, np.array([0, 1]))
+
+
+def test_the_fingerprint_follows_the_data_not_its_place(tmp_path):
+    shard(tmp_path / "a", 0)
+    first = ShardDataset(tmp_path / "a").fingerprint()
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert ShardDataset(tmp_path / "b").fingerprint() == first
+    shard(tmp_path / "b", 1)
+    assert ShardDataset(tmp_path / "b").fingerprint() != first
+    shard(tmp_path / "c", 0, tensor_changes={"seed": torch.ones(2, dtype=torch.int64)})
+    assert ShardDataset(tmp_path / "c").fingerprint() != first
+
+
+def test_inspecting_an_empty_dataset_says_so_instead_of_nan(tmp_path):
+    shard(tmp_path, 0, tensor_changes=tensors(count=0))
+    report = inspect_dataset(tmp_path)
+    assert report["samples"] == 0 and report["channel_mean"] == [] and report["channel_std"] == []
+    assert any("the dataset is empty" in warning for warning in report["warnings"])
+
+
+def test_the_fingerprint_tells_apart_shards_with_the_same_prompts_and_seeds_but_other_values(tmp_path):
+    original = shard(tmp_path / "a", 0).read_bytes()
+    length = int.from_bytes(original[:8], "little")
+    start, stop = json.loads(original[8 : 8 + length])["noise"]["data_offsets"]
+    changed = bytearray(original)
+    changed[8 + length + start : 8 + length + stop] = torch.ones(2, 2, 4, 4).numpy().tobytes()  # the same header bytes
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/shard-00000.safetensors").write_bytes(bytes(changed))
+    assert ShardDataset(tmp_path / "a").fingerprint() != ShardDataset(tmp_path / "b").fingerprint()

@@ -11,6 +11,7 @@ from noisear import NoiseARConfig
 from noisear.train.data import PromptSet
 from noisear.train.dpo import DPOConfig, DPOObjective, dpo_loss, make_pairs, train_dpo
 from noisear.train.loop import TrainConfig, initial_model, train
+from noisear.train.runs import TrainingError
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.1)
 
@@ -99,6 +100,9 @@ def test_killed_dpo_run_resumes_to_the_same_weights(tmp_path):
     whole = run("whole")
     with pytest.raises(Crash):
         run("killed", crash_at=3)  # the checkpoint at step 2 is in the middle of round 0
-    resumed = run("killed", seed=7)  # another start; everything comes from the checkpoint
+    with pytest.raises(TrainingError, match="starting weights"):
+        run("killed", seed=7)  # another start is another run
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state; everything comes from the checkpoint
+    resumed = run("killed")
     for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key

@@ -6,6 +6,7 @@ import math
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -14,6 +15,7 @@ from noisear.figures import PLOT_SKIPPED
 from noisear.train.data import PromptSet
 from noisear.train.evaluate import (
     BLEND_SEED_OFFSET,
+    EvaluationError,
     ItemScores,
     Source,
     blend_source,
@@ -167,3 +169,27 @@ def test_noisear_and_blend_sources_use_the_seeds_gaussian_noise():
     wide = gaussian_source(SHAPE)(prompts(), list(range(6)))
     blended = blend_source(noisear_source(model, 1.0), SHAPE, 0.5)(prompts(), list(range(6)))
     assert abs(blended.std().item() - wide.std().item()) < 0.1  # variance-preserving (same eps would give ~1.4)
+
+
+def test_a_scorer_or_source_that_gives_nan_or_the_wrong_shape_is_refused_by_name(tmp_path):
+    prompts = PromptSet(torch.zeros(3, 2, 4), torch.ones(3, 2, dtype=torch.bool), torch.arange(3))
+    sources = [Source.item_seeded("gaussian", gaussian_source((1, 4, 4)))]
+
+    def nan_scorer(images, prompt_set):
+        return torch.full((len(images),), float("nan"))
+
+    def short_scorer(images, prompt_set):
+        return torch.zeros(len(images) - 1)
+
+    def render(noise, prompt_set):
+        return torch.sigmoid(noise).expand(-1, 3, -1, -1)
+
+    for scorer, problem in (
+        (nan_scorer, "returned NaN or infinite values"),
+        (short_scorer, "returned shape \\[2\\]; expected \\[3\\]"),
+    ):
+        with pytest.raises(EvaluationError, match=f"scorer 'quality' \\(test_train_evaluate:.*{scorer.__name__}\\) {problem}"):
+            evaluate(sources, render, ItemScores({"quality": scorer}), prompts, [1, 2])
+    broken = Source("broken", lambda prompt_set, seed: torch.full((len(prompt_set), 1, 4, 4), float("inf")))
+    with pytest.raises(EvaluationError, match="source 'broken' returned NaN or infinite"):
+        evaluate([*sources, broken], render, ItemScores({"quality": lambda images, p: images.mean((1, 2, 3))}), prompts, [1])

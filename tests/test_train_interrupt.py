@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from test_train_dpo import MODEL as DPO_MODEL
 from test_train_dpo import first_channel_mean, prompts
 from test_train_likelihood import MODEL, REPO, config, make_dataset, one_thread  # noqa: F401  (fixture)
@@ -22,6 +23,7 @@ from noisear.train.data import ShardDataset
 from noisear.train.dpo import DPOConfig, DPOObjective
 from noisear.train.likelihood import LikelihoodObjective
 from noisear.train.loop import TrainConfig, initial_model, train
+from noisear.train.runs import TrainingError, read_checkpoint
 
 DROPOUT = replace(MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume exactly
 
@@ -87,13 +89,13 @@ def test_sigint_mid_step_stops_at_the_step_boundary_and_resumes_to_the_same_weig
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode != 0 and "KeyboardInterrupt" in stderr, stderr
     assert "stopping after this step" in stdout
-    stopped = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    stopped = read_checkpoint(out / "checkpoint.safetensors")["step"]
     assert stopped == 6  # not the periodic checkpoint at 4: the step in progress was finished and saved
     assert not (out / "prior.safetensors").exists()
 
     c = config(tmp_path, steps=12, ema_decay=0.9, out_dir=str(out))
-    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model
-    resumed = train(initial_model(DROPOUT, seed=99), LikelihoodObjective(dataset, c), c)
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model object
+    resumed = train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)
     assert_same_weights(uninterrupted(tmp_path, dataset), resumed)
 
 
@@ -116,7 +118,7 @@ def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_still_resumes_exa
     with pytest.raises(KeyboardInterrupt):
         train(initial_model(DROPOUT), objective, c)
     assert signal.getsignal(signal.SIGINT) is handler  # the trainer's handler is removed again
-    assert torch.load(tmp_path / "twice/checkpoint.pt", weights_only=True)["step"] == 4  # the half step is not saved
+    assert read_checkpoint(tmp_path / "twice/checkpoint.safetensors")["step"] == 4  # the half step is not saved
     resumed = train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c)
     assert_same_weights(uninterrupted(tmp_path, dataset), resumed)
 
@@ -167,7 +169,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_log_afresh(tmp_path
     objective.batch = lambda step, runtime: (_ for _ in ()).throw(Crash()) if step == 3 else plain_batch(step, runtime)
     with pytest.raises(Crash):
         train(initial_model(DROPOUT), objective, c)
-    assert not (tmp_path / "early/checkpoint.pt").exists() and records(tmp_path / "early/log.jsonl")
+    assert not (tmp_path / "early/checkpoint.safetensors").exists() and records(tmp_path / "early/log.jsonl")
     assert_same_weights(whole, train(initial_model(DROPOUT), LikelihoodObjective(dataset, c), c))
     assert without_time(records(tmp_path / "early/log.jsonl")) == without_time(records(tmp_path / "whole/log.jsonl"))
 
@@ -176,15 +178,15 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
     c = config(tmp_path, steps=4, out_dir=str(tmp_path / "full"))
 
-    def disk_full(state, path):
+    def disk_full(tensors, path, metadata):
         with open(path, "wb") as handle:
             handle.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("noisear.train.loop.torch.save", disk_full)
+    monkeypatch.setattr("noisear.train.runs.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
-    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["log.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["log.jsonl", "run.json"]
 
 
 def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
@@ -197,20 +199,26 @@ def test_run_files_get_normal_permissions_from_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir()}
-    assert modes == {"checkpoint.pt": 0o644, "log.jsonl": 0o644, "prior.safetensors": 0o644, "toy_net.safetensors": 0o644}
+    assert modes == {
+        "checkpoint.safetensors": 0o644,
+        "log.jsonl": 0o644,
+        "prior.safetensors": 0o644,
+        "run.json": 0o644,
+        "toy_net.safetensors": 0o644,
+    }
 
 
 def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(tmp_path):
     dpo = DPOConfig(beta=0.5, rollouts=4, prompts_per_round=4, steps_per_round=4)
-    scored = []
+    scored, interrupt_at = [], [2]  # the rollout of round 1, inside step 4
 
-    def interrupting_reward(noise, prompt_set):
+    def reward(noise, prompt_set):  # one scorer for every run: the scorer is part of a run's identity
         scored.append(1)
-        if len(scored) == 2:  # the rollout of round 1, inside step 4
+        if len(scored) == interrupt_at[0]:
             os.kill(os.getpid(), signal.SIGINT)
         return first_channel_mean(noise, prompt_set)
 
-    def run(out, reward, seed=0):
+    def run(out, seed=0):
         c = TrainConfig(
             out_dir=str(tmp_path / out),
             steps=7,
@@ -225,11 +233,13 @@ def test_ctrl_c_during_a_dpo_rollout_stops_after_that_step_and_resumes_exactly(t
         objective = DPOObjective(initial_model(DPO_MODEL, seed=seed), prompts(), reward, dpo, c)
         return train(initial_model(DPO_MODEL, seed=seed), objective, c)
 
-    whole = run("whole", first_channel_mean)
     with pytest.raises(KeyboardInterrupt):
-        run("interrupted", interrupting_reward)
-    assert torch.load(tmp_path / "interrupted/checkpoint.pt", weights_only=True)["step"] == 5  # mid round 1
-    assert_same_weights(whole, run("interrupted", first_channel_mean, seed=7))
+        run("interrupted")
+    assert read_checkpoint(tmp_path / "interrupted/checkpoint.safetensors")["step"] == 5  # mid round 1
+    interrupt_at[0] = None
+    whole = run("whole")
+    torch.manual_seed(1234)  # another RNG state: everything comes from the checkpoint
+    assert_same_weights(whole, run("interrupted"))
 
 
 @pytest.mark.parametrize("point", ["open", "close", "write", "chmod", "replace"])
@@ -259,13 +269,29 @@ def test_ctrl_c_at_any_point_of_an_atomic_write_leaves_no_temporary_file(tmp_pat
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04" + bytes(100)])
-def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error_and_stays(tmp_path, content):
     make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
-    c = config(tmp_path, steps=4, out_dir=str(tmp_path / "run"))
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(content)
-    with pytest.raises(ValueError, match="cannot be read as a training checkpoint .*remove it to start over"):
+    c = config(tmp_path, steps=4, checkpoint_every=2, out_dir=str(tmp_path / "run"))
+    objective = LikelihoodObjective(ShardDataset(tmp_path / "data"), c)
+    plain_batch = objective.batch
+    objective.batch = lambda step, runtime: (_ for _ in ()).throw(Crash()) if step == 3 else plain_batch(step, runtime)
+    with pytest.raises(Crash):
+        train(initial_model(MODEL), objective, c)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    checkpoint.write_bytes(content)
+    with pytest.raises(TrainingError, match="cannot be read as a training checkpoint .*Nothing was changed"):
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
-    torch.save([1, 2], tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(ValueError, match="is not a NoiseAR training checkpoint"):
+    assert checkpoint.read_bytes() == content
+    save_file({"x": torch.zeros(1)}, str(checkpoint), metadata={"format": "another-program"})
+    with pytest.raises(TrainingError, match="is not a NoiseAR training checkpoint"):
         train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+
+
+def test_a_checkpoint_pt_of_an_earlier_version_is_refused_and_kept(tmp_path):
+    make_dataset(tmp_path / "data", prompts=12, per_prompt=4)
+    c = config(tmp_path, steps=4, out_dir=str(tmp_path / "old"))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pt").write_bytes(b"an earlier version's pickle")
+    with pytest.raises(TrainingError, match="earlier NoiseAR version .*does not read"):
+        train(initial_model(MODEL), LikelihoodObjective(ShardDataset(tmp_path / "data"), c), c)
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["checkpoint.pt"]

@@ -27,6 +27,7 @@ from noisear.train.data import (
 from noisear.train.likelihood import LikelihoodObjective, train_likelihood
 from noisear.train.loop import TrainConfig, initial_model, learning_rate, train
 from noisear.train.metrics import PromptMeanBaseline, held_out_metrics, standard_normal_nll_per_dim
+from noisear.train.runs import read_checkpoint
 
 MODEL = NoiseARConfig(patch_size=2, channels=2, latent_height=4, latent_width=4, d_model=16, d_ff=32, text_dim=4, dropout=0.0)
 SHAPE = (2, 4, 4)
@@ -255,9 +256,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     objective.batch = crashing_batch
     with pytest.raises(Crash):
         train(initial_model(model_config), objective, c)
-    assert torch.load(tmp_path / "killed/checkpoint.pt", weights_only=True)["step"] == 8
-    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model
-    resumed = train(initial_model(model_config, seed=99), LikelihoodObjective(dataset, c), c)
+    assert read_checkpoint(tmp_path / "killed/checkpoint.safetensors")["step"] == 8
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state and another model object
+    resumed = train(initial_model(model_config), LikelihoodObjective(dataset, c), c)
     for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key
     with pytest.raises(ValueError, match="batch_size"):
@@ -331,5 +332,5 @@ def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
     assert not torch.allclose(one["prediction_head_mu.2.weight"], start["prediction_head_mu.2.weight"])
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
-    rng = torch.load(tmp_path / "two/checkpoint.pt", weights_only=True)["rng"]
+    rng = read_checkpoint(tmp_path / "two/checkpoint.safetensors")["rng"]
     assert len(rng) == 2

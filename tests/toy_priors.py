@@ -19,7 +19,7 @@ def zeroed_mean_head(prior: NoiseAR) -> NoiseAR:
 def untrained(prior: NoiseAR) -> NoiseAR:
     """A fresh network of the same config (the published initialisation: roughly N(0, I))."""
     torch.manual_seed(0)
-    return NoiseAR(prior.config).eval()
+    return NoiseAR(prior.config).train(False)
 
 
 def half_strength(prior: NoiseAR) -> NoiseAR:

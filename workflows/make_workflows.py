@@ -47,6 +47,11 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
         [("LATENT", "LATENT")],
     ),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+    ),
+    "LatentBatch": ([("samples1", "LATENT"), ("samples2", "LATENT")], [("LATENT", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "RandomNoise": ([], [("NOISE", "NOISE")]),
@@ -94,6 +99,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("summary", "STRING")],
     ),
+    "NoiseARCompareGrid": ([("images", "IMAGE")], [("grid", "IMAGE")]),
     "Note": ([], []),  # the UI's own note node (not in /object_info)
 }
 
@@ -120,6 +126,8 @@ WIDGET_NAMES: dict[str, list[str]] = {
         "end_at_step",
         "return_with_leftover_noise",
     ],
+    "KSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+    "LatentBatch": [],
     "VAEDecode": [],
     "SaveImage": ["filename_prefix"],
     "RandomNoise": SEED_NAMES,
@@ -157,6 +165,7 @@ WIDGET_NAMES: dict[str, list[str]] = {
         "model_name",
         "reward_margin",
     ],
+    "NoiseARCompareGrid": ["row_labels", "column_labels"],
     "Note": ["text"],
 }
 
@@ -204,17 +213,18 @@ def sdxl_base(
     prior_node: Node,
     *,
     size: tuple[int, int] = (1024, 1024),
+    batch: int = 1,
     prior_reads_prompt: bool = True,
 ) -> list[Node]:
-    """Checkpoint, prompts, empty latent of ``size`` (width, height px) and ``prior_node``: what every SDXL graph
-    starts with. With a prior reading the prompt, the positive prompt is NoiseAR Text Encode with its note;
+    """Checkpoint, prompts, empty latent of ``size`` (width, height px) and ``batch`` and ``prior_node``: what every
+    SDXL graph starts with. With a prior reading the prompt, the positive prompt is NoiseAR Text Encode with its note;
     otherwise (golden noise, no prior) a CLIPTextEncode."""
     text = "a lighthouse on a cliff at sunset, dramatic clouds, detailed photo"
     return [
         Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd_xl_base_1.0.safetensors"], height=100),
         positive_prompt(text) if prior_reads_prompt else Node("pos", "CLIPTextEncode", 1, 0, [text], "Positive prompt", 140),
         Node("neg", "CLIPTextEncode", 1, 1.1, [NEGATIVE], "Negative prompt", 140),
-        Node("latent", "EmptyLatentImage", 0, 1.1, [*size, 1], height=110),
+        Node("latent", "EmptyLatentImage", 0, 1.1, [*size, batch], height=110),
         prior_node,
     ] + ([prompt_note(0, 3.3)] if prior_reads_prompt else [])
 
@@ -484,6 +494,129 @@ def collect_dataset_graph() -> Graph:
     )
 
 
+# A/B: one seed's batch under several noises, in one labelled picture (NoiseAR Compare Grid) ---------------------
+COMPARE_BATCH = 4
+COMPARE_SAMPLING = ["dpmpp_2m", "normal"]
+COMPARE_STEPS, COMPARE_CFG = 50, 5.5
+COMPARE_COLUMNS = "\n".join(f"image {i + 1}" for i in range(COMPARE_BATCH))
+COMPARE_NOTE = (
+    "A/B by eye: the same prompt and seed, a batch of {batch} images (ComfyUI draws a batch's Gaussian noise from "
+    "one seed: four draws, one per column), sampled once per row. LatentBatch joins the rows' latents in order, "
+    "one VAEDecode decodes them and NoiseAR Compare Grid writes one picture: a row per noise (labels on the left), "
+    "a column per image. {rows}\n\nChange the seed, prompt or model freely; keep one line of row_labels per row."
+)
+
+
+def compare_graph(name: str, description: str, rows: list[tuple[str, Node]], note: str, extra: list[Node], links: list) -> Graph:
+    """SDXL base graph with ``rows`` (label, sampler node whose output 0 is a LATENT) joined by LatentBatch in order,
+    decoded once and laid out by NoiseAR Compare Grid; ``extra`` nodes and ``links`` wire the samplers' inputs."""
+    join = max(node.column for _, node in rows) + 1  # the column right of the samplers
+    base = sdxl_base(LOADER_SDXL, batch=COMPARE_BATCH)
+    base.append(Node("compare_note", "Note", join + 1, 1.7, [note], "How to read the grid", 260))
+    joins, join_links, previous = [], [], rows[0][1].key
+    for i, (_, node) in enumerate(rows[1:], start=1):
+        joins.append(Node(f"join{i}", "LatentBatch", join, 0.35 * (i - 1), [], height=70))
+        join_links += [(previous, 0, f"join{i}", "samples1"), (node.key, 0, f"join{i}", "samples2")]
+        previous = f"join{i}"
+    labels = "\n".join(label for label, _ in rows)
+    tail = [
+        Node("decode", "VAEDecode", join, 0.35 * len(joins), [], height=50),
+        Node("grid", "NoiseARCompareGrid", join, 0.35 * len(joins) + 0.4, [labels, COMPARE_COLUMNS], height=200),
+        Node("save", "SaveImage", join + 1, 0, ["NoiseAR_compare"], height=400),
+    ]
+    tail_links = [(previous, 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"), ("decode", 0, "grid", "images")]
+    tail_links.append(("grid", 0, "save", "images"))
+    return Graph(
+        name,
+        description,
+        base + extra + [node for _, node in rows] + joins + tail,
+        PROMPT_LINKS + links + join_links + tail_links,
+    )
+
+
+def ksampler_row(
+    key: str, column: float, row: float, temperature: float | None
+) -> tuple[list[Node], list[tuple[str, int, str, str]]]:
+    """KSampler (temperature None) or NoiseAR KSampler at ``temperature``, same seed and settings, fed the prompts,
+    the batch latent and (NoiseAR) the prior and the prompt's prior_text."""
+    widgets = [SEED, "fixed", COMPARE_STEPS, COMPARE_CFG, *COMPARE_SAMPLING, 1.0]
+    links = [
+        ("ckpt", 0, key, "model"),
+        ("pos", CONDITIONING, key, "positive"),
+        ("neg", 0, key, "negative"),
+        ("latent", 0, key, "latent_image"),
+    ]
+    if temperature is None:
+        return [Node(key, "KSampler", column, row, widgets, "KSampler (Gaussian noise)", 270)], links
+    node = Node(
+        key, "NoiseARKSampler", column, row, widgets + [temperature, "any size"], f"NoiseAR KSampler, T {temperature:g}", 400
+    )
+    return [node], links + [("loader", 0, key, "noisear_model"), ("pos", PRIOR_TEXT, key, "prior_text")]
+
+
+def compare_ksamplers_graph(name: str, description: str, temperatures: list[float], rows_note: str) -> Graph:
+    """Core KSampler, then NoiseAR KSampler at each temperature: one row each."""
+    rows, links = [], []
+    for i, temperature in enumerate([None, *temperatures]):
+        nodes, node_links = ksampler_row(f"sampler{i}", 2 + i // 2, 1.75 * (i % 2), temperature)  # two per column
+        label = "KSampler (Gaussian)" if temperature is None else f"NoiseAR KSampler, temperature {temperature:g}"
+        rows.append((label, nodes[0]))
+        links += node_links
+    return compare_graph(name, description, rows, COMPARE_NOTE.format(batch=COMPARE_BATCH, rows=rows_note), [], links)
+
+
+BLEND_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def compare_blend_graph() -> Graph:
+    """NoiseAR Noise and RandomNoise mixed by NoiseAR Blend at each of BLEND_STRENGTHS, one SamplerCustomAdvanced
+    per strength sharing sampler, schedule and guider."""
+    shared = [
+        prior_noise(),
+        Node("gauss", "RandomNoise", 1, 3.4, [SEED + 1, "fixed"], height=80),
+        Node("guider", "CFGGuider", 3, 3.45, [COMPARE_CFG], height=100),
+        Node("select", "KSamplerSelect", 3, 3.95, [COMPARE_SAMPLING[0]], height=60),
+        Node("sched", "BasicScheduler", 3, 4.3, [COMPARE_SAMPLING[1], COMPARE_STEPS, 1.0], height=110),
+    ]
+    links = [
+        ("loader", 0, "noise", "noisear_model"),
+        ("pos", PRIOR_TEXT, "noise", "positive"),
+        ("ckpt", 0, "sched", "model"),
+        ("ckpt", 0, "guider", "model"),
+        ("pos", CONDITIONING, "guider", "positive"),
+        ("neg", 0, "guider", "negative"),
+    ]
+    rows = []
+    for i, strength in enumerate(BLEND_STRENGTHS):
+        blend, sample = f"blend{i}", f"sample{i}"
+        shared.append(Node(blend, "NoiseARBlend", 2, 0.68 * i, [strength, "linear", False], f"Blend {strength:g}", 130))
+        rows.append((f"NoiseAR Blend, strength {strength:g}", Node(sample, "SamplerCustomAdvanced", 3, 0.68 * i, [], height=130)))
+        links += [
+            ("noise", 0, blend, "noisear_noise"),
+            ("gauss", 0, blend, "gaussian_noise"),
+            (blend, 0, sample, "noise"),
+            ("guider", 0, sample, "guider"),
+            ("select", 0, sample, "sampler"),
+            ("sched", 0, sample, "sigmas"),
+            ("latent", 0, sample, "latent_image"),
+        ]
+    note = COMPARE_NOTE.format(
+        batch=COMPARE_BATCH,
+        rows="Rows: NoiseAR Noise (the prior, temperature 0.5) mixed with RandomNoise by NoiseAR Blend (linear): "
+        "strength 0 is RandomNoise's Gaussian noise exactly, 1 the NoiseAR noise exactly.",
+    )
+    return compare_graph(
+        "noisear_sdxl_compare_blend",
+        "A/B by strength: NoiseAR Noise mixed with RandomNoise by NoiseAR Blend at strengths "
+        f"{', '.join(f'{s:g}' for s in BLEND_STRENGTHS)}, each through SamplerCustomAdvanced: one labelled "
+        "grid, a row per strength, a column per image of the batch.",
+        rows,
+        note,
+        shared,
+        links,
+    )
+
+
 def graphs() -> list[Graph]:
     """Every example workflow: one graph per file workflows/<name>.json."""
     return [
@@ -505,6 +638,23 @@ def graphs() -> list[Graph]:
         hunyuan_dit_graph(),
         golden_noise_graph(),
         collect_dataset_graph(),
+        compare_ksamplers_graph(
+            "noisear_sdxl_compare",
+            "A/B, see for yourself: the same prompt and seed's batch of 4 sampled with core KSampler and with "
+            "NoiseAR KSampler, in one labelled grid (a row per noise, a column per image).",
+            [0.5],
+            "Rows: core KSampler (Gaussian noise) and NoiseAR KSampler (the prior's noise for the same Gaussian "
+            "draws, temperature 0.5 as published).",
+        ),
+        compare_ksamplers_graph(
+            "noisear_sdxl_compare_temperature",
+            "A/B by temperature: core KSampler, then NoiseAR KSampler at temperature 0, 0.5 and 1 on the same seed's "
+            "batch of 4, in one labelled grid (a row per noise, a column per image).",
+            [0.0, 0.5, 1.0],
+            "Rows: core KSampler (Gaussian noise), then NoiseAR KSampler at temperature 0 (the prior's mean: every "
+            "column the same), 0.5 (as published) and 1.",
+        ),
+        compare_blend_graph(),
     ]
 
 

@@ -77,7 +77,7 @@ def load_net(cls: type, config_cls: type | None, path: Path, testbed: str = "dig
     missing_keys = [k for k in missing_keys if not k.endswith(".mask")]
     if missing_keys or unexpected:
         raise ToyCheckpointError(f"{path.name} does not fit {cls.__name__}: missing {missing_keys}, unexpected {unexpected}")
-    return module.eval()
+    return module.train(False)
 
 
 def load_tensors(path: Path, testbed: str = "digits") -> dict[str, torch.Tensor]:

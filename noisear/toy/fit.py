@@ -45,5 +45,5 @@ def fit(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    model.eval()
+    model.train(False)
     return losses

@@ -118,7 +118,6 @@ def train_prior(
         validation_fraction=0.0,
         validation_seed_fraction=HELD_OUT_SEEDS,
         checkpoint_every=10**9,
-        resume=False,
         device="cpu",
         log_every=50,
         progress=False,
@@ -252,7 +251,6 @@ def fine_tune_dpo(
         seed=seed,
         validation_fraction=0.0,
         checkpoint_every=10**9,
-        resume=False,
         device="cpu",
         log_every=20,
     )

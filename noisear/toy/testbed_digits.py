@@ -298,7 +298,7 @@ def validation_nll(pairs: Path, priors: dict[str, NoiseAR]) -> dict[str, dict[st
 def items(samples: int) -> PromptSet:
     """The evaluation's items: item i asks for class i mod 10."""
     if samples % NUM_CLASSES:
-        raise ValueError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
+        raise evaluation.EvaluationError(f"samples must be a multiple of {NUM_CLASSES} (equal count per class), got {samples}")
     return class_prompts(torch.arange(samples) % NUM_CLASSES)
 
 

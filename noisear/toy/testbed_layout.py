@@ -481,7 +481,9 @@ def signs_markdown(signs: dict[str, dict[str, str]]) -> str:
 def items(models: LayoutModels, samples: int) -> PromptSet:
     """The evaluation's items: item i asks for the i mod 20-th unseen prompt (held out from the priors' training)."""
     if samples % len(HELD_OUT_PROMPTS):
-        raise ValueError(f"samples must be a multiple of {len(HELD_OUT_PROMPTS)} (equal count per unseen prompt), got {samples}")
+        raise evaluation.EvaluationError(
+            f"samples must be a multiple of {len(HELD_OUT_PROMPTS)} (equal count per unseen prompt), got {samples}"
+        )
     return prompt_set(models.denoiser, torch.tensor(HELD_OUT_PROMPTS)[torch.arange(samples) % len(HELD_OUT_PROMPTS)])
 
 

@@ -3,6 +3,8 @@
 Multi-process training: ``torchrun --nproc_per_node N -m noisear train ...`` (same for dpo).
 Pluggable Python pieces (a DPO scorer, an evaluation backend, scorers, extra noise sources) are
 given as ``package.module:attribute`` and must be importable; the attribute is used as is.
+Numbers are parsed as finite numbers (argparse) and checked against their field's range (the configs'
+__post_init__); paths are printed with control and bidi characters escapes (noisear.cli.printable).
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import NoiseARError, printable
+
+EVAL_OUTPUTS = ("results.md", "grid.png", "plot.png")
 FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # NoiseARConfig fields read from the dataset
 GIVEN = ("out_dir",)  # TrainConfig fields with an option of their own (--out)
 
@@ -29,19 +35,31 @@ def field_help(cls: type, name: str) -> str:
     return item.metadata["help"]
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused where they are typed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), only: str = "") -> None:
     """One --option per field of ``cls`` except ``skip`` (booleans get --x / --no-x), explained by the field's help
-    metadata with its default (and ``only``, e.g. when the option applies)."""
+    metadata with its default, the values it accepts (its "range" metadata) and ``only`` (e.g. when it applies)."""
     for item in fields(cls):
         if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
         default = None if item.default is MISSING else item.default
-        text = f"{field_help(cls, item.name)} (default: {default}{only})"
+        accepted = f"; accepts {item.metadata['range']}" if "range" in item.metadata else ""
+        text = f"{field_help(cls, item.name)} (default: {default}{accepted}{only})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            kind = type(default) if default is not None else str
+            kind = {int: int, float: finite_float}.get(type(default), str)
             parser.add_argument(flag, dest=item.name, type=kind, default=default, help=text)
 
 
@@ -49,21 +67,44 @@ def _values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {item.name: getattr(args, item.name) for item in fields(cls) if hasattr(args, item.name)}
 
 
-def _resolve(path: str) -> Any:
-    module, _, name = path.partition(":")
-    if not name:
-        raise ValueError(f"expected package.module:attribute, got {path!r}")
-    return getattr(importlib.import_module(module), name)
+def _resolve(spec: str, what: str) -> Any:
+    """The callable ``package.module:attribute`` names (``what``: the option, for messages)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise NoiseARError(f"{what} expects package.module:callable, got {spec!r}")
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise NoiseARError(
+            f"{what} {spec!r}: no module named {err.name!r} (is it installed, or on PYTHONPATH / in the current folder?)"
+        ) from None
+    target = loaded
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise NoiseARError(f"{what} {spec!r}: module {module!r} has no attribute {name!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise NoiseARError(f"{what} {spec!r} is a {type(target).__name__}, not a callable")
+    return target
 
 
 def _named(items: list[str], what: str) -> dict[str, str]:
     result = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{what} must be NAME=VALUE, got {item!r}")
+        if not sep or not name:
+            raise NoiseARError(f"{what} must be NAME=VALUE, got {item!r}")
+        if name in result:
+            raise NoiseARError(f"{what} names {name!r} twice; give each a name of its own")
         result[name] = value
     return result
+
+
+def _check(value: Any, what: str, accepted: Any) -> None:
+    """Refuse a command-line number outside ``accepted`` (a noisear.train.loop.Range)."""
+    problem = accepted.problem(value)
+    if problem:
+        raise NoiseARError(f"{what} {problem}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="likelihood training of a prior on a shard dataset (torchrun-ready)",
         description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch "
         "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
-        "OUT/checkpoint.pt, OUT/log.jsonl and OUT/prior.safetensors. Validation on held-out pairs "
+        "OUT/run.json, OUT/checkpoint.safetensors, OUT/log.jsonl and OUT/prior.safetensors; the same command "
+        "again resumes the run, anything else into OUT is refused (docs/training.md, 'Runs'). Validation on held-out pairs "
         "(unseen prompts and/or unseen seeds, never a noise that was trained on) reports NLL in "
         "nats/dim next to N(0,I) and a prompt-mean-only Gaussian (ridge regression from the pooled "
         "prompt embedding, fitted per-dimension variance), the std of T=1 samples against the data's "
@@ -88,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, dest="out_dir", help=field_help(TrainConfig, "out_dir"))
     train.add_argument("--init", help="start from this checkpoint (published .pth or our .safetensors) instead of from scratch")
     train.add_argument(
-        "--baseline-ridge", type=float, default=0.1, help="relative ridge of the prompt-mean baseline (default: 0.1)"
+        "--baseline-ridge", type=finite_float, default=0.1, help="relative ridge of the prompt-mean baseline (default: 0.1)"
     )
     train.add_argument(
         "--control-variate",
@@ -112,8 +154,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dpo",
         help="DPO fine-tuning of a prior with a pluggable reward (torchrun-ready)",
         description="Rollouts of k noises per prompt from the current prior, rewards from --scorer, pairs, and "
-        "the DPO loss against the frozen starting prior. Writes OUT/checkpoint.pt, OUT/log.jsonl "
-        "(round_reward_mean per step) and OUT/prior.safetensors.",
+        "the DPO loss against the frozen starting prior. Writes OUT/run.json, OUT/checkpoint.safetensors, "
+        "OUT/log.jsonl (round_reward_mean per step) and OUT/prior.safetensors; the same command again resumes the "
+        "run, anything else into OUT is refused, and OUT never replaces the prior it starts from.",
     )
     dpo.add_argument("init", help="the prior to fine-tune (also the frozen reference)")
     dpo.add_argument(
@@ -144,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("train", "validation", "all"),
         help="which prompts of that dataset (default: validation)",
     )
-    evaluate.add_argument("--validation-fraction", type=float, default=0.1, help="as used for training (default: 0.1)")
+    evaluate.add_argument("--validation-fraction", type=finite_float, default=0.1, help="as used for training (default: 0.1)")
     evaluate.add_argument("--max-prompts", type=int, default=16, help="use at most this many prompts (default: 16)")
     evaluate.add_argument(
         "--seeds",
@@ -177,14 +220,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument(
         "--temperature",
-        type=float,
+        type=finite_float,
         action="append",
         metavar="T",
         help="repeatable sampling temperature for each prior (default: 0.5 and 1.0)",
     )
     evaluate.add_argument(
         "--blend",
-        type=float,
+        type=finite_float,
         action="append",
         default=[],
         metavar="STRENGTH",
@@ -200,7 +243,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument(
         "--validation-seed-fraction",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="as used for training: the prompt-mean baseline is fitted on the same training split (default: 0)",
     )
@@ -212,6 +255,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="repeatable extra noise source (PromptSet, seeds) -> noise, e.g. golden re-denoise",
     )
     evaluate.add_argument("--out", required=True, help="output directory for results.md, grid.png and plot.png")
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results.md, grid.png and plot.png of an earlier evaluation in --out (refused without it)",
+    )
     evaluate.set_defaults(run=run_eval)
 
     data = subparsers.add_parser("data", help="dataset tools", description="Tools for dataset directories.")
@@ -226,11 +274,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("directory", help="dataset directory (shard-*.safetensors)")
     inspect.add_argument(
-        "--validation-fraction", type=float, default=0.1, help="share of prompts in the validation split (default: 0.1)"
+        "--validation-fraction", type=finite_float, default=0.1, help="share of prompts in the validation split (default: 0.1)"
     )
     inspect.add_argument(
         "--validation-seed-fraction",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="share of seeds held out as well, as for training (default: 0)",
     )
@@ -269,7 +317,7 @@ def run_train(args: argparse.Namespace) -> int:
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
     final = [r for r in records if r.get("kind") == "validation" and r.get("step") == config.steps]
     print(describe_held_out({k: v for k, v in final[-1].items() if k not in ("kind", "step")} if final else {}))
-    print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
+    print(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
     return 0
 
 
@@ -279,16 +327,24 @@ def run_dpo(args: argparse.Namespace) -> int:
     from .loop import TrainConfig, initial_model
 
     config = TrainConfig(**_values(args, TrainConfig))
-    prompts = PromptSet.from_dataset(ShardDataset(args.prompts), "train", config.validation_fraction)
-    train_dpo(initial_model(init=args.init), prompts, _resolve(args.scorer), config, DPOConfig(**_values(args, DPOConfig)))
-    print(f"wrote {Path(config.out_dir) / 'prior.safetensors'}")
+    dpo = DPOConfig(**_values(args, DPOConfig))
+    scorer = _resolve(args.scorer, "--scorer")
+    dataset = ShardDataset(args.prompts)
+    prompts = PromptSet.from_dataset(dataset, "train", config.validation_fraction)
+    inputs = [args.init, *dataset.input_paths()]
+    train_dpo(initial_model(init=args.init), prompts, scorer, config, dpo, inputs=inputs)
+    print(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from ..io import load
-    from .data import PromptSet, ShardDataset
+    from ..model import TEMPERATURE_MAX
+    from .data import SEED_BITS, PromptSet, ShardDataset
     from .evaluate import (
+        EvaluationError,
         ItemScores,
         Source,
         blend_source,
@@ -299,16 +355,44 @@ def run_eval(args: argparse.Namespace) -> int:
         prompt_mean_source,
         save_report,
     )
+    from .loop import Range
     from .metrics import PromptMeanBaseline
+    from .runs import prepare_out_dir
 
+    _check(args.max_prompts, "--max-prompts", Range(1, integer=True))
+    _check(args.seeds, "--seeds", Range(1, integer=True))
+    _check(args.first_seed, "--first-seed", Range(0, 2**SEED_BITS - args.seeds, integer=True))
+    for name in ("validation_fraction", "validation_seed_fraction"):
+        _check(getattr(args, name), f"--{name.replace('_', '-')}", Range(0.0, 1.0, open_high=True))
+    for temperature in args.temperature or []:
+        _check(temperature, "--temperature", Range(0.0, TEMPERATURE_MAX))
+    for strength in args.blend:
+        _check(strength, "--blend", Range(0.0, 1.0))
+    priors = _named(args.prior, "--prior")
+    extra_sources = {name: _resolve(target, "--source") for name, target in _named(args.source, "--source").items()}
+    scorers = {name: _resolve(target, "--scorer") for name, target in _named(args.scorer, "--scorer").items()}
+    backend = _resolve(args.backend, "--backend")
     dataset = ShardDataset(args.prompts)
+    out = Path(args.out)
+    prepare_out_dir(out, EVAL_OUTPUTS, [*dataset.input_paths(), *priors.values()], create=True)
+    earlier = [name for name in EVAL_OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise NoiseARError(
+            f"{out} already holds {', '.join(earlier)} of an earlier evaluation; nothing was changed. Give a new "
+            f"--out, or --overwrite to replace them"
+        )
     prompts = PromptSet.from_dataset(dataset, None if args.split == "all" else args.split, args.validation_fraction)
     prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
+    if len(prompts) * args.seeds < 2:
+        raise NoiseARError(
+            f"{len(prompts)} prompt(s) x {args.seeds} seed(s) make one pair; the paired tests need two or more "
+            f"(raise --seeds or --max-prompts)"
+        )
     shape = dataset.item_shapes["noise"]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     trained = sorted(set(seeds) & {int(s) for shard in dataset.shards for s in shard.seed})
     if trained:
-        raise ValueError(
+        raise NoiseARError(
             f"evaluation seeds {trained[:5]} are starting seeds of {dataset.directory}, so the noises "
             f"would not be unseen; choose another --first-seed"
         )
@@ -318,7 +402,7 @@ def run_eval(args: argparse.Namespace) -> int:
             PromptMeanBaseline(dataset, args.validation_fraction, seed_fraction=args.validation_seed_fraction), shape
         )
     temperatures = args.temperature or [0.5, 1.0]
-    for name, path in _named(args.prior, "--prior").items():
+    for name, path in priors.items():
         model = load(path)
         for temperature in temperatures:
             sources[f"{name}@T={temperature:g}"] = noisear_source(model, temperature)
@@ -326,18 +410,27 @@ def run_eval(args: argparse.Namespace) -> int:
             sources[f"{name}@T={temperatures[0]:g} blend {strength:g}"] = blend_source(
                 noisear_source(model, temperatures[0]), shape, strength
             )
-    sources.update({name: _resolve(target) for name, target in _named(args.source, "--source").items()})
-    scorers = {name: _resolve(target) for name, target in _named(args.scorer, "--scorer").items()}
+    clashes = sorted(set(sources) & set(extra_sources))
+    if clashes:
+        raise NoiseARError(f"--source names {clashes} are taken by built-in sources; choose other names")
+    sources.update(extra_sources)
+
+    def render(noise: torch.Tensor, prompt_set: PromptSet) -> torch.Tensor:
+        images = backend(noise, prompt_set)
+        if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] not in (1, 3)):
+            raise EvaluationError(
+                f"--backend {args.backend} returned shape {list(images.shape)}; expected images [N, 1 or 3, H, W] in [0, 1]"
+            )
+        return images
+
     result = evaluate(
-        [Source.item_seeded(name, source) for name, source in sources.items()],
-        _resolve(args.backend),
-        ItemScores(scorers),
-        prompts,
-        seeds,
+        [Source.item_seeded(name, source) for name, source in sources.items()], render, ItemScores(scorers), prompts, seeds
     )
-    paths = save_report(result, args.out)
+    paths = save_report(result, out)
+    if "plot" not in paths and (out / "plot.png").exists():  # --overwrite: no plot from an earlier evaluation stays
+        (out / "plot.png").unlink()
     print(eval_table(result))
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    print("wrote " + ", ".join(printable(path) for path in paths.values()))
     return 0
 
 
@@ -345,7 +438,7 @@ def run_data_inspect(args: argparse.Namespace) -> int:
     from .data import inspect_dataset
 
     report = inspect_dataset(args.directory, args.validation_fraction, args.validation_seed_fraction)
-    print(f"directory    {report['directory']}")
+    print(f"directory    {printable(report['directory'])}")
     print(f"shards       {report['shards']}")
     print(
         f"samples      {report['samples']}  (train {report['split_samples']['train']}, "
@@ -362,6 +455,8 @@ def run_data_inspect(args: argparse.Namespace) -> int:
     print(f"info         {json.dumps(vars(report['info']), sort_keys=True)}")
     for channel, (mean, std) in enumerate(zip(report["channel_mean"], report["channel_std"])):
         print(f"channel {channel:<4} mean {mean:+.5f}  std {std:.5f}")
+    if not report["channel_mean"]:
+        print("channels     no statistics: the dataset holds no samples")
     for warning in report["warnings"]:
-        print(f"WARNING: {warning}")
+        print(f"WARNING: {printable(warning)}")
     return 0

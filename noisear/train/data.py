@@ -7,7 +7,7 @@ tensor          shape / dtype    meaning
 =============== ================ ===============================================================
 ``text``        [N, T, D] float  prompt embedding the prior is conditioned on
 ``text_mask``   [N, T] uint8     1 = real token, 0 = padding
-``noise``       [N, C, H, W]     target noise (e.g. golden noise) in unit-variance latent space
+``noise``       [N, C, H, W]     target noise (e.g. golden noise) in unit-variance latent space (video: [N, C, T, H, W])
 ``prompt_index`` [N] int64       which prompt; the train/validation split is made on this
 ``seed``        [N] int64        seed of the starting noise the target was made from
 =============== ================ ===============================================================
@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -48,8 +49,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import quoted
-from ..io import write_atomically
+from ..config import NoiseARError, listing, quoted
+from ..io import file_state, write_atomically
 from ..model import standard_normal
 
 FORMAT_NAME = "noisear-dataset"
@@ -59,19 +60,19 @@ SHARD_NAME = re.compile(r"shard-(\d{1,18})\.safetensors")
 # a shard being written (io.write_atomically; older versions wrote shard-N.tmp): left only by a killed writer
 TEMP_GLOBS = (".shard-*.tmp", "shard-*.tmp")
 SHARD_BYTES = 256 * 2**20  # default byte budget of a shard (and of the writer's buffer)
-# tensor -> (number of dimensions, safetensors dtypes accepted)
+# tensor -> (numbers of dimensions, safetensors dtypes accepted)
 TENSOR_LAYOUT = {
-    "text": (3, ("F32", "F16", "BF16")),
-    "text_mask": (2, ("U8", "BOOL")),
-    "noise": (4, ("F32", "F16", "BF16")),
-    "prompt_index": (1, ("I64",)),
-    "seed": (1, ("I64",)),
+    "text": ((3,), ("F32", "F16", "BF16")),
+    "text_mask": ((2,), ("U8", "BOOL")),
+    "noise": ((4, 5), ("F32", "F16", "BF16")),  # images [N, C, H, W], videos [N, C, T, H, W]
+    "prompt_index": ((1,), ("I64",)),
+    "seed": ((1,), ("I64",)),
 }
 TENSOR_NAMES = ("text", "text_mask", "noise", "prompt_index", "seed")
 SPLITS = ("train", "validation")
 
 
-class DatasetError(ValueError):
+class DatasetError(NoiseARError):
     """A dataset directory or a batch that does not fit the shard format. The message says what to do."""
 
 
@@ -87,6 +88,11 @@ class DatasetInfo:
     guidance_invert: float = 0.0  # golden noise: w_w
     extra: dict = field(default_factory=dict)
     seed_scheme: str = "unknown"  # how the seeds were made, e.g. "pair-sha256-v1" (pair_seed)
+    # what tells the model the targets were made with from another (the ComfyUI collector: its model class and
+    # hashes of its weights and weight patches); {} when not recorded, as in datasets written before it was
+    model_identity: dict = field(default_factory=dict)
+    # the model family of that model (a key of noisear.families.FAMILIES); "" when unknown or not recorded
+    family: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -104,6 +110,8 @@ class DatasetInfo:
             "guidance_invert": float,
             "extra": dict,
             "seed_scheme": str,
+            "model_identity": dict,
+            "family": str,
         }
         unknown = sorted(set(values) - set(kinds))
         if unknown:
@@ -143,14 +151,47 @@ def _prompts_from_json(text: str) -> dict[int, str]:
 
 
 def shard_paths(directory: Path) -> list[Path]:
-    """The shard files directly in ``directory``, in numeric order (shard-99999 before shard-100000)."""
+    """The shard files directly in ``directory``, in numeric order (shard-99999 before shard-100000). Anything
+    named like a shard that is not a regular file (a folder, a FIFO, a device, a broken link) is refused before
+    it is opened: opening a FIFO would wait forever."""
     numbered = []
     for path in directory.glob(SHARD_GLOB):
         match = SHARD_NAME.fullmatch(path.name)
         if match is None:
             raise DatasetError(f"{path} is not named shard-<number>.safetensors; rename or remove it")
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            raise DatasetError(f"{path} cannot be read ({err.strerror}; a broken link?); remove it or fix it") from None
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise DatasetError(f"{path} is {kind}, not a shard file; remove it or rename it")
         numbered.append((int(match.group(1)), path.name, path))
     return [path for *_, path in sorted(numbered)]
+
+
+def folder_info(directory: str | os.PathLike) -> DatasetInfo | None:
+    """The DatasetInfo of the shards directly in ``directory`` (its first shard's, read from the header), or None
+    when it holds none: what a collector checks before it opens a :class:`ShardWriter` there."""
+    directory = Path(directory)
+    paths = shard_paths(directory) if directory.is_dir() else []
+    return _shard_info(paths[0], _shard_header(paths[0])[0]) if paths else None
+
+
+def _shard_info(path: Path, metadata: dict[str, str]) -> DatasetInfo:
+    try:
+        return DatasetInfo.from_json(metadata.get("info", "{}"))
+    except DatasetError as err:
+        raise DatasetError(
+            f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
+        ) from None
+
+
+def _header_bytes(path: Path) -> bytes:
+    """A safetensors file's raw header (length prefix and JSON: metadata, names, dtypes, shapes, offsets)."""
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        return prefix + handle.read(min(int.from_bytes(prefix, "little"), 100_000_000))
 
 
 @dataclass
@@ -251,11 +292,11 @@ def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]
     missing = [name for name in TENSOR_NAMES if name not in shapes]
     if missing:
         raise DatasetError(f"{path.name} lacks tensors {missing}; a shard holds {list(TENSOR_NAMES)}")
-    for name, (ndim, accepted) in TENSOR_LAYOUT.items():
-        if len(shapes[name]) != ndim or dtypes[name] not in accepted:
+    for name, (ndims, accepted) in TENSOR_LAYOUT.items():
+        if len(shapes[name]) not in ndims or dtypes[name] not in accepted:
             raise DatasetError(
                 f"{path.name}: tensor {name!r} is {dtypes[name]} {list(shapes[name])}; expected "
-                f"{ndim} dimensions of {'/'.join(accepted)} (see noisear.train.data)"
+                f"{' or '.join(map(str, ndims))} dimensions of {'/'.join(accepted)} (see noisear.train.data)"
             )
     count, tokens = shapes["text"][:2]
     if (
@@ -300,6 +341,8 @@ class ShardInfo:
     seed: np.ndarray  # [count] int64
     prompts: dict[int, str]
     noise_shape: tuple[int, ...] = ()  # (C, H, W)
+    state: tuple[int, ...] = ()  # file_state when the dataset was opened: a later change is refused
+    digest: str = ""  # sha256 of the shard's header, prompt_index / seed columns and a few rows
 
 
 class ShardDataset:
@@ -310,7 +353,8 @@ class ShardDataset:
 
     Aspect-ratio buckets: a directory without shards of its own whose subdirectories hold shards
     (one latent size each, e.g. ``1024x1024/`` and ``1216x832/``) is one dataset whose noise H, W
-    differ between buckets (``noise_shapes``); text shape, channels and info must agree.
+    differ between buckets (``noise_shapes``); text shape, channels and info must agree. A shard reached
+    twice (a bucket linked twice, a hard link) is refused, as is a shard that changes after it was opened.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -325,13 +369,22 @@ class ShardDataset:
                 f"no {SHARD_GLOB} files in {self.directory} or its subdirectories; write them "
                 f"with ShardWriter (or a collector) first"
             )
+        seen: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            status = path.stat()
+            first = seen.setdefault((status.st_dev, status.st_ino), path)
+            if first != path:
+                raise DatasetError(
+                    f"{first} and {path} are the same file (reached through a link); a dataset holds each shard "
+                    f"once: remove one of the links"
+                )
         self.shards: list[ShardInfo] = []
         self.info: DatasetInfo | None = None
         self.item_shapes: dict[str, tuple[int, ...]] = {}
         for path in paths:
             metadata, shapes = _shard_header(path)
+            info = _shard_info(path, metadata)
             try:
-                info = DatasetInfo.from_json(metadata.get("info", "{}"))
                 prompts = _prompts_from_json(metadata.get("prompts", "{}"))
             except DatasetError as err:
                 raise DatasetError(
@@ -352,7 +405,14 @@ class ShardDataset:
                     f"(info or tensor shapes differ); keep one dataset per directory (one latent "
                     f"size per bucket subdirectory)"
                 )
+            state = file_state(path)
             columns = _read_tensors(path, ("prompt_index", "seed"))
+            digest = hashlib.sha256(_header_bytes(path))
+            digest.update(columns["prompt_index"].numpy().tobytes() + columns["seed"].numpy().tobytes())
+            count = shapes["noise"][0]
+            if count:  # a few whole rows too: same prompts and seeds with other values are other data
+                sample = _read_rows(path, np.unique(np.linspace(0, count - 1, num=min(count, 4)).astype(np.int64)))
+                digest.update(sample["text"].numpy().tobytes() + sample["noise"].numpy().tobytes())
             self.shards.append(
                 ShardInfo(
                     path,
@@ -361,6 +421,8 @@ class ShardDataset:
                     columns["seed"].numpy(),
                     prompts,
                     item_shapes["noise"],
+                    state,
+                    digest.hexdigest(),
                 )
             )
         self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
@@ -372,6 +434,20 @@ class ShardDataset:
 
     def __len__(self) -> int:
         return sum(shard.count for shard in self.shards)
+
+    def fingerprint(self) -> str:
+        """sha256 over every shard's name (relative to the directory), size, header, prompt_index / seed columns
+        and up to four whole rows: equal for the same data wherever it lies, different when a shard is added,
+        removed or rewritten (cheap: only those few rows of text and noise are read)."""
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            name = shard.path.relative_to(self.directory).as_posix()
+            digest.update(f"{name}:{shard.state[2]}:{shard.digest};".encode())
+        return "sha256:" + digest.hexdigest()
+
+    def input_paths(self) -> list[Path]:
+        """The directory, its bucket subdirectories and every shard: what a run on this dataset reads."""
+        return [self.directory, *sorted({shard.path.parent for shard in self.shards}), *(shard.path for shard in self.shards)]
 
     def prompt_indices(self) -> np.ndarray:
         """Sorted unique prompt indices."""
@@ -430,10 +506,21 @@ class ShardDataset:
 
     def load_rows(self, shard_id: int, rows: np.ndarray) -> Batch:
         """``rows`` of one shard, in the given order; reads only those rows."""
-        path = self.shards[shard_id].path
+        shard = self.shards[shard_id]
+        path = shard.path
+        try:
+            changed = file_state(path) != shard.state
+        except OSError:
+            changed = True
+        if changed:
+            raise DatasetError(
+                f"{path} was replaced, changed or removed after the dataset was opened; a run reads the data it "
+                f"started with. Restore the shard (a training run resumes from its last checkpoint), or start a new "
+                f"run on the changed data"
+            )
         try:
             tensors = _read_rows(path, rows)
-        except Exception as err:  # changed or damaged since it was opened
+        except Exception as err:  # damaged since it was opened
             raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
         batch = Batch(
             tensors["text"].float(),
@@ -525,7 +612,11 @@ class ShardWriter:
 
     Resumable: opening a directory that already holds shards continues the numbering, checks that
     ``info`` and shapes match, and ``has(prompt_index, seed)`` tells a collector what to skip; a
-    temporary file left by a killed writer is removed.
+    temporary file left by a killed writer is removed. So a pair is known by its folder (one latent size, one
+    ``info``: model, schedule, guidance, seeds) and, in it, by (prompt, seed); ``item_shapes`` and
+    ``stored_text`` let a collector check the rest of what makes a pair (the latent size it draws, the
+    embedding its text encoder gives) before it computes anything. A folder that holds size folders (a bucketed
+    dataset) is refused: shards of its own would hide them from ShardDataset.
     Use as a context manager (or call ``close()``) so the last partial shard is written.
     """
 
@@ -545,17 +636,25 @@ class ShardWriter:
         self._pairs: set[tuple[int, int]] = set()
         self._next_shard = 0
         self.item_shapes: dict[str, tuple[int, ...]] | None = None
+        self._stored: ShardDataset | None = None
+        self._first_rows: dict[int, tuple[int, int]] | None = None
+        existing = shard_paths(self.directory)
+        buckets = [] if existing else sorted(sub.name for sub in self.directory.iterdir() if sub.is_dir() and shard_paths(sub))
+        if buckets:
+            raise DatasetError(
+                f"{self.directory} holds size folders ({listing(buckets)}) with shards: it is a "
+                f"dataset of aspect-ratio buckets. Write into one of them (one latent size each) or a new one next to "
+                f"them, not into this folder (shards of its own would hide them from training)"
+            )
         for stale in (path for pattern in TEMP_GLOBS for path in self.directory.glob(pattern)):
             stale.unlink(missing_ok=True)
-        existing = shard_paths(self.directory)
         if existing:
             dataset = ShardDataset(self.directory)
             if dataset.info != info:
                 old_seeds = dataset.info.seed_scheme != info.seed_scheme
                 differ = "; ".join(
-                    f"{key} {quoted(getattr(dataset.info, key), 60)} there, {quoted(value, 60)} here"
-                    for key, value in asdict(info).items()
-                    if getattr(dataset.info, key) != value
+                    f"{key} {quoted(there, 60)} there, {quoted(here, 60)} here"
+                    for key, there, here in _differences(asdict(dataset.info), asdict(info))
                 )
                 raise DatasetError(
                     f"{self.directory} already holds shards made otherwise ({differ}); refusing to "
@@ -563,11 +662,32 @@ class ShardWriter:
                     + (" (its seeds were made another way, e.g. the same seeds for every prompt)." if old_seeds else ".")
                 )
             self.item_shapes, self._pairs = dataset.item_shapes, dataset.pairs()
+            self._stored = dataset
             self._next_shard = int(SHARD_NAME.fullmatch(existing[-1].name).group(1)) + 1
 
     def has(self, prompt_index: int, seed: int) -> bool:
         """Whether the sample for (prompt, seed) is already written or buffered."""
         return (int(prompt_index), int(seed)) in self._pairs
+
+    @property
+    def stored_prompts(self) -> dict[int, str]:
+        """Prompt index -> text of the prompts the folder held when the writer opened it (where texts were given)."""
+        return self._stored.prompts() if self._stored is not None else {}
+
+    def stored_text(self, prompt_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(text [T,D], text_mask [T]) of the prompt's first sample in the folder as the writer opened it, or None."""
+        if self._stored is None:
+            return None
+        if self._first_rows is None:
+            self._first_rows = {}
+            for shard_id, shard in enumerate(self._stored.shards):
+                for row, index in enumerate(shard.prompt_index.tolist()):
+                    self._first_rows.setdefault(index, (shard_id, row))
+        where = self._first_rows.get(int(prompt_index))
+        if where is None:
+            return None
+        batch = self._stored.load_rows(where[0], np.array([where[1]]))
+        return batch.text[0], batch.text_mask[0]
 
     @property
     def pending(self) -> int:
@@ -582,16 +702,17 @@ class ShardWriter:
         text_mask: torch.Tensor | None = None,
         prompts: dict[int, str] | None = None,
     ) -> None:
-        """Add a batch: text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B], text_mask [B,T] (1 = token).
+        """Add a batch: text [B,T,D], noise [B,C,H,W] (video: [B,C,T,H,W]), prompt_index [B], seed [B], text_mask
+        [B,T] (1 = token).
 
         ``prompts`` optionally maps prompt index -> prompt text.
         """
         prompt_index = torch.as_tensor(prompt_index, dtype=torch.int64).reshape(-1)
         seed = torch.as_tensor(seed, dtype=torch.int64).reshape(-1)
         size = noise.shape[0]
-        if text.ndim != 3 or noise.ndim != 4 or text.shape[0] != size or len(prompt_index) != size or len(seed) != size:
+        if text.ndim != 3 or noise.ndim not in (4, 5) or text.shape[0] != size or len(prompt_index) != size or len(seed) != size:
             raise DatasetError(
-                f"append expects text [B,T,D], noise [B,C,H,W], prompt_index [B], seed [B]; got "
+                f"append expects text [B,T,D], noise [B,C,H,W] or [B,C,T,H,W], prompt_index [B], seed [B]; got "
                 f"{list(text.shape)}, {list(noise.shape)}, {list(prompt_index.shape)}, {list(seed.shape)}"
             )
         if text_mask is None:
@@ -660,9 +781,20 @@ class ShardWriter:
         self.close()
 
 
+def _differences(there: dict, here: dict, prefix: str = "") -> Iterator[tuple[str, object, object]]:
+    """(name, value there, value here) of every field that differs, naming the differing keys of dict fields."""
+    for key in [*here, *(key for key in there if key not in here)]:
+        old, new = there.get(key), here.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and old and new:
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield f"{prefix}{key}", old, new
+
+
 def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0) -> dict:
     """Counts, shapes, split sizes, distinct starting seeds and per-channel mean/std of the noise (streamed,
-    float64). ``warnings``: what makes the dataset unfit for training (noises repeated across prompts)."""
+    float64; empty lists for a dataset without samples). ``warnings``: what makes the dataset unfit for training
+    (noises repeated across prompts, no samples at all)."""
     dataset = ShardDataset(directory)
     channels = dataset.item_shapes["noise"][0]
     total = np.zeros(channels)
@@ -673,14 +805,16 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         total += noise.sum(dim=(0, 2, 3)).numpy()
         squares += (noise**2).sum(dim=(0, 2, 3)).numpy()
         values += noise[:, 0].numel()
-    mean = total / values
-    std = np.sqrt(np.maximum(squares / values - mean**2, 0.0))
+    mean = total / max(values, 1)
+    std = np.sqrt(np.maximum(squares / max(values, 1) - mean**2, 0.0))
     split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction))) for split in SPLITS}
     prompts = dataset.prompt_indices()
     split_prompts = {"validation": int(sum(validation_prompt(int(p), validation_fraction) for p in prompts))}
     split_prompts["train"] = len(prompts) - split_prompts["validation"]
     seeds = dataset.seed_counts()
     warnings = [repeated_noises_message(seeds)] if seeds["shared_seeds"] else []
+    if values == 0:
+        warnings.append("the dataset is empty: its shards hold no samples, so there is nothing to train on")
     return {
         "directory": str(dataset.directory),
         "shards": len(dataset.shards),
@@ -690,8 +824,8 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         "noise_shape": dataset.item_shapes["noise"],
         "split_samples": split_sizes,
         "split_prompts": split_prompts,
-        "channel_mean": mean.tolist(),
-        "channel_std": std.tolist(),
+        "channel_mean": mean.tolist() if values else [],
+        "channel_std": std.tolist() if values else [],
         "info": dataset.info,
         "seeds": seeds,
         "warnings": warnings,
@@ -735,7 +869,7 @@ class PromptSet:
                 if split is None or (split == "validation") == validation_prompt(index, validation_fraction):
                     first.setdefault(index, (shard_id, row))
         if not first:
-            raise ValueError(f"the {split} split of {dataset.directory} holds no prompts")
+            raise DatasetError(f"the {split} split of {dataset.directory} holds no prompts")
         order = sorted(first)
         rows = {}  # read only those rows, one shard at a time
         for shard_id in sorted({shard_id for shard_id, _ in first.values()}):

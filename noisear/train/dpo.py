@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..model import NoiseAR, standard_normal
+from ..model import TEMPERATURE_MAX, NoiseAR, standard_normal
 from .data import PromptSet
-from .loop import LogProb, Runtime, TrainConfig, train
+from .loop import LogProb, Runtime, TrainConfig, check_ranges, option, train
+from .runs import TrainingError, callable_name, tensors_digest, weights_digest
 
 PAIRINGS = ("best_worst", "margin")
 
@@ -40,26 +40,22 @@ Scorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
 @dataclass(frozen=True)
 class DPOConfig:
     """Rollouts, pairing and the DPO temperature ``beta`` (on log-densities in nats); each field's ``help``
-    metadata is its ``noisear dpo`` option's help."""
+    metadata is its ``noisear dpo`` option's help, its ``range`` the values it accepts."""
 
-    beta: float = field(default=0.1, metadata={"help": "DPO beta on log-densities in nats"})
-    rollouts: int = field(default=8, metadata={"help": "noises drawn per prompt each round (k)"})
-    prompts_per_round: int = field(
-        default=16, metadata={"help": "prompts rolled out each round; must divide by the process count"}
+    beta: float = option(0.1, "DPO beta on log-densities in nats", 0.0, open_low=True)
+    rollouts: int = option(8, "noises drawn per prompt each round (k)", 2)
+    prompts_per_round: int = option(16, "prompts rolled out each round; must divide by the process count", 1)
+    steps_per_round: int = option(4, "optimiser steps on each round's pairs before new rollouts", 1)
+    temperature: float = option(1.0, "sampling temperature of the rollouts", 0.0, TEMPERATURE_MAX, open_low=True)
+    pairing: str = option(
+        "best_worst", "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)"
     )
-    steps_per_round: int = field(default=4, metadata={"help": "optimiser steps on each round's pairs before new rollouts"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
-    pairing: str = field(
-        default="best_worst",
-        metadata={"help": "'best_worst' (one pair per prompt) or 'margin' (every pair whose rewards differ by more than margin)"},
-    )
-    margin: float = field(default=0.0, metadata={"help": "minimum reward difference for a pair"})
+    margin: float = option(0.0, "minimum reward difference for a pair", 0.0)
 
     def __post_init__(self) -> None:
+        check_ranges(self, TrainingError)
         if self.pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
-        if self.rollouts < 2:
-            raise ValueError(f"rollouts must be at least 2 to form pairs, got {self.rollouts}")
+            raise TrainingError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
 
 
 def dpo_loss(
@@ -83,7 +79,7 @@ def make_pairs(rewards: torch.Tensor, pairing: str = "best_worst", margin: float
     if pairing == "margin":
         better = (rewards[:, :, None] - rewards[:, None, :]) > margin  # [P, chosen, rejected]
         return better.nonzero()
-    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    raise TrainingError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
 def rollout_seed(seed: int, round_index: int, prompt_index: int, draw: int) -> int:
@@ -106,12 +102,12 @@ class DPOObjective:
         train_config: TrainConfig,
         validation_prompts: PromptSet | None = None,
     ) -> None:
-        self.reference = copy.deepcopy(reference).float().eval().requires_grad_(False)
+        self.reference = copy.deepcopy(reference).float().train(False).requires_grad_(False)
         self.prompts, self.scorer, self.config = prompts, scorer, config
         self.batch_size, self.seed = train_config.batch_size, train_config.seed
         self.validation_prompts = validation_prompts
         if config.prompts_per_round > len(prompts):
-            raise ValueError(f"prompts_per_round {config.prompts_per_round} exceeds the {len(prompts)} prompts given")
+            raise TrainingError(f"prompts_per_round {config.prompts_per_round} exceeds the {len(prompts)} prompts given")
         self.round = -1
         self.pairs: dict[str, torch.Tensor] = {}
         self.round_metrics: dict[str, float] = {}
@@ -128,15 +124,28 @@ class DPOObjective:
         return noise.clone().unflatten(0, (len(prompts), k))  # clone: leave inference mode
 
     def _score(self, noise: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        """[P,k,...] -> rewards [P,k] float64."""
-        k = noise.shape[1]
+        """[P,k,...] -> rewards [P,k] float64; the scorer must give one finite reward per noise."""
+        k, count = noise.shape[1], noise.shape[0] * noise.shape[1]
         rewards = self.scorer(noise.flatten(0, 1), prompts.select(torch.arange(len(prompts)).repeat_interleave(k)))
-        return rewards.detach().double().reshape(len(prompts), k)
+        rewards = torch.as_tensor(rewards).detach()
+        problem = (
+            f"shape {list(rewards.shape)}"
+            if tuple(rewards.shape) != (count,)
+            else "NaN or infinite rewards"
+            if not bool(torch.isfinite(rewards).all())
+            else None
+        )
+        if problem:
+            raise TrainingError(
+                f"the scorer {callable_name(self.scorer)} returned {problem} for {count} noises; a DPO scorer returns "
+                f"one finite reward per noise, [{count}]"
+            )
+        return rewards.double().reshape(len(prompts), k)
 
     def _rollout(self, round_index: int, runtime: Runtime) -> None:
         config, world = self.config, runtime.world
         if config.prompts_per_round % world:
-            raise ValueError(f"prompts_per_round {config.prompts_per_round} is not divisible by {world} processes")
+            raise TrainingError(f"prompts_per_round {config.prompts_per_round} is not divisible by {world} processes")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + round_index)
         rows = torch.randperm(len(self.prompts), generator=generator)[: config.prompts_per_round]
         share = config.prompts_per_round // world
@@ -148,7 +157,7 @@ class DPOObjective:
             rewards = _gather(rewards)
         pairs = make_pairs(rewards.cpu(), config.pairing, config.margin)
         if len(pairs) == 0:
-            raise ValueError(
+            raise TrainingError(
                 f"DPO round {round_index}: no pair of rollouts differs in reward by more than "
                 f"{config.margin}; lower the margin or raise rollouts"
             )
@@ -185,7 +194,7 @@ class DPOObjective:
         if round_index != self.round:
             self._rollout(round_index, runtime)
         if self.batch_size % runtime.world:
-            raise ValueError(f"global batch {self.batch_size} is not divisible by {runtime.world} processes")
+            raise TrainingError(f"global batch {self.batch_size} is not divisible by {runtime.world} processes")
         share = self.batch_size // runtime.world
         count = len(self.pairs["order"])
         positions = (
@@ -232,6 +241,21 @@ class DPOObjective:
         self.round_metrics = dict(state["round_metrics"])
         self.reference.load_state_dict(state["reference"])
 
+    def identity(self) -> dict[str, Any]:
+        def prompt_digest(prompts: PromptSet | None) -> str | None:
+            if prompts is None:
+                return None
+            return tensors_digest({"text": prompts.text, "text_mask": prompts.text_mask, "index": prompts.index})
+
+        return {
+            "method": "dpo",
+            "dpo": asdict(self.config),
+            "scorer": callable_name(self.scorer),
+            "prompts": prompt_digest(self.prompts),
+            "validation_prompts": prompt_digest(self.validation_prompts),
+            "reference": weights_digest(self.reference),
+        }
+
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate equally-shaped tensors of all ranks along dim 0, in rank order."""
@@ -247,9 +271,10 @@ def train_dpo(
     config: TrainConfig,
     dpo: DPOConfig = DPOConfig(),
     validation_prompts: PromptSet | None = None,
+    inputs: Sequence[str] = (),
 ) -> NoiseAR:
-    """DPO from ``model`` (also the frozen reference) on the shared loop; returns the fine-tuned prior."""
-    if math.isclose(dpo.beta, 0.0):
-        raise ValueError("beta must be positive")
+    """DPO from ``model`` (also the frozen reference) on the shared loop; returns the fine-tuned prior.
+    ``inputs``: the files and folders it was read from (the prior, the prompts' dataset), which no output may
+    replace (noisear.train.loop.train)."""
     objective = DPOObjective(model, prompts, scorer, dpo, config, validation_prompts)
-    return train(model, objective, config)
+    return train(model, objective, config, inputs)

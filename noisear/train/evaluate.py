@@ -41,16 +41,37 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..config import NoiseARError
 from ..figures import PLOT_SKIPPED, Comparison, comparison_plot, labelled_grid
 from ..golden import Denoiser, GoldenConfig, Schedule, golden_noise
 from ..mixing import blend
 from ..model import NoiseAR, standard_normal
 from .data import PromptSet
 from .metrics import PromptMeanBaseline
+from .runs import callable_name
 
 NoiseSource = Callable[[PromptSet, Sequence[int]], torch.Tensor]  # (prompts, a seed per item) -> noise [B,C,H,W]
 Backend = Callable[[torch.Tensor, PromptSet], torch.Tensor]  # (noise, prompts) -> images [B,...]
 ImageScorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]  # (images, prompts) -> score [B], higher is better
+
+
+class EvaluationError(NoiseARError):
+    """An evaluation that cannot run as asked: sources, backend or scorers give what the evaluation cannot use
+    (wrong shapes, NaN), or its options do not fit. The message names the piece and what was expected."""
+
+
+def checked_output(value: Any, what: str, count: int, ndim: int) -> torch.Tensor:
+    """``value`` as a tensor of ``count`` items and ``ndim`` dimensions holding finite values, else an
+    EvaluationError that names ``what`` produced it."""
+    if not isinstance(value, torch.Tensor):
+        raise EvaluationError(f"{what} returned a {type(value).__name__}; expected a torch tensor of {count} items")
+    if value.ndim != ndim or value.shape[0] != count:
+        expected = ", ".join([str(count), *["*"] * (ndim - 1)])
+        raise EvaluationError(f"{what} returned shape {list(value.shape)}; expected [{expected}]")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise EvaluationError(f"{what} returned NaN or infinite values ({bad} of {value.numel()}); refusing to report them")
+    return value
 
 
 # Sources -----------------------------------------------------------------------------------------
@@ -144,7 +165,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, permutations: int = 10000, seed: i
     diff = np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
     n = len(diff)
     if n < 2:
-        raise ValueError("a paired test needs at least two pairs")
+        raise EvaluationError("a paired test needs at least two pairs (seeds x prompts >= 2)")
     sd = diff.std(ddof=1)
     t = diff.mean() / (sd / math.sqrt(n)) if sd > 0 else (0.0 if diff.mean() == 0 else math.copysign(math.inf, diff.mean()))
     exact = n <= 16
@@ -226,7 +247,15 @@ class ItemScores:
         self.metrics = tuple(scorers)
 
     def score(self, images: torch.Tensor, prompts: PromptSet) -> dict[str, np.ndarray]:
-        return {name: scorer(images, prompts).detach().double().cpu().numpy() for name, scorer in self.scorers.items()}
+        """Each scorer's [N] scores; a scorer that gives another shape or a non-finite score is refused by name."""
+        return {
+            name: checked_output(scorer(images, prompts), f"scorer {name!r} ({callable_name(scorer)})", len(images), 1)
+            .detach()
+            .double()
+            .cpu()
+            .numpy()
+            for name, scorer in self.scorers.items()
+        }
 
     def value(self, scored: dict[str, np.ndarray], metric: str) -> float:
         return float(scored[metric].mean())
@@ -288,7 +317,7 @@ class Evaluation:
         """Source ``name`` against its matched Gaussian (see :meth:`paired`; the test run by :func:`evaluate`)."""
         row = self.row(name)
         if row.control is None:
-            raise ValueError(f"source {name!r} has no matched Gaussian")
+            raise EvaluationError(f"source {name!r} has no matched Gaussian")
         return self.paired(row, row.control, metric, row.p_values.get(metric))
 
     def contrast(self, a: str, b: str, metric: str, test: bool = True) -> dict:
@@ -341,17 +370,23 @@ def evaluate(
     """
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"source names must be unique, got {names}")
+        raise EvaluationError(f"source names must be unique, got {names}")
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not one of the sources {names}")
+        raise EvaluationError(f"baseline {baseline!r} is not one of the sources {names}")
     seeds = list(seeds)
+    if not seeds:
+        raise EvaluationError("an evaluation needs at least one seed")
     base = sources[names.index(baseline)]
-    baseline_noise = [base.noise(prompts, seed) for seed in seeds]
+
+    def noise_of(source: Source, seed: int) -> torch.Tensor:
+        return checked_output(source.noise(prompts, seed), f"source {source.name!r}", len(prompts), 4)
+
+    baseline_noise = [noise_of(base, seed) for seed in seeds]
 
     def render(name: str, noises: list[torch.Tensor], render_with: Backend) -> Row:
         scored, first = [], None
         for noise in noises:
-            images = render_with(noise, prompts)
+            images = checked_output(render_with(noise, prompts), f"backend {callable_name(render_with)}", len(prompts), 4)
             first = images.detach().cpu() if first is None else first
             scored.append(scoring.score(images, prompts))
         values = {metric: [scoring.value(s, metric) for s in scored] for metric in scoring.metrics}
@@ -359,7 +394,7 @@ def evaluate(
 
     rows = []
     for source in tqdm(sources, desc=progress, leave=False, disable=progress is None):
-        noises = baseline_noise if source is base else [source.noise(prompts, seed) for seed in seeds]
+        noises = baseline_noise if source is base else [noise_of(source, seed) for seed in seeds]
         row = render(source.name, noises, source.backend or backend)
         if controls and source.controlled and source is not base:
             matched = matched_gaussian(baseline_noise, row.noise_std, std_per_seed)

@@ -9,14 +9,16 @@ noisear.train.metrics.held_out_metrics on the held-out pairs.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
 from ..config import NoiseARConfig
 from ..model import NoiseAR
 from .data import Batch, BatchPlan, DatasetError, ShardDataset, known_start_noise, repeated_noises_message, shift_from_start
-from .loop import LogProb, Runtime, TrainConfig, initial_model, train
+from .loop import LogProb, Range, Runtime, TrainConfig, initial_model, train
 from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim
+from .runs import TrainingError
 
 
 class LikelihoodObjective:
@@ -47,6 +49,9 @@ class LikelihoodObjective:
                 f"records seed_scheme {dataset.info.seed_scheme!r}; collect with the current "
                 f"collectors or train without it (--control-variate off)"
             )
+        problem = Range(0.0).problem(baseline_ridge)
+        if problem:
+            raise TrainingError(f"baseline_ridge (--baseline-ridge) {problem}")
         self.control_variate = control_variate
         self.dataset, self.eval_batch_size = dataset, eval_batch_size
         self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
@@ -83,6 +88,14 @@ class LikelihoodObjective:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "method": "likelihood",
+            "data": self.dataset.fingerprint(),
+            "control_variate": self.control_variate,
+            "baseline_ridge": self.baseline_ridge,
+        }
 
 
 def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
@@ -139,4 +152,5 @@ def train_likelihood(
         control_variate = known_start_noise(dataset.info)
     model = initial_model(model_config, init, config.seed)
     check_compatible(model, dataset)
-    return train(model, LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate), config)
+    objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate)
+    return train(model, objective, config, inputs=[*dataset.input_paths(), *([init] if init is not None else [])])

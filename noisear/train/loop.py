@@ -6,15 +6,19 @@ that resume exactly, and DDP under ``torchrun --nproc_per_node N`` (gloo on CPU,
 What differs between training methods is an :class:`Objective`: which batch a step uses and which
 loss it computes from log-probabilities. :func:`initial_model` gives the prior a run starts from.
 
-Files in ``config.out_dir``: ``checkpoint.pt`` (resume state, torch.save of tensors and plain
-dicts, read back with weights_only=True), ``log.jsonl`` and ``prior.safetensors`` (the final
-prior, EMA weights when EMA is on, loadable with ``noisear.load``).
+Files in ``config.out_dir`` and the rules for resuming and overwriting: noisear.train.runs (``run.json``,
+``checkpoint.safetensors``, ``log.jsonl``, ``prior.safetensors``; a run resumes only into a folder that holds
+the same run, and no output replaces an input).
 
 Interrupts: Ctrl-C (SIGINT) finishes the current step, saves a checkpoint at that step boundary and
 raises KeyboardInterrupt, so resuming gives bitwise the weights of an uninterrupted run (a second
 Ctrl-C stops at once, without saving; like a kill, that resumes from the last checkpoint). On
 resume ``log.jsonl`` is cut back to what it held when the checkpoint was saved (a run that starts
 from step 0 starts an empty log), so no record repeats.
+
+A non-finite loss or gradient stops the run at once: nothing of that step is applied or saved (the last
+checkpoint stays), the log gets a ``stopped`` record, and :class:`~noisear.train.runs.TrainingError` names the
+likely cause. Every record of the log is strict JSON.
 
 DDP: global batch ``batch_size`` is split into equal, contiguous per-rank shares; each rank's
 loss is the mean over its share and DDP averages the gradients, so one update equals the
@@ -30,12 +34,13 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -44,78 +49,135 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import NoiseARConfig
-from ..io import load, save, write_atomically
+from ..io import load, save
 from ..model import NoiseAR, eval_mode
-
-CHECKPOINT_FORMAT = "noisear-train-checkpoint-1"
-# A resumed run must not change these (they decide the data order and the updates).
-RESUME_FIXED = ("batch_size", "seed", "validation_fraction", "validation_seed_fraction")
+from .runs import (
+    RUN_OUTPUTS,
+    RunFolder,
+    TrainingError,
+    identity_digest,
+    prepare_out_dir,
+    read_checkpoint,
+    run_identity,
+    weights_digest,
+    write_checkpoint,
+)
 
 # (text [B,T,D], noise [B,C,H,W], text_mask [B,T] or None[, mean_target [B,C,H,W]]) -> log p(noise | text)
 # in nats, [B]; mean_target: see NoiseAR.log_prob (a control variate for the means' gradient)
 LogProb = Callable[..., torch.Tensor]
+SEED_LIMIT = 2**32  # seeds of a run are below this (numpy's legacy seeding takes 32 bits)
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d{1,3})?|mps")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: a finite number (an integer when ``integer``) from ``low`` to
+    ``high``, each end included unless ``open_low`` / ``open_high``. Kept in a field's metadata as "range"."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+
+    def __str__(self) -> str:
+        high = "" if self.high == math.inf else f"{self.high:g}"
+        return f"{'(' if self.open_low else '['}{self.low:g}, {high or 'inf'}{')' if self.open_high or not high else ']'}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not accepted, or None."""
+        kinds = (int,) if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"must be {'an integer' if self.integer else 'a number'}, got {type(value).__name__} {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        below = value <= self.low if self.open_low else value < self.low
+        above = value >= self.high if self.open_high else value > self.high
+        if below or above:
+            return f"must be {'an integer' if self.integer else 'a number'} in {self}, got {value}"
+        return None
+
+
+def check_ranges(options: Any, error: type[Exception]) -> None:
+    """Raise ``error`` naming the first field of dataclass ``options`` outside its metadata "range"."""
+    for item in fields(options):
+        accepted = item.metadata.get("range")
+        problem = accepted.problem(getattr(options, item.name)) if accepted is not None else None
+        if problem:
+            raise error(f"{item.name} (--{item.name.replace('_', '-')}) {problem}")
+
+
+def option(default: Any, help: str, low: float | None = None, high: float = math.inf, **ends: bool) -> Any:
+    """A dataclass field with its option's help and, for numbers, the Range of accepted values."""
+    metadata: dict[str, Any] = {"help": help}
+    if low is not None:
+        metadata["range"] = Range(low, high, integer=isinstance(default, int) and not isinstance(default, bool), **ends)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    """Options of the shared loop (each field's ``help`` metadata is its ``noisear train``/``dpo`` option's help).
-    Steps count optimiser updates of one global batch."""
+    """Options of the shared loop (each field's ``help`` metadata is its ``noisear train``/``dpo`` option's help,
+    its ``range`` the values it accepts). Steps count optimiser updates of one global batch. Every field but
+    RESUMABLE (noisear.train.runs) is part of the run's identity: a resumed run must keep it."""
 
-    out_dir: str = field(
-        default="runs/noisear", metadata={"help": "output directory: checkpoint.pt, log.jsonl and prior.safetensors"}
+    out_dir: str = option("runs/noisear", "output directory: run.json, checkpoint.safetensors, log.jsonl and prior.safetensors")
+    steps: int = option(
+        1000, "optimiser steps (one global batch each) to run in all, counting steps already done when resuming", 1
     )
-    steps: int = field(
-        default=1000,
-        metadata={"help": "optimiser steps (one global batch each) to run in all, counting steps already done when resuming"},
+    batch_size: int = option(
+        64, "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count", 1
     )
-    batch_size: int = field(
-        default=64,
-        metadata={"help": "global batch (samples for train, pairs for dpo) over all processes; must divide by the process count"},
+    lr: float = option(1e-4, "peak learning rate of AdamW", 0.0, 1.0, open_low=True)
+    min_lr_ratio: float = option(0.1, "the cosine schedule ends at lr * this", 0.0, 1.0)
+    warmup_steps: int = option(100, "steps of linear warm-up from lr/warmup_steps to lr", 0)
+    weight_decay: float = option(0.01, "AdamW weight decay", 0.0, 1.0)
+    beta1: float = option(0.9, "AdamW beta1", 0.0, 1.0, open_high=True)
+    beta2: float = option(0.999, "AdamW beta2", 0.0, 1.0, open_high=True)
+    adam_eps: float = option(1e-8, "AdamW epsilon", 0.0, 1.0, open_low=True)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)", 0.0)
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)",
+        0.0,
+        1.0,
+        open_high=True,
     )
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of AdamW"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine schedule ends at lr * this"})
-    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warm-up from lr/warmup_steps to lr"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: no clipping)"})
-    ema_decay: float = field(
-        default=0.0,
-        metadata={"help": "keep an exponential moving average of the weights with this decay and save it as the prior (0: off)"},
+    seed: int = option(0, "seed of the data order, initialisation and rollouts", 0, SEED_LIMIT, open_high=True)
+    validation_fraction: float = option(
+        0.1,
+        "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index",
+        0.0,
+        1.0,
+        open_high=True,
     )
-    seed: int = field(default=0, metadata={"help": "seed of the data order, initialisation and rollouts"})
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": "share of prompts (not samples) held out for validation, chosen by a hash of the prompt index"},
+    validation_seed_fraction: float = option(
+        0.0,
+        "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
+        "validation pairs never share a noise with training pairs",
+        0.0,
+        1.0,
+        open_high=True,
     )
-    validation_seed_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "share of seeds (starting noises) held out as well, chosen by a hash of the seed; "
-            "validation pairs never share a noise with training pairs"
-        },
+    bf16: bool = option(True, "bf16 autocast on CUDA (never used on the CPU)")
+    log_every: int = option(10, "write averaged training metrics to log.jsonl every this many steps", 1)
+    val_every: int = option(0, "validate every this many steps (0: at the end only)", 0)
+    checkpoint_every: int = option(
+        100, "write checkpoint.safetensors every this many steps (resume point after a kill; 0: only at the end)", 0
     )
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never used on the CPU)"})
-    log_every: int = field(default=10, metadata={"help": "write averaged training metrics to log.jsonl every this many steps"})
-    val_every: int = field(default=0, metadata={"help": "validate every this many steps (0: at the end only)"})
-    checkpoint_every: int = field(
-        default=100, metadata={"help": "write checkpoint.pt every this many steps (resume point after a kill)"}
-    )
-    resume: bool = field(default=True, metadata={"help": "continue from checkpoint.pt in the output directory when it exists"})
-    device: str | None = field(
-        default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)"}
-    )
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: cuda:LOCAL_RANK when available, else cpu)")
+    progress: bool = option(True, "show a tqdm progress bar")
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("validation_fraction", "validation_seed_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_ranges(self, TrainingError)
+        for name in ("bf16", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainingError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.out_dir, (str, os.PathLike)) or not os.fspath(self.out_dir):
+            raise TrainingError(f"out_dir must name a folder, got {self.out_dir!r}")
+        if self.device is not None and not (isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device)):
+            raise TrainingError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -145,6 +207,14 @@ class Runtime:
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
+        if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise TrainingError(
+                f"device {device} is not available here ({found} CUDA device{'s' if found != 1 else ''} found); "
+                f"give --device cpu{', or cuda:N with N < ' + str(found) if found else ''}"
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise TrainingError("device mps is not available here; give --device cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         owns = False
@@ -187,6 +257,10 @@ class Objective(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def identity(self) -> dict[str, Any]:
+        """Plain values that define what this objective trains on and how (e.g. a digest of its data); part of
+        the run's identity (noisear.train.runs.run_identity), so a run resumes only on the same."""
+
 
 class _LogProbModule(nn.Module):
     """Makes log_prob the forward pass, so DDP synchronises its gradients."""
@@ -224,7 +298,7 @@ class EMA:
         return averaged
 
 
-# RNG state as plain tensors, so that torch.load(weights_only=True) can read it back ---------------
+# RNG state as tensors and plain values, for the checkpoint file (noisear.train.runs.write_checkpoint) ------
 def _rng_state(device: torch.device) -> dict[str, Any]:
     _, keys, position, has_gauss, cached = np.random.get_state()
     version, python_state, gauss_next = random.getstate()
@@ -273,7 +347,7 @@ class _Log:
 
     def write(self, record: dict) -> None:
         if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
+            self.handle.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON: a NaN is a bug here
             self.handle.flush()
 
     def close(self) -> None:
@@ -312,18 +386,32 @@ class _StopOnInterrupt:
         return bool(flag.item())
 
 
+def _check_finite_weights(modules: dict[str, nn.Module | dict[str, torch.Tensor] | None], step: int) -> None:
+    """Never save non-finite weights (the loss check stops a run before, so this is a last guard)."""
+    for name, module in modules.items():
+        if module is None:
+            continue
+        tensors = module.values() if isinstance(module, dict) else module.state_dict().values()
+        if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+            raise TrainingError(
+                f"the {name} weights hold NaN or infinite values after step {step}, so nothing was saved (the last "
+                f"checkpoint stays); the learning rate is likely too high for this data: lower --lr"
+            )
+
+
 def _save_checkpoint(
-    path: Path,
+    folder: RunFolder,
     step: int,
     model: NoiseAR,
     optimizer: torch.optim.Optimizer,
     ema: EMA | None,
     objective: Objective,
-    config: TrainConfig,
+    identity: dict[str, Any],
     runtime: Runtime,
     log: _Log,
     pending: list[dict[str, float]],
 ) -> None:
+    _check_finite_weights({"model": model, "EMA": None if ema is None else ema.shadow}, step)
     rng = _rng_state(runtime.device)
     if runtime.world > 1:
         gathered: list[Any] = [None] * runtime.world
@@ -333,55 +421,37 @@ def _save_checkpoint(
         rng_per_rank = [rng]
     if runtime.rank == 0:
         state = {
-            "format": CHECKPOINT_FORMAT,
+            "run": identity_digest(identity),
             "step": step,
-            "data_position": step,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "model_config": model.config.to_json(),
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
+            "ema": None if ema is None else ema.shadow,
             "rng": rng_per_rank,
             "objective": objective.state_dict(),
-            "config": json.dumps(asdict(config)),
             "log_bytes": log.size(),
             "pending_metrics": pending,
         }
-        write_atomically(path, lambda temporary: torch.save(state, temporary))  # a kill keeps the previous one
+        write_checkpoint(folder.checkpoint, state)  # atomic: a kill keeps the previous one
     runtime.barrier()
 
 
 def _load_checkpoint(
-    path: Path,
+    folder: RunFolder,
     model: NoiseAR,
     optimizer: torch.optim.Optimizer,
     ema: EMA | None,
     objective: Objective,
+    identity: dict[str, Any],
     config: TrainConfig,
     runtime: Runtime,
 ) -> dict[str, Any]:
     """Restore the state saved at a step boundary; returns step, log_bytes and pending_metrics."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged or foreign files
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(
-            f"{path} cannot be read as a training checkpoint ({type(err).__name__}: {reason}); "
-            f"remove it to start over, or use another out_dir"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a NoiseAR training checkpoint ({CHECKPOINT_FORMAT})")
-    saved = json.loads(state["config"])
-    saved = {"validation_seed_fraction": 0.0, **saved}  # checkpoints from before the seed split
-    changed = [f"{key}: {saved[key]} -> {getattr(config, key)}" for key in RESUME_FIXED if saved[key] != getattr(config, key)]
-    if changed:
-        raise ValueError(
-            f"cannot resume {path}: {', '.join(changed)}. Use the original values, or a new "
-            f"out_dir (or resume=False) to start over"
+    state = read_checkpoint(folder.checkpoint)
+    if state.get("run") != identity_digest(identity):
+        raise TrainingError(
+            f"{folder.checkpoint} belongs to another run than {folder.run_file} describes (copied in?); nothing was "
+            f"changed. Give a new output folder"
         )
-    if NoiseARConfig.from_json(state["model_config"]) != model.config:
-        raise ValueError(f"cannot resume {path}: it holds a different network config; use a new out_dir")
-    if (ema is None) != (state["ema"] is None):
-        raise ValueError(f"cannot resume {path}: EMA was {'off' if state['ema'] is None else 'on'} in that run")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
@@ -391,23 +461,51 @@ def _load_checkpoint(
         _set_rng_state(state["rng"][runtime.rank], runtime.device)
     else:  # another process count: the data order is unchanged, dropout masks are not
         _seed_everything(config.seed + 7919 * runtime.rank + state["step"])
-    return {
-        "step": int(state["step"]),
-        "log_bytes": state.get("log_bytes"),
-        "pending_metrics": list(state.get("pending_metrics", [])),
-    }
+    return {"step": int(state["step"]), "log_bytes": state["log_bytes"], "pending_metrics": list(state["pending_metrics"])}
 
 
-def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
-    """Run the loop to ``config.steps`` (resuming when a checkpoint exists) and return the final prior.
+def _divergence(step: int, loss: float, grad_norm: float, lr: float, config: TrainConfig, runtime: Runtime) -> str:
+    """Why step ``step`` (0-based: the number of updates before it) gave a non-finite loss or gradient, and the
+    likely cause."""
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm} (loss {loss:.4g})"
+    low_precision = config.bf16 and runtime.device.type == "cuda"
+    if step == 0 and not math.isfinite(loss):
+        cause = (
+            "the data or the starting weights: the very first forward pass is not finite (check the dataset with "
+            "`noisear data inspect` and the --init file with `noisear inspect`)"
+            + ("; or a bf16 overflow (try --no-bf16)" if low_precision else "")
+        )
+    elif low_precision and not math.isfinite(grad_norm) and math.isfinite(loss):
+        cause = "a bf16 overflow in the backward pass (try --no-bf16), or a learning rate too high (lower --lr)"
+    else:
+        cause = (
+            f"a learning rate too high for this data (lr {lr:.3g} at this step after {step} updates: lower --lr, "
+            f"raise --warmup-steps or clip gradients with --grad-clip)"
+            + ("; or a bf16 overflow (try --no-bf16)" if low_precision else "")
+            + "; or bad data"
+        )
+    return (
+        f"training stopped at step {step + 1}: {what}. Likely cause: {cause}. Nothing of this step was applied or "
+        f"saved: the last checkpoint and the log are kept and no prior was written; start again in a new output "
+        f"folder with changed settings"
+    )
 
-    The returned model holds the EMA weights when EMA is on; it is also written to
-    ``out_dir/prior.safetensors`` by rank 0.
+
+def train(model: NoiseAR, objective: Objective, config: TrainConfig, inputs: Sequence[str | os.PathLike] = ()) -> NoiseAR:
+    """Run the loop to ``config.steps`` and return the final prior (the EMA weights when EMA is on), also
+    written to ``out_dir/prior.safetensors`` by rank 0.
+
+    ``model`` is where the run starts: its weights, the settings, the network and ``objective.identity()``
+    make the run's identity (noisear.train.runs). An ``out_dir`` that holds the same run resumes it from its
+    checkpoint (a finished run is returned as it is, nothing rewritten); one that holds another run is refused
+    before anything is written. ``inputs``: the files and folders the run reads (data, init), none of which
+    an output may replace.
     """
     runtime = Runtime.start(config.device)
-    out_dir = Path(config.out_dir)
-    if runtime.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(Path(config.out_dir))
+    identity = run_identity(asdict(config), json.loads(model.config.to_json()), weights_digest(model), objective.identity())
+    prepare_out_dir(folder.path, RUN_OUTPUTS, inputs, create=runtime.rank == 0)
+    folder.claim(identity, write=runtime.rank == 0)
     runtime.barrier()
     model = model.float().to(runtime.device)
     runtime.model = model
@@ -417,11 +515,15 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
         params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay
     )
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    checkpoint = out_dir / "checkpoint.pt"
     resumed = {"step": 0, "log_bytes": 0, "pending_metrics": []}  # a fresh start also starts a fresh log
-    if config.resume and checkpoint.exists():
-        resumed = _load_checkpoint(checkpoint, model, optimizer, ema, objective, config, runtime)
+    if folder.checkpoint.exists():
+        resumed = _load_checkpoint(folder, model, optimizer, ema, objective, identity, config, runtime)
     step, pending = resumed["step"], resumed["pending_metrics"]
+    if step == config.steps and folder.prior.is_file():  # finished: nothing to redo, nothing rewritten
+        runtime.barrier()
+        if runtime.owns_group:
+            dist.destroy_process_group()
+        return (ema.copy_to(model) if ema is not None else model).train(False)
     log_prob: nn.Module = _LogProbModule(model)
     if runtime.world > 1:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -431,11 +533,11 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
         if config.bf16 and runtime.device.type == "cuda"
         else contextlib.nullcontext()
     )
-    log = _Log(out_dir / "log.jsonl" if runtime.rank == 0 else None, resumed["log_bytes"])
+    log = _Log(folder.log if runtime.rank == 0 else None, resumed["log_bytes"])
     bar = tqdm(
         total=config.steps, initial=step, disable=runtime.rank != 0 or not config.progress, desc="train", dynamic_ncols=True
     )
-    started = time.time()
+    started, first = time.time(), step
     try:
         with _StopOnInterrupt() as interrupt:
             while step < config.steps:
@@ -449,11 +551,16 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+                loss_value, norm_value = float(loss.detach()), float(grad_norm)
+                if not _agree_finite(math.isfinite(loss_value) and math.isfinite(norm_value), runtime):
+                    reason = _divergence(step, loss_value, norm_value, lr, config, runtime)
+                    log.write({"kind": "stopped", "step": step + 1, "reason": reason})
+                    raise TrainingError(reason)
                 optimizer.step()
                 if ema is not None:
                     ema.update(model)
                 step += 1
-                pending.append({**metrics, "grad_norm": float(grad_norm)})
+                pending.append({**metrics, "grad_norm": norm_value})
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.steps:
                     averaged = runtime.mean({k: float(np.mean([m[k] for m in pending])) for k in pending[0]})
@@ -465,22 +572,35 @@ def train(model: NoiseAR, objective: Objective, config: TrainConfig) -> NoiseAR:
                 periodic = config.checkpoint_every and step % config.checkpoint_every == 0
                 stop = step < config.steps and interrupt.agreed(runtime)
                 if (periodic or stop) and step < config.steps:
-                    _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime, log, pending)
-                if stop:
-                    raise KeyboardInterrupt  # after a whole step, saved: resuming is exact
-            _save_checkpoint(checkpoint, step, model, optimizer, ema, objective, config, runtime, log, pending)
+                    _save_checkpoint(folder, step, model, optimizer, ema, objective, identity, runtime, log, pending)
+                if stop:  # after a whole step, saved: resuming is exact
+                    raise KeyboardInterrupt(f"stopped after step {step}, saved: run the same command to resume")
+            if step > first:
+                _save_checkpoint(folder, step, model, optimizer, ema, objective, identity, runtime, log, pending)
+    except BaseException:
+        log.close()
+        raise
     finally:
         bar.close()
     final = ema.copy_to(model) if ema is not None else model
-    final.eval()
+    final.train(False)
     _validate(model, ema, objective, runtime, log, step, final=final)
     if runtime.rank == 0:
-        save(final, out_dir / "prior.safetensors")
+        save(final, folder.prior)
     log.close()
     runtime.barrier()
     if runtime.owns_group:
         dist.destroy_process_group()
     return final
+
+
+def _agree_finite(finite: bool, runtime: Runtime) -> bool:
+    """Whether the step is finite on every rank (every rank must call it at the same step)."""
+    if runtime.world == 1:
+        return finite
+    flag = torch.tensor([float(finite)], device=runtime.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _validate(
@@ -500,7 +620,7 @@ def initial_model(model_config: NoiseARConfig | None = None, init: str | os.Path
     """A prior to start from: ``init`` (a published .pth or our .safetensors via noisear.load) or a fresh
     ``NoiseAR(model_config)`` with the published initialisation (untrained prior ~ N(0, I)), seeded."""
     if (model_config is None) == (init is None):
-        raise ValueError("give exactly one of model_config (train from scratch) or init (a checkpoint to start from)")
+        raise TrainingError("give exactly one of model_config (train from scratch) or init (a checkpoint to start from)")
     if init is not None:
         model = load(init)
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # own, writable storage

@@ -42,7 +42,7 @@ def clip_scorer(model_dir: str | Path, scale: float | None = None, device: str =
     openai/clip-vit-large-patch14 or yuvalkirstain/PickScore_v1, downloaded by you). Prompts need ``strings``."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+    model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).to(device).train(False)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     settings_path = Path(model_dir) / "preprocessor_config.json"
     if not settings_path.is_file():
@@ -81,7 +81,7 @@ def hpsv2_scorer(checkpoint: str | Path, device: str = "cpu") -> ImageScorer:
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None, device=device)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("state_dict", state))
-    model.eval()
+    model.train(False)
     tokenizer = open_clip.get_tokenizer("ViT-H-14")
     size = model.visual.image_size
     mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))[:, None, None]

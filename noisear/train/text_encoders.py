@@ -55,7 +55,7 @@ def sdxl_encoder(model_dir: str | os.PathLike, device: str = "cpu", dtype: torch
     ]
     target = torch.device(device)
     for _, model in pairs:
-        model.to(target).eval()
+        model.to(target).train(False)
 
     @torch.no_grad()
     def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +79,7 @@ def hunyuan_dit_encoder(model_dir: str | os.PathLike, device: str = "cpu", dtype
     model = (
         BertModel.from_pretrained(folder / "text_encoder", local_files_only=True, torch_dtype=dtype, add_pooling_layer=False)
         .to(device)
-        .eval()
+        .train(False)
     )
 
     @torch.no_grad()

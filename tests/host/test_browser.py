@@ -31,8 +31,14 @@ from conftest import PACK_LINK, REPO, comfy_checkout, running_comfy
 DRIVER = Path(__file__).resolve().parent / "browser_workflows.js"
 WORKFLOW_DIR = REPO / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-# a first-start user: no template dialog, no minimap or canvas statistics in the screenshots
-SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+# a first-start user: no template dialog, no minimap or canvas statistics in the screenshots, and text drawn at
+# every zoom (the frontend's low-detail mode, below a 8 px font, would leave the large A/B graphs without text)
+SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Minimap.Visible": False,
+    "Comfy.Graph.CanvasInfo": False,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+}
 DRIVER_SECONDS = 600
 CORE_NODES = ["KSampler", "EmptyLatentImage"]  # searched in the baseline run: the search box logs errors of its own
 

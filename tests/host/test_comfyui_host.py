@@ -6,17 +6,24 @@ NoiseAR prior for 16x16 latents (128x128 px) in 4x4 patches, taking 2048-d SDXL-
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import comfy_checkout
+from PIL import Image
 from safetensors.torch import load_file
 
 from noisear import NoiseAR, NoiseARConfig, save
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+WORKFLOW_DIR = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
 NOISEAR_NODES = {
     "NoiseARLoader",
     "NoiseARNoise",
@@ -254,12 +261,9 @@ def test_the_retired_centre_mode_passes_validation_and_runs_as_any_size(comfy, p
     assert "was retired" in entry["outputs"]["preview"]["text"][0]
 
 
-def test_fp16_on_the_cpu_is_refused_at_validation(comfy, prior_name):
-    status, body = comfy.post_prompt(graph(prior_name, dtype="fp16"))
-    # outputs that do not need the prior (the RandomNoise draw) stay valid, so the prompt may still run
-    assert status in (200, 400) and "prior" in body["node_errors"]
-    details = [e["details"] for e in body["node_errors"]["prior"]["errors"]]
-    assert any("GPU only" in d for d in details), body
+def test_fp16_on_the_cpu_is_refused_when_the_loader_runs(comfy, prior_name):
+    error = execution_error(comfy.run(graph(prior_name, dtype="fp16")))
+    assert error["node_type"] == "NoiseARLoader" and "fp16 runs on a GPU only" in error["exception_message"]
 
 
 def test_a_missing_checkpoint_says_where_files_go_and_which_fits_which_model(comfy, prior_name):
@@ -330,3 +334,124 @@ def test_text_encode_weight_syntax_reaches_only_the_clip_text_encode_route(comfy
     latents, infos = text_routes(comfy, prior_name, "(red:1.2) car")
     assert not torch.equal(latents["exact"], latents["route"])
     assert "WARNING" not in infos["exact"] + infos["route"]  # weights cannot be seen in a conditioning
+
+
+# The A/B workflows (NoiseAR Compare Grid) -------------------------------------------------------------------------
+COMPARE = ["noisear_sdxl_compare", "noisear_sdxl_compare_temperature", "noisear_sdxl_compare_blend"]
+CELL = 128  # px: the tiny prior's native 16 x 16 latent
+TAESD_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+from comfy.cli_args import args
+args.cpu = True  # as the suite's ComfyUI runs (--cpu)
+import comfy.taesd.taesd as taesd
+generator = torch.Generator().manual_seed(0)
+for part, build in (("encoder", taesd.Encoder), ("decoder", taesd.Decoder)):
+    state = {}
+    for key, value in build(4).state_dict().items():  # ComfyUI's layers skip initialisation
+        fan_in = value[0].numel() if value.ndim > 1 else 1
+        state[key] = torch.randn(value.shape, generator=generator) / fan_in**0.5 if value.ndim > 1 else torch.zeros(value.shape)
+    save_file(state, sys.argv[1] + "/taesdxl_" + part + ".safetensors")
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(comfy) -> str:
+    """A TAESD-XL encoder/decoder pair with random weights, built with ComfyUI's own classes, in the base's
+    models/vae_approx: VAELoader offers it as "taesdxl" (a real VAE that decodes any latent size, 8 px per cell)."""
+    checkout, python = comfy_checkout()
+    folder = comfy.base / "models" / "vae_approx"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run([str(python), "-c", TAESD_SCRIPT, str(folder)], cwd=checkout, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-3000:]
+    return "taesdxl"
+
+
+def generator_module():
+    """workflows/make_workflows.py as a module (workflows/ is not a package)."""
+    sys.path.insert(0, str(WORKFLOW_DIR))
+    try:
+        return importlib.import_module("make_workflows")
+    finally:
+        sys.path.remove(str(WORKFLOW_DIR))
+
+
+def api_prompt(name: str, prior: str, vae: str) -> dict:
+    """workflows/<name>.json as an API prompt over the test stand-ins, widget values by input name from the
+    generator: the checkpoint's MODEL, CLIP and VAE become NoiseARTestTinySDXL, NoiseARTestTinySDXLClip and
+    VAELoader(``vae``), the NoiseAR Loader reads ``prior``, latents are CELL px square and sampling takes 2 steps.
+    A SaveImage "cells" is added on the grid's images input."""
+    generator = generator_module()
+    graph = next(graph for graph in generator.graphs() if graph.name == name)
+    widgets = generator.intended_widgets(graph)
+    workflow = json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+    links = {link[0]: link for link in workflow["links"]}
+    checkpoint = next(str(node["id"]) for node in workflow["nodes"] if node["type"] == "CheckpointLoaderSimple")
+    prompt = {
+        f"{checkpoint}_0": {"class_type": "NoiseARTestTinySDXL", "inputs": {"seed": 0}},
+        f"{checkpoint}_1": {"class_type": "NoiseARTestTinySDXLClip", "inputs": {"seed": 0}},
+        f"{checkpoint}_2": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+    }
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node["type"] == "CheckpointLoaderSimple":
+            continue
+        inputs = {key: value for key, value in widgets[node["id"]].items() if key != "control_after_generate"}
+        for socket in node["inputs"]:
+            if socket["link"] is not None:
+                _, origin, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [f"{origin}_{slot}", 0] if str(origin) == checkpoint else [str(origin), slot]
+        if "steps" in inputs:
+            inputs["steps"] = 2
+        if node["type"] == "EmptyLatentImage":
+            inputs.update(width=CELL, height=CELL)
+        if node["type"] == "NoiseARLoader":
+            inputs.update(ckpt_name=prior)
+        if node["type"] == "SaveImage":
+            inputs.update(filename_prefix=f"compare/{name}")
+        if node["type"] == "NoiseARCompareGrid":
+            prompt["cells"] = {
+                "class_type": "SaveImage",
+                "inputs": {"images": inputs["images"], "filename_prefix": f"compare/{name}_cells"},
+            }
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def saved_images(comfy, output: dict) -> list[np.ndarray]:
+    """The 8-bit RGB pixels [H, W, 3] of a SaveImage's files, in batch order."""
+    return [
+        np.asarray(Image.open(comfy.base / "output" / record["subfolder"] / record["filename"]).convert("RGB"), dtype=np.int16)
+        for record in output["images"]
+    ]
+
+
+@pytest.mark.parametrize("name", COMPARE)
+def test_compare_workflow_renders_one_grid_a_row_per_noise_a_column_per_image(comfy, prior_name, tiny_vae, name):
+    from nodes.compare_grid import grid_spacing, labels
+
+    prompt = api_prompt(name, prior_name, tiny_vae)
+    grid_node = next(node for node in prompt.values() if node["class_type"] == "NoiseARCompareGrid")
+    rows, columns = labels(grid_node["inputs"]["row_labels"]), labels(grid_node["inputs"]["column_labels"])
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    save = next(key for key, node in prompt.items() if node["class_type"] == "SaveImage" and key != "cells")
+    (grid,) = saved_images(comfy, entry["outputs"][save])
+    cells = saved_images(comfy, entry["outputs"]["cells"])
+    assert len(cells) == len(rows) * len(columns) == len(rows) * 4 and all(c.shape == (CELL, CELL, 3) for c in cells)
+
+    font_size, padding = grid_spacing(CELL)
+    assert grid.shape[0] == padding + font_size + padding + len(rows) * (CELL + padding)  # column labels, then the rows
+    label_margin = grid.shape[1] - len(columns) * (CELL + padding)
+    assert label_margin > 0 and (grid[-len(rows) * (CELL + padding) :, :label_margin] < 128).any()  # row labels' ink
+    for r in range(len(rows)):
+        for c in range(len(columns)):
+            top = grid.shape[0] - (len(rows) - r) * (CELL + padding)
+            left = grid.shape[1] - (len(columns) - c) * (CELL + padding)
+            cell = grid[top : top + CELL, left : left + CELL]
+            assert np.abs(cell - cells[r * len(columns) + c]).max() <= 1, (name, r, c)  # rounding vs truncation to 8 bits
+    first_row, second_row = np.stack(cells[: len(columns)]), np.stack(cells[len(columns) : 2 * len(columns)])
+    assert np.abs(first_row - second_row).max() > 8, "two noises gave the same images"
+    if name == "noisear_sdxl_compare_temperature":  # temperature 0: the prior's mean, whatever the Gaussian draw
+        zero = cells[len(columns) : 2 * len(columns)]
+        assert rows[1].endswith("temperature 0") and all(np.abs(image - zero[0]).max() <= 1 for image in zero)
+        assert max(np.abs(image - cells[0]).max() for image in cells[1 : len(columns)]) > 8  # the Gaussian row varies

@@ -6,7 +6,20 @@
 - NoiseARTestCLIP: a CLIP stand-in whose encoding of a text is a random SDXL-width conditioning seeded by it.
 - NoiseARTestTinySDXLClip: ComfyUI's own SDXL text encoders (CLIP-L + CLIP-G, 2048-d, real tokenizers)
   with 3 layers each and random weights.
+
+The newer families (SD3, Flux, FluxSchnell, Chroma, ChromaRadiance, Lumina2, QwenImage, HunyuanImage21,
+WAN21_T2V, WAN22_T2V; what each mimics: families.py):
+- NoiseARTestTinyModel: the family's tiny random MODEL.
+- NoiseARTestFamilyConditioning: the family's CONDITIONING of a text (real width, length, padding, keys).
+- NoiseARTestFamilyCLIP: a CLIP stand-in that tokenizes in the family's token format and encodes to
+  exactly what NoiseARTestFamilyConditioning gives.
+- NoiseARTestTinyTextEncoder: the family's own ComfyUI text encoder, tiny and random (SD3, Flux, Chroma).
+- NoiseARTestDescribeConditioning, NoiseARTestTokens: a CONDITIONING's shapes and keys, a CLIP's tokens,
+  as JSON in the UI output (for the host tests to read).
 """
+
+import hashlib
+import json
 
 import comfy.model_base
 import comfy.model_management
@@ -16,6 +29,8 @@ import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import torch
+
+from . import families
 
 TINY_UNET = dict(
     model_channels=32,
@@ -146,10 +161,141 @@ class NoiseARTestTinySDXLClip:
         return (clip,)
 
 
+FAMILY = (list(families.FAMILIES),)
+
+
+class NoiseARTestTinyModel:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "build"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": FAMILY, "seed": ("INT", SEED)}}
+
+    def build(self, family, seed):
+        return (families.build_model(family, seed),)
+
+
+class NoiseARTestFamilyConditioning:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "make"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "family": FAMILY,
+                "text": ("STRING", {"default": ""}),
+                # 0: the text's own words; more: its words repeated or cut to that many
+                "tokens": ("INT", {"default": 0, "min": 0, "max": 4096}),
+            }
+        }
+
+    def make(self, family, text, tokens):
+        return (families.conditioning(family, text, tokens),)
+
+
+class NoiseARTestFamilyCLIP:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "make"
+    RETURN_TYPES = ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": FAMILY}}
+
+    def make(self, family):
+        return (families.StandInClip(family),)
+
+
+class NoiseARTestTinyTextEncoder:
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "build"
+    RETURN_TYPES = ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (families.REAL_ENCODER_FAMILIES,), "seed": ("INT", SEED)}}
+
+    def build(self, family, seed):
+        return (families.build_text_encoder(family, seed),)
+
+
+def digest(tensor):
+    return None if tensor is None else hashlib.sha256(tensor.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def row_widths(rows):
+    """Run-length [[width, rows], ...] of each row's width up to its last nonzero column (0: an all-zero row)."""
+    nonzero = rows != 0
+    widths = torch.where(nonzero.any(dim=1), rows.shape[1] - nonzero.flip(1).int().argmax(dim=1), 0).tolist()
+    runs = []
+    for width in widths:
+        if runs and runs[-1][0] == width:
+            runs[-1][1] += 1
+        else:
+            runs.append([width, 1])
+    return runs
+
+
+class NoiseARTestDescribeConditioning:
+    """The first entry of a CONDITIONING as JSON: shapes, keys, row widths, guidance, masks, digests of its tensors."""
+
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "describe"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",)}}
+
+    def describe(self, conditioning):
+        cross, extras = conditioning[0]
+        pooled, mask, text_mask = extras.get("pooled_output"), extras.get("attention_mask"), extras.get("noisear_text_mask")
+        info = {
+            "cross_attn": list(cross.shape),
+            "row_widths": row_widths(cross[0]),
+            "keys": sorted(extras),
+            "pooled_output": None if pooled is None else list(pooled.shape),
+            "attention_mask": None if mask is None else [list(mask.shape), str(mask.dtype), int(mask.sum())],
+            # the rows of the prompt NoiseAR Text Encode marks on SD3 / Flux prior_text (nodes.conditioning.TEXT_MASK)
+            "text_mask": None if text_mask is None else [list(text_mask.shape), int(text_mask.sum())],
+            "guidance": extras.get("guidance"),
+            "digests": [digest(cross), digest(pooled)],
+        }
+        return {"ui": {"text": [json.dumps(info)]}}
+
+
+class NoiseARTestTokens:
+    """A CLIP's tokens of a text as JSON: {stream: [[token id, ...] per chunk]}."""
+
+    CATEGORY = "testing/NoiseAR"
+    FUNCTION = "tokenize"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip": ("CLIP",), "text": ("STRING", {"default": ""})}}
+
+    def tokenize(self, clip, text):
+        tokens = {key: [[int(token[0]) for token in chunk] for chunk in chunks] for key, chunks in clip.tokenize(text).items()}
+        return {"ui": {"text": [json.dumps(tokens)]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "NoiseARTestTinySDXL": NoiseARTestTinySDXL,
     "NoiseARTestConditioning": NoiseARTestConditioning,
     "NoiseARTestDrawNoise": NoiseARTestDrawNoise,
     "NoiseARTestCLIP": NoiseARTestCLIP,
     "NoiseARTestTinySDXLClip": NoiseARTestTinySDXLClip,
+    "NoiseARTestTinyModel": NoiseARTestTinyModel,
+    "NoiseARTestFamilyConditioning": NoiseARTestFamilyConditioning,
+    "NoiseARTestFamilyCLIP": NoiseARTestFamilyCLIP,
+    "NoiseARTestTinyTextEncoder": NoiseARTestTinyTextEncoder,
+    "NoiseARTestDescribeConditioning": NoiseARTestDescribeConditioning,
+    "NoiseARTestTokens": NoiseARTestTokens,
 }
