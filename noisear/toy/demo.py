@@ -227,8 +227,8 @@ class Testbed(ABC):
         return PROMPT_MEAN if result.row(name).noise_std > 0.75 else HALF_PROMPT_MEAN
 
     def verdict(self, result: evaluation.Evaluation) -> str:
-        """Every controlled source that is not a bar against its bar (when in the evaluation), on FD, coverage and
-        the prompt check (digits: and pixel diversity)."""
+        """Every controlled source that is not a bar against its bar (when in the evaluation), on every one of the
+        testbed's verdict metrics."""
         names = {row.name for row in result.rows}
         bars = {PROMPT_MEAN, HALF_PROMPT_MEAN}
         controlled = [row.name for row in result.rows if row.control is not None and row.name not in bars]
@@ -237,7 +237,7 @@ class Testbed(ABC):
             return ""
         return (
             "Each source against its bar (the Gaussian + prompt-mean shift row of its std) on FD and on the metrics "
-            "FD can be bought with (coverage, diversity, the direct check of the prompt):\n\n"
+            f"FD can be bought with ({', '.join(m for m in self.verdict_metrics if m != 'FD')}):\n\n"
             + evaluation.verdict(result, pairs, self.verdict_metrics)
         )
 
