@@ -6,13 +6,17 @@ Prints, in one run, median ms per sample of the cached sampler in fp32 and bf16 
 against the memory-bandwidth roofline: the weight bytes one decoding step must read x steps / the
 bandwidth of a large fp32 matrix-vector product measured in the same run, plus the one-off text
 keys/values projection (the fp32 roofline is the yardstick for both precisions; bf16 reads half
-the bytes). Also: the naive path (the published algorithm, the whole prefix recomputed every step)
-at batch 1 and 4 (--naive-reps 0 skips it), sliding-window decoding at 1216 x 832 px against the
-native size, and the largest deviation of a bf16 sample from the fp32 one (heads' last layers
-N(0, 0.02^2) so that mu and logvar vary). Targets: fp32 cached <= 1.25x the fp32
-roofline at batch 1; bf16 <= 0.7x the fp32 roofline at batch 1; sliding window at 1216 x 832 <=
-1.6x native; cached >= 3x faster than naive at batch 1 and >= 5x at batch 4. Figures only, no
-pass/fail; quote the load average it prints.
+the bytes); and each precision's draw against its own matrix products (OwnMatrices: the same
+weights times the same rows, nothing else), which isolates what attention, norms, casts and
+allocation add. Also: the naive path (the published algorithm, the whole prefix recomputed every
+step) at batch 1 and 4 (--naive-reps 0 skips it), sliding-window decoding at 1216 x 832 px against
+the native size, and the largest deviation of a bf16 sample from the fp32 one (heads' last layers
+N(0, 0.02^2) so that mu and logvar vary).
+
+Targets: fp32 cached <= 1.25x the fp32 roofline at batch 1; bf16 <= 0.7x the fp32 roofline at
+batch 1; fp32 and bf16 batch-1 draws each <= 1.2x their own matrices; sliding window at
+1216 x 832 <= 1.6x native; cached >= 3x faster than naive at batch 1 and >= 5x at batch 4.
+Figures only, no pass/fail; quote the load average it prints, and time on an idle machine.
 """
 
 from __future__ import annotations
@@ -37,9 +41,20 @@ from noisear import NoiseAR, NoiseARConfig  # noqa: E402
 TEXT_TOKENS = 77
 
 
-def median_seconds(run: Callable[[], object], reps: int) -> float:
-    """Median wall time of ``reps`` calls after one warm-up call."""
-    return paired_medians(run, reps)[0]
+def alternated_medians(runs: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median wall seconds of each call, the calls alternated rep by rep after one warm-up each.
+
+    Alternating keeps the ratios between them meaningful when other processes change the load.
+    """
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class MatVec:
@@ -53,22 +68,41 @@ class MatVec:
         return F.linear(self.vector, self.weight)
 
 
-def paired_medians(run: Callable[[], object], reps: int, matvec: MatVec | None = None) -> tuple[float, float]:
-    """(median seconds of ``run``, bandwidth in bytes/s of ``matvec`` timed right before each call).
+class OwnMatrices:
+    """The sampler's own matrix products and nothing else: what a draw of ``batch`` samples must multiply.
 
-    Pairing the two in time keeps their ratio meaningful when other processes change the load.
+    Every cached step multiplies one row per sample by each layer's weights (self-attention in_proj
+    and out_proj, the query rows of cross-attention in_proj and its out_proj, the FFN, both heads);
+    steps 1..M-1 also run the patch encoder; once per call, the text goes through the keys/values rows
+    of each cross-attention in_proj (dim_adapter, when present, too). Same dtype as the model.
     """
-    run()
-    times, bandwidths = [], []
-    for _ in range(reps):
-        if matvec is not None:
-            start = time.perf_counter()
-            matvec()
-            bandwidths.append(matvec.bytes / (time.perf_counter() - start))
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), statistics.median(bandwidths) if bandwidths else float("nan")
+
+    def __init__(self, model: NoiseAR, batch: int, text_tokens: int) -> None:
+        d, dtype = model.config.d_model, next(model.parameters()).dtype
+        self.steps = model.config.num_patches
+        self.per_step = [layer.in_proj_weight for layer in model.self_attn_layers]
+        self.per_step += [layer.out_proj.weight for layer in model.self_attn_layers]
+        self.per_step += [layer.in_proj_weight[:d] for layer in model.cross_attn_layers]
+        self.per_step += [layer.out_proj.weight for layer in model.cross_attn_layers]
+        self.per_step += [
+            m.weight
+            for block in (*model.ffn_layers, model.prediction_head_mu, model.prediction_head_logvar)
+            for m in block
+            if isinstance(m, torch.nn.Linear)
+        ]
+        self.encoder = [m.weight for m in model.latent_patch_encoder if isinstance(m, torch.nn.Linear)]
+        self.once = [layer.in_proj_weight[d:] for layer in model.cross_attn_layers]
+        self.once += [model.dim_adapter.weight] if model.config.has_text_adapter else []
+        self.rows = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=dtype) for w in self.per_step + self.encoder}
+        self.tokens = {w.shape[1]: torch.randn(batch, text_tokens, w.shape[1], dtype=dtype) for w in self.once}
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        for weight in self.once:
+            F.linear(self.tokens[weight.shape[1]], weight)
+        for step in range(self.steps):
+            for weight in self.per_step + (self.encoder if step else []):
+                F.linear(self.rows[weight.shape[1]], weight)
 
 
 def bytes_per_step(model: NoiseAR) -> tuple[int, int]:
@@ -96,7 +130,7 @@ def text_kv_seconds(model: NoiseAR, text: torch.Tensor, reps: int) -> float:
             for cross in model.cross_attn_layers:
                 F.linear(memory, cross.in_proj_weight[d:], cross.in_proj_bias[d:])
 
-    return median_seconds(project, reps)
+    return alternated_medians({"project": project}, reps)["project"]
 
 
 def main() -> None:
@@ -137,36 +171,45 @@ def main() -> None:
             f"{name}: weights read per step {step_bytes / 1e6:.0f} MB; one-off text keys/values "
             f"{kv_seconds[name, 1] * 1e3:.0f} ms at batch 1"
         )
-    print("each timed call follows a timed fp32 8192x8192 matrix-vector product; the roofline uses the median bandwidth of those")
+    print(
+        "timed calls alternate with an fp32 8192x8192 matrix-vector product (the roofline uses its median "
+        "bandwidth) and with each precision's own matrix products (OwnMatrices)"
+    )
 
     per_sample: dict[tuple[str, int], float] = {}
     ratio: dict[tuple[str, int], float] = {}
+    own_ratio: dict[tuple[str, int], float] = {}
     for batch in (1, 4):
         text = torch.randn(batch, TEXT_TOKENS, config.text_dim)
         eps = torch.randn(batch, config.channels, config.latent_height, config.latent_width)
-        runs = [("fp32", model.sample, args.reps), ("bf16", half.sample, args.reps)]
-        runs += [("naive", model.sample_naive, args.naive_reps)] if args.naive_reps else []
-        for name, sampler, reps in runs:
-            seconds, bandwidth = paired_medians(lambda: sampler(text, eps), reps, matvec)
-            per_sample[name, batch] = seconds / batch
-            fp32_roofline = roofline("fp32", batch, bandwidth)
+        runs: dict[str, Callable[[], object]] = {"matvec": matvec}
+        for name, prior in (("fp32", model), ("bf16", half)):
+            runs[name] = lambda prior=prior: prior.sample(text, eps)
+            runs[f"{name} own"] = OwnMatrices(prior, batch, TEXT_TOKENS)
+        seconds = alternated_medians(runs, args.reps)
+        if args.naive_reps:
+            seconds["naive"] = alternated_medians({"naive": lambda: model.sample_naive(text, eps)}, args.naive_reps)["naive"]
+        bandwidth = matvec.bytes / seconds["matvec"]
+        fp32_roofline = roofline("fp32", batch, bandwidth)
+        for name in ("fp32", "bf16", "naive")[: 3 if args.naive_reps else 2]:
+            per_sample[name, batch] = seconds[name] / batch
             ratio[name, batch] = per_sample[name, batch] / fp32_roofline
+            own = f"; {seconds[name] / seconds[f'{name} own']:.2f}x its own matrices ({seconds[f'{name} own'] * 1e3:.0f} ms)"
+            own_ratio[name, batch] = seconds[name] / seconds.get(f"{name} own", float("nan"))
             print(
-                f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample (median of {reps}); "
+                f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample; "
                 f"bandwidth {bandwidth / 1e9:.1f} GB/s -> fp32 roofline {fp32_roofline * 1e3:.0f} ms"
                 + (f", bf16 roofline {roofline('bf16', batch, bandwidth) * 1e3:.0f} ms" if name == "bf16" else "")
                 + f"; {ratio[name, batch]:.2f}x the fp32 roofline"
+                + (own if name != "naive" else "")
             )
 
     text, native_eps = torch.randn(1, TEXT_TOKENS, config.text_dim), torch.randn(1, 4, 128, 128)
     wide_eps = torch.randn(1, 4, 104, 152)  # 1216 x 832 px: a sliding window over 4 x 5 patches
-    times: dict[str, list[float]] = {"sliding": [], "native": []}
-    for _ in range(args.reps):  # alternated, so both see the same load
-        for name, eps in (("sliding", wide_eps), ("native", native_eps)):
-            start = time.perf_counter()
-            model.sample(text, eps)
-            times[name].append(time.perf_counter() - start)
-    sliding, native = statistics.median(times["sliding"]), statistics.median(times["native"])
+    timed = alternated_medians(
+        {"sliding": lambda: model.sample(text, wide_eps), "native": lambda: model.sample(text, native_eps)}, args.reps
+    )
+    sliding, native = timed["sliding"], timed["native"]
     deviation = (half.sample(text, native_eps) - model.sample(text, native_eps)).abs()
     print(
         f"sliding window at 1216 x 832 px: {sliding * 1e3:.0f} ms vs native {native * 1e3:.0f} ms: "
@@ -180,6 +223,10 @@ def main() -> None:
     print(
         f"fp32 cached / fp32 roofline at batch 1: {ratio['fp32', 1]:.2f}x (target <= 1.25x); "
         f"bf16 cached / fp32 roofline: {ratio['bf16', 1]:.2f}x (target <= 0.7x)"
+    )
+    print(
+        f"sampler / its own matrices at batch 1: fp32 {own_ratio['fp32', 1]:.2f}x, bf16 {own_ratio['bf16', 1]:.2f}x "
+        "(target <= 1.2x each)"
     )
     if args.naive_reps:
         for batch in (1, 4):
