@@ -647,9 +647,11 @@ def compare_blend_graph() -> Graph:
 
 # Every newer model family: its standard graph with NoiseAR KSampler, and its Dataset Collector graph -------------
 # The standard text-to-image graph (text-to-video for Wan) of each family as ComfyUI 0.3.64's workflow templates
-# build it (comfyui-workflow-templates 0.1.95; HunyuanImage 2.1 and Lumina 2 have none there: ComfyUI's examples):
-# the same loaders, sampling patch, empty latent and KSampler settings, with KSampler swapped for NoiseAR KSampler.
-# Prompts are this project's own.
+# (comfyui-workflow-templates 0.1.95) build it: the same loaders, sampling patch, empty latent and sampler settings
+# (Chroma's SamplerCustomAdvanced as KSampler), with KSampler swapped for NoiseAR KSampler. Where they differ: SD3.5
+# gets ModelSamplingSD3 at its own shift 3 and Flux dev CLIPTextEncode + FluxGuidance (the template's
+# CLIPTextEncodeFlux sets the same guidance value); HunyuanImage 2.1 and Lumina 2 have no template there, so their
+# settings are this project's choice (the model's own sampling shift, common steps and cfg). Prompts are our own.
 FAMILY_PROMPT = "a red fox in fresh snow at dawn, soft light, detailed photo"
 VIDEO_PROMPT = "a red fox trotting through fresh snow at dawn, the camera tracking beside it, soft light"
 LUMINA_SYSTEM = (  # Lumina 2's system prompt ("superior"), which its prompts start with
