@@ -33,6 +33,20 @@ NEGATIVE = "blurry, low quality, distorted"
 # Socket inputs (name, type) and outputs (name, type) of the nodes used, as in ComfyUI's /object_info.
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
+    "CLIPLoader": ([], [("CLIP", "CLIP")]),
+    "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
+    "ModelSamplingSD3": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "ModelSamplingAuraFlow": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptySD3LatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyChromaRadianceLatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyHunyuanImageLatent": ([], [("LATENT", "LATENT")]),
+    "EmptyHunyuanLatentVideo": ([], [("LATENT", "LATENT")]),
+    "Wan22ImageToVideoLatent": ([("vae", "VAE"), ("start_image", "IMAGE")], [("LATENT", "LATENT")]),
+    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("video", "VIDEO")], []),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "CLIPTextEncodeHunyuanDiT": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
@@ -108,6 +122,20 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
 SEED_NAMES = ["noise_seed", "control_after_generate"]
 WIDGET_NAMES: dict[str, list[str]] = {
     "CheckpointLoaderSimple": ["ckpt_name"],
+    "UNETLoader": ["unet_name", "weight_dtype"],
+    "CLIPLoader": ["clip_name", "type", "device"],
+    "DualCLIPLoader": ["clip_name1", "clip_name2", "type", "device"],
+    "VAELoader": ["vae_name"],
+    "ModelSamplingSD3": ["shift"],
+    "ModelSamplingAuraFlow": ["shift"],
+    "FluxGuidance": ["guidance"],
+    "EmptySD3LatentImage": ["width", "height", "batch_size"],
+    "EmptyChromaRadianceLatentImage": ["width", "height", "batch_size"],
+    "EmptyHunyuanImageLatent": ["width", "height", "batch_size"],
+    "EmptyHunyuanLatentVideo": ["width", "height", "length", "batch_size"],
+    "Wan22ImageToVideoLatent": ["width", "height", "length", "batch_size"],
+    "CreateVideo": ["fps"],
+    "SaveVideo": ["filename_prefix", "format", "codec"],
     "CLIPTextEncode": ["text"],
     "CLIPTextEncodeHunyuanDiT": ["bert", "mt5xl"],
     "EmptyLatentImage": ["width", "height", "batch_size"],
@@ -617,6 +645,364 @@ def compare_blend_graph() -> Graph:
     )
 
 
+# Every newer model family: its standard graph with NoiseAR KSampler, and its Dataset Collector graph -------------
+# The standard text-to-image graph (text-to-video for Wan) of each family as ComfyUI 0.3.64's workflow templates
+# (comfyui-workflow-templates 0.1.95) build it: the same loaders, sampling patch, empty latent and sampler settings
+# (Chroma's SamplerCustomAdvanced as KSampler), with KSampler swapped for NoiseAR KSampler. Where they differ: SD3.5
+# gets ModelSamplingSD3 at its own shift 3 and Flux dev CLIPTextEncode + FluxGuidance (the template's
+# CLIPTextEncodeFlux sets the same guidance value); HunyuanImage 2.1 and Lumina 2 have no template there, so their
+# settings are this project's choice (the model's own sampling shift, common steps and cfg). Prompts are our own.
+FAMILY_PROMPT = "a red fox in fresh snow at dawn, soft light, detailed photo"
+VIDEO_PROMPT = "a red fox trotting through fresh snow at dawn, the camera tracking beside it, soft light"
+LUMINA_SYSTEM = (  # Lumina 2's system prompt ("superior"), which its prompts start with
+    "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
+    "based on textual prompts or user prompts. <Prompt Start> "
+)
+COLLECT_TEXT_TOKENS = 256  # prompt tokens stored per pair (padding left out); a longer prompt is refused
+
+
+@dataclass(frozen=True)
+class Standard:
+    """One family's standard graph: ``loaders`` give MODEL, CLIP and VAE at ``model``, ``clip``, ``vae`` (node key,
+    output slot); ``sampling`` patches the MODEL's shift (ModelSamplingSD3 / ModelSamplingAuraFlow) or is None;
+    ``latent`` is the empty-latent node (Wan 2.2 5B's takes the VAE); ``ksampler`` KSampler's widgets;
+    ``guidance`` FluxGuidance's value on the positive (Flux dev, cfg 1) or None; ``exact_text``: the prompt is
+    NoiseAR Text Encode, whose prior_text marks the T5 padding (SD3, Flux); ``fps`` > 0: a video, saved by
+    CreateVideo and SaveVideo; ``golden``: the collector's (scheduler, steps, cfg_denoise, cfg_invert)."""
+
+    key: str  # workflows/noisear_<key>_ksampler.json and noisear_<key>_collect_dataset.json
+    family: str  # noisear.families key
+    title: str
+    loaders: tuple[Node, ...]
+    model: tuple[str, int]
+    clip: tuple[str, int]
+    vae: tuple[str, int]
+    latent: Node
+    ksampler: tuple
+    golden: tuple[str, int, float, float]
+    prompt: str = FAMILY_PROMPT
+    negative: str = NEGATIVE
+    sampling: Node | None = None
+    guidance: float | None = None
+    exact_text: bool = False
+    fps: int = 0
+    note: str = ""
+
+
+def unet(name: str) -> Node:
+    return Node("unet", "UNETLoader", 0, 0, [name, "default"], height=90)
+
+
+def clip_loader(name: str, kind: str) -> Node:
+    return Node("clip", "CLIPLoader", 0, 0.45, [name, kind, "default"], height=130)
+
+
+def vae_loader(name: str) -> Node:
+    return Node("vae", "VAELoader", 0, 1.2, [name], height=60)
+
+
+def ksampler_settings(steps: int, cfg: float, sampler: str, scheduler: str) -> tuple:
+    return (SEED, "randomize", steps, cfg, sampler, scheduler, 1.0)
+
+
+SPLIT = (("unet", 0), ("clip", 0), ("vae", 0))  # MODEL, CLIP and VAE from three loaders
+T5_ENCODERS = ("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default")
+FLUX_NOTE = (
+    "Flux dev is guidance-distilled: FluxGuidance sets the guidance value (3.5) and KSampler runs at cfg 1, so the "
+    "negative prompt is not evaluated. The Dataset Collector's golden step uses the same recipe: cfg 1, the guidance "
+    "value set to cfg_denoise for the step down and to cfg_invert for the step back."
+)
+STANDARDS = (
+    Standard(
+        "sd35",
+        "sd3",
+        "SD3.5 Large",
+        (Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["sd3.5_large.safetensors"], height=100),),
+        ("ckpt", 0),
+        ("ckpt", 1),
+        ("ckpt", 2),
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(20, 4.0, "euler", "sgm_uniform"),
+        ("sgm_uniform", 20, 4.0, 1.0),
+        sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [3.0], height=60),
+        exact_text=True,
+    ),
+    Standard(
+        "flux_dev",
+        "flux",
+        "Flux.1 dev",
+        (
+            unet("flux1-dev.safetensors"),
+            Node("clip", "DualCLIPLoader", 0, 0.45, list(T5_ENCODERS), height=150),
+            vae_loader("ae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(20, 1.0, "euler", "simple"),
+        ("simple", 20, 3.5, 1.0),
+        guidance=3.5,
+        exact_text=True,
+        note=FLUX_NOTE,
+    ),
+    Standard(
+        "flux_schnell",
+        "flux",
+        "Flux.1 schnell",
+        (
+            unet("flux1-schnell.safetensors"),
+            Node("clip", "DualCLIPLoader", 0, 0.45, list(T5_ENCODERS), height=150),
+            vae_loader("ae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(4, 1.0, "euler", "simple"),
+        ("simple", 4, 1.0, 1.0),
+        exact_text=True,
+        note="Flux schnell is timestep-distilled: 4 steps at cfg 1 and no guidance input. Its golden noise is one "
+        "step down and back with the same model, which moves the noise little: collect with a reward (the Dataset "
+        "Collector's reward input) and keep only the pairs it says improve.",
+    ),
+    Standard(
+        "chroma",
+        "chroma",
+        "Chroma",
+        (
+            unet("Chroma1-HD.safetensors"),
+            clip_loader("t5xxl_fp16.safetensors", "chroma"),
+            vae_loader("ae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(26, 3.5, "euler", "beta"),
+        ("beta", 26, 3.5, 1.0),
+        sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [1.0], height=60),
+    ),
+    Standard(
+        "chroma_radiance",
+        "chroma-radiance",
+        "Chroma Radiance (pixel space)",
+        (
+            unet("Chroma1-Radiance.safetensors"),
+            clip_loader("t5xxl_fp16.safetensors", "chroma"),
+            vae_loader("pixel_space"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptyChromaRadianceLatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(30, 3.5, "euler", "beta"),
+        ("beta", 30, 3.5, 1.0),
+        sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [1.0], height=60),
+        note="Chroma Radiance samples pixels: its 'latent' is the image itself (3 channels, 1 px a cell), made by "
+        "EmptyChromaRadianceLatentImage and decoded by the pixel_space VAE. Other empty-latent nodes are accepted "
+        "without an error at 1/8 of the size.",
+    ),
+    Standard(
+        "lumina2",
+        "lumina2",
+        "Lumina Image 2.0",
+        (Node("ckpt", "CheckpointLoaderSimple", 0, 0, ["lumina_2.safetensors"], height=100),),
+        ("ckpt", 0),
+        ("ckpt", 1),
+        ("ckpt", 2),
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
+        ksampler_settings(25, 4.0, "res_multistep", "simple"),
+        ("simple", 25, 4.0, 1.0),
+        prompt=LUMINA_SYSTEM + FAMILY_PROMPT,
+        negative=LUMINA_SYSTEM + NEGATIVE,
+        sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [6.0], height=60),
+        note="Lumina 2's prompts start with its system prompt (up to '<Prompt Start>'). The prior reads the whole "
+        "conditioning, system prompt included: collect its dataset with the same system prompt on every line.",
+    ),
+    Standard(
+        "qwen_image",
+        "qwen-image",
+        "Qwen-Image",
+        (
+            unet("qwen_image_fp8_e4m3fn.safetensors"),
+            clip_loader("qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image"),
+            vae_loader("qwen_image_vae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptySD3LatentImage", 1, 1.3, [1328, 1328, 1]),
+        ksampler_settings(20, 2.5, "euler", "simple"),
+        ("simple", 20, 2.5, 1.0),
+        sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [3.1], height=60),
+    ),
+    Standard(
+        "hunyuan_image_2_1",
+        "hunyuan-image-2.1",
+        "HunyuanImage 2.1",
+        (
+            unet("hunyuanimage2.1_bf16.safetensors"),
+            Node(
+                "clip",
+                "DualCLIPLoader",
+                0,
+                0.45,
+                ["qwen_2.5_vl_7b.safetensors", "byt5_small_glyphxl_fp16.safetensors", "hunyuan_image", "default"],
+                height=150,
+            ),
+            vae_loader("hunyuan_image_2.1_vae_fp16.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptyHunyuanImageLatent", 1, 1.3, [2048, 2048, 1]),
+        ksampler_settings(20, 3.5, "euler", "simple"),
+        ("simple", 20, 3.5, 1.0),
+        note="HunyuanImage 2.1's latent is 64 channels at 1/32 of the size: EmptyHunyuanImageLatent. Other "
+        "empty-latent nodes are accepted without an error at 4x the resolution per side.",
+    ),
+    Standard(
+        "wan2_1_t2v",
+        "wan",
+        "Wan 2.1 text-to-video 1.3B",
+        (
+            unet("wan2.1_t2v_1.3B_fp16.safetensors"),
+            clip_loader("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan"),
+            vae_loader("wan_2.1_vae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptyHunyuanLatentVideo", 1, 1.3, [832, 480, 33, 1], height=130),
+        ksampler_settings(30, 6.0, "uni_pc", "simple"),
+        ("simple", 30, 6.0, 1.0),
+        prompt=VIDEO_PROMPT,
+        negative="static, blurry, low quality, distorted, flicker",
+        sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
+        fps=16,
+        note="33 frames make 9 latent frames (1 + (33 - 1) / 4); the prior draws the noise of all of them at once. "
+        "A Wan prior is trained at one frame count: collect its dataset with this empty latent.",
+    ),
+    Standard(
+        "wan2_2_5b",
+        "wan2.2-5b",
+        "Wan 2.2 TI2V 5B (text-to-video)",
+        (
+            unet("wan2.2_ti2v_5B_fp16.safetensors"),
+            clip_loader("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan"),
+            vae_loader("wan2.2_vae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "Wan22ImageToVideoLatent", 1, 1.3, [1280, 704, 121, 1], height=150),
+        ksampler_settings(20, 5.0, "uni_pc", "simple"),
+        ("simple", 20, 5.0, 1.0),
+        prompt=VIDEO_PROMPT,
+        negative="static, blurry, low quality, distorted, flicker",
+        sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
+        fps=24,
+        note="Wan 2.2 5B's latent is 48 channels at 1/16 of the size, 121 frames make 31 latent frames. Without a "
+        "start image Wan22ImageToVideoLatent gives the empty latent of text-to-video.",
+    ),
+)
+
+
+def standard_base(standard: Standard) -> tuple[list[Node], list[tuple[str, int, str, str]], tuple[str, int]]:
+    """The family's loaders, sampling patch and empty latent -> (nodes, links, the MODEL the sampler takes)."""
+    nodes, links, model = list(standard.loaders), [], standard.model
+    if standard.sampling is not None:
+        nodes.append(standard.sampling)
+        links.append((*model, standard.sampling.key, "model"))
+        model = (standard.sampling.key, 0)
+    nodes.append(standard.latent)
+    if standard.latent.type == "Wan22ImageToVideoLatent":
+        links.append((*standard.vae, "latent", "vae"))
+    return nodes, links, model
+
+
+def family_prior(standard: Standard) -> Node:
+    return Node("loader", "NoiseARLoader", 0, 1.6, [f"noisear_{standard.family}.safetensors", "auto", "fp32"])
+
+
+def standard_ksampler_graph(standard: Standard) -> Graph:
+    """The family's standard graph with KSampler swapped for NoiseAR KSampler, fed the family's own prior."""
+    nodes, links, model = standard_base(standard)
+    prompt = (
+        positive_prompt(standard.prompt)
+        if standard.exact_text
+        else Node("pos", "CLIPTextEncode", 1, 0, [standard.prompt], "Positive prompt (sampler + prior)", 140)
+    )
+    positive: tuple[str, int] = ("pos", CONDITIONING)
+    nodes += [
+        family_prior(standard),
+        prompt,
+        Node("neg", "CLIPTextEncode", 1, 0.65, [standard.negative], "Negative prompt", 140),
+        Node("ksampler", "NoiseARKSampler", 2, 0, [*standard.ksampler, 0.5, "any size"], height=380),
+        Node("decode", "VAEDecode", 3, 0, [], height=50),
+    ]
+    links += [
+        (*standard.clip, "pos", "clip"),
+        (*standard.clip, "neg", "clip"),
+        (*model, "ksampler", "model"),
+        ("neg", 0, "ksampler", "negative"),
+        ("latent", 0, "ksampler", "latent_image"),
+        ("loader", 0, "ksampler", "noisear_model"),
+        ("ksampler", 0, "decode", "samples"),
+        (*standard.vae, "decode", "vae"),
+    ]
+    if standard.guidance is not None:
+        nodes.append(Node("guidance", "FluxGuidance", 2, 1.55, [standard.guidance], height=60))
+        links.append(("pos", CONDITIONING, "guidance", "conditioning"))
+        positive = ("guidance", 0)
+    links.append((*positive, "ksampler", "positive"))
+    if standard.exact_text:
+        links.append(("pos", PRIOR_TEXT, "ksampler", "prior_text"))
+    if standard.fps:
+        nodes += [
+            Node("video", "CreateVideo", 3, 0.35, [float(standard.fps)], height=80),
+            Node("save", "SaveVideo", 4, 0, ["video/ComfyUI", "auto", "auto"], height=300),
+        ]
+        links += [("decode", 0, "video", "images"), ("video", 0, "save", "video")]
+    else:
+        nodes.append(Node("save", "SaveImage", 4, 0, ["ComfyUI"], height=300))
+        links.append(("decode", 0, "save", "images"))
+    text = (
+        "The prompt is NoiseAR Text Encode: its prior_text gives the prior the prompt without T5's padding."
+        if standard.exact_text
+        else "The prior reads the positive prompt's conditioning: this family's encoder says where the prompt ends."
+    )
+    about = f"{standard.title}: the standard graph with KSampler swapped for NoiseAR KSampler (+ NoiseAR Loader with a "
+    about += f"prior trained for this family). {text}"
+    nodes.append(Node("note", "Note", 0, 2.6, ["\n\n".join(filter(None, [about, standard.note]))], "About this graph", 240))
+    kind = "text-to-video" if standard.fps else "text-to-image"
+    return Graph(
+        f"noisear_{standard.key}_ksampler",
+        f"{standard.title}: its standard {kind} graph with KSampler swapped for NoiseAR KSampler and the NoiseAR "
+        "Loader added (a prior trained for this family: see docs/train-your-prior.md).",
+        nodes,
+        links,
+    )
+
+
+def standard_collect_graph(standard: Standard) -> Graph:
+    """NoiseAR Dataset Collector on the family's MODEL (sampling patch included) at its standard size."""
+    nodes, links, model = standard_base(standard)
+    prefix = LUMINA_SYSTEM if standard.family == "lumina2" else ""
+    prompts = "\n".join(prefix + line for line in COLLECT_PROMPTS.splitlines())
+    size = "x".join(str(value) for value in standard.latent.widgets[:-1])  # width x height (x frames)
+    scheduler, steps, cfg_denoise, cfg_invert = standard.golden
+    widgets = [prompts, 4, 0, scheduler, steps, cfg_denoise, cfg_invert, f"noisear_dataset/{standard.key}/{size}"]
+    widgets += [COLLECT_TEXT_TOKENS, 1 if standard.fps else 2, 256, standard.key, 0.0]
+    nodes += [
+        Node("neg", "CLIPTextEncode", 1, 0, [standard.negative], "Negative prompt", 140),
+        Node("collect", "NoiseARDatasetCollector", 2, 0, widgets, height=520),
+        Node("summary", "PreviewAny", 3, 0, [], "Summary", 120),
+    ]
+    links += [
+        (*standard.clip, "neg", "clip"),
+        (*model, "collect", "model"),
+        (*standard.clip, "collect", "clip"),
+        ("neg", 0, "collect", "negative"),
+        ("latent", 0, "collect", "latent_image"),
+        ("collect", 0, "summary", "source"),
+    ]
+    return Graph(
+        f"noisear_{standard.key}_collect_dataset",
+        f"{standard.title}: collect a NoiseAR training set with NoiseAR Dataset Collector on the family's MODEL at "
+        f"its standard size ({size.replace('x', ' x ')}): golden noise by the family's recipe (scheduler and steps "
+        "of its standard graph; see docs/train-your-prior.md for the recipe, the pairs to collect and their cost), "
+        f"then `python -m noisear train output/noisear_dataset/{standard.key}/{size}`.",
+        nodes,
+        links,
+    )
+
+
 def graphs() -> list[Graph]:
     """Every example workflow: one graph per file workflows/<name>.json."""
     return [
@@ -655,7 +1041,7 @@ def graphs() -> list[Graph]:
             "column the same), 0.5 (as published) and 1.",
         ),
         compare_blend_graph(),
-    ]
+    ] + [graph for standard in STANDARDS for graph in (standard_ksampler_graph(standard), standard_collect_graph(standard))]
 
 
 # UI format ----------------------------------------------------------------------------------------
