@@ -130,6 +130,7 @@ class KnownPrior(torch.nn.Module):
     def __init__(self, mapping, std):
         super().__init__()
         self.mapping, self.std = torch.nn.Parameter(mapping), std
+        self.config = MODEL  # an image prior of SHAPE's noise
 
     def mean(self, text):
         return (text.mean(1) @ self.mapping.T).reshape(len(text), *SHAPE)
@@ -266,6 +267,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 DDP_ARGS = [
+    "--family",
+    "none",
     "--patch-size",
     "2",
     "--d-model",
