@@ -8,7 +8,7 @@ chooses the rest from the model family (noisear.families) and the data:
   whose latents have the data's channels and rank and whose text has the data's width, else refused (SD3, Flux
   and Chroma share 16-channel latents and 4096-wide text).
 - **patch**: the family's ``patch_size`` (``patch_frames`` for video) in latent cells, chosen so a token holds
-  about 1,000-4,000 values; for no family the largest power of two whose token holds at most
+  768 to 4,096 values; for no family the largest power of two whose token holds at most
   ``TOKEN_VALUES_TARGET``. Every bucket must be whole patches (else refused, naming the patch that fits), and a
   token of more than ``TOKEN_VALUES_MAX`` values is refused: the patch encoder (K x hidden) and each output head
   (2*d_model x K) grow with K, a 32 x 32-cell patch of a 64-channel latent is 65,536 values.
