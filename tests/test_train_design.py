@@ -117,8 +117,10 @@ def test_without_a_recorded_family_the_shapes_must_fit_exactly_one(tmp_path):
 
 def test_buckets_that_are_not_whole_patches_are_refused_naming_a_patch_that_fits(tmp_path):
     data = family_data(tmp_path, "flux", [(16, 24), (12, 8)])
-    with pytest.raises(DatasetError, match="not all whole 8 x 8-cell patches .* give --patch-size 4"):
+    with pytest.raises(DatasetError, match="not all whole 8 x 8-cell patches .* give --patch-size 4") as refused:
         design_prior(data)
+    nearest = f"multiples of 8 cells (64 px for {FAMILIES['flux'].title}: e.g. 64 x 128 px for 64 x 96 px)"
+    assert str(refused.value).endswith(nearest)  # the 12 x 8-cell bucket (W x H = 64 x 96 px): H rounded up
     assert design_prior(data, patch_size=4).config.window == 6
 
 

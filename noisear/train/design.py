@@ -150,6 +150,21 @@ def _unfit(family: Family, dataset: ShardDataset) -> str | None:
     return None
 
 
+def _nearest_whole_sizes(family: Family, patch: int, sizes: list[tuple[int, ...]]) -> str:
+    """' (P px for <family>: e.g. W' x H' px for W x H px, ...)': the nearest sizes of whole patches, in pixels
+    (width x height, as ComfyUI's latent nodes take them), for the buckets that are not whole patches."""
+    step = patch * family.cell_pixels
+
+    def nearest(side: int) -> int:
+        return max(1, math.floor(side / patch + 0.5)) * step
+
+    wrong = dict.fromkeys((size[-1], size[-2]) for size in sizes if size[-1] % patch or size[-2] % patch)
+    examples = ", ".join(
+        f"{nearest(w)} x {nearest(h)} px for {w * family.cell_pixels} x {h * family.cell_pixels} px" for w, h in wrong
+    )
+    return f" ({step} px for {family.title}: e.g. {examples})"
+
+
 def _largest_fitting_patch(sides: list[int], most: int) -> int:
     """The largest patch of at most ``most`` cells that divides every side."""
     common = math.gcd(*sides)
@@ -197,6 +212,7 @@ def design_prior(dataset: ShardDataset, family: str | None = None, **given: Any)
             f"the buckets {', '.join(cells(size) for size in sizes)} (latent cells) are not all whole {patch} x {patch}-cell "
             f"patches (the patch: {reasons['patch_size']}); a prior learns whole patches: give --patch-size {fits} (the "
             f"largest at most {patch} that divides every bucket), or collect sizes in multiples of {patch} cells"
+            + (_nearest_whole_sizes(chosen, patch, sizes) if chosen else "")
         )
     if positions == "3d" and any(size[0] % patch_frames for size in sizes):
         fits = _largest_fitting_patch([size[0] for size in sizes], patch_frames)
