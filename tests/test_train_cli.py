@@ -11,6 +11,7 @@ from noisear import save
 from noisear.cli import build_parser, main
 from noisear.config import NoiseARConfig
 from noisear.train.cli import add_dataclass_options
+from noisear.train.data import DatasetInfo, ShardWriter
 from noisear.train.design import CHOSEN, FROM_DATA
 from noisear.train.dpo import DPOConfig
 from noisear.train.loop import TrainConfig, initial_model
@@ -391,3 +392,32 @@ def test_train_prints_what_it_chose_before_training_and_refuses_new_prior_option
     argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "other"), *init, "--family", "flux"]
     assert main(argv) == 2
     assert "--family flux, but the --init prior serves no family" in capsys.readouterr().err
+
+
+def test_a_run_of_one_family_is_not_resumed_as_another(tmp_path, capsys):
+    """16-channel latents with 4096-wide text fit SD3, Flux and Chroma: a dataset that records no family needs
+    --family, and the family is part of the run."""
+    with ShardWriter(tmp_path / "data", DatasetInfo(source_model="unrecorded"), shard_size=100) as writer:
+        for p in range(8):
+            text, mask = torch.randn(4, 3, 4096), torch.tensor([[True, True, False]] * 4)
+            writer.append(text, torch.randn(4, 16, 8, 8), [p] * 4, range(4 * p, 4 * p + 4), mask)
+    network = [
+        "--patch-size",
+        "4",
+        "--d-model",
+        "16",
+        "--d-ff",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--validation-fraction",
+        "0",
+    ]
+    argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "4", *network]
+    assert main(argv) == 2
+    assert "fit sd3, flux, chroma. Give --family KEY" in capsys.readouterr().err
+    assert main([*argv, "--family", "flux"]) == 0
+    assert "  family      flux: Flux.1 dev / schnell (given)\n" in capsys.readouterr().out
+    assert main([*argv, "--family", "chroma"]) == 2
+    assert 'it differs in family "flux" there, "chroma" now' in capsys.readouterr().err
