@@ -151,7 +151,7 @@ def prompt_mean_shift(data_dir: str | Path) -> torch.Tensor:
     dataset = ShardDataset(data_dir)
     total, count = torch.zeros(NUM_CLASSES, *IMAGE_SHAPE, dtype=torch.float64), torch.zeros(NUM_CLASSES)
     for batch in dataset.iterate("train", 0.0, 4096, HELD_OUT_SEEDS):
-        delta = shift_from_start(batch.noise, batch.seed).double()
+        delta = shift_from_start(batch).double()
         total.index_add_(0, batch.prompt_index, delta)
         count += torch.bincount(batch.prompt_index, minlength=NUM_CLASSES)
     return (total / count.view(-1, 1, 1, 1)).float()

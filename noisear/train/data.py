@@ -36,6 +36,7 @@ repeat across prompts holds the same noises many times, and the trainer refuses 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -54,6 +55,7 @@ from safetensors.torch import save_file
 from ..config import NoiseARError, listing, quoted
 from ..io import file_state, write_atomically
 from ..model import standard_normal
+from ..patches import top_left, whole_patches
 
 FORMAT_NAME = "noisear-dataset"
 FORMAT_VERSION = "1"
@@ -211,26 +213,32 @@ def pad_text(texts: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tu
 @dataclass
 class Batch:
     """A batch of samples. text [B,T,D] float32, text_mask [B,T] bool, noise [B,C,H,W] (video [B,C,T,H,W]) float32,
-    prompt_index [B] int64, seed [B] int64."""
+    prompt_index [B] int64, seed [B] int64. ``stored_shape``: the shape (C, H, W) or (C, T, H, W) of the stored
+    noise when ``noise`` is its top-left part (:meth:`ShardDataset.in_whole_patches`); None: noise as stored."""
 
     text: torch.Tensor
     text_mask: torch.Tensor
     noise: torch.Tensor
     prompt_index: torch.Tensor
     seed: torch.Tensor
+    stored_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self.noise.shape[0]
 
     def to(self, device: str | torch.device) -> "Batch":
-        return Batch(*(getattr(self, name).to(device) for name in TENSOR_NAMES))
+        return replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_NAMES})
 
     @staticmethod
     def concat(parts: list["Batch"]) -> "Batch":
-        """The parts one after the other; text of different lengths is padded to the longest (:func:`pad_text`)."""
+        """The parts one after the other (of one stored shape); text of different lengths is padded to the longest
+        (:func:`pad_text`)."""
+        stored = {part.stored_shape for part in parts}
+        if len(stored) > 1:
+            raise DatasetError(f"cannot concatenate batches cut from noise of different shapes {sorted(map(str, stored))}")
         text, text_mask = pad_text([part.text for part in parts], [part.text_mask for part in parts])
         rest = (torch.cat([getattr(part, name) for part in parts]) for name in TENSOR_NAMES[2:])
-        return Batch(text, text_mask, *rest)
+        return Batch(text, text_mask, *rest, stored.pop())
 
 
 def validation_prompt(prompt_index: int, fraction: float, salt: str = "noisear") -> bool:
@@ -272,9 +280,12 @@ def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> to
     return standard_normal(tuple(shape), [int(seed) for seed in seeds])
 
 
-def shift_from_start(noise: torch.Tensor, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """[B, C, H, W]: golden noise minus its starting noise (the seeds' ``start_noise``), on noise's device."""
-    return noise - start_noise(seeds, noise.shape).to(noise.device)
+def shift_from_start(batch: Batch) -> torch.Tensor:
+    """[B, C, H, W]: the batch's golden noise minus its starting noise (the seeds' ``start_noise`` at the stored
+    size, cut as the noise is), on the noise's device."""
+    noise = batch.noise
+    start = start_noise(batch.seed, (len(batch), *(batch.stored_shape or noise.shape[1:])))
+    return noise - top_left(start, noise.shape[2:]).to(noise.device)
 
 
 def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
@@ -383,7 +394,13 @@ class ShardDataset:
     text width D and the info must agree. The text slots T may differ, and so may ``info.extra["text_tokens"]``,
     the slots a collector was asked for: a layout, not how the targets were made. A shard reached twice (a
     bucket linked twice, a hard link) is refused, as is a shard that changes after it was opened.
+
+    ``patch``: () reads the noise as stored; :meth:`in_whole_patches` gives the dataset as a prior of a patch trains
+    on it, each sample's noise cut to its top-left whole patches (``read_shape``), the part the sampler's patches
+    cover when it pads a latent up to whole patches and crops it back (NoiseAR.sample).
     """
+
+    patch: tuple[int, ...] = ()
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -460,8 +477,28 @@ class ShardDataset:
 
     @property
     def noise_shapes(self) -> list[tuple[int, ...]]:
-        """The distinct noise shapes of the buckets, (C, H, W) or (C, T, H, W), sorted (one entry without buckets)."""
+        """The distinct noise shapes of the buckets as stored, (C, H, W) or (C, T, H, W), sorted (one entry without
+        buckets); :meth:`read_shape` gives what a batch holds of each."""
         return sorted({shard.noise_shape for shard in self.shards})
+
+    def in_whole_patches(self, patch: tuple[int, ...]) -> "ShardDataset":
+        """This dataset with each sample's noise read as its top-left whole ``patch`` patches ((P, P) over H, W or
+        (Pt, P, P) over T, H, W), for a prior of that patch; a side shorter than its patch is refused."""
+        for shape in self.noise_shapes:
+            size = shape[len(shape) - len(patch) :]
+            if any(n < p for n, p in zip(size, patch)):
+                raise DatasetError(
+                    f"{self.directory} holds noise {list(shape)}, less than one {' x '.join(map(str, patch))}-cell "
+                    f"patch on a side; a prior learns whole patches: collect larger latents, or give a smaller patch "
+                    f"(--patch-size, --patch-frames)"
+                )
+        dataset = copy.copy(self)
+        dataset.patch = tuple(patch)
+        return dataset
+
+    def read_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape a batch holds of stored noise ``shape`` (C, H, W) or (C, T, H, W): its top-left whole patches."""
+        return whole_patches(tuple(shape), self.patch)
 
     @property
     def text_width(self) -> int:
@@ -563,12 +600,14 @@ class ShardDataset:
             tensors = _read_rows(path, rows)
         except Exception as err:  # damaged since it was opened
             raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
+        read = self.read_shape(shard.noise_shape)
         batch = Batch(
             tensors["text"].float(),
             tensors["text_mask"].bool(),
-            tensors["noise"].float(),
+            top_left(tensors["noise"], read).float().contiguous(),
             tensors["prompt_index"].long(),
             tensors["seed"].long(),
+            shard.noise_shape if read != shard.noise_shape else None,
         )
         if not (torch.isfinite(batch.text).all() and torch.isfinite(batch.noise).all()):
             raise DatasetError(f"{path} holds NaN or infinite values; remove that shard (the writer never writes them)")
@@ -644,7 +683,7 @@ class BatchPlan:
             positions.append(where)
         back = torch.as_tensor(np.argsort(np.concatenate(positions)), dtype=torch.long)
         merged = Batch.concat(parts)
-        return Batch(*(getattr(merged, name)[back] for name in TENSOR_NAMES))
+        return replace(merged, **{name: getattr(merged, name)[back] for name in TENSOR_NAMES})
 
 
 class ShardWriter:

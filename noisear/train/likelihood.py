@@ -70,7 +70,7 @@ class LikelihoodObjective:
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mean_target = None
         if self.control_variate:
-            mean_target = scored_noise(shift_from_start(batch.noise, batch.seed.tolist()), self.video)
+            mean_target = scored_noise(shift_from_start(batch), self.video)
         noise = scored_noise(batch.noise, self.video)
         nll = nll_per_dim(log_prob(batch.text, noise, batch.text_mask, mean_target), noise[0].numel()).mean()
         return nll, {"train_loss": nll.item()}
@@ -105,7 +105,8 @@ class LikelihoodObjective:
 def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
     """The dataset must be what the prior models: its family (when both name one), text width and longest text, and
     for every bucket the noise's channels and rank (a video prior reads [C, T, H, W], an image prior [C, H, W] or a
-    one-frame [C, 1, H, W]) in whole patches within one decoding window (a 1-D position table: its one size)."""
+    one-frame [C, 1, H, W]) and the whole patches read of it (``dataset.read_shape``) within one decoding window (a
+    1-D position table: its one size)."""
     c = model.config
     recorded = dataset.info.family
     if c.family_key and recorded and c.family_key != recorded:
@@ -123,9 +124,11 @@ def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
             f"most {c.text_tokens}"
         )
     for shape in dataset.noise_shapes:
-        problem = noise_problem(c, shape)
+        read = dataset.read_shape(shape)
+        problem = noise_problem(c, read)
         if problem:
-            raise DatasetError(f"{dataset.directory} holds noise {list(shape)}, but {problem}")
+            part = f" (read as its top-left {list(read)})" if read != shape else ""
+            raise DatasetError(f"{dataset.directory} holds noise {list(shape)}{part}, but {problem}")
 
 
 def noise_problem(c: NoiseARConfig, shape: tuple[int, ...]) -> str | None:
@@ -176,13 +179,15 @@ def train_likelihood(
     prior of a dataset: noisear.train.design.design_prior) or from a checkpoint (init). The dataset must fit the
     prior (:func:`check_compatible`). A dataset whose starting noises repeat across prompts is refused unless
     ``allow_repeated_noises``. ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say
-    what the starting noises were."""
+    what the starting noises were. A bucket that is not whole patches of the prior is trained on its top-left whole
+    patches (ShardDataset.in_whole_patches), the part the sampler's patches cover."""
     dataset = data if isinstance(data, ShardDataset) else ShardDataset(data)
     if not allow_repeated_noises:
         refuse_repeated_noises(dataset)
     if control_variate is None:
         control_variate = known_start_noise(dataset.info)
     model = initial_model(model_config, init, config.seed)
+    dataset = dataset.in_whole_patches(model.config.patch)
     check_compatible(model, dataset)
     objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate, video=model.config.video)
     return train(model, objective, config, inputs=[*dataset.input_paths(), *([init] if init is not None else [])])

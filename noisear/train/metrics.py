@@ -55,14 +55,14 @@ class PromptMeanBaseline:
         seed_fraction: float = 0.0,
     ) -> None:
         width = dataset.item_shapes["text"][1] + 1
-        dims = math.prod(dataset.item_shapes["noise"])
+        dims = math.prod(dataset.read_shape(dataset.item_shapes["noise"]))
         self.uses_start_noise = known_start_noise(dataset.info)
         gram = torch.zeros(width, width, dtype=torch.float64)
         cross = torch.zeros(width, dims, dtype=torch.float64)
         count = 0
         for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
             x = self.features(batch.text, batch.text_mask)
-            target = shift_from_start(batch.noise, batch.seed) if self.uses_start_noise else batch.noise
+            target = shift_from_start(batch) if self.uses_start_noise else batch.noise
             gram += x.T @ x
             cross += x.T @ target.flatten(1).double()
             count += len(batch)
@@ -121,7 +121,6 @@ def held_out_metrics(
     Empty when the validation split is empty.
     """
     device = next(model.parameters()).device
-    dims_of = {shape: math.prod(shape) for shape in dataset.noise_shapes}
     sums: dict[str, float] = {}
     counts = {"val_pairs": 0, "val_pairs_unseen_prompts": 0}
     data_sum = data_squares = data_values = 0.0
@@ -134,7 +133,7 @@ def held_out_metrics(
     for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
         shape = tuple(batch.noise.shape[1:])
         noise = scored_noise(batch.noise, model.config.video).to(device)
-        nll = nll_per_dim(model.log_prob(batch.text.to(device), noise, batch.text_mask.to(device)), dims_of[shape]).cpu()
+        nll = nll_per_dim(model.log_prob(batch.text.to(device), noise, batch.text_mask.to(device)), batch.noise[0].numel()).cpu()
         unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
         add("val_nll", nll)
         add("val_nll_unseen_prompts", nll[unseen])
@@ -147,7 +146,7 @@ def held_out_metrics(
         data_sum += float(batch.noise.double().sum())
         data_squares += float(batch.noise.double().pow(2).sum())
         data_values += batch.noise.numel()
-        shift = shift_from_start(batch.noise, batch.seed) if known_start else batch.noise
+        shift = shift_from_start(batch) if known_start else batch.noise
         for i, p in enumerate(batch.prompt_index.tolist()):
             key = (p, shape)
             if key not in prompts and len(prompts) < max_prompts:
