@@ -115,12 +115,23 @@ def test_without_a_recorded_family_the_shapes_must_fit_exactly_one(tmp_path):
     assert c.family == "" and c.text_tokens == 3  # no family: the data's longest text
 
 
-def test_buckets_that_are_not_whole_patches_are_refused_naming_a_patch_that_fits(tmp_path):
-    data = family_data(tmp_path, "flux", [(16, 24), (12, 8)])
-    with pytest.raises(DatasetError, match="not all whole 8 x 8-cell patches .* give --patch-size 4") as refused:
+def test_a_bucket_that_is_not_whole_patches_is_trained_on_its_top_left_whole_patches_and_the_block_says_so(tmp_path):
+    qwen = design_prior(family_data(tmp_path / "qwen", "qwen-image", [(166, 166)], samples=1))  # 1328 x 1328 px
+    assert (qwen.config.patch_size, qwen.config.window, qwen.config.latent_size) == (8, 20, (160, 160))
+    cropped = "166 x 166 cells trained on their top-left 160 x 160 (1,956 cells, 7.1%, left out): the sampler pads"
+    assert f"  cropped     {cropped}" in qwen.describe()
+    flux = design_prior(family_data(tmp_path / "flux", "flux", [(16, 24), (20, 12)]))
+    assert flux.config.window == 3 and flux.config.latent_size == (16, 24)  # 20 x 12 is read as 16 x 8
+    assert "20 x 12 cells trained on their top-left 16 x 8 (112 cells, 46.7%, left out)" in flux.describe()
+    assert "16 x 24 cells trained" not in flux.describe()  # whole patches: read as they are
+    whole = design_prior(family_data(tmp_path / "whole", "flux", [(16, 24)]))
+    assert whole.cropped == "" and "cropped" not in whole.describe()
+
+
+def test_a_bucket_less_than_one_patch_on_a_side_is_refused(tmp_path):
+    data = family_data(tmp_path, "flux", [(16, 24), (4, 16)])
+    with pytest.raises(DatasetError, match=r"holds noise \[16, 4, 16\], less than one 8 x 8-cell patch on a side"):
         design_prior(data)
-    nearest = f"multiples of 8 cells (64 px for {FAMILIES['flux'].title}: e.g. 64 x 128 px for 64 x 96 px)"
-    assert str(refused.value).endswith(nearest)  # the 12 x 8-cell bucket (W x H = 64 x 96 px): H rounded up
     assert design_prior(data, patch_size=4).config.window == 6
 
 
@@ -146,5 +157,6 @@ def test_settings_that_cannot_train_on_the_data_are_refused(tmp_path):
     video = family_data(tmp_path / "video", "wan", [(3, 8, 8)])
     with pytest.raises(DatasetError, match="holds videos .* an image prior"):
         design_prior(video, positions="2d")
-    with pytest.raises(DatasetError, match="give --patch-frames 1"):
-        design_prior(video, patch_frames=2)
+    two = design_prior(video, patch_frames=2)  # frames too: the first whole patch frames, as the sampler pads them
+    assert (two.config.latent_frames, two.config.window_frames) == (2, 1)
+    assert "3 x 8 x 8 cells trained on their top-left 2 x 8 x 8" in two.describe()

@@ -308,7 +308,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
-    from .design import NO_FAMILY, describe_prior, design_prior
+    from .design import NO_FAMILY, describe_crops, describe_prior, design_prior
     from .likelihood import train_likelihood
     from .loop import TrainConfig, initial_model
     from .metrics import describe_held_out
@@ -330,7 +330,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise NoiseARError(
                 f"--family {args.family}, but the --init prior serves {start.family_key or 'no family'}; leave --family out"
             )
-        print(describe_prior(start, {}, origin=f"from --init {printable(args.init)}"), flush=True)
+        cropped = describe_crops(dataset.in_whole_patches(start.patch))
+        print(describe_prior(start, {}, origin=f"from --init {printable(args.init)}", cropped=cropped), flush=True)
     train_likelihood(
         dataset,
         config,

@@ -9,18 +9,22 @@ chooses the rest from the model family (noisear.families) and the data:
   and Chroma share 16-channel latents and 4096-wide text).
 - **patch**: the family's ``patch_size`` (``patch_frames`` for video) in latent cells, chosen so a token holds
   768 to 4,096 values; for no family the largest power of two whose token holds at most
-  ``TOKEN_VALUES_TARGET``. Every bucket must be whole patches (else refused, naming the patch that fits), and a
-  token of more than ``TOKEN_VALUES_MAX`` values is refused: the patch encoder (K x hidden) and each output head
-  (2*d_model x K) grow with K, a 32 x 32-cell patch of a 64-channel latent is 65,536 values.
+  ``TOKEN_VALUES_TARGET``. A bucket that is not whole patches is trained on its top-left whole patches
+  (ShardDataset.in_whole_patches: Qwen-Image's 1328 x 1328 px, 166 x 166 cells, on 160 x 160), as the sampler
+  places patches from the top-left corner and pads and crops the rest; the block says which buckets are cut and by
+  how much. A bucket less than one patch on a side is refused, and so is a token of more than ``TOKEN_VALUES_MAX``
+  values: the patch encoder (K x hidden) and each output head (2*d_model x K) grow with K, a 32 x 32-cell patch of
+  a 64-channel latent is 65,536 values.
 - **positions**: "2d" for image data, "3d" for video data (a bucket of more than one frame); a video family's
   one-frame data gives an image prior of that family (its noise [C, 1, H, W] is read as [C, H, W]).
-- **window** (``window_frames``): the largest grid side (frame count) over the buckets, so training sees whole
-  windows and larger latents decode with a sliding window at a cost linear in their size.
+- **window** (``window_frames``): the largest grid side (frame count) over the buckets as trained (cut to whole
+  patches), so training sees whole windows and larger latents decode with a sliding window at a cost linear in
+  their size.
 - **text**: the width from the data; ``text_tokens`` the family's limit or the data's longest text, whichever is
   larger (no family: the data's longest).
 - **patch encoder**: hidden ``max(2*Pt*P*P, K // 2)`` for K values per token. The published 2*P*P is K/2 for 4
   channels, but K/8 for 16 channels and K/32 for 64: a bottleneck before the network sees the patch.
-- the size trained at (``latent_*``): the largest bucket; the network widths: NoiseARConfig's defaults.
+- the size trained at (``latent_*``): the largest bucket as trained; the network widths: NoiseARConfig's defaults.
 """
 
 from __future__ import annotations
@@ -56,15 +60,17 @@ class PriorDesign:
 
     config: NoiseARConfig
     reasons: dict[str, str]
+    cropped: str = ""  # the buckets trained on their top-left whole patches (:func:`describe_crops`), or ""
 
     def describe(self) -> str:
         """The block `noisear train` prints before training."""
-        return describe_prior(self.config, self.reasons)
+        return describe_prior(self.config, self.reasons, cropped=self.cropped)
 
 
-def describe_prior(config: NoiseARConfig, reasons: dict[str, str], origin: str = "") -> str:
+def describe_prior(config: NoiseARConfig, reasons: dict[str, str], origin: str = "", cropped: str = "") -> str:
     """A prior's family, patch, positions, window, text, encoder, network and size, one line each, with the reason
-    of each choice (``reasons``: field -> words); ``origin`` (e.g. "from --init PATH") heads the block."""
+    of each choice (``reasons``: field -> words); ``origin`` (e.g. "from --init PATH") heads the block; ``cropped``
+    (:func:`describe_crops`), when not empty, follows the patch."""
     c = config
 
     def why(*names: str) -> str:
@@ -85,6 +91,7 @@ def describe_prior(config: NoiseARConfig, reasons: dict[str, str], origin: str =
         "family": (f"{c.family_key}: {family.title}" if family else "none (the nodes cannot check it against a MODEL)")
         + why("family"),
         "patch": f"{patch} cells = {c.patch_dim:,} values per token" + why("patch_size", "patch_frames"),
+        "cropped": cropped,
         "positions": positions + why("positions"),
         "window": window,
         "text": f"{c.text_dim} wide, {f'up to {c.text_tokens} tokens' if c.text_tokens else 'any length'}" + why("text_tokens"),
@@ -96,7 +103,25 @@ def describe_prior(config: NoiseARConfig, reasons: dict[str, str], origin: str =
     }
     axes = "T x H x W" if c.video else "H x W"
     heading = f"{origin}; sizes" if origin else "sizes"
-    return f"prior ({heading} in latent cells, {axes}):\n" + "\n".join(f"  {name:<11} {text}" for name, text in lines.items())
+    return f"prior ({heading} in latent cells, {axes}):\n" + "\n".join(
+        f"  {name:<11} {text}" for name, text in lines.items() if text
+    )
+
+
+def describe_crops(dataset: ShardDataset) -> str:
+    """The buckets of ``dataset`` (read in whole patches: ShardDataset.in_whole_patches) that lose cells, e.g.
+    '166 x 166 cells trained on their top-left 160 x 160 (1,956 cells, 7.1%, left out): the sampler pads ...', or ""."""
+    axes = len(dataset.patch)
+    cut = [(shape[-axes:], dataset.read_shape(shape)[-axes:]) for shape in dataset.noise_shapes] if axes else []
+    said = [
+        f"{cells(stored)} cells trained on their top-left {cells(read)} ({math.prod(stored) - math.prod(read):,} cells, "
+        f"{1 - math.prod(read) / math.prod(stored):.1%}, left out)"
+        for stored, read in cut
+        if stored != read
+    ]
+    if not said:
+        return ""
+    return "; ".join(said) + ": the sampler pads a latent to whole patches at the bottom and right and crops them back"
 
 
 def cells(size: tuple[int, ...]) -> str:
@@ -150,27 +175,6 @@ def _unfit(family: Family, dataset: ShardDataset) -> str | None:
     return None
 
 
-def _nearest_whole_sizes(family: Family, patch: int, sizes: list[tuple[int, ...]]) -> str:
-    """' (P px for <family>: e.g. W' x H' px for W x H px, ...)': the nearest sizes of whole patches, in pixels
-    (width x height, as ComfyUI's latent nodes take them), for the buckets that are not whole patches."""
-    step = patch * family.cell_pixels
-
-    def nearest(side: int) -> int:
-        return max(1, math.floor(side / patch + 0.5)) * step
-
-    wrong = dict.fromkeys((size[-1], size[-2]) for size in sizes if size[-1] % patch or size[-2] % patch)
-    examples = ", ".join(
-        f"{nearest(w)} x {nearest(h)} px for {w * family.cell_pixels} x {h * family.cell_pixels} px" for w, h in wrong
-    )
-    return f" ({step} px for {family.title}: e.g. {examples})"
-
-
-def _largest_fitting_patch(sides: list[int], most: int) -> int:
-    """The largest patch of at most ``most`` cells that divides every side."""
-    common = math.gcd(*sides)
-    return max(p for p in range(1, most + 1) if common % p == 0)
-
-
 def design_prior(dataset: ShardDataset, family: str | None = None, **given: Any) -> PriorDesign:
     """The config of a new prior for ``dataset`` (see the module doc); ``given``: NoiseARConfig fields set by the
     user, used as they are (refused when they cannot train on the data). DatasetError (or NoiseARConfigError)
@@ -196,8 +200,6 @@ def design_prior(dataset: ShardDataset, family: str | None = None, **given: Any)
             f"positions 'table' (the published 1-D table) model one latent size; {dataset.directory} holds "
             f"{len(shapes)} sizes: leave --positions out (2d)"
         )
-    sizes = [shape[1:] if positions == "3d" else shape[-2:] for shape in shapes]  # (T, H, W) or (H, W) per bucket
-
     default_patch = chosen.patch_size if chosen else _power_of_two_patch(channels)
     patch = given.get("patch_size", default_patch)
     reasons.setdefault(
@@ -205,21 +207,9 @@ def design_prior(dataset: ShardDataset, family: str | None = None, **given: Any)
         f"{chosen.title}'s" if chosen else f"no family: the largest power of 2 of at most {TOKEN_VALUES_TARGET:,} values",
     )
     patch_frames = given.get("patch_frames", chosen.patch_frames if chosen and positions == "3d" else 1)
-    spatial = [side for size in sizes for side in size[-2:]]
-    if any(side % patch for side in spatial):
-        fits = _largest_fitting_patch(spatial, patch)
-        raise DatasetError(
-            f"the buckets {', '.join(cells(size) for size in sizes)} (latent cells) are not all whole {patch} x {patch}-cell "
-            f"patches (the patch: {reasons['patch_size']}); a prior learns whole patches: give --patch-size {fits} (the "
-            f"largest at most {patch} that divides every bucket), or collect sizes in multiples of {patch} cells"
-            + (_nearest_whole_sizes(chosen, patch, sizes) if chosen else "")
-        )
-    if positions == "3d" and any(size[0] % patch_frames for size in sizes):
-        fits = _largest_fitting_patch([size[0] for size in sizes], patch_frames)
-        raise DatasetError(
-            f"the buckets' frame counts {sorted({size[0] for size in sizes})} are not all whole {patch_frames}-frame "
-            f"patches; give --patch-frames {fits}"
-        )
+    read = dataset.in_whole_patches((patch_frames, patch, patch) if positions == "3d" else (patch, patch))
+    # (T, H, W) or (H, W) per bucket, as trained: its top-left whole patches
+    sizes = [read.read_shape(shape)[1:] if positions == "3d" else read.read_shape(shape)[-2:] for shape in shapes]
     values = channels * patch_frames * patch * patch
     if values > TOKEN_VALUES_MAX:
         smaller = max(p for p in range(1, patch + 1) if channels * patch_frames * p * p <= TOKEN_VALUES_TARGET)
@@ -284,7 +274,7 @@ def design_prior(dataset: ShardDataset, family: str | None = None, **given: Any)
             "latent_frames": size[0] if positions == "3d" else 1,
         }
     )
-    return PriorDesign(config, reasons)
+    return PriorDesign(config, reasons, describe_crops(read))
 
 
 def _power_of_two_patch(channels: int) -> int:
