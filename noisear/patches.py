@@ -41,6 +41,19 @@ def unpatchify(tokens: torch.Tensor, patch: tuple[int, ...], size: tuple[int, ..
     )
 
 
+def whole_patches(size: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
+    """The top-left part of ``size`` that is whole patches: per axis of the last ``len(patch)`` ones, the side
+    rounded down to a multiple of its patch (``size`` (H, W) or (T, H, W), or with channels in front, kept as they
+    are); ``patch`` () keeps ``size``. What training reads of a latent the sampler pads up (:func:`pad_eps`)."""
+    kept = len(size) - len(patch)
+    return (*size[:kept], *(n // p * p for n, p in zip(size[kept:], patch)))
+
+
+def top_left(noise: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """noise [..., *S] -> [..., *size]: the first ``size[i]`` entries of each of its last ``len(size)`` axes."""
+    return noise[(..., *(slice(0, n) for n in size))]
+
+
 def _ravel(coords: tuple[int, ...], shape: tuple[int, ...]) -> int:
     index = 0
     for coord, extent in zip(coords, shape):

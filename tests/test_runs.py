@@ -21,7 +21,7 @@ from noisear.cli import main
 from noisear.train.likelihood import LikelihoodObjective
 
 REPO = Path(__file__).resolve().parents[1]
-NETWORK = ["--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0.1"]
+NETWORK = ["--family", "none", "--patch-size", "2", "--d-model", "16", "--d-ff", "32", "--dropout", "0.1"]
 SETTINGS = ["--device", "cpu", "--no-progress", "--batch-size", "8", "--warmup-steps", "2", "--log-every", "1"]
 SETTINGS += ["--validation-fraction", "0.2", "--checkpoint-every", "2", "--ema-decay", "0.9"]
 
@@ -36,8 +36,9 @@ def digests(*folders):
     }
 
 
-def train(data, out, *extra, steps=6):
-    return ["train", str(data), "--out", str(out), "--steps", str(steps), *NETWORK, *SETTINGS, *map(str, extra)]
+def train(data, out, *extra, steps=6, network=NETWORK):
+    """The train command; ``network=()`` with --init (the prior is the checkpoint's)."""
+    return ["train", str(data), "--out", str(out), "--steps", str(steps), *network, *SETTINGS, *map(str, extra)]
 
 
 def dpo(prior, data, out, *extra):
@@ -97,10 +98,16 @@ def test_monday_the_same_command_other_data_and_other_settings(week, capsys):
     refused(train(week / "other", week / "sft"), capsys, "holds another run (it differs in the data")
     refused(train(week / "data", week / "sft", "--lr", "0.01"), capsys, "lr 0.0001 there, 0.01 now")
     refused(train(week / "data", week / "sft", steps=10), capsys, "steps 6 there, 10 now")
-    refused(train(week / "data", week / "sft", "--init", week / "sft/prior.safetensors"), capsys, "would replace that input")
+    # the choices made for the data are part of the network: another text limit or window is another run
+    refused(train(week / "data", week / "sft", "--text-tokens", "8"), capsys, "text_tokens 2 there, 8 now")
+    refused(train(week / "data", week / "sft", "--window", "0"), capsys, "window 2 there, 0 now")
+    refused(train(week / "data", week / "sft", "--patch-hidden-dim", "16"), capsys, "patch_hidden_dim 8 there, 16 now")
+    init = ("--init", week / "sft/prior.safetensors")
+    refused(train(week / "data", week / "sft", *init, network=()), capsys, "would replace that input")
     refused(train(week / "data", week / "data"), capsys, "is the input")
+    refused(train(week / "data", week / "longer", *init), capsys, "describe a new prior; with --init")
     assert digests(week / "sft", week / "data") == kept
-    assert main(train(week / "data", week / "longer", "--init", week / "sft/prior.safetensors", steps=10)) == 0  # the way on
+    assert main(train(week / "data", week / "longer", *init, steps=10, network=())) == 0  # the way on
     assert digests(week / "sft", week / "data") == kept
 
 

@@ -10,11 +10,15 @@ from test_train_likelihood import make_dataset, one_thread  # noqa: F401  (fixtu
 from noisear import save
 from noisear.cli import build_parser, main
 from noisear.config import NoiseARConfig
-from noisear.train.cli import FROM_DATA, add_dataclass_options
+from noisear.train.cli import add_dataclass_options
+from noisear.train.data import DatasetInfo, ShardWriter
+from noisear.train.design import CHOSEN, FROM_DATA
 from noisear.train.dpo import DPOConfig
 from noisear.train.loop import TrainConfig, initial_model
 
 TINY = [
+    "--family",
+    "none",  # the toy data records no family and fits none
     "--patch-size",
     "2",
     "--d-model",
@@ -78,7 +82,10 @@ def test_every_config_field_is_an_option_explained_by_its_field_metadata():
                     assert item.name not in options and item.metadata["help"]
                     continue
                 assert item.metadata["help"] in options[item.name].help, (command, item.name)
-                if item.name != "out_dir":  # --out is required
+                if cls is NoiseARConfig:  # None unless given: the prior is designed for the data (noisear.train.design)
+                    assert options[item.name].default is None, item.name
+                    assert f"(default: {CHOSEN.get(item.name, item.default)}" in options[item.name].help, item.name
+                elif item.name != "out_dir":  # --out is required
                     assert options[item.name].default == item.default, (command, item.name)
 
 
@@ -366,3 +373,51 @@ def test_data_inspect_escapes_a_folder_name_and_says_when_a_dataset_is_empty(tmp
     out = capsys.readouterr().out
     assert "\x1b" not in out and "evil\\x1b[2J" in out
     assert "nan" not in out.lower() and "samples      0" in out and "the dataset is empty" in out
+
+
+def test_train_prints_what_it_chose_before_training_and_refuses_new_prior_options_with_init(tmp_path, capsys):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    assert main(train_argv(tmp_path)) == 0
+    out = capsys.readouterr().out
+    block = out[: out.index("held-out pairs")]
+    assert block.startswith("prior (sizes in latent cells, H x W):\n  family      none")
+    assert "2 x 2 cells = 8 values per token (given)" in block and "2 patches a side (covers the largest bucket, 4 x 4" in block
+    init = ["--init", str(tmp_path / "run/prior.safetensors")]
+    tuned = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "tuned"), "--steps", "1", "--batch-size", "8"]
+    assert main([*tuned, *init, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prior (from --init ") and "\n  family      none (the nodes cannot check it against a MODEL)\n" in out
+    assert main([*train_argv(tmp_path, out="other"), *init]) == 2
+    assert "--family, --patch-size" not in capsys.readouterr().err  # --family is checked against the prior instead
+    argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "other"), *init, "--family", "flux"]
+    assert main(argv) == 2
+    assert "--family flux, but the --init prior serves no family" in capsys.readouterr().err
+
+
+def test_a_run_of_one_family_is_not_resumed_as_another(tmp_path, capsys):
+    """16-channel latents with 4096-wide text fit SD3, Flux and Chroma: a dataset that records no family needs
+    --family, and the family is part of the run."""
+    with ShardWriter(tmp_path / "data", DatasetInfo(source_model="unrecorded"), shard_size=100) as writer:
+        for p in range(8):
+            text, mask = torch.randn(4, 3, 4096), torch.tensor([[True, True, False]] * 4)
+            writer.append(text, torch.randn(4, 16, 8, 8), [p] * 4, range(4 * p, 4 * p + 4), mask)
+    network = [
+        "--patch-size",
+        "4",
+        "--d-model",
+        "16",
+        "--d-ff",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--validation-fraction",
+        "0",
+    ]
+    argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "4", *network]
+    assert main(argv) == 2
+    assert "fit sd3, flux, chroma. Give --family KEY" in capsys.readouterr().err
+    assert main([*argv, "--family", "flux"]) == 0
+    assert "  family      flux: Flux.1 dev / schnell (given)\n" in capsys.readouterr().out
+    assert main([*argv, "--family", "chroma"]) == 2
+    assert 'it differs in family "flux" there, "chroma" now' in capsys.readouterr().err

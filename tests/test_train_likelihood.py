@@ -21,6 +21,7 @@ from noisear.train.data import (
     ShardDataset,
     ShardWriter,
     prompt_seeds,
+    shift_from_start,
     start_noise,
     validation_prompt,
 )
@@ -130,6 +131,7 @@ class KnownPrior(torch.nn.Module):
     def __init__(self, mapping, std):
         super().__init__()
         self.mapping, self.std = torch.nn.Parameter(mapping), std
+        self.config = MODEL  # an image prior of SHAPE's noise
 
     def mean(self, text):
         return (text.mean(1) @ self.mapping.T).reshape(len(text), *SHAPE)
@@ -266,6 +268,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 DDP_ARGS = [
+    "--family",
+    "none",
     "--patch-size",
     "2",
     "--d-model",
@@ -334,3 +338,39 @@ def test_two_process_torchrun_equals_one_process_per_global_batch(tmp_path):
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
     rng = read_checkpoint(tmp_path / "two/checkpoint.safetensors")["rng"]
     assert len(rng) == 2
+
+
+def test_a_size_that_is_not_whole_patches_is_trained_on_its_top_left_whole_patches(tmp_path):
+    """10 x 10 cells with 4 x 4-cell patches: training reads the top-left 8 x 8 (where the sampler's patches lie),
+    and the control variate's starting noise is the seed's draw at 10 x 10, cut the same way."""
+    from safetensors.torch import load_file
+
+    stored, seeds = (2, 10, 10), prompt_seeds(0, 0, 4) + prompt_seeds(0, 1, 4)
+    text = torch.randn(8, 2, 4, generator=torch.Generator().manual_seed(3))
+    with ShardWriter(tmp_path / "data", DatasetInfo(source_model="10 x 10", seed_scheme=SEED_SCHEME)) as writer:
+        writer.append(text, start_noise(seeds, (8, *stored)) + 0.3, [0] * 4 + [1] * 4, seeds)
+    prior = replace(MODEL, patch_size=4, latent_height=8, latent_width=8, positions="2d", window=2)
+    run = config(tmp_path, steps=1, batch_size=8, log_every=1, validation_fraction=0.0)
+    train_likelihood(tmp_path / "data", run, model_config=prior)
+
+    record = next(json.loads(line) for line in open(tmp_path / "run" / "log.jsonl") if '"train"' in line)
+    written = load_file(next((tmp_path / "data").glob("*.safetensors")))
+    cropped = written["noise"][:, :, :8, :8]
+    start = initial_model(prior, seed=run.seed)  # the weights step 1's loss was computed with
+    with torch.no_grad():
+        nll = -start.log_prob(written["text"], cropped, written["text_mask"].bool()) / cropped[0].numel()
+    assert record["train_loss"] == pytest.approx(float(nll.mean()), rel=1e-5)
+
+    batch = next(ShardDataset(tmp_path / "data").in_whole_patches((4, 4)).iterate(batch_size=8))
+    assert torch.equal(batch.noise, cropped) and batch.stored_shape == stored
+    whole_start = start_noise(batch.seed, (8, *stored))[:, :, :8, :8]
+    torch.testing.assert_close(shift_from_start(batch), cropped - whole_start)
+    assert torch.allclose(shift_from_start(batch), torch.tensor(0.3), atol=1e-5)  # not noise minus another draw
+
+
+def test_a_size_less_than_one_patch_on_a_side_is_refused(tmp_path):
+    with ShardWriter(tmp_path / "data", DatasetInfo(source_model="3 x 10")) as writer:
+        writer.append(torch.randn(2, 2, 4), torch.randn(2, 2, 3, 10), [0, 1], [0, 1])
+    prior = replace(MODEL, patch_size=4, latent_height=8, latent_width=8, positions="2d", window=2)
+    with pytest.raises(DatasetError, match=r"holds noise \[2, 3, 10\], less than one 4 x 4-cell patch on a side"):
+        train_likelihood(tmp_path / "data", config(tmp_path, steps=1, batch_size=2, validation_fraction=0.0), prior)

@@ -173,7 +173,18 @@ def test_the_command_line_reports_a_diverged_run_in_one_line(tmp_path, capsys, m
         "loss",
         lambda self, log_prob, batch: (lambda v: (v[0] * math.nan, v[1]))(plain(self, log_prob, batch)),
     )
-    argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "3", "--patch-size", "2"]
+    argv = [
+        "train",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "3",
+        "--family",
+        "none",
+        "--patch-size",
+        "2",
+    ]
     argv += ["--d-model", "16", "--d-ff", "32", "--device", "cpu", "--no-progress", "--batch-size", "8"]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -141,7 +141,7 @@ def prompt_mean_shift(data_dir: str | Path, prompts: int) -> torch.Tensor:
     dataset = ShardDataset(data_dir)
     total, count = torch.zeros(prompts, *dataset.item_shapes["noise"], dtype=torch.float64), torch.zeros(prompts)
     for batch in dataset.iterate("train", 0.0, 4096, HELD_OUT_SEEDS):
-        delta = shift_from_start(batch.noise, batch.seed).double()
+        delta = shift_from_start(batch).double()
         total.index_add_(0, batch.prompt_index, delta)
         count += torch.bincount(batch.prompt_index, minlength=prompts)
     return (total / count.view(-1, 1, 1, 1)).float()

@@ -20,7 +20,6 @@ from typing import Any
 from ..config import NoiseARError, printable
 
 EVAL_OUTPUTS = ("results.md", "grid.png", "plot.png")
-FROM_DATA = ("channels", "latent_height", "latent_width", "text_dim")  # NoiseARConfig fields read from the dataset
 GIVEN = ("out_dir",)  # TrainConfig fields with an option of their own (--out)
 
 
@@ -46,21 +45,31 @@ def finite_float(text: str) -> float:
     return value
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), only: str = "") -> None:
+def add_dataclass_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    only: str = "",
+    chosen: dict[str, str] | None = None,
+) -> None:
     """One --option per field of ``cls`` except ``skip`` (booleans get --x / --no-x), explained by the field's help
-    metadata with its default, the values it accepts (its "range" metadata) and ``only`` (e.g. when it applies)."""
+    metadata with its default, the values it accepts (its "range" metadata) and ``only`` (e.g. when it applies).
+    With ``chosen`` (field -> how its default is chosen) every option's value is None unless given, so the command
+    knows what the user set; a field not in ``chosen`` then defaults to its dataclass default."""
     for item in fields(cls):
         if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
         default = None if item.default is MISSING else item.default
         accepted = f"; accepts {item.metadata['range']}" if "range" in item.metadata else ""
-        text = f"{field_help(cls, item.name)} (default: {default}{accepted}{only})"
+        shown = chosen.get(item.name, default) if chosen is not None else default
+        text = f"{field_help(cls, item.name)} (default: {shown}{accepted}{only})"
+        value = None if chosen is not None else default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=value, help=text)
         else:
             kind = {int: int, float: finite_float}.get(type(default), str)
-            parser.add_argument(flag, dest=item.name, type=kind, default=default, help=text)
+            parser.add_argument(flag, dest=item.name, type=kind, default=value, help=text)
 
 
 def _values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -109,14 +118,19 @@ def _check(value: Any, what: str, accepted: Any) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..config import NoiseARConfig
+    from ..families import FAMILIES
+    from .design import CHOSEN, FROM_DATA, NO_FAMILY
     from .dpo import DPOConfig
     from .loop import TrainConfig
 
     train = subparsers.add_parser(
         "train",
         help="likelihood training of a prior on a shard dataset (torchrun-ready)",
-        description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch "
-        "(the latent and text sizes come from the data) or from a checkpoint (--init). Writes "
+        description="Teacher-forced Gaussian NLL training on a dataset directory of shards. From scratch, a prior "
+        "that fits the data's model family: the latent and text sizes come from the data, the family from the "
+        "dataset (or --family), and the patch, positions, decoding window, text limit and patch encoder from the "
+        "family and the data unless given (printed before training; docs/training.md, 'A prior for your model "
+        "family'); or from a checkpoint (--init). Writes "
         "OUT/run.json, OUT/checkpoint.safetensors, OUT/log.jsonl and OUT/prior.safetensors; the same command "
         "again resumes the run, anything else into OUT is refused (docs/training.md, 'Runs'). Validation on held-out pairs "
         "(unseen prompts and/or unseen seeds, never a noise that was trained on) reports NLL in "
@@ -146,7 +160,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train even when starting noises repeat across prompts (refused by default: a prior "
         "memorises such noises; use with --validation-seed-fraction)",
     )
-    add_dataclass_options(train, NoiseARConfig, skip=FROM_DATA, only="; from scratch only")
+    train.add_argument(
+        "--family",
+        choices=[*FAMILIES, NO_FAMILY],
+        help=f"{field_help(NoiseARConfig, 'family')}; {NO_FAMILY}: a prior of no family, which the nodes cannot check "
+        f"against the MODEL (default: {CHOSEN['family']}; a --family that differs from the dataset's is refused)",
+    )
+    add_dataclass_options(train, NoiseARConfig, skip=(*FROM_DATA, "family"), only="; from scratch only", chosen=CHOSEN)
     add_dataclass_options(train, TrainConfig, skip=GIVEN)
     train.set_defaults(run=run_train)
 
@@ -288,24 +308,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..config import NoiseARConfig
     from .data import ShardDataset
+    from .design import NO_FAMILY, describe_crops, describe_prior, design_prior
     from .likelihood import train_likelihood
-    from .loop import TrainConfig
+    from .loop import TrainConfig, initial_model
     from .metrics import describe_held_out
 
     config = TrainConfig(**_values(args, TrainConfig))
+    dataset = ShardDataset(args.data)
+    given = {name: value for name, value in _values(args, NoiseARConfig).items() if value is not None and name != "family"}
     model_config = None
     if args.init is None:
-        dataset = ShardDataset(args.data)
-        channels, height, width = dataset.item_shapes["noise"]
-        model_config = NoiseARConfig(
-            **{k: v for k, v in _values(args, NoiseARConfig).items() if k not in FROM_DATA},
-            channels=channels,
-            latent_height=height,
-            latent_width=width,
-            text_dim=dataset.item_shapes["text"][1],
-        )
+        design = design_prior(dataset, args.family, **given)
+        model_config = design.config
+        print(design.describe(), flush=True)
+    else:
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise NoiseARError(f"{options} describe a new prior; with --init the prior is the checkpoint's: leave them out")
+        start = initial_model(init=args.init).config
+        if args.family is not None and args.family != (start.family_key or NO_FAMILY):
+            raise NoiseARError(
+                f"--family {args.family}, but the --init prior serves {start.family_key or 'no family'}; leave --family out"
+            )
+        cropped = describe_crops(dataset.in_whole_patches(start.patch))
+        print(describe_prior(start, {}, origin=f"from --init {printable(args.init)}", cropped=cropped), flush=True)
     train_likelihood(
-        args.data,
+        dataset,
         config,
         model_config=model_config,
         init=args.init,
@@ -448,8 +476,8 @@ def run_data_inspect(args: argparse.Namespace) -> int:
         f"prompts      {report['prompts']}  (train {report['split_prompts']['train']}, "
         f"validation {report['split_prompts']['validation']})"
     )
-    print(f"text         {list(report['text_shape'])} per sample")
-    print(f"noise        {list(report['noise_shape'])} per sample")
+    print(f"text         {list(report['text_shape'])} per sample; the longest text {report['text_tokens']} tokens")
+    print(f"noise        {', '.join(str(list(shape)) for shape in report['noise_shapes'])} per sample")
     seeds = report["seeds"]
     print(f"seeds        {seeds['distinct_seeds']} distinct starting seeds; {seeds['shared_seeds']} used by more than one prompt")
     print(f"info         {json.dumps(vars(report['info']), sort_keys=True)}")

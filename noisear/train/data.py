@@ -15,7 +15,9 @@ tensor          shape / dtype    meaning
 and JSON metadata: ``format`` / ``format_version``, ``info`` (a :class:`DatasetInfo`: source
 model, schedule, sampling steps, guidance, free-form extras) and ``prompts`` (prompt index ->
 prompt text, for the prompts in that shard). T, D, C, H, W and ``info`` are the same in every
-shard of a directory.
+shard of a directory. A dataset of size folders (buckets, see :class:`ShardDataset`) may differ between them in
+the noise's size (H, W, and T for video) and in T, the text slots (a batch's text is padded to its longest with
+mask 0, and the prior drops the columns no item attends to, so the slots never change what it computes).
 
 Shards are numbered and read in numeric order (``shard-99999`` before ``shard-100000``). The writer
 appends batches and flushes a shard atomically when ``shard_size`` samples or ``shard_bytes`` bytes
@@ -34,13 +36,14 @@ repeat across prompts holds the same noises many times, and the trainer refuses 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import re
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -52,6 +55,7 @@ from safetensors.torch import save_file
 from ..config import NoiseARError, listing, quoted
 from ..io import file_state, write_atomically
 from ..model import standard_normal
+from ..patches import top_left, whole_patches
 
 FORMAT_NAME = "noisear-dataset"
 FORMAT_VERSION = "1"
@@ -194,26 +198,47 @@ def _header_bytes(path: Path) -> bytes:
         return prefix + handle.read(min(int.from_bytes(prefix, "little"), 100_000_000))
 
 
+def pad_text(texts: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text [N_i, T_i, D] and masks [N_i, T_i] -> one text [sum N_i, max T_i, D] and mask, each part padded with zero
+    rows of mask 0 (rows no item attends to: NoiseAR drops them before the network)."""
+    longest = max(text.shape[1] for text in texts)
+
+    def padded(tensor: torch.Tensor) -> torch.Tensor:
+        extra = longest - tensor.shape[1]
+        return tensor if extra == 0 else torch.cat([tensor, tensor.new_zeros(tensor.shape[0], extra, *tensor.shape[2:])], 1)
+
+    return torch.cat([padded(text) for text in texts]), torch.cat([padded(mask) for mask in masks])
+
+
 @dataclass
 class Batch:
-    """A batch of samples. text [B,T,D] float32, text_mask [B,T] bool, noise [B,C,H,W] float32,
-    prompt_index [B] int64, seed [B] int64."""
+    """A batch of samples. text [B,T,D] float32, text_mask [B,T] bool, noise [B,C,H,W] (video [B,C,T,H,W]) float32,
+    prompt_index [B] int64, seed [B] int64. ``stored_shape``: the shape (C, H, W) or (C, T, H, W) of the stored
+    noise when ``noise`` is its top-left part (:meth:`ShardDataset.in_whole_patches`); None: noise as stored."""
 
     text: torch.Tensor
     text_mask: torch.Tensor
     noise: torch.Tensor
     prompt_index: torch.Tensor
     seed: torch.Tensor
+    stored_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self.noise.shape[0]
 
     def to(self, device: str | torch.device) -> "Batch":
-        return Batch(*(getattr(self, name).to(device) for name in TENSOR_NAMES))
+        return replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_NAMES})
 
     @staticmethod
     def concat(parts: list["Batch"]) -> "Batch":
-        return Batch(*(torch.cat([getattr(part, name) for part in parts]) for name in TENSOR_NAMES))
+        """The parts one after the other (of one stored shape); text of different lengths is padded to the longest
+        (:func:`pad_text`)."""
+        stored = {part.stored_shape for part in parts}
+        if len(stored) > 1:
+            raise DatasetError(f"cannot concatenate batches cut from noise of different shapes {sorted(map(str, stored))}")
+        text, text_mask = pad_text([part.text for part in parts], [part.text_mask for part in parts])
+        rest = (torch.cat([getattr(part, name) for part in parts]) for name in TENSOR_NAMES[2:])
+        return Batch(text, text_mask, *rest, stored.pop())
 
 
 def validation_prompt(prompt_index: int, fraction: float, salt: str = "noisear") -> bool:
@@ -255,9 +280,12 @@ def start_noise(seeds: torch.Tensor | Sequence[int], shape: Sequence[int]) -> to
     return standard_normal(tuple(shape), [int(seed) for seed in seeds])
 
 
-def shift_from_start(noise: torch.Tensor, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """[B, C, H, W]: golden noise minus its starting noise (the seeds' ``start_noise``), on noise's device."""
-    return noise - start_noise(seeds, noise.shape).to(noise.device)
+def shift_from_start(batch: Batch) -> torch.Tensor:
+    """[B, C, H, W]: the batch's golden noise minus its starting noise (the seeds' ``start_noise`` at the stored
+    size, cut as the noise is), on the noise's device."""
+    noise = batch.noise
+    start = start_noise(batch.seed, (len(batch), *(batch.stored_shape or noise.shape[1:])))
+    return noise - top_left(start, noise.shape[2:]).to(noise.device)
 
 
 def prompt_seeds(first_seed: int, prompt_key: int, count: int) -> list[int]:
@@ -340,22 +368,39 @@ class ShardInfo:
     prompt_index: np.ndarray  # [count] int64
     seed: np.ndarray  # [count] int64
     prompts: dict[int, str]
-    noise_shape: tuple[int, ...] = ()  # (C, H, W)
+    noise_shape: tuple[int, ...] = ()  # (C, H, W), or (C, T, H, W) for video
     state: tuple[int, ...] = ()  # file_state when the dataset was opened: a later change is refused
     digest: str = ""  # sha256 of the shard's header, prompt_index / seed columns and a few rows
+    text_tokens: int = 0  # the longest text in the shard: most tokens of one sample (mask 1), padding left out
+    text_shape: tuple[int, ...] = ()  # (T, D): text slots and width
+
+
+def _layout_free(info: DatasetInfo) -> DatasetInfo:
+    """``info`` without what only says how a shard is laid out (the text slots a collector was asked for), which
+    may differ between the buckets of one dataset."""
+    return replace(info, extra={key: value for key, value in info.extra.items() if key != "text_tokens"})
 
 
 class ShardDataset:
     """All shards of a directory, read lazily.
 
-    ``item_shapes`` = {"text": (T, D), "noise": (C, H, W)} (of the first shard); ``info`` the shared
-    DatasetInfo. Only the small per-sample columns (prompt index, seed) are held in memory.
+    ``item_shapes`` = {"text": (T, D), "noise": (C, H, W) or (C, T, H, W)} (of the first shard); ``info`` the
+    shared DatasetInfo (the first shard's). Only the small per-sample columns (prompt index, seed) are held in
+    memory, and of the text masks only the longest text (``text_tokens``).
 
-    Aspect-ratio buckets: a directory without shards of its own whose subdirectories hold shards
-    (one latent size each, e.g. ``1024x1024/`` and ``1216x832/``) is one dataset whose noise H, W
-    differ between buckets (``noise_shapes``); text shape, channels and info must agree. A shard reached
-    twice (a bucket linked twice, a hard link) is refused, as is a shard that changes after it was opened.
+    Buckets: a directory without shards of its own whose subdirectories hold shards (one latent size each, e.g.
+    ``1024x1024/`` and ``1216x832/``, or videos ``832x480x81/`` and ``832x480x33/``) is one dataset whose noise
+    sizes differ between buckets (``noise_shapes``: H, W and, for video, T); the noise's rank and channels, the
+    text width D and the info must agree. The text slots T may differ, and so may ``info.extra["text_tokens"]``,
+    the slots a collector was asked for: a layout, not how the targets were made. A shard reached twice (a
+    bucket linked twice, a hard link) is refused, as is a shard that changes after it was opened.
+
+    ``patch``: () reads the noise as stored; :meth:`in_whole_patches` gives the dataset as a prior of a patch trains
+    on it, each sample's noise cut to its top-left whole patches (``read_shape``), the part the sampler's patches
+    cover when it pads a latent up to whole patches and crops it back (NoiseAR.sample).
     """
+
+    patch: tuple[int, ...] = ()
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -391,14 +436,15 @@ class ShardDataset:
                     f"{path}: {err}. NoiseAR did not write this metadata: remove the shard or use another folder"
                 ) from None
             item_shapes = {"text": shapes["text"][1:], "noise": shapes["noise"][1:]}
-            bucket_shape = next((s.noise_shape for s in self.shards if s.path.parent == path.parent), item_shapes["noise"])
+            bucket = next((s for s in self.shards if s.path.parent == path.parent), None)
             if self.info is None:
                 self.info, self.item_shapes = info, item_shapes
             elif (
-                info != self.info
-                or item_shapes["text"] != self.item_shapes["text"]
+                _layout_free(info) != _layout_free(self.info)
+                or item_shapes["text"][1] != self.item_shapes["text"][1]
                 or item_shapes["noise"][0] != self.item_shapes["noise"][0]
-                or item_shapes["noise"] != bucket_shape
+                or len(item_shapes["noise"]) != len(self.item_shapes["noise"])
+                or (bucket is not None and (item_shapes["noise"], item_shapes["text"]) != (bucket.noise_shape, bucket.text_shape))
             ):
                 raise DatasetError(
                     f"{path.name} does not match the other shards of {self.directory} "
@@ -406,7 +452,7 @@ class ShardDataset:
                     f"size per bucket subdirectory)"
                 )
             state = file_state(path)
-            columns = _read_tensors(path, ("prompt_index", "seed"))
+            columns = _read_tensors(path, ("prompt_index", "seed", "text_mask"))
             digest = hashlib.sha256(_header_bytes(path))
             digest.update(columns["prompt_index"].numpy().tobytes() + columns["seed"].numpy().tobytes())
             count = shapes["noise"][0]
@@ -423,14 +469,46 @@ class ShardDataset:
                     item_shapes["noise"],
                     state,
                     digest.hexdigest(),
+                    int(columns["text_mask"].bool().sum(dim=1).max()) if count else 0,
+                    item_shapes["text"],
                 )
             )
         self._splits: dict[tuple[float, float], dict[str, list[np.ndarray]]] = {}
 
     @property
     def noise_shapes(self) -> list[tuple[int, ...]]:
-        """The distinct (C, H, W) of the buckets, sorted (one entry without buckets)."""
+        """The distinct noise shapes of the buckets as stored, (C, H, W) or (C, T, H, W), sorted (one entry without
+        buckets); :meth:`read_shape` gives what a batch holds of each."""
         return sorted({shard.noise_shape for shard in self.shards})
+
+    def in_whole_patches(self, patch: tuple[int, ...]) -> "ShardDataset":
+        """This dataset with each sample's noise read as its top-left whole ``patch`` patches ((P, P) over H, W or
+        (Pt, P, P) over T, H, W), for a prior of that patch; a side shorter than its patch is refused."""
+        for shape in self.noise_shapes:
+            size = shape[len(shape) - len(patch) :]
+            if any(n < p for n, p in zip(size, patch)):
+                raise DatasetError(
+                    f"{self.directory} holds noise {list(shape)}, less than one {' x '.join(map(str, patch))}-cell "
+                    f"patch on a side; a prior learns whole patches: collect larger latents, or give a smaller patch "
+                    f"(--patch-size, --patch-frames)"
+                )
+        dataset = copy.copy(self)
+        dataset.patch = tuple(patch)
+        return dataset
+
+    def read_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape a batch holds of stored noise ``shape`` (C, H, W) or (C, T, H, W): its top-left whole patches."""
+        return whole_patches(tuple(shape), self.patch)
+
+    @property
+    def text_width(self) -> int:
+        """D, the width of the text embedding (the same in every shard)."""
+        return self.item_shapes["text"][1]
+
+    @property
+    def text_tokens(self) -> int:
+        """The longest text of the dataset: most tokens of one sample, padding (mask 0) left out."""
+        return max((shard.text_tokens for shard in self.shards), default=0)
 
     def __len__(self) -> int:
         return sum(shard.count for shard in self.shards)
@@ -522,12 +600,14 @@ class ShardDataset:
             tensors = _read_rows(path, rows)
         except Exception as err:  # damaged since it was opened
             raise DatasetError(f"{path} can no longer be read (changed or damaged?): {quoted(str(err), 200)}") from None
+        read = self.read_shape(shard.noise_shape)
         batch = Batch(
             tensors["text"].float(),
             tensors["text_mask"].bool(),
-            tensors["noise"].float(),
+            top_left(tensors["noise"], read).float().contiguous(),
             tensors["prompt_index"].long(),
             tensors["seed"].long(),
+            shard.noise_shape if read != shard.noise_shape else None,
         )
         if not (torch.isfinite(batch.text).all() and torch.isfinite(batch.noise).all()):
             raise DatasetError(f"{path} holds NaN or infinite values; remove that shard (the writer never writes them)")
@@ -603,7 +683,7 @@ class BatchPlan:
             positions.append(where)
         back = torch.as_tensor(np.argsort(np.concatenate(positions)), dtype=torch.long)
         merged = Batch.concat(parts)
-        return Batch(*(getattr(merged, name)[back] for name in TENSOR_NAMES))
+        return replace(merged, **{name: getattr(merged, name)[back] for name in TENSOR_NAMES})
 
 
 class ShardWriter:
@@ -792,19 +872,19 @@ def _differences(there: dict, here: dict, prefix: str = "") -> Iterator[tuple[st
 
 
 def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0.1, seed_fraction: float = 0.0) -> dict:
-    """Counts, shapes, split sizes, distinct starting seeds and per-channel mean/std of the noise (streamed,
-    float64; empty lists for a dataset without samples). ``warnings``: what makes the dataset unfit for training
-    (noises repeated across prompts, no samples at all)."""
+    """Counts, shapes, split sizes, distinct starting seeds, the longest text and per-channel mean/std of the noise
+    (streamed, float64; empty lists for a dataset without samples). ``warnings``: what makes the dataset unfit for
+    training (noises repeated across prompts, no samples at all)."""
     dataset = ShardDataset(directory)
     channels = dataset.item_shapes["noise"][0]
     total = np.zeros(channels)
     squares = np.zeros(channels)
     values = 0
     for batch in dataset.iterate(batch_size=4096):
-        noise = batch.noise.double()
-        total += noise.sum(dim=(0, 2, 3)).numpy()
-        squares += (noise**2).sum(dim=(0, 2, 3)).numpy()
-        values += noise[:, 0].numel()
+        noise = batch.noise.double().transpose(0, 1).flatten(1)  # [C, every value of the channel]
+        total += noise.sum(dim=1).numpy()
+        squares += (noise**2).sum(dim=1).numpy()
+        values += noise.shape[1]
     mean = total / max(values, 1)
     std = np.sqrt(np.maximum(squares / max(values, 1) - mean**2, 0.0))
     split_sizes = {split: int(sum(len(r) for r in dataset.rows(split, validation_fraction, seed_fraction))) for split in SPLITS}
@@ -821,7 +901,9 @@ def inspect_dataset(directory: str | os.PathLike, validation_fraction: float = 0
         "samples": len(dataset),
         "prompts": len(prompts),
         "text_shape": dataset.item_shapes["text"],
+        "text_tokens": dataset.text_tokens,
         "noise_shape": dataset.item_shapes["noise"],
+        "noise_shapes": dataset.noise_shapes,
         "split_samples": split_sizes,
         "split_prompts": split_prompts,
         "channel_mean": mean.tolist() if values else [],
@@ -844,7 +926,8 @@ def repeated_noises_message(seeds: dict[str, int]) -> str:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Prompts: text [P,T,D] float, text_mask [P,T] bool, index [P] int64, optional prompt strings."""
+    """Prompts: text [P,T,D] float, text_mask [P,T] bool, index [P] int64, optional prompt strings. Texts of
+    different lengths are padded to the longest with mask 0 (:func:`pad_text`)."""
 
     text: torch.Tensor
     text_mask: torch.Tensor
@@ -878,9 +961,5 @@ class PromptSet:
             rows.update({i: (batch.text[k], batch.text_mask[k]) for k, i in enumerate(wanted)})
         names = dataset.prompts()
         strings = tuple(names.get(i, "") for i in order) if names else ()
-        return cls(
-            torch.stack([rows[i][0] for i in order]),
-            torch.stack([rows[i][1] for i in order]),
-            torch.tensor(order, dtype=torch.long),
-            strings,
-        )
+        text, text_mask = pad_text([rows[i][0][None] for i in order], [rows[i][1][None] for i in order])
+        return cls(text, text_mask, torch.tensor(order, dtype=torch.long), strings)

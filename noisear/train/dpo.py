@@ -33,7 +33,8 @@ from .runs import TrainingError, callable_name, tensors_digest, weights_digest
 PAIRINGS = ("best_worst", "margin")
 
 
-# (noise [B,C,H,W], the B prompts) -> reward [B]; higher is better. For real models: noise -> image -> score.
+# (noise [B,C,H,W] (video priors: [B,C,T,H,W]), the B prompts) -> reward [B]; higher is better. For real models:
+# noise -> image -> score.
 Scorer = Callable[[torch.Tensor, PromptSet], torch.Tensor]
 
 
@@ -114,10 +115,11 @@ class DPOObjective:
 
     # Rollouts ------------------------------------------------------------------------------------
     def _sample(self, model: NoiseAR, prompts: PromptSet, round_index: int, device: torch.device) -> torch.Tensor:
-        """[P, k, C, H, W] rollouts of the prompts with seeds from rollout_seed."""
+        """[P, k, C, H, W] rollouts of the prompts (video priors: [P, k, C, T, H, W]) at the size the prior was trained
+        at, with seeds from rollout_seed."""
         c, k = model.config, self.config.rollouts
         seeds = [rollout_seed(self.seed, round_index, int(p), j) for p in prompts.index for j in range(k)]
-        eps = standard_normal((len(seeds), c.channels, c.latent_height, c.latent_width), seeds)
+        eps = standard_normal((len(seeds), c.channels, *c.latent_size), seeds)
         text = prompts.text.repeat_interleave(k, 0).to(device)
         mask = prompts.text_mask.repeat_interleave(k, 0).to(device)
         noise = model.sample(text, eps.to(device), temperature=self.config.temperature, text_mask=mask)

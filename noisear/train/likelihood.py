@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from ..config import NoiseARConfig
+from ..families import FAMILIES
 from ..model import NoiseAR
 from .data import Batch, BatchPlan, DatasetError, ShardDataset, known_start_noise, repeated_noises_message, shift_from_start
 from .loop import LogProb, Range, Runtime, TrainConfig, initial_model, train
-from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim
+from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim, scored_noise
 from .runs import TrainingError
 
 
@@ -30,7 +31,8 @@ class LikelihoodObjective:
     prompt and of the earlier patches, so the expected gradient is the same while the per-sample noise no
     longer swamps the shift; the loss value is still the NLL. It needs the dataset's seeds to say what the
     starting noise was (``known_start_noise``). Validation: :func:`held_out_metrics` on the held-out pairs,
-    with the prompt-mean baseline fitted on the training split (single-size data only).
+    with the prompt-mean baseline fitted on the training split (single-size data only). ``video``: whether the prior
+    is a video prior (else one-frame noise [B, C, 1, H, W] is scored as [B, C, H, W]: :func:`scored_noise`).
     """
 
     uses_dropout = True
@@ -42,6 +44,7 @@ class LikelihoodObjective:
         baseline_ridge: float = 0.1,
         eval_batch_size: int = 64,
         control_variate: bool = False,
+        video: bool = False,
     ) -> None:
         if control_variate and not known_start_noise(dataset.info):
             raise DatasetError(
@@ -52,7 +55,7 @@ class LikelihoodObjective:
         problem = Range(0.0).problem(baseline_ridge)
         if problem:
             raise TrainingError(f"baseline_ridge (--baseline-ridge) {problem}")
-        self.control_variate = control_variate
+        self.control_variate, self.video = control_variate, video
         self.dataset, self.eval_batch_size = dataset, eval_batch_size
         self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
         self.plan = BatchPlan(
@@ -67,8 +70,9 @@ class LikelihoodObjective:
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mean_target = None
         if self.control_variate:
-            mean_target = shift_from_start(batch.noise, batch.seed.tolist())
-        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
+            mean_target = scored_noise(shift_from_start(batch), self.video)
+        noise = scored_noise(batch.noise, self.video)
+        nll = nll_per_dim(log_prob(batch.text, noise, batch.text_mask, mean_target), noise[0].numel()).mean()
         return nll, {"train_loss": nll.item()}
 
     def validate(self, model: NoiseAR) -> dict[str, float]:
@@ -99,26 +103,56 @@ class LikelihoodObjective:
 
 
 def check_compatible(model: NoiseAR, dataset: ShardDataset) -> None:
-    """The dataset's noise [C,H,W] and text width must be what the prior models."""
+    """The dataset must be what the prior models: its family (when both name one), text width and longest text, and
+    for every bucket the noise's channels and rank (a video prior reads [C, T, H, W], an image prior [C, H, W] or a
+    one-frame [C, 1, H, W]) and the whole patches read of it (``dataset.read_shape``) within one decoding window (a
+    1-D position table: its one size)."""
     c = model.config
-    text = dataset.item_shapes["text"]
-    for noise in dataset.noise_shapes:
-        fits = (
-            noise[0] == c.channels and noise[1] % c.patch_size == 0 and noise[2] % c.patch_size == 0
-            if c.positions == "2d"
-            else tuple(noise) == (c.channels, c.latent_height, c.latent_width)
+    recorded = dataset.info.family
+    if c.family_key and recorded and c.family_key != recorded:
+        raise DatasetError(
+            f"the prior serves {FAMILIES[c.family_key].title} models, but {dataset.directory} holds noise of a "
+            f"{FAMILIES[recorded].title} model ({recorded}); train a prior of that family on it"
         )
-        if not fits or text[1] != c.text_dim:
-            models = (
-                f"[{c.channels}, H, W] (H, W multiples of {c.patch_size})"
-                if c.positions == "2d"
-                else str([c.channels, c.latent_height, c.latent_width])
+    if dataset.text_width != c.text_dim:
+        raise DatasetError(
+            f"{dataset.directory} holds text {dataset.text_width} wide, but the prior reads text {c.text_dim} wide"
+        )
+    if c.text_tokens and dataset.text_tokens > c.text_tokens:
+        raise DatasetError(
+            f"{dataset.directory} holds a text of {dataset.text_tokens} tokens (padding left out), but the prior reads at "
+            f"most {c.text_tokens}"
+        )
+    for shape in dataset.noise_shapes:
+        read = dataset.read_shape(shape)
+        problem = noise_problem(c, read)
+        if problem:
+            part = f" (read as its top-left {list(read)})" if read != shape else ""
+            raise DatasetError(f"{dataset.directory} holds noise {list(shape)}{part}, but {problem}")
+
+
+def noise_problem(c: NoiseARConfig, shape: tuple[int, ...]) -> str | None:
+    """Why the prior of config ``c`` cannot be trained on noise of ``shape`` (C, H, W) or (C, T, H, W), or None."""
+    if c.positions == "table":
+        if tuple(shape) != (c.channels, c.latent_height, c.latent_width):
+            return (
+                f"this prior (a 1-D position table) models noise {[c.channels, c.latent_height, c.latent_width]} only; "
+                f"several sizes (buckets) need a prior with positions='2d'"
             )
-            raise DatasetError(
-                f"dataset holds noise {list(noise)} and text width {text[1]}, but the prior models "
-                f"noise {models} with text width {c.text_dim}; several sizes (aspect-ratio "
-                f"buckets) need a prior with positions='2d'"
-            )
+        return None
+    if shape[0] != c.channels:
+        return f"the prior models {c.channels}-channel noise"
+    if c.video and len(shape) != 4:
+        return "the prior is a video prior: it models [C, T, H, W] noise"
+    if not c.video and len(shape) == 4 and shape[1] != 1:
+        return f"the prior is an image prior: it models [C, H, W] noise, not videos of {shape[1]} frames"
+    size = shape[1:] if c.video else shape[-2:]
+    if any(n % p for n, p in zip(size, c.patch)):
+        return f"the prior models whole {' x '.join(map(str, c.patch))}-cell patches"
+    if c.plan(*size).mode == "sliding window":
+        window = f"{c.window} patches a side" + (f", {c.window_frames} patch frames" if c.video and c.window_frames else "")
+        return f"the prior's decoding window ({window}) does not hold it; training reads whole windows"
+    return None
 
 
 def refuse_repeated_noises(dataset: ShardDataset) -> None:
@@ -133,7 +167,7 @@ def refuse_repeated_noises(dataset: ShardDataset) -> None:
 
 
 def train_likelihood(
-    data_dir: str | os.PathLike,
+    data: str | os.PathLike | ShardDataset,
     config: TrainConfig,
     model_config: NoiseARConfig | None = None,
     init: str | os.PathLike | None = None,
@@ -141,16 +175,19 @@ def train_likelihood(
     allow_repeated_noises: bool = False,
     control_variate: bool | None = None,
 ) -> NoiseAR:
-    """Likelihood training on a shard directory, from scratch (model_config) or from a checkpoint (init).
-    A dataset whose starting noises repeat across prompts is refused unless ``allow_repeated_noises``.
-    ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say what the starting
-    noises were."""
-    dataset = ShardDataset(data_dir)
+    """Likelihood training on a shard directory (or an open ShardDataset), from scratch (model_config; for a new
+    prior of a dataset: noisear.train.design.design_prior) or from a checkpoint (init). The dataset must fit the
+    prior (:func:`check_compatible`). A dataset whose starting noises repeat across prompts is refused unless
+    ``allow_repeated_noises``. ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say
+    what the starting noises were. A bucket that is not whole patches of the prior is trained on its top-left whole
+    patches (ShardDataset.in_whole_patches), the part the sampler's patches cover."""
+    dataset = data if isinstance(data, ShardDataset) else ShardDataset(data)
     if not allow_repeated_noises:
         refuse_repeated_noises(dataset)
     if control_variate is None:
         control_variate = known_start_noise(dataset.info)
     model = initial_model(model_config, init, config.seed)
+    dataset = dataset.in_whole_patches(model.config.patch)
     check_compatible(model, dataset)
-    objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate)
+    objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate, video=model.config.video)
     return train(model, objective, config, inputs=[*dataset.input_paths(), *([init] if init is not None else [])])

@@ -24,8 +24,14 @@ def nll_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:
     return -log_prob / dims
 
 
+def scored_noise(noise: torch.Tensor, video: bool) -> torch.Tensor:
+    """Noise as a prior scores it: for an image prior (``video`` False) one-frame noise [B, C, 1, H, W] (a video
+    family's one-frame data) becomes [B, C, H, W], the same values; anything else is returned as it is."""
+    return noise[:, :, 0] if not video and noise.ndim == 5 and noise.shape[2] == 1 else noise
+
+
 def masked_mean_pool(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T,D], [B,T] -> [B,D]: mean over real tokens."""
+    """[B,T,D], [B,T] -> [B,D]: mean over real tokens (padding of any length leaves it unchanged)."""
     weights = text_mask.to(text.dtype)[..., None]
     return (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
@@ -35,11 +41,12 @@ class PromptMeanBaseline:
 
     W is a ridge regression from the masked mean-pooled prompt embedding to the prompt-mean shift,
     fitted on the training split (streamed: accumulates X^T X and X^T Y, memory (D+1) x C*H*W
-    float64). The target is noise - starting noise when the dataset's seeds say what the starting
-    noise was (it has mean 0, so this estimates the noise's mean with far less variance), else the
-    noise itself. ``var`` is the per-dimension residual variance of the noise on the training split
-    (a second pass; fitted, not unit). ``ridge`` is relative: lambda = ridge * mean diagonal of X^T X.
-    It generalises to unseen (validation) prompts, which a table of per-prompt means could not.
+    float64; video noise is flattened the same way, C*T*H*W). The target is noise - starting noise
+    when the dataset's seeds say what the starting noise was (it has mean 0, so this estimates the
+    noise's mean with far less variance), else the noise itself. ``var`` is the per-dimension residual
+    variance of the noise on the training split (a second pass; fitted, not unit). ``ridge`` is
+    relative: lambda = ridge * mean diagonal of X^T X. It generalises to unseen (validation) prompts,
+    which a table of per-prompt means could not.
     """
 
     def __init__(
@@ -51,14 +58,14 @@ class PromptMeanBaseline:
         seed_fraction: float = 0.0,
     ) -> None:
         width = dataset.item_shapes["text"][1] + 1
-        dims = math.prod(dataset.item_shapes["noise"])
+        dims = math.prod(dataset.read_shape(dataset.item_shapes["noise"]))
         self.uses_start_noise = known_start_noise(dataset.info)
         gram = torch.zeros(width, width, dtype=torch.float64)
         cross = torch.zeros(width, dims, dtype=torch.float64)
         count = 0
         for batch in dataset.iterate("train", validation_fraction, batch_size, seed_fraction):
             x = self.features(batch.text, batch.text_mask)
-            target = shift_from_start(batch.noise, batch.seed) if self.uses_start_noise else batch.noise
+            target = shift_from_start(batch) if self.uses_start_noise else batch.noise
             gram += x.T @ x
             cross += x.T @ target.flatten(1).double()
             count += len(batch)
@@ -213,7 +220,6 @@ def held_out_metrics(
     Empty when the validation split is empty.
     """
     device = next(model.parameters()).device
-    dims_of = {shape: math.prod(shape) for shape in dataset.noise_shapes}
     sums: dict[str, float] = {}
     counts = {"val_pairs": 0, "val_pairs_unseen_prompts": 0}
     data_sum = data_squares = data_values = 0.0
@@ -225,9 +231,8 @@ def held_out_metrics(
 
     for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
         shape = tuple(batch.noise.shape[1:])
-        nll = nll_per_dim(
-            model.log_prob(batch.text.to(device), batch.noise.to(device), batch.text_mask.to(device)), dims_of[shape]
-        ).cpu()
+        noise = scored_noise(batch.noise, model.config.video).to(device)
+        nll = nll_per_dim(model.log_prob(batch.text.to(device), noise, batch.text_mask.to(device)), batch.noise[0].numel()).cpu()
         unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
         add("val_nll", nll)
         add("val_nll_unseen_prompts", nll[unseen])
@@ -240,7 +245,7 @@ def held_out_metrics(
         data_sum += float(batch.noise.double().sum())
         data_squares += float(batch.noise.double().pow(2).sum())
         data_values += batch.noise.numel()
-        shift = shift_from_start(batch.noise, batch.seed) if known_start else batch.noise
+        shift = shift_from_start(batch) if known_start else batch.noise
         for i, p in enumerate(batch.prompt_index.tolist()):
             key = (p, shape)
             if key not in prompts and len(prompts) < max_prompts:
