@@ -18,4 +18,4 @@ __all__ = [
     "save",
     "standard_normal",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
