@@ -193,7 +193,7 @@ def table(bench: Bench, device: torch.device, reps: int, threads: int | None) ->
             peak = peaks[key][i] if peaks else draw_peak(model, cells, device)
             print(
                 f"| {family.title} | {size} | {' x '.join(map(str, cells))} | {estimate.patches:,} "
-                f"| {estimate.seconds(device.type):.2f} | {seconds:.2f} | {seconds / estimate.seconds(device.type):.2f} "
+                f"| {estimate.seconds(device.type):.3g} | {seconds:.3g} | {seconds / estimate.seconds(device.type):.2f} "
                 f"| {estimate.peak_bytes / 2**20:.1f} | {peak / 2**20:.1f} |"
             )
         del model
