@@ -394,6 +394,18 @@ def test_train_prints_what_it_chose_before_training_and_refuses_new_prior_option
     assert "--family flux, but the --init prior serves no family" in capsys.readouterr().err
 
 
+def test_under_torchrun_only_the_first_rank_prints_the_design_and_the_summary(tmp_path, capsys, monkeypatch):
+    make_dataset(tmp_path / "data", prompts=16, per_prompt=4)
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets for the second process (WORLD_SIZE stays 1: no group)
+    assert main(train_argv(tmp_path, out="second")) == 0
+    out = capsys.readouterr().out  # the loop's own lines go by the process group's rank, here 0 of 1
+    assert "prior (sizes" not in out and "held-out pairs" not in out and "prior: " not in out
+    monkeypatch.setenv("RANK", "0")
+    assert main(train_argv(tmp_path, out="first")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prior (sizes in latent cells") and "held-out pairs" in out and "prior: " in out
+
+
 def test_a_run_of_one_family_is_not_resumed_as_another(tmp_path, capsys):
     """16-channel latents with 4096-wide text fit SD3, Flux and Chroma: a dataset that records no family needs
     --family, and the family is part of the run."""

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,12 @@ def _check(value: Any, what: str, accepted: Any) -> None:
     problem = accepted.problem(value)
     if problem:
         raise NoiseARError(f"{what} {problem}")
+
+
+def say(text: str) -> None:
+    """Print on the first process only: under torchrun every rank runs the command, one block is enough."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -320,7 +327,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.init is None:
         design = design_prior(dataset, args.family, **given)
         model_config = design.config
-        print(design.describe(), flush=True)
+        say(design.describe())
     else:
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -331,7 +338,7 @@ def run_train(args: argparse.Namespace) -> int:
                 f"--family {args.family}, but the --init prior serves {start.family_key or 'no family'}; leave --family out"
             )
         cropped = describe_crops(dataset.in_whole_patches(start.patch))
-        print(describe_prior(start, {}, origin=f"from --init {printable(args.init)}", cropped=cropped), flush=True)
+        say(describe_prior(start, {}, origin=f"from --init {printable(args.init)}", cropped=cropped))
     train_likelihood(
         dataset,
         config,
@@ -344,8 +351,8 @@ def run_train(args: argparse.Namespace) -> int:
     log = Path(config.out_dir) / "log.jsonl"
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
     final = [r for r in records if r.get("kind") == "validation" and r.get("step") == config.steps]
-    print(describe_held_out({k: v for k, v in final[-1].items() if k not in ("kind", "step")} if final else {}))
-    print(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
+    say(describe_held_out({k: v for k, v in final[-1].items() if k not in ("kind", "step")} if final else {}))
+    say(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
     return 0
 
 
@@ -361,7 +368,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     prompts = PromptSet.from_dataset(dataset, "train", config.validation_fraction)
     inputs = [args.init, *dataset.input_paths()]
     train_dpo(initial_model(init=args.init), prompts, scorer, config, dpo, inputs=inputs)
-    print(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
+    say(f"prior: {printable(Path(config.out_dir) / 'prior.safetensors')}")
     return 0
 
 
