@@ -98,6 +98,17 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("LATENT", "LATENT")],
     ),
+    "NoiseARKSamplerAdvanced": (
+        [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+            ("noisear_model", "NOISEAR_MODEL"),
+            ("prior_text", "CONDITIONING"),
+        ],
+        [("LATENT", "LATENT")],
+    ),
     "NoiseARTextEncode": ([("clip", "CLIP")], [("conditioning", "CONDITIONING"), ("prior_text", "CONDITIONING")]),
     "NoiseARGoldenNoise": (
         [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("noise", "NOISE")],
@@ -120,6 +131,17 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
 # Widget input names of each node type in ComfyUI's order, as /object_info lists them; a seed with
 # control_after_generate is followed by the UI's "control_after_generate" widget.
 SEED_NAMES = ["noise_seed", "control_after_generate"]
+KSAMPLER_ADVANCED_NAMES = [
+    "add_noise",
+    *SEED_NAMES,
+    "steps",
+    "cfg",
+    "sampler_name",
+    "scheduler",
+    "start_at_step",
+    "end_at_step",
+    "return_with_leftover_noise",
+]
 WIDGET_NAMES: dict[str, list[str]] = {
     "CheckpointLoaderSimple": ["ckpt_name"],
     "UNETLoader": ["unet_name", "weight_dtype"],
@@ -143,17 +165,7 @@ WIDGET_NAMES: dict[str, list[str]] = {
     "BasicScheduler": ["scheduler", "steps", "denoise"],
     "CFGGuider": ["cfg"],
     "SamplerCustomAdvanced": [],
-    "KSamplerAdvanced": [
-        "add_noise",
-        *SEED_NAMES,
-        "steps",
-        "cfg",
-        "sampler_name",
-        "scheduler",
-        "start_at_step",
-        "end_at_step",
-        "return_with_leftover_noise",
-    ],
+    "KSamplerAdvanced": KSAMPLER_ADVANCED_NAMES,
     "KSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
     "LatentBatch": [],
     "VAEDecode": [],
@@ -177,6 +189,7 @@ WIDGET_NAMES: dict[str, list[str]] = {
         "temperature",
         "size_mode",
     ],
+    "NoiseARKSamplerAdvanced": [*KSAMPLER_ADVANCED_NAMES, "temperature", "size_mode"],
     "NoiseARGoldenNoise": [*SEED_NAMES, "scheduler", "steps", "cfg_denoise", "cfg_invert"],
     "NoiseARDatasetCollector": [
         "prompts",
@@ -651,7 +664,8 @@ def compare_blend_graph() -> Graph:
 # (Chroma's SamplerCustomAdvanced as KSampler), with KSampler swapped for NoiseAR KSampler. Where they differ: SD3.5
 # gets ModelSamplingSD3 at its own shift 3 and Flux dev CLIPTextEncode + FluxGuidance (the template's
 # CLIPTextEncodeFlux sets the same guidance value); HunyuanImage 2.1 and Lumina 2 have no template there, so their
-# settings are this project's choice (the model's own sampling shift, common steps and cfg). Prompts are our own.
+# settings are this project's choice (the model's own sampling shift, common steps and cfg). Wan 2.2 14B follows its
+# template's fp8_scaled group (two experts in series, 20 steps), not the 4-step LoRA group. Prompts are our own.
 FAMILY_PROMPT = "a red fox in fresh snow at dawn, soft light, detailed photo"
 VIDEO_PROMPT = "a red fox trotting through fresh snow at dawn, the camera tracking beside it, soft light"
 LUMINA_SYSTEM = (  # Lumina 2's system prompt ("superior"), which its prompts start with
@@ -668,7 +682,9 @@ class Standard:
     ``latent`` is the empty-latent node (Wan 2.2 5B's takes the VAE); ``ksampler`` KSampler's widgets;
     ``guidance`` FluxGuidance's value on the positive (Flux dev, cfg 1) or None; ``exact_text``: the prompt is
     NoiseAR Text Encode, whose prior_text marks the T5 padding (SD3, Flux); ``fps`` > 0: a video, saved by
-    CreateVideo and SaveVideo; ``golden``: the collector's (scheduler, steps, cfg_denoise, cfg_invert)."""
+    CreateVideo and SaveVideo; ``golden``: the collector's (scheduler, steps, cfg_denoise, cfg_invert);
+    ``second_expert``: the loader of a second MODEL that takes over at half the steps (Wan 2.2 14B's low-noise
+    expert; see ``samplers``) or None. The collector runs on the first MODEL, whose steps the golden step is in."""
 
     key: str  # workflows/noisear_<key>_ksampler.json and noisear_<key>_collect_dataset.json
     family: str  # noisear.families key
@@ -687,6 +703,7 @@ class Standard:
     exact_text: bool = False
     fps: int = 0
     note: str = ""
+    second_expert: Node | None = None
 
 
 def unet(name: str) -> Node:
@@ -871,6 +888,31 @@ STANDARDS = (
         "A Wan prior is trained at one frame count: collect its dataset with this empty latent.",
     ),
     Standard(
+        "wan2_2_14b",
+        "wan",
+        "Wan 2.2 T2V 14B (two experts)",
+        (
+            replace(unet("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"), title="High-noise expert"),
+            clip_loader("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan"),
+            vae_loader("wan_2.1_vae.safetensors"),
+        ),
+        *SPLIT,
+        Node("latent", "EmptyHunyuanLatentVideo", 1, 1.3, [640, 640, 81, 1], height=130),
+        ksampler_settings(20, 3.5, "euler", "simple"),
+        ("simple", 20, 3.5, 1.0),
+        prompt=VIDEO_PROMPT,
+        negative="static, blurry, low quality, distorted, flicker",
+        sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
+        fps=16,
+        note="Wan 2.2 14B samples with two experts of Wan 2.1 14B's shape (the prior's family is wan): the high-noise "
+        "expert runs steps 0-10 of 20 from the prior's start noise and hands its leftover noise to the low-noise "
+        "expert (KSamplerAdvanced, add_noise disable), which runs the rest. 81 frames make 21 latent frames. Collect "
+        "the prior's dataset with the high-noise expert at this size (its collector graph).",
+        second_expert=Node(
+            "unet2", "UNETLoader", 1, 1.95, ["wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "default"], "Low-noise expert", 90
+        ),
+    ),
+    Standard(
         "wan2_2_5b",
         "wan2.2-5b",
         "Wan 2.2 TI2V 5B (text-to-video)",
@@ -911,7 +953,8 @@ def family_prior(standard: Standard) -> Node:
 
 
 def standard_ksampler_graph(standard: Standard) -> Graph:
-    """The family's standard graph with KSampler swapped for NoiseAR KSampler, fed the family's own prior."""
+    """The family's standard graph with KSampler swapped for NoiseAR KSampler (with a second expert: the first
+    expert's sampler, see ``samplers``), fed the family's own prior."""
     nodes, links, model = standard_base(standard)
     prompt = (
         positive_prompt(standard.prompt)
@@ -923,26 +966,24 @@ def standard_ksampler_graph(standard: Standard) -> Graph:
         family_prior(standard),
         prompt,
         Node("neg", "CLIPTextEncode", 1, 0.65, [standard.negative], "Negative prompt", 140),
-        Node("ksampler", "NoiseARKSampler", 2, 0, [*standard.ksampler, 0.5, "any size"], height=380),
-        Node("decode", "VAEDecode", 3, 0, [], height=50),
     ]
-    links += [
-        (*standard.clip, "pos", "clip"),
-        (*standard.clip, "neg", "clip"),
-        (*model, "ksampler", "model"),
-        ("neg", 0, "ksampler", "negative"),
-        ("latent", 0, "ksampler", "latent_image"),
-        ("loader", 0, "ksampler", "noisear_model"),
-        ("ksampler", 0, "decode", "samples"),
+    sampler_nodes, sampler_links, keys = samplers(standard, model)
+    first, last = keys[0], keys[-1]
+    nodes += sampler_nodes + [Node("decode", "VAEDecode", 3, 0, [], height=50)]
+    links += [(*standard.clip, "pos", "clip"), (*standard.clip, "neg", "clip"), *sampler_links]
+    links += [("neg", 0, key, "negative") for key in keys] + [
+        ("latent", 0, first, "latent_image"),
+        ("loader", 0, first, "noisear_model"),
+        (last, 0, "decode", "samples"),
         (*standard.vae, "decode", "vae"),
     ]
     if standard.guidance is not None:
         nodes.append(Node("guidance", "FluxGuidance", 2, 1.55, [standard.guidance], height=60))
         links.append(("pos", CONDITIONING, "guidance", "conditioning"))
         positive = ("guidance", 0)
-    links.append((*positive, "ksampler", "positive"))
+    links += [(*positive, key, "positive") for key in keys]
     if standard.exact_text:
-        links.append(("pos", PRIOR_TEXT, "ksampler", "prior_text"))
+        links.append(("pos", PRIOR_TEXT, first, "prior_text"))
     if standard.fps:
         nodes += [
             Node("video", "CreateVideo", 3, 0.35, [float(standard.fps)], height=80),
@@ -957,17 +998,64 @@ def standard_ksampler_graph(standard: Standard) -> Graph:
         if standard.exact_text
         else "The prior reads the positive prompt's conditioning: this family's encoder says where the prompt ends."
     )
-    about = f"{standard.title}: the standard graph with KSampler swapped for NoiseAR KSampler (+ NoiseAR Loader with a "
-    about += f"prior trained for this family). {text}"
+    swap = (
+        "the first expert's KSamplerAdvanced swapped for NoiseAR KSampler (Advanced)"
+        if standard.second_expert
+        else "KSampler swapped for NoiseAR KSampler"
+    )
+    about = f"{standard.title}: the standard graph with {swap} (+ NoiseAR Loader with a prior trained for this family). "
+    about += text
     nodes.append(Node("note", "Note", 0, 2.6, ["\n\n".join(filter(None, [about, standard.note]))], "About this graph", 240))
     kind = "text-to-video" if standard.fps else "text-to-image"
     return Graph(
         f"noisear_{standard.key}_ksampler",
-        f"{standard.title}: its standard {kind} graph with KSampler swapped for NoiseAR KSampler and the NoiseAR "
-        "Loader added (a prior trained for this family: see docs/train-your-prior.md).",
+        f"{standard.title}: its standard {kind} graph with {swap} and the NoiseAR Loader added (a prior trained for "
+        "this family: see docs/train-your-prior.md).",
         nodes,
         links,
     )
+
+
+def samplers(standard: Standard, model: tuple[str, int]) -> tuple[list[Node], list[tuple[str, int, str, str]], list[str]]:
+    """The sampler nodes on ``model`` -> (nodes, links, the samplers' keys in order). One NoiseAR KSampler, or with a
+    second expert the family template's two stages: NoiseAR KSampler (Advanced) draws the prior's start noise for the
+    seed and runs steps 0 to half on ``model``, returning the leftover noise; KSamplerAdvanced (add_noise disable,
+    the template's seed 0) runs the rest on the second expert's MODEL, patched as the first. The caller links the
+    prompts to every sampler, the start latent and the prior to the first, the last one's LATENT to the decoder."""
+    if standard.second_expert is None:
+        node = Node("ksampler", "NoiseARKSampler", 2, 0, [*standard.ksampler, 0.5, "any size"], height=380)
+        return [node], [(*model, "ksampler", "model")], ["ksampler"]
+    seed, control, steps, cfg, sampler, scheduler, _ = standard.ksampler  # KSampler's widgets; denoise is 1
+    half, expert = steps // 2, standard.second_expert
+    nodes = [
+        expert,
+        Node(
+            "ksampler",
+            "NoiseARKSamplerAdvanced",
+            2,
+            0,
+            ["enable", seed, control, steps, cfg, sampler, scheduler, 0, half, "enable", 0.5, "any size"],
+            f"First expert, steps 0-{half}",
+            450,
+        ),
+        Node(
+            "ksampler2",
+            "KSamplerAdvanced",
+            2,
+            1.85,
+            ["disable", 0, "fixed", steps, cfg, sampler, scheduler, half, 10000, "disable"],
+            f"Second expert, steps {half}-{steps}",
+            330,
+        ),
+    ]
+    links = [(*model, "ksampler", "model"), ("ksampler", 0, "ksampler2", "latent_image")]
+    expert_model = (expert.key, 0)
+    if standard.sampling is not None:
+        nodes.append(replace(standard.sampling, key="sampling2", column=expert.column, row=expert.row + 0.45))
+        links.append((*expert_model, "sampling2", "model"))
+        expert_model = ("sampling2", 0)
+    links.append((*expert_model, "ksampler2", "model"))
+    return nodes, links, ["ksampler", "ksampler2"]
 
 
 def standard_collect_graph(standard: Standard) -> Graph:
@@ -997,7 +1085,12 @@ def standard_collect_graph(standard: Standard) -> Graph:
         f"{standard.title}: collect a NoiseAR training set with NoiseAR Dataset Collector on the family's MODEL at "
         f"its standard size ({size.replace('x', ' x ')}): golden noise by the family's recipe (scheduler and steps "
         "of its standard graph; see docs/train-your-prior.md for the recipe, the pairs to collect and their cost), "
-        f"then `python -m noisear train output/noisear_dataset/{standard.key}/{size}`.",
+        f"then `python -m noisear train output/noisear_dataset/{standard.key}/{size}`."
+        + (
+            " Of the two experts, the golden step (at the top of the schedule) is the first's: the collector runs on it."
+            if standard.second_expert
+            else ""
+        ),
         nodes,
         links,
     )
