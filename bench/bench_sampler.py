@@ -194,14 +194,16 @@ def main() -> None:
         for name in ("fp32", "bf16", "naive")[: 3 if args.naive_reps else 2]:
             per_sample[name, batch] = seconds[name] / batch
             ratio[name, batch] = per_sample[name, batch] / fp32_roofline
-            own = f"; {seconds[name] / seconds[f'{name} own']:.2f}x its own matrices ({seconds[f'{name} own'] * 1e3:.0f} ms)"
-            own_ratio[name, batch] = seconds[name] / seconds.get(f"{name} own", float("nan"))
+            own = ""
+            if name != "naive":  # the naive path has no matrices of its own to compare with
+                own_ratio[name, batch] = seconds[name] / seconds[f"{name} own"]
+                own = f"; {own_ratio[name, batch]:.2f}x its own matrices ({seconds[f'{name} own'] * 1e3:.0f} ms)"
             print(
                 f"{name:<6} batch {batch}: {per_sample[name, batch] * 1e3:7.0f} ms per sample; "
                 f"bandwidth {bandwidth / 1e9:.1f} GB/s -> fp32 roofline {fp32_roofline * 1e3:.0f} ms"
                 + (f", bf16 roofline {roofline('bf16', batch, bandwidth) * 1e3:.0f} ms" if name == "bf16" else "")
                 + f"; {ratio[name, batch]:.2f}x the fp32 roofline"
-                + (own if name != "naive" else "")
+                + own
             )
 
     text, native_eps = torch.randn(1, TEXT_TOKENS, config.text_dim), torch.randn(1, 4, 128, 128)
