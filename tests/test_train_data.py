@@ -1,5 +1,7 @@
 """Dataset shards: writer (incremental, resumable), row reader, prompt and seed split, mixed batch plan, inspect."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,9 @@ def test_a_shard_written_before_seed_schemes_is_read_with_an_unknown_scheme(tmp_
     dataset = ShardDataset(tmp_path)
     assert dataset.info.seed_scheme == "unknown" and dataset.info.source_model == "old" and len(dataset) == 4
     assert dataset.seed_counts() == {"distinct_seeds": 2, "shared_seeds": 2, "samples_with_shared_seed": 4}
+
+
+def test_dataset_info_naming_a_family_this_version_does_not_know_is_a_clear_error():
+    with pytest.raises(DatasetError, match="model family 'sd9', which this version does not know; known: chroma"):
+        DatasetInfo.from_json(json.dumps({"family": "sd9"}))
+    assert DatasetInfo.from_json(json.dumps({"family": "flux"})).family == "flux"

@@ -53,6 +53,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import NoiseARError, listing, quoted
+from ..families import FAMILIES
 from ..io import file_state, write_atomically
 from ..model import standard_normal
 from ..patches import top_left, whole_patches
@@ -130,6 +131,11 @@ class DatasetInfo:
             if not fits:
                 noun = {str: "a string", int: "an integer", float: "a finite number", dict: "an object"}[kind]
                 raise DatasetError(f"dataset info field {key!r} must be {noun}, got {quoted(value)}")
+        if values.get("family", "") not in ("", *FAMILIES):
+            raise DatasetError(
+                f"dataset info names the model family {quoted(values['family'])}, which this version does not know; "
+                f"known: {listing(sorted(FAMILIES))} (a dataset from a newer version: update comfyui-noisear)"
+            )
         return cls(**values)
 
 
@@ -228,6 +234,10 @@ class Batch:
 
     def to(self, device: str | torch.device) -> "Batch":
         return replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_NAMES})
+
+    def rows(self, index: torch.Tensor | slice) -> "Batch":
+        """The samples ``index`` picks (a slice, a bool mask or positions), ``stored_shape`` kept."""
+        return replace(self, **{name: getattr(self, name)[index] for name in TENSOR_NAMES})
 
     @staticmethod
     def concat(parts: list["Batch"]) -> "Batch":
@@ -683,7 +693,7 @@ class BatchPlan:
             positions.append(where)
         back = torch.as_tensor(np.argsort(np.concatenate(positions)), dtype=torch.long)
         merged = Batch.concat(parts)
-        return replace(merged, **{name: getattr(merged, name)[back] for name in TENSOR_NAMES})
+        return merged.rows(back)
 
 
 class ShardWriter:
@@ -824,8 +834,7 @@ class ShardWriter:
 
     def _write(self, count: int) -> None:
         merged = Batch.concat(self._buffer)
-        head = Batch(*(getattr(merged, name)[:count] for name in TENSOR_NAMES))
-        rest = Batch(*(getattr(merged, name)[count:] for name in TENSOR_NAMES))
+        head, rest = merged.rows(slice(None, count)), merged.rows(slice(count, None))
         self._buffer = [rest] if len(rest) else []
         shard_prompts = {p: self._prompts[p] for p in set(head.prompt_index.tolist()) if p in self._prompts}
         tensors = {
