@@ -120,13 +120,9 @@ def frechet_between(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def alignment(s: Scored, reference: Reference) -> float:
-    """Digits: share of images classified as the requested class (higher is better)."""
-    return float(s.satisfied.double().mean())
-
-
-def satisfied(s: Scored, reference: Reference) -> float:
-    """Layout: share of images that hold what the prompt asks: one digit, in an allowed quadrant, classified as
-    the requested digit (higher is better)."""
+    """Share of images that hold what the prompt asks (``Scored.satisfied``; higher is better). Digits ("alignment"):
+    classified as the requested class; layout ("satisfied"): one digit, in an allowed quadrant, classified as the
+    requested digit."""
     return float(s.satisfied.double().mean())
 
 
@@ -174,6 +170,8 @@ def balance(s: Scored, reference: Reference) -> float:
         if allowed.sum() > 1:
             found = torch.bincount(s.quadrant[s.labels == label], minlength=4).double()
             distances.append(0.5 * (found / found.sum() - allowed.double() / allowed.sum()).abs().sum())
+    if not distances:
+        raise ValueError("balance needs a prompt that leaves the quadrant open; these prompts all name one quadrant")
     return 1.0 - float(torch.stack(distances).mean())
 
 
@@ -194,7 +192,7 @@ DIGITS_METRICS: dict[str, Metric] = {
     "diversity": diversity,
     "coverage": coverage,
 }
-LAYOUT_METRICS: dict[str, Metric] = {"satisfied": satisfied, "balance": balance, "FD": frechet_distance, "coverage": coverage}
+LAYOUT_METRICS: dict[str, Metric] = {"satisfied": alignment, "balance": balance, "FD": frechet_distance, "coverage": coverage}
 LOWER_IS_BETTER = frozenset({"FD"})
 Judge = Callable[[torch.Tensor, PromptSet], Scored]  # (images, the items) -> the judge's view
 

@@ -21,7 +21,6 @@ from ..model import NoiseAR
 from ..train.collect import Golden, PromptItem, Reward, collect
 from ..train.data import (
     SEED_SCHEME,
-    TENSOR_NAMES,
     Batch,
     DatasetInfo,
     PromptSet,
@@ -159,7 +158,7 @@ def covariance_baseline(data_dir: str | Path, mean_of: Callable | None = None) -
     inner = PromptCovarianceBaseline(dataset, 0.0, seed_fraction=2 * HELD_OUT_SEEDS, mean_of=mean_of)
     batch = Batch.concat(list(dataset.iterate("validation", 0.0, 4096, 2 * HELD_OUT_SEEDS)))
     inner_rows = torch.tensor([not validation_seed(int(seed), HELD_OUT_SEEDS) for seed in batch.seed])
-    inner_batch = Batch(*(getattr(batch, name)[inner_rows] for name in TENSOR_NAMES))
+    inner_batch = batch.rows(inner_rows)
     scores = {}
     for shrinkage in SHRINKAGES:
         inner.shrinkage = shrinkage
