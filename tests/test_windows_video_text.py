@@ -243,3 +243,32 @@ def test_a_prior_must_fit_the_family_it_names():
     with pytest.raises(NoiseARConfigError, match="family must be one of"):
         replace(flux, family="flux2")
     assert NoiseARConfig().family_key == "sdxl" and NoiseARConfig(text_dim=1024).family_key == "hunyuan-dit"
+
+
+# Hostile sizes: the estimate itself ---------------------------------------------------------------------
+
+
+def test_the_schedule_of_a_very_wide_sliding_window_is_linear_in_its_patches():
+    """A grid 4 patches tall and 20,000 wide keeps thousands of decoders' origins in one row; each
+    step must not scan them all (that made the estimate of a legal wide draw take minutes before any draw)."""
+    import signal
+
+    def hang(*_):
+        raise TimeoutError("DecodingPlan.schedule took over 30 s for 40,000 patches")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        steps = list(replace(IMAGE, window=2).plan(8, 2 * 20_000).schedule())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(steps) == 80_000 and sum(len(step.dropped) for step in steps) == 2 * 19_999  # rows 2 and 3 start anew
+
+
+def test_a_small_priors_draw_of_many_patches_is_estimated_with_its_per_step_overhead():
+    """A tiny prior's step is nearly all fixed overhead (0.4-1.3 ms on a CPU): weights and FLOPs alone made
+    2^20 patches about 5 s, so a draw of tens of minutes passed the bound."""
+    tiny = replace(IMAGE, patch_size=1, latent_height=1, latent_width=1, d_model=8, d_ff=8)
+    estimate = cost_module.estimate(tiny, (512, 512), text_tokens=5)
+    assert estimate.seconds("cpu") >= 512 * 512 * 3e-4
