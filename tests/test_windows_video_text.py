@@ -133,6 +133,14 @@ def test_an_image_prior_draws_a_one_frame_latent_as_the_image_with_its_time_axis
     assert torch.equal(model.sample(words, draws[:, :, None]), model.sample(words, draws)[:, :, None])
 
 
+def test_an_image_prior_scores_a_one_frame_latent_as_the_image():
+    """What an image prior samples at [B, C, 1, H, W] it also scores; two frames stay refused."""
+    model, words, noise = random_prior(IMAGE), text(IMAGE), eps((2, 3, 6, 6))
+    assert torch.equal(model.log_prob(words, noise[:, :, None]), model.log_prob(words, noise))
+    with pytest.raises(NoiseARInputError, match=r"noise has shape \[2, 3, 2, 6, 6\]; this prior scores \[batch, 3, H, W\]"):
+        model.log_prob(words, torch.stack([noise, noise], dim=2))
+
+
 def test_a_video_prior_scores_a_video_within_its_window():
     model = random_prior(VIDEO)
     noise = eps((2, 2, 2, 4, 4))
