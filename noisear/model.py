@@ -327,7 +327,10 @@ class NoiseAR(nn.Module):
             return text
         if text.shape[0] == 1:
             return text.expand(batch, *text.shape[1:])
-        raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
+        per_item = f" or one per item (batch {batch})" if batch > 1 else ""
+        raise NoiseARInputError(
+            f"text batch {text.shape[0]} does not match noise batch {batch}; give one text (batch 1) for every item{per_item}"
+        )
 
     def attended_text(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Drop the tokens that no item attends to: text [B, T, D] and mask [B or 1, T] -> text [B, T', D] and a

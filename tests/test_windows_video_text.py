@@ -196,6 +196,16 @@ def test_text_beyond_the_priors_limit_and_text_without_tokens_are_refused():
         model.sample(text(IMAGE, tokens=0), eps((1, 3, 6, 6)))
 
 
+def test_texts_for_more_items_than_the_latent_has_are_refused_saying_what_to_give():
+    model = random_prior(IMAGE)
+    with pytest.raises(
+        NoiseARInputError, match=r"text batch 3 does not match noise batch 1; give one text \(batch 1\) for every item$"
+    ):
+        model.sample(text(IMAGE, batch=3), eps((1, 3, 6, 6)))
+    with pytest.raises(NoiseARInputError, match=r"batch 2; give one text \(batch 1\) for every item or one per item \(batch 2\)"):
+        model.sample(text(IMAGE, batch=3), eps((2, 3, 6, 6)))
+
+
 # The cost of a draw ---------------------------------------------------------------------------------------
 
 
