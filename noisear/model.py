@@ -350,7 +350,8 @@ class NoiseAR(nn.Module):
         limit = self.config.text_tokens
         if limit and tokens > limit:
             raise NoiseARInputError(
-                f"the text has {tokens} tokens (padding excluded); this {self.config.title} prior reads at most {limit}"
+                f"the text has {tokens} tokens (padding excluded); this {self.config.title} prior reads at most {limit}: "
+                f"shorten the prompt, or use a prior trained with a larger text limit (noisear train --text-tokens)"
             )
 
     # The network: one block for teacher forcing and cached decoding ----------------------------------
