@@ -23,8 +23,9 @@ class Speed:
     step: float  # seconds of fixed overhead per decoder step
 
 
-# step overhead: a tiny prior's cached step took 0.4-1.3 ms on the 2-core CPU (d_model 24-256, quiet to loaded)
-DEVICE_SPEEDS = {"cpu": Speed(2e10, 1e11, 4e-4), "cuda": Speed(1e12, 3e13, 1e-4), "mps": Speed(1e11, 3e12, 2e-4)}
+# step overhead on a CPU: a 2-layer d_model 24 prior's cached step took 1.25 ms on the loaded 2-core CPU, and a
+# 4-layer 22 M prior's took about 1.2 ms more than the bandwidth and FLOP terms in a quiet moment; on a GPU assumed
+DEVICE_SPEEDS = {"cpu": Speed(2e10, 1e11, 1e-3), "cuda": Speed(1e12, 3e13, 1e-4), "mps": Speed(1e11, 3e12, 2e-4)}
 
 
 @dataclass(frozen=True)

@@ -287,8 +287,8 @@ def test_the_schedule_of_a_very_wide_sliding_window_is_linear_in_its_patches():
 
 
 def test_a_small_priors_draw_of_many_patches_is_estimated_with_its_per_step_overhead():
-    """A tiny prior's step is nearly all fixed overhead (0.4-1.3 ms on a CPU): weights and FLOPs alone made
-    2^20 patches about 5 s, so a draw of tens of minutes passed the bound."""
+    """A tiny prior's step is nearly all fixed overhead (about 1 ms on a CPU): weights and FLOPs alone made
+    2^20 patches about 5 s, so a draw of over half an hour passed the bound."""
     tiny = replace(IMAGE, patch_size=1, latent_height=1, latent_width=1, d_model=8, d_ff=8)
     estimate = cost_module.estimate(tiny, (256, 256), text_tokens=5)
     assert estimate.seconds("cpu") >= 256 * 256 * 3e-4
