@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from noisear.config import NoiseARError
 from noisear.cost import problem as cost_problem
 from noisear.mixing import blend
 from noisear.patches import DecodingPlan
@@ -207,7 +208,10 @@ class NoiseARNoise:
             host.throw_if_interrupted()
             bar.update_absolute(done, total)
 
-        return self.prior.draw(self.text, eps, self.temperature, self.text_mask, callback)
+        try:
+            return self.prior.draw(self.text, eps, self.temperature, self.text_mask, callback)
+        except NoiseARError as err:  # the library's refusal (e.g. a prompt over the prior's text limit), named by node
+            raise NoiseARNodeError(f"{self.node}: {err}") from None
 
 
 class BlendedNoise:

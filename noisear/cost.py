@@ -1,8 +1,9 @@
 """What one draw costs, estimated from its decoding plan before anything is allocated, and the bound it must
 stay under (``LIMITS.draw_*``). The estimate follows the sampler's own order of work (DecodingPlan.schedule).
 
-Time model: every decoder step streams the weights once (the batch-1 bottleneck) and does its arithmetic;
-seconds = weight bytes read / bandwidth + FLOPs / arithmetic rate, with deliberately modest rates per device
+Time model: every decoder step streams the weights once (the batch-1 bottleneck), does its arithmetic and
+pays a fixed overhead (Python and kernel launches, what dominates a small prior's step); seconds = steps x
+(overhead + weight bytes / bandwidth) + FLOPs / arithmetic rate, with deliberately modest rates per device
 type (a 2-core CPU, a mid-range GPU). It is an estimate for refusing the absurd and warning about the slow,
 not a benchmark: bench/bench_sizes.py measures.
 """
@@ -19,9 +20,12 @@ from .config import LIMITS, NoiseARConfig
 class Speed:
     bandwidth: float  # bytes per second
     flops: float  # floating-point operations per second
+    step: float  # seconds of fixed overhead per decoder step
 
 
-DEVICE_SPEEDS = {"cpu": Speed(2e10, 1e11), "cuda": Speed(1e12, 3e13), "mps": Speed(1e11, 3e12)}
+# step overhead on a CPU: a 2-layer d_model 24 prior's cached step took 1.25 ms on the loaded 2-core CPU, and a
+# 4-layer 22 M prior's took about 1.2 ms more than the bandwidth and FLOP terms in a quiet moment; on a GPU assumed
+DEVICE_SPEEDS = {"cpu": Speed(2e10, 1e11, 1e-3), "cuda": Speed(1e12, 3e13, 1e-4), "mps": Speed(1e11, 3e12, 2e-4)}
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class DrawCost:
 
     def seconds(self, device_type: str) -> float:
         speed = DEVICE_SPEEDS.get(device_type, DEVICE_SPEEDS["cpu"])
-        return self.steps * self.weight_bytes / speed.bandwidth + self.flops / speed.flops
+        return self.steps * (speed.step + self.weight_bytes / speed.bandwidth) + self.flops / speed.flops
 
     def describe(self, device_type: str) -> str:
         return (

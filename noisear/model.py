@@ -327,7 +327,10 @@ class NoiseAR(nn.Module):
             return text
         if text.shape[0] == 1:
             return text.expand(batch, *text.shape[1:])
-        raise NoiseARInputError(f"text batch {text.shape[0]} does not match noise batch {batch}; give 1 or {batch}")
+        per_item = f" or one per item (batch {batch})" if batch > 1 else ""
+        raise NoiseARInputError(
+            f"text batch {text.shape[0]} does not match noise batch {batch}; give one text (batch 1) for every item{per_item}"
+        )
 
     def attended_text(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Drop the tokens that no item attends to: text [B, T, D] and mask [B or 1, T] -> text [B, T', D] and a
@@ -347,7 +350,8 @@ class NoiseAR(nn.Module):
         limit = self.config.text_tokens
         if limit and tokens > limit:
             raise NoiseARInputError(
-                f"the text has {tokens} tokens (padding excluded); this {self.config.title} prior reads at most {limit}"
+                f"the text has {tokens} tokens (padding excluded); this {self.config.title} prior reads at most {limit}: "
+                f"shorten the prompt, or use a prior trained with a larger text limit (noisear train --text-tokens)"
             )
 
     # The network: one block for teacher forcing and cached decoding ----------------------------------
@@ -439,7 +443,8 @@ class NoiseAR(nn.Module):
 
         Defined on the grids training sees: the native latent for a 1-D position table (the published
         priors; a sliding-window sample of another size is not scored), any grid of whole patches within
-        one decoding window for a 2-D or video prior. ``noise`` is [B, C, H, W] ([B, C, T, H, W] for video).
+        one decoding window for a 2-D or video prior. ``noise`` is [B, C, H, W] ([B, C, T, H, W] for video; an
+        image prior also scores a one-frame [B, C, 1, H, W], as it samples one).
 
         ``mean_target`` (training only, shaped like noise): the value is unchanged, but the means' gradient
         comes from (mean_target - mu) instead of (noise - mu), and the log-variances' from the full residual
@@ -465,8 +470,10 @@ class NoiseAR(nn.Module):
 
     def _check_noise(self, noise: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Refuse a noise that log_prob cannot score (rank, channels, size); -> the noise on the model's
-        device and its patch grid."""
+        device (an image prior's one-frame [B, C, 1, H, W], as Qwen-Image's, as the image) and its patch grid."""
         c = self.config
+        if not c.video and noise.ndim == 5 and noise.shape[2] == 1:
+            noise = noise[:, :, 0]
         rank = 5 if c.video else 4
         if c.positions == "table":
             fits = noise.ndim == 4 and tuple(noise.shape[1:]) == (c.channels, c.latent_height, c.latent_width)

@@ -161,11 +161,13 @@ class DecodingPlan:
         estimate both follow it): a decoder per window origin; one that a later patch may still use is kept,
         one whose origin differs on any axis but the last from the current patch's is dropped."""
         positions: dict[tuple[int, ...], int] = {}  # live decoders: origin -> positions in its cache
+        prefix: tuple[int, ...] | None = None  # the origin's axes but the last, shared by every live decoder
         for index in range(self.patches):
             origin, local = self.origin(index), self.local(index)
-            dropped = tuple(key for key in positions if key[:-1] != origin[:-1])
-            for key in dropped:
-                del positions[key]
+            dropped: tuple[tuple[int, ...], ...] = ()
+            if origin[:-1] != prefix:  # every live decoder has the old prefix: drop them all at once
+                dropped, prefix = tuple(positions), origin[:-1]
+                positions.clear()
             start = positions.get(origin, 0)
             positions[origin] = local + 1
             yield Step(index, origin, range(start, local + 1), dropped)

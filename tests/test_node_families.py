@@ -338,6 +338,16 @@ def test_a_draw_over_the_bound_is_refused_with_the_librarys_estimate_before_anyt
     assert prior.model.calls == []
 
 
+def test_a_prompt_over_the_priors_text_limit_is_refused_by_the_node_that_draws():
+    config = NoiseARConfig(
+        patch_size=2, channels=4, latent_height=4, latent_width=4, d_model=8, d_ff=8, text_dim=24, positions="2d",
+        text_tokens=4,
+    )  # fmt: skip
+    prior = NoiseARPrior(NoiseAR(config), "stand-in", "auto", "fp32")
+    with pytest.raises(NoiseARNodeError, match=r"^NoiseAR Noise: the text has 9 tokens .*at most 4: shorten the prompt"):
+        draw(prior, conditioning(tokens=9), {"samples": torch.zeros(1, 4, 4, 4)})
+
+
 def test_a_long_draw_is_announced_on_the_node_before_it_starts(host_fakes, monkeypatch):
     monkeypatch.setattr(noise_module, "LONG_DRAW_SECONDS", 0.0)
     shown_at_draw = []

@@ -133,6 +133,14 @@ def test_an_image_prior_draws_a_one_frame_latent_as_the_image_with_its_time_axis
     assert torch.equal(model.sample(words, draws[:, :, None]), model.sample(words, draws)[:, :, None])
 
 
+def test_an_image_prior_scores_a_one_frame_latent_as_the_image():
+    """What an image prior samples at [B, C, 1, H, W] it also scores; two frames stay refused."""
+    model, words, noise = random_prior(IMAGE), text(IMAGE), eps((2, 3, 6, 6))
+    assert torch.equal(model.log_prob(words, noise[:, :, None]), model.log_prob(words, noise))
+    with pytest.raises(NoiseARInputError, match=r"noise has shape \[2, 3, 2, 6, 6\]; this prior scores \[batch, 3, H, W\]"):
+        model.log_prob(words, torch.stack([noise, noise], dim=2))
+
+
 def test_a_video_prior_scores_a_video_within_its_window():
     model = random_prior(VIDEO)
     noise = eps((2, 2, 2, 4, 4))
@@ -182,10 +190,22 @@ def test_text_beyond_the_priors_limit_and_text_without_tokens_are_refused():
     model = random_prior(replace(IMAGE, text_tokens=4))
     words, mask = padded(text(IMAGE, tokens=4), 8, seed=3)
     assert model.sample(words, eps((1, 3, 6, 6)), text_mask=mask).shape == (1, 3, 6, 6)  # 4 real tokens: fine
-    with pytest.raises(NoiseARInputError, match="the text has 5 tokens .padding excluded.; this own prior reads at most 4"):
+    with pytest.raises(
+        NoiseARInputError, match="the text has 5 tokens .padding excluded.; this own prior reads at most 4: shorten the prompt"
+    ):
         model.sample(text(IMAGE, tokens=5), eps((1, 3, 6, 6)))
     with pytest.raises(NoiseARInputError, match="the text has no tokens"):
         model.sample(text(IMAGE, tokens=0), eps((1, 3, 6, 6)))
+
+
+def test_texts_for_more_items_than_the_latent_has_are_refused_saying_what_to_give():
+    model = random_prior(IMAGE)
+    with pytest.raises(
+        NoiseARInputError, match=r"text batch 3 does not match noise batch 1; give one text \(batch 1\) for every item$"
+    ):
+        model.sample(text(IMAGE, batch=3), eps((1, 3, 6, 6)))
+    with pytest.raises(NoiseARInputError, match=r"batch 2; give one text \(batch 1\) for every item or one per item \(batch 2\)"):
+        model.sample(text(IMAGE, batch=3), eps((2, 3, 6, 6)))
 
 
 # The cost of a draw ---------------------------------------------------------------------------------------
@@ -243,3 +263,32 @@ def test_a_prior_must_fit_the_family_it_names():
     with pytest.raises(NoiseARConfigError, match="family must be one of"):
         replace(flux, family="flux2")
     assert NoiseARConfig().family_key == "sdxl" and NoiseARConfig(text_dim=1024).family_key == "hunyuan-dit"
+
+
+# Hostile sizes: the estimate itself ---------------------------------------------------------------------
+
+
+def test_the_schedule_of_a_very_wide_sliding_window_is_linear_in_its_patches():
+    """A grid 4 patches tall and 20,000 wide keeps thousands of decoders' origins in one row; each
+    step must not scan them all (that made the estimate of a legal wide draw take minutes before any draw)."""
+    import signal
+
+    def hang(*_):
+        raise TimeoutError("DecodingPlan.schedule took over 30 s for 40,000 patches")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        steps = list(replace(IMAGE, window=2).plan(8, 2 * 20_000).schedule())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(steps) == 80_000 and sum(len(step.dropped) for step in steps) == 2 * 19_999  # rows 2 and 3 start anew
+
+
+def test_a_small_priors_draw_of_many_patches_is_estimated_with_its_per_step_overhead():
+    """A tiny prior's step is nearly all fixed overhead (about 1 ms on a CPU): weights and FLOPs alone made
+    2^20 patches about 5 s, so a draw of over half an hour passed the bound."""
+    tiny = replace(IMAGE, patch_size=1, latent_height=1, latent_width=1, d_model=8, d_ff=8)
+    estimate = cost_module.estimate(tiny, (256, 256), text_tokens=5)
+    assert estimate.seconds("cpu") >= 256 * 256 * 3e-4
