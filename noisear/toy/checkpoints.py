@@ -65,6 +65,11 @@ def save_net(module: torch.nn.Module, path: Path, config: object | None = None) 
     write_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
 
 
+def save_with_config(module: torch.nn.Module, path: Path) -> None:
+    """:func:`save_net` with the module's own ``config`` (every toy network carries one)."""
+    save_net(module, path, module.config)
+
+
 def load_net(cls: type, config_cls: type | None, path: Path, testbed: str = "digits") -> torch.nn.Module:
     """Rebuild ``cls(config)`` from a file written by :func:`save_net`, in eval mode."""
     if not path.is_file():

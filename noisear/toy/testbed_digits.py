@@ -39,8 +39,8 @@ from .checkpoints import (
     load_net,
     load_tensor,
     missing,
-    save_net,
     save_tensor,
+    save_with_config,
 )
 from .classifier import ClassifierConfig, ClassifierTraining, DigitClassifier, RewardConfig, RewardMLP, accuracy, train_classifier
 from .data import IMAGE_SHAPE, NUM_CLASSES, load_split, split_half
@@ -195,7 +195,7 @@ def retrain(
     classifier = stages.run(
         "classifier",
         lambda: train_classifier(train, config.classifier),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(DigitClassifier, ClassifierConfig, p),
     )
     stages.notes["judge (classifier) held-out accuracy"] = (
@@ -204,7 +204,7 @@ def retrain(
     reward = stages.run(
         "reward",
         lambda: train_classifier(split_half(train, REWARD_SPLIT_SEED), config.reward, lambda: RewardMLP(), desc="reward model"),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(RewardMLP, RewardConfig, p),
     )
     stages.notes["reward model held-out accuracy"] = (
@@ -213,19 +213,19 @@ def retrain(
     denoiser = stages.run(
         "denoiser",
         lambda: train_denoiser(train, config.denoiser),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(Denoiser, DenoiserConfig, p),
     )
     pixel_prior = stages.run(
         "pixel_prior",
         lambda: train_pixel_prior(train, config.pixel_prior),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(PixelPrior, PixelPriorConfig, p),
     )
     stages.run(
         "denoiser_method1",
         lambda: train_consistent_denoiser(train, pixel_prior, config.consistency, config.denoiser),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(Denoiser, DenoiserConfig, p),
     )
     work = stages.directory / "_work"

@@ -52,8 +52,8 @@ from .checkpoints import (
     load_net,
     load_tensors,
     missing,
-    save_net,
     save_tensors,
+    save_with_config,
 )
 from .classifier import ClassifierConfig, ClassifierTraining, DigitClassifier, RewardConfig, RewardMLP, accuracy, train_classifier
 from .data import NUM_CLASSES, Digits, load_split, split_half
@@ -236,7 +236,7 @@ def retrain(
         lambda: train_classifier(
             train, config.judge, partial(DigitClassifier, ClassifierConfig(16, 4 * NUM_CLASSES)), canvas_examples, "judge"
         ),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(DigitClassifier, ClassifierConfig, p),
     )
     stages.notes["judge held-out accuracy"] = (
@@ -251,14 +251,14 @@ def retrain(
             canvas_examples,
             "reward model",
         ),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(RewardMLP, RewardConfig, p),
     )
     stages.notes["reward model held-out accuracy"] = f"{accuracy(reward, test_canvases, test_classes):.4f} on the same canvases"
     denoiser = stages.run(
         "denoiser",
         lambda: train_denoiser(train, config.denoiser, PromptDenoiserConfig(), conditioning=prompt_conditioning),
-        lambda m, p: save_net(m, p, m.config),
+        save_with_config,
         lambda p: load_net(PromptDenoiser, PromptDenoiserConfig, p),
     )
     work = stages.directory / "_work"
