@@ -18,7 +18,7 @@ from ..families import FAMILIES
 from ..model import NoiseAR
 from .data import Batch, BatchPlan, DatasetError, ShardDataset, known_start_noise, repeated_noises_message, shift_from_start
 from .loop import LogProb, Range, Runtime, TrainConfig, initial_model, train
-from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim, scored_noise
+from .metrics import PromptMeanBaseline, held_out_metrics, nll_per_dim
 from .runs import TrainingError
 
 
@@ -31,8 +31,8 @@ class LikelihoodObjective:
     prompt and of the earlier patches, so the expected gradient is the same while the per-sample noise no
     longer swamps the shift; the loss value is still the NLL. It needs the dataset's seeds to say what the
     starting noise was (``known_start_noise``). Validation: :func:`held_out_metrics` on the held-out pairs,
-    with the prompt-mean baseline fitted on the training split (single-size data only). ``video``: whether the prior
-    is a video prior (else one-frame noise [B, C, 1, H, W] is scored as [B, C, H, W]: :func:`scored_noise`).
+    with the prompt-mean baseline fitted on the training split (single-size data only). A video family's one-frame
+    noise [B, C, 1, H, W] trains an image prior as it is: NoiseAR.log_prob scores it as the image.
     """
 
     uses_dropout = True
@@ -44,7 +44,6 @@ class LikelihoodObjective:
         baseline_ridge: float = 0.1,
         eval_batch_size: int = 64,
         control_variate: bool = False,
-        video: bool = False,
     ) -> None:
         if control_variate and not known_start_noise(dataset.info):
             raise DatasetError(
@@ -55,7 +54,7 @@ class LikelihoodObjective:
         problem = Range(0.0).problem(baseline_ridge)
         if problem:
             raise TrainingError(f"baseline_ridge (--baseline-ridge) {problem}")
-        self.control_variate, self.video = control_variate, video
+        self.control_variate = control_variate
         self.dataset, self.eval_batch_size = dataset, eval_batch_size
         self.validation_fraction, self.seed_fraction = config.validation_fraction, config.validation_seed_fraction
         self.plan = BatchPlan(
@@ -70,9 +69,8 @@ class LikelihoodObjective:
     def loss(self, log_prob: LogProb, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mean_target = None
         if self.control_variate:
-            mean_target = scored_noise(shift_from_start(batch), self.video)
-        noise = scored_noise(batch.noise, self.video)
-        nll = nll_per_dim(log_prob(batch.text, noise, batch.text_mask, mean_target), noise[0].numel()).mean()
+            mean_target = shift_from_start(batch)
+        nll = nll_per_dim(log_prob(batch.text, batch.noise, batch.text_mask, mean_target), batch.noise[0].numel()).mean()
         return nll, {"train_loss": nll.item()}
 
     def validate(self, model: NoiseAR) -> dict[str, float]:
@@ -189,5 +187,5 @@ def train_likelihood(
     model = initial_model(model_config, init, config.seed)
     dataset = dataset.in_whole_patches(model.config.patch)
     check_compatible(model, dataset)
-    objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate, video=model.config.video)
+    objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate)
     return train(model, objective, config, inputs=[*dataset.input_paths(), *([init] if init is not None else [])])

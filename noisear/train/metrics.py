@@ -24,12 +24,6 @@ def nll_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:
     return -log_prob / dims
 
 
-def scored_noise(noise: torch.Tensor, video: bool) -> torch.Tensor:
-    """Noise as a prior scores it: for an image prior (``video`` False) one-frame noise [B, C, 1, H, W] (a video
-    family's one-frame data) becomes [B, C, H, W], the same values; anything else is returned as it is."""
-    return noise[:, :, 0] if not video and noise.ndim == 5 and noise.shape[2] == 1 else noise
-
-
 def masked_mean_pool(text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """[B,T,D], [B,T] -> [B,D]: mean over real tokens (padding of any length leaves it unchanged)."""
     weights = text_mask.to(text.dtype)[..., None]
@@ -231,7 +225,7 @@ def held_out_metrics(
 
     for batch in dataset.iterate("validation", validation_fraction, batch_size, seed_fraction):
         shape = tuple(batch.noise.shape[1:])
-        noise = scored_noise(batch.noise, model.config.video).to(device)
+        noise = batch.noise.to(device)
         nll = nll_per_dim(model.log_prob(batch.text.to(device), noise, batch.text_mask.to(device)), batch.noise[0].numel()).cpu()
         unseen = torch.tensor([validation_prompt(int(p), validation_fraction) for p in batch.prompt_index])
         add("val_nll", nll)
