@@ -682,7 +682,7 @@ class Standard:
     ``latent`` is the empty-latent node (Wan 2.2 5B's takes the VAE); ``ksampler`` KSampler's widgets;
     ``guidance`` FluxGuidance's value on the positive (Flux dev, cfg 1) or None; ``exact_text``: the prompt is
     NoiseAR Text Encode, whose prior_text marks the T5 padding (SD3, Flux); ``fps`` > 0: a video, saved by
-    CreateVideo and SaveVideo; ``golden``: the collector's (scheduler, steps, cfg_denoise, cfg_invert);
+    CreateVideo and SaveVideo; the collector's golden recipe follows from KSampler's widgets (:attr:`golden`);
     ``second_expert``: the loader of a second MODEL that takes over at half the steps (Wan 2.2 14B's low-noise
     expert; see ``samplers``) or None. The collector runs on the first MODEL, whose steps the golden step is in."""
 
@@ -695,7 +695,6 @@ class Standard:
     vae: tuple[str, int]
     latent: Node
     ksampler: tuple
-    golden: tuple[str, int, float, float]
     prompt: str = FAMILY_PROMPT
     negative: str = NEGATIVE
     sampling: Node | None = None
@@ -704,6 +703,13 @@ class Standard:
     fps: int = 0
     note: str = ""
     second_expert: Node | None = None
+
+    @property
+    def golden(self) -> tuple[str, int, float, float]:
+        """The collector's (scheduler, steps, cfg_denoise, cfg_invert): KSampler's scheduler and steps, its cfg for the
+        denoising step (Flux dev: the FluxGuidance value, its embedded guidance) and 1 for the inversion."""
+        _, _, steps, cfg, _, scheduler, _ = self.ksampler
+        return scheduler, steps, self.guidance or cfg, 1.0
 
 
 def unet(name: str) -> Node:
@@ -740,7 +746,6 @@ STANDARDS = (
         ("ckpt", 2),
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(20, 4.0, "euler", "sgm_uniform"),
-        ("sgm_uniform", 20, 4.0, 1.0),
         sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [3.0], height=60),
         exact_text=True,
     ),
@@ -756,7 +761,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(20, 1.0, "euler", "simple"),
-        ("simple", 20, 3.5, 1.0),
         guidance=3.5,
         exact_text=True,
         note=FLUX_NOTE,
@@ -773,7 +777,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(4, 1.0, "euler", "simple"),
-        ("simple", 4, 1.0, 1.0),
         exact_text=True,
         note="Flux schnell is timestep-distilled: 4 steps at cfg 1 and no guidance input. Its golden noise is one "
         "step down and back with the same model, which moves the noise little: collect with a reward (the Dataset "
@@ -791,7 +794,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(26, 3.5, "euler", "beta"),
-        ("beta", 26, 3.5, 1.0),
         sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [1.0], height=60),
     ),
     Standard(
@@ -806,7 +808,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptyChromaRadianceLatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(30, 3.5, "euler", "beta"),
-        ("beta", 30, 3.5, 1.0),
         sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [1.0], height=60),
         note="Chroma Radiance samples pixels: its 'latent' is the image itself (3 channels, 1 px a cell), made by "
         "EmptyChromaRadianceLatentImage and decoded by the pixel_space VAE. Other empty-latent nodes are accepted "
@@ -822,7 +823,6 @@ STANDARDS = (
         ("ckpt", 2),
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1024, 1024, 1]),
         ksampler_settings(25, 4.0, "res_multistep", "simple"),
-        ("simple", 25, 4.0, 1.0),
         prompt=LUMINA_SYSTEM + FAMILY_PROMPT,
         negative=LUMINA_SYSTEM + NEGATIVE,
         sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [6.0], height=60),
@@ -841,7 +841,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptySD3LatentImage", 1, 1.3, [1328, 1328, 1]),
         ksampler_settings(20, 2.5, "euler", "simple"),
-        ("simple", 20, 2.5, 1.0),
         sampling=Node("sampling", "ModelSamplingAuraFlow", 0, 2.2, [3.1], height=60),
     ),
     Standard(
@@ -863,7 +862,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptyHunyuanImageLatent", 1, 1.3, [2048, 2048, 1]),
         ksampler_settings(20, 3.5, "euler", "simple"),
-        ("simple", 20, 3.5, 1.0),
         note="HunyuanImage 2.1's latent is 64 channels at 1/32 of the size: EmptyHunyuanImageLatent. Other "
         "empty-latent nodes are accepted without an error at 4x the resolution per side.",
     ),
@@ -879,7 +877,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptyHunyuanLatentVideo", 1, 1.3, [832, 480, 33, 1], height=130),
         ksampler_settings(30, 6.0, "uni_pc", "simple"),
-        ("simple", 30, 6.0, 1.0),
         prompt=VIDEO_PROMPT,
         negative="static, blurry, low quality, distorted, flicker",
         sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
@@ -899,7 +896,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "EmptyHunyuanLatentVideo", 1, 1.3, [640, 640, 81, 1], height=130),
         ksampler_settings(20, 3.5, "euler", "simple"),
-        ("simple", 20, 3.5, 1.0),
         prompt=VIDEO_PROMPT,
         negative="static, blurry, low quality, distorted, flicker",
         sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
@@ -924,7 +920,6 @@ STANDARDS = (
         *SPLIT,
         Node("latent", "Wan22ImageToVideoLatent", 1, 1.3, [1280, 704, 121, 1], height=150),
         ksampler_settings(20, 5.0, "uni_pc", "simple"),
-        ("simple", 20, 5.0, 1.0),
         prompt=VIDEO_PROMPT,
         negative="static, blurry, low quality, distorted, flicker",
         sampling=Node("sampling", "ModelSamplingSD3", 0, 2.2, [8.0], height=60),
