@@ -30,8 +30,8 @@ from ..train.data import (
     validation_seed,
 )
 from ..train.dpo import DPOConfig, train_dpo
-from ..train.likelihood import LikelihoodObjective, check_compatible, train_likelihood
-from ..train.loop import TrainConfig, initial_model, train
+from ..train.likelihood import train_likelihood
+from ..train.loop import TrainConfig
 from ..train.metrics import PromptCovarianceBaseline, PromptMeanBaseline, nll_per_dim, standard_normal_nll_per_dim
 
 HELD_OUT_SEEDS = 0.1  # share of the starting noises held out: validation = unseen noises of every prompt
@@ -104,8 +104,7 @@ def train_prior(
     next to N(0, I) and the prompt-mean baseline, calibration, cosine of the mean with the prompt shift).
 
     ``control_variate``: the means learn from golden minus starting noise. ``autoregressive=False`` trains the
-    same network with its prefix cut (:func:`cut_prefix`), through the same objective and loop as
-    noisear.train.likelihood.train_likelihood (which builds its own model, so it cannot take a cut one)."""
+    same network with its prefix cut (:func:`cut_prefix`, train_likelihood's ``prepare``)."""
     train_config = TrainConfig(
         out_dir=str(out_dir),
         steps=steps,
@@ -121,13 +120,8 @@ def train_prior(
         log_every=50,
         progress=False,
     )
-    if autoregressive:
-        prior = train_likelihood(data_dir, train_config, config, control_variate=control_variate)
-    else:
-        dataset = ShardDataset(data_dir)
-        model = cut_prefix(initial_model(config, None, seed))
-        check_compatible(model, dataset)
-        prior = train(model, LikelihoodObjective(dataset, train_config, control_variate=control_variate), train_config)
+    prepare = None if autoregressive else cut_prefix
+    prior = train_likelihood(data_dir, train_config, config, control_variate=control_variate, prepare=prepare)
     records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     held_out = [r for r in records if r["kind"] == "validation"][-1]
     return prior, {k: v for k, v in held_out.items() if k not in ("kind", "step")}

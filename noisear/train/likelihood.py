@@ -9,7 +9,7 @@ noisear.train.metrics.held_out_metrics on the held-out pairs.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -172,19 +172,23 @@ def train_likelihood(
     baseline_ridge: float = 0.1,
     allow_repeated_noises: bool = False,
     control_variate: bool | None = None,
+    prepare: Callable[[NoiseAR], NoiseAR] | None = None,
 ) -> NoiseAR:
     """Likelihood training on a shard directory (or an open ShardDataset), from scratch (model_config; for a new
     prior of a dataset: noisear.train.design.design_prior) or from a checkpoint (init). The dataset must fit the
     prior (:func:`check_compatible`). A dataset whose starting noises repeat across prompts is refused unless
     ``allow_repeated_noises``. ``control_variate`` (see LikelihoodObjective): None = when the dataset's seeds say
     what the starting noises were. A bucket that is not whole patches of the prior is trained on its top-left whole
-    patches (ShardDataset.in_whole_patches), the part the sampler's patches cover."""
+    patches (ShardDataset.in_whole_patches), the part the sampler's patches cover. ``prepare`` changes the starting
+    model before training (the toy's baseline without autoregression cuts its prefix)."""
     dataset = data if isinstance(data, ShardDataset) else ShardDataset(data)
     if not allow_repeated_noises:
         refuse_repeated_noises(dataset)
     if control_variate is None:
         control_variate = known_start_noise(dataset.info)
     model = initial_model(model_config, init, config.seed)
+    if prepare is not None:
+        model = prepare(model)
     dataset = dataset.in_whole_patches(model.config.patch)
     check_compatible(model, dataset)
     objective = LikelihoodObjective(dataset, config, baseline_ridge, control_variate=control_variate)
